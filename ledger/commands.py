@@ -1,0 +1,103 @@
+"""What callers ask the ledger to do; `ledger.rules.decide` makes events of it or refuses it."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from ledger.values import ZERO, Side, Source
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every command."""
+
+
+class OpenPosition(Command, frozen=True, kw_only=True):
+    position_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    entry_price: Decimal
+    leverage: int
+    source: Source = Source.BOT
+    position_idx: int = 0
+    real_initial_margin: Decimal | None = None
+    fee: Decimal = ZERO
+    confidence: Decimal | None = None
+    open_reason: str = ""
+    atr: Decimal | None = None
+    adx: Decimal | None = None
+    volatility: Decimal | None = None
+    # Limits guard the bot's own decisions; a position that already exists on the exchange
+    # is a fact and is recorded even past them.
+    enforce_limits: bool = True
+
+
+class IncreasePosition(Command, frozen=True, kw_only=True):
+    position_id: str
+    qty: Decimal
+    price: Decimal
+    new_entry_price: Decimal | None = None
+    fee: Decimal = ZERO
+    source: Source = Source.EXCHANGE
+
+
+class MarkPosition(Command, frozen=True, kw_only=True):
+    position_id: str
+    mark_price: Decimal
+    unrealized_pnl: Decimal | None = None
+    contracts: Decimal | None = None
+    initial_margin: Decimal | None = None
+    source: Source = Source.BOT
+
+
+class RecordPartialExit(Command, frozen=True, kw_only=True):
+    position_id: str
+    qty: Decimal
+    price: Decimal
+    realized_pnl: Decimal | None = None
+    fee: Decimal = ZERO
+    reason: str = ""
+    source: Source = Source.BOT
+    rule: str | None = None
+
+
+class ClosePosition(Command, frozen=True, kw_only=True):
+    position_id: str
+    price: Decimal | None = None
+    realized_pnl: Decimal | None = None
+    fee: Decimal = ZERO
+    reason: str = ""
+    source: Source = Source.BOT
+    pnl_estimated: bool = False
+    exchange_ref: str | None = None
+
+
+class RecordFunding(Command, frozen=True, kw_only=True):
+    position_id: str
+    amount: Decimal
+    execution_id: str
+
+
+class ObserveBalance(Command, frozen=True, kw_only=True):
+    total: Decimal
+    available: Decimal
+    currency: str = "USDT"
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    max_concurrent_positions: int = 5
+    min_leverage: int = 1
+    max_leverage: int = 100
+
+
+AnyCommand = (
+    OpenPosition
+    | IncreasePosition
+    | MarkPosition
+    | RecordPartialExit
+    | ClosePosition
+    | RecordFunding
+    | ObserveBalance
+)

@@ -1,0 +1,60 @@
+"""What the store wraps around an event: position in the log, identity, times and the hash chain."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+import msgspec
+
+from ledger.events import AnyEvent
+
+GENESIS_HASH = "0" * 64
+
+_header_encoder = msgspec.json.Encoder()
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event on its way into the store; event_id is its idempotency key."""
+
+    stream: str
+    event: AnyEvent
+    event_id: str
+    occurred_at: datetime
+
+
+class Recorded(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored event with its envelope."""
+
+    seq: int
+    stream: str
+    version: int
+    event_id: str
+    occurred_at: datetime
+    recorded_at: datetime
+    schema_version: int
+    event: AnyEvent
+    hash: str
+
+
+def chain_hash(
+    prev_hash: str,
+    *,
+    seq: int,
+    stream: str,
+    version: int,
+    event_id: str,
+    occurred_us: int,
+    recorded_us: int,
+    schema_version: int,
+    body: bytes,
+) -> str:
+    """sha256(prev_hash || header || body): altering, dropping or moving a row breaks it."""
+    header = _header_encoder.encode(
+        [seq, stream, version, event_id, occurred_us, recorded_us, schema_version]
+    )
+    digest = hashlib.sha256(prev_hash.encode("ascii"))
+    digest.update(header)
+    digest.update(b"\n")
+    digest.update(body)
+    return digest.hexdigest()

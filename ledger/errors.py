@@ -1,0 +1,127 @@
+"""The one tree of errors the ledger raises.
+
+LedgerError
+├── CommandRejected            a command broke a rule; nothing was appended
+│   ├── InvalidValue           zero / negative / NaN / infinite / malformed input
+│   ├── UnknownPosition        no position with that id
+│   ├── PositionAlreadyClosed  the position is closed
+│   ├── ExitExceedsPosition    exit larger than what is left
+│   ├── LeverageOutOfRange
+│   ├── TooManyOpenPositions   MAX_CONCURRENT_POSITIONS reached
+│   └── DuplicatePosition      same symbol and side already open
+├── StoreError
+│   ├── VersionConflict        stale expected stream version; nothing appended
+│   ├── StoreUnavailable       missing, locked or unreadable database
+│   └── IntegrityError         the log fails verification (hash chain, gaps, decoding)
+├── SnapshotError              positions.json unusable (start-up rebuilds instead)
+├── ExchangeError              the exchange failed or answered nonsense; ledger unchanged
+│   └── ExchangeAuthError      the keys were refused: retrying will not help
+├── ImportRejected             a seed positions.json cannot be imported
+└── ConfigError                a bad setting in the TOML file or the environment
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Root of every error the ledger raises on purpose."""
+
+
+class CommandRejected(LedgerError):
+    """A command broke a rule and changed nothing."""
+
+
+class InvalidValue(CommandRejected):
+    def __init__(self, field: str, value: object, why: str) -> None:
+        self.field = field
+        self.value = value
+        self.why = why
+        super().__init__(f"invalid {field}={value!r}: {why}")
+
+
+class UnknownPosition(CommandRejected):
+    def __init__(self, position_id: str) -> None:
+        self.position_id = position_id
+        super().__init__(f"unknown position {position_id!r}")
+
+
+class PositionAlreadyClosed(CommandRejected):
+    def __init__(self, position_id: str) -> None:
+        self.position_id = position_id
+        super().__init__(f"position {position_id!r} is already closed")
+
+
+class ExitExceedsPosition(CommandRejected):
+    def __init__(self, position_id: str, requested_qty: object, remaining_qty: object) -> None:
+        self.position_id = position_id
+        self.requested_qty = requested_qty
+        self.remaining_qty = remaining_qty
+        super().__init__(
+            f"exit of qty {requested_qty} exceeds the {remaining_qty} left in {position_id!r}"
+        )
+
+
+class LeverageOutOfRange(CommandRejected):
+    def __init__(self, leverage: object, minimum: int, maximum: int) -> None:
+        self.leverage = leverage
+        self.minimum = minimum
+        self.maximum = maximum
+        super().__init__(f"leverage {leverage!r} outside [{minimum}, {maximum}]")
+
+
+class TooManyOpenPositions(CommandRejected):
+    def __init__(self, limit: int, open_count: int) -> None:
+        self.limit = limit
+        self.open_count = open_count
+        super().__init__(f"{open_count} positions open; the limit is {limit}")
+
+
+class DuplicatePosition(CommandRejected):
+    def __init__(self, symbol: str, side: str, existing_id: str) -> None:
+        self.symbol = symbol
+        self.side = side
+        self.existing_id = existing_id
+        super().__init__(f"a {side} position on {symbol} is already open: {existing_id!r}")
+
+
+class StoreError(LedgerError):
+    """The event store failed; the batch in flight was not appended."""
+
+
+class VersionConflict(StoreError):
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"stream {stream!r} is at version {actual}, expected {expected}")
+
+
+class StoreUnavailable(StoreError):
+    """The database is missing, locked, foreign or unreadable."""
+
+
+class IntegrityError(StoreError):
+    def __init__(self, seq: int, why: str) -> None:
+        self.seq = seq
+        self.why = why
+        super().__init__(f"log fails verification at seq {seq}: {why}")
+
+
+class SnapshotError(LedgerError):
+    """positions.json cannot be used as a starting point."""
+
+
+class ExchangeError(LedgerError):
+    """The exchange failed or answered something we cannot trust."""
+
+
+class ExchangeAuthError(ExchangeError):
+    """The exchange refused the API keys."""
+
+
+class ImportRejected(LedgerError):
+    """A seed-format positions.json cannot be imported."""
+
+
+class ConfigError(LedgerError):
+    """A setting from the TOML file or the environment is invalid."""

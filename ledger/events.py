@@ -1,0 +1,144 @@
+"""The facts the ledger records: frozen msgspec structs in one tagged union.
+
+Money is Decimal, sizes are `qty` (base units / contracts: the truth). Times are on the
+envelope (`occurred_at`), not here. Never change a stored event's meaning: a new shape is a
+new schema version with an upcaster in `ledger.codec`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from ledger.values import ZERO, Side, Source
+
+ACCOUNT_STREAM = "account"
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of every event; the tag is the class name."""
+
+
+class PositionOpened(Event, frozen=True, kw_only=True):
+    """A position was opened by the bot, adopted from the exchange, or imported."""
+
+    position_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    entry_price: Decimal
+    leverage: int
+    source: Source = Source.BOT
+    position_idx: int = 0
+    real_initial_margin: Decimal | None = None
+    fee: Decimal = ZERO
+    confidence: Decimal | None = None
+    open_reason: str = ""
+    atr: Decimal | None = None
+    adx: Decimal | None = None
+    volatility: Decimal | None = None
+
+
+class PositionIncreased(Event, frozen=True, kw_only=True):
+    """Size was added to an open position (by hand on the exchange, or by the bot)."""
+
+    position_id: str
+    qty: Decimal
+    price: Decimal
+    new_entry_price: Decimal
+    fee: Decimal = ZERO
+    source: Source = Source.EXCHANGE
+
+
+class PositionMarked(Event, frozen=True, kw_only=True):
+    """A new mark for an open position: price, and what the exchange reported with it."""
+
+    position_id: str
+    mark_price: Decimal
+    unrealized_pnl: Decimal | None = None
+    contracts: Decimal | None = None
+    initial_margin: Decimal | None = None
+    source: Source = Source.BOT
+
+
+class PartialExitRecorded(Event, frozen=True, kw_only=True):
+    """Part of a position was exited; realized_pnl is net of fee."""
+
+    position_id: str
+    qty: Decimal
+    price: Decimal
+    realized_pnl: Decimal
+    fee: Decimal = ZERO
+    reason: str = ""
+    source: Source = Source.BOT
+    rule: str | None = None
+
+
+class FundingRecorded(Event, frozen=True, kw_only=True):
+    """A funding payment on an open position: positive received, negative paid."""
+
+    position_id: str
+    amount: Decimal
+    execution_id: str
+    source: Source = Source.EXCHANGE
+
+
+class PositionClosed(Event, frozen=True, kw_only=True):
+    """The rest of a position was closed; realized_pnl is this last part's, net of fee."""
+
+    position_id: str
+    qty: Decimal
+    price: Decimal
+    realized_pnl: Decimal
+    fee: Decimal = ZERO
+    reason: str = ""
+    source: Source = Source.BOT
+    pnl_estimated: bool = False
+    exchange_ref: str | None = None
+
+
+class BalanceObserved(Event, frozen=True, kw_only=True):
+    """The account's balance as the exchange reported it."""
+
+    total: Decimal
+    available: Decimal
+    currency: str = "USDT"
+    source: Source = Source.EXCHANGE
+
+
+class HistoryImported(Event, frozen=True, kw_only=True):
+    """A seed-format positions.json was migrated into this log."""
+
+    file_sha256: str
+    file_name: str
+    open_positions: int
+    closed_positions: int
+
+
+AnyEvent = (
+    PositionOpened
+    | PositionIncreased
+    | PositionMarked
+    | PartialExitRecorded
+    | FundingRecorded
+    | PositionClosed
+    | BalanceObserved
+    | HistoryImported
+)
+
+POSITION_EVENTS: tuple[type[Event], ...] = (
+    PositionOpened,
+    PositionIncreased,
+    PositionMarked,
+    PartialExitRecorded,
+    FundingRecorded,
+    PositionClosed,
+)
+
+
+def stream_of(event: AnyEvent) -> str:
+    """The stream an event belongs to: its position, or the account."""
+    if isinstance(event, BalanceObserved | HistoryImported):
+        return ACCOUNT_STREAM
+    return event.position_id

@@ -1,0 +1,614 @@
+"""In-memory state of the emulated Bybit account: instruments, marks, positions, balances, history."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
+
+__all__ = [
+    "INSTRUMENTS",
+    "ClosedPnl",
+    "CoinBalance",
+    "ExchangeState",
+    "Execution",
+    "Instrument",
+    "NumberLike",
+    "Position",
+    "PositionSide",
+    "to_decimal",
+]
+
+NumberLike = Decimal | int | str | float
+PositionSide = Literal["Buy", "Sell"]
+
+_E8 = Decimal("0.00000001")
+_ZERO = Decimal(0)
+_MAINTENANCE_RATE = Decimal("0.005")
+_DEFAULT_TAKER_FEE = Decimal("0.00055")
+_WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+def to_decimal(value: NumberLike) -> Decimal:
+    """Convert a control-API number to Decimal; floats go through their shortest repr.
+
+    Raises ValueError for anything that is not a finite number.
+    """
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    elif isinstance(value, int | str):
+        result = Decimal(value)
+    else:
+        result = Decimal(repr(value))
+    if not result.is_finite():
+        raise ValueError(f"not a finite number: {value!r}")
+    return result
+
+
+def _q8(value: Decimal) -> Decimal:
+    return value.quantize(_E8, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """A linear USDT perpetual the emulator lists."""
+
+    symbol: str
+    base: str
+    quote: str
+    tick_size: Decimal
+    qty_step: Decimal
+    min_qty: Decimal
+    max_qty: Decimal
+    max_leverage: Decimal
+    price_scale: int
+    launch_ms: int
+    default_mark: Decimal
+
+    @property
+    def ccxt_symbol(self) -> str:
+        return f"{self.base}/{self.quote}:{self.quote}"
+
+
+def _instrument(
+    base: str, tick: str, step: str, max_qty: str, max_lev: str, mark: str, launch_ms: int
+) -> Instrument:
+    tick_size = Decimal(tick)
+    return Instrument(
+        symbol=f"{base}USDT",
+        base=base,
+        quote="USDT",
+        tick_size=tick_size,
+        qty_step=Decimal(step),
+        min_qty=Decimal(step),
+        max_qty=Decimal(max_qty),
+        max_leverage=Decimal(max_lev),
+        price_scale=-int(tick_size.normalize().as_tuple().exponent),
+        launch_ms=launch_ms,
+        default_mark=Decimal(mark),
+    )
+
+
+INSTRUMENTS: tuple[Instrument, ...] = (
+    _instrument("ADA", "0.0001", "1", "2000000", "75", "0.4", 1_650_000_000_000),
+    _instrument("BNB", "0.01", "0.01", "3000", "75", "600", 1_640_000_000_000),
+    _instrument("BTC", "0.10", "0.001", "1190", "100", "60000", 1_585_526_400_000),
+    _instrument("DOGE", "0.00001", "1", "30000000", "75", "0.15", 1_620_000_000_000),
+    _instrument("ETH", "0.01", "0.01", "7240", "100", "3000", 1_615_766_400_000),
+    _instrument("LTC", "0.01", "0.1", "35000", "75", "80", 1_618_000_000_000),
+    _instrument("SOL", "0.010", "0.1", "79770", "100", "150", 1_633_000_000_000),
+    _instrument("XRP", "0.0001", "1", "6500000", "75", "0.5", 1_625_000_000_000),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A snapshot of one position slot (symbol, positionIdx), flat when size is zero."""
+
+    symbol: str
+    position_idx: int
+    side: PositionSide | None
+    size: Decimal
+    avg_price: Decimal
+    leverage: Decimal
+    mark_price: Decimal
+    cum_realised_pnl: Decimal
+    cur_realised_pnl: Decimal
+    created_ms: int
+    updated_ms: int
+    seq: int
+
+    @property
+    def is_open(self) -> bool:
+        return self.size > 0
+
+    @property
+    def position_value(self) -> Decimal:
+        """Value at the entry price, as Bybit reports it (the recorded fixture shows this)."""
+        return _q8(self.size * self.avg_price)
+
+    @property
+    def unrealised_pnl(self) -> Decimal:
+        if self.side is None:
+            return _ZERO
+        diff = self.mark_price - self.avg_price
+        return _q8(diff * self.size if self.side == "Buy" else -diff * self.size)
+
+    @property
+    def position_im(self) -> Decimal:
+        return _q8(self.position_value / self.leverage) if self.leverage else _ZERO
+
+    @property
+    def position_mm(self) -> Decimal:
+        return _q8(self.position_value * _MAINTENANCE_RATE)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedPnl:
+    """One closed-pnl record, written for every manual reduce or close."""
+
+    symbol: str
+    order_id: str
+    side: PositionSide  # the closing order's side: "Sell" closes a long
+    qty: Decimal
+    closed_size: Decimal
+    avg_entry_price: Decimal
+    avg_exit_price: Decimal
+    closed_pnl: Decimal
+    cum_entry_value: Decimal
+    cum_exit_value: Decimal
+    open_fee: Decimal
+    close_fee: Decimal
+    leverage: Decimal
+    created_ms: int
+    updated_ms: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One execution row: a fill (execType Trade) or a funding settlement (Funding)."""
+
+    symbol: str
+    exec_id: str
+    order_id: str
+    side: PositionSide
+    exec_type: Literal["Trade", "Funding"]
+    exec_qty: Decimal
+    exec_price: Decimal
+    exec_value: Decimal
+    exec_fee: Decimal
+    fee_rate: Decimal
+    exec_pnl: Decimal
+    closed_size: Decimal
+    mark_price: Decimal
+    exec_time_ms: int
+    order_qty: Decimal
+    order_price: Decimal
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CoinBalance:
+    """Wallet state of one coin, with position figures summed over its settled positions."""
+
+    coin: str
+    wallet_balance: Decimal
+    available: Decimal | None  # pinned by set_balance; None means derived
+    unrealised_pnl: Decimal
+    position_im: Decimal
+    position_mm: Decimal
+    cum_realised_pnl: Decimal
+    usd_price: Decimal
+
+    @property
+    def equity(self) -> Decimal:
+        return self.wallet_balance + self.unrealised_pnl
+
+    @property
+    def usd_value(self) -> Decimal:
+        return _q8(self.equity * self.usd_price)
+
+
+@dataclass(slots=True)
+class _Slot:
+    symbol: str
+    position_idx: int
+    side: PositionSide | None
+    size: Decimal
+    avg_price: Decimal
+    leverage: Decimal
+    open_fee: Decimal  # opening fees not yet charged against a closed-pnl record
+    cum_realised_pnl: Decimal
+    cur_realised_pnl: Decimal
+    created_ms: int
+    updated_ms: int
+    seq: int
+
+
+def _side_of(side: str) -> PositionSide:
+    lowered = side.lower()
+    if lowered in ("buy", "long"):
+        return "Buy"
+    if lowered in ("sell", "short"):
+        return "Sell"
+    raise ValueError(f"side must be 'buy' or 'sell', got {side!r}")
+
+
+def _opposite(side: PositionSide) -> PositionSide:
+    return "Sell" if side == "Buy" else "Buy"
+
+
+class ExchangeState:
+    """The account behind the emulator; every mutator returns what it changed.
+
+    Mutators raise ValueError for impossible requests (unknown symbol, reducing more than
+    is open, opening against an opposite one-way position); they never do I/O.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], int] | None = None,
+        hedge_mode: bool = False,
+        taker_fee_rate: NumberLike = _DEFAULT_TAKER_FEE,
+        balance: NumberLike = 10_000,
+        instruments: Iterable[Instrument] = INSTRUMENTS,
+    ) -> None:
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self.hedge_mode = hedge_mode
+        self.taker_fee_rate = to_decimal(taker_fee_rate)
+        self.instruments: dict[str, Instrument] = {i.symbol: i for i in instruments}
+        self._marks: dict[str, Decimal] = {s: i.default_mark for s, i in self.instruments.items()}
+        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._wallet: dict[str, Decimal] = {"USDT": to_decimal(balance)}
+        self._available: dict[str, Decimal] = {}
+        self._coin_realised: dict[str, Decimal] = {}
+        self.closed_pnl: list[ClosedPnl] = []
+        self.executions: list[Execution] = []
+        self._seq = 1_000_000
+
+    # -- lookups ---------------------------------------------------------------------
+    def now_ms(self) -> int:
+        return self._clock()
+
+    def symbol_id(self, symbol: str) -> str:
+        """Bybit id for "BTC/USDT:USDT" or "BTCUSDT"; raises ValueError when not listed."""
+        market_id = symbol.split(":")[0].replace("/", "") if "/" in symbol else symbol
+        market_id = market_id.upper()
+        if market_id not in self.instruments:
+            raise ValueError(f"unknown symbol {symbol!r}")
+        return market_id
+
+    def mark_price(self, symbol: str) -> Decimal:
+        return self._marks[self.symbol_id(symbol)]
+
+    def positions(self, *, symbol: str | None = None, open_only: bool = False) -> list[Position]:
+        """Position rows sorted by (symbol, positionIdx).
+
+        With a symbol, every slot of the current mode is listed, flat ones included, as
+        Bybit does for a symbol query; without one, only open positions.
+        """
+        if symbol is None:
+            rows = [self._snapshot(s) for s in self._slots.values() if s.size > 0]
+        else:
+            market_id = self.symbol_id(symbol)
+            rows = [self._snapshot(self._slot(market_id, idx, create=False)) for idx in self._indices()]
+            if open_only:
+                rows = [r for r in rows if r.is_open]
+        return sorted(rows, key=lambda p: (p.symbol, p.position_idx))
+
+    def balances(self) -> list[CoinBalance]:
+        result: list[CoinBalance] = []
+        for coin, wallet in self._wallet.items():
+            settled = [self._snapshot(s) for s in self._slots.values() if s.size > 0 and coin == "USDT"]
+            result.append(
+                CoinBalance(
+                    coin=coin,
+                    wallet_balance=wallet,
+                    available=self._available.get(coin),
+                    unrealised_pnl=sum((p.unrealised_pnl for p in settled), _ZERO),
+                    position_im=sum((p.position_im for p in settled), _ZERO),
+                    position_mm=sum((p.position_mm for p in settled), _ZERO),
+                    cum_realised_pnl=self._coin_realised.get(coin, _ZERO),
+                    usd_price=self._usd_price(coin),
+                )
+            )
+        return result
+
+    def time_window(self, start: int | None, end: int | None) -> tuple[int, int]:
+        """Bybit's default history window: seven days back from now or from/to the bound given."""
+        if start is None and end is None:
+            end = self.now_ms()
+            return end - _WEEK_MS, end
+        if start is None:
+            assert end is not None
+            return end - _WEEK_MS, end
+        if end is None:
+            return start, start + _WEEK_MS
+        return start, end
+
+    # -- mutators --------------------------------------------------------------------
+    def set_hedge_mode(self, enabled: bool) -> None:
+        if enabled == self.hedge_mode:
+            return
+        if any(s.size > 0 for s in self._slots.values()):
+            raise ValueError("cannot switch position mode with open positions")
+        self.hedge_mode = enabled
+        self._slots = {k: s for k, s in self._slots.items() if s.position_idx in self._indices()}
+
+    def set_mark_price(self, symbol: str, price: NumberLike) -> list[Position]:
+        market_id = self.symbol_id(symbol)
+        mark = self._positive(price, "price")
+        self._marks[market_id] = mark
+        now = self.now_ms()
+        changed: list[Position] = []
+        for slot in self._slots.values():
+            if slot.symbol == market_id and slot.size > 0:
+                slot.updated_ms = now
+                slot.seq = self._next_seq()
+                changed.append(self._snapshot(slot))
+        return changed
+
+    def set_balance(self, total: NumberLike, available: NumberLike | None = None, coin: str = "USDT") -> None:
+        coin = coin.upper()
+        self._wallet[coin] = to_decimal(total)
+        if available is None:
+            self._available.pop(coin, None)
+        else:
+            self._available[coin] = to_decimal(available)
+
+    def set_leverage(self, symbol: str, leverage: NumberLike, position_idx: int | None = None) -> list[Position]:
+        market_id = self.symbol_id(symbol)
+        lev = self._positive(leverage, "leverage")
+        if lev > self.instruments[market_id].max_leverage:
+            raise ValueError(f"leverage {lev} above the maximum for {market_id}")
+        indices = self._indices() if position_idx is None else (position_idx,)
+        changed = []
+        for idx in indices:
+            slot = self._slot(market_id, idx, create=True)
+            slot.leverage = lev
+            slot.seq = self._next_seq()
+            slot.updated_ms = self.now_ms()
+            changed.append(self._snapshot(slot))
+        return changed
+
+    def open_position(
+        self,
+        symbol: str,
+        side: str,
+        qty: NumberLike,
+        price: NumberLike,
+        *,
+        leverage: NumberLike = 10,
+        position_idx: int | None = None,
+    ) -> tuple[Position, Execution]:
+        market_id = self.symbol_id(symbol)
+        order_side = _side_of(side)
+        amount = self._positive(qty, "qty")
+        fill = self._positive(price, "price")
+        idx = self._index_for(order_side, position_idx)
+        slot = self._slot(market_id, idx, create=True)
+        if slot.size > 0 and slot.side != order_side:
+            raise ValueError(
+                f"{market_id} holds a {slot.side} position in one-way mode; reduce or close it first"
+            )
+        now = self.now_ms()
+        fee = _q8(amount * fill * self.taker_fee_rate)
+        if slot.size == 0:
+            slot.side = order_side
+            slot.avg_price = fill
+            slot.size = amount
+            slot.open_fee = _ZERO
+            slot.cur_realised_pnl = _ZERO
+            slot.created_ms = now
+        else:
+            total = slot.size + amount
+            slot.avg_price = _q8((slot.size * slot.avg_price + amount * fill) / total)
+            slot.size = total
+        slot.leverage = self._positive(leverage, "leverage")
+        slot.open_fee += fee
+        self._realise(slot, -fee)
+        slot.updated_ms = now
+        slot.seq = self._next_seq()
+        execution = self._execution(
+            slot, order_side, "Trade", amount, fill, fee, exec_pnl=_ZERO, closed_size=_ZERO
+        )
+        return self._snapshot(slot), execution
+
+    def reduce_position(
+        self, symbol: str, side: str, qty: NumberLike, price: NumberLike
+    ) -> tuple[Position, ClosedPnl, Execution]:
+        market_id = self.symbol_id(symbol)
+        slot = self._open_slot(market_id, _side_of(side))
+        amount = self._positive(qty, "qty")
+        if amount > slot.size:
+            raise ValueError(f"cannot reduce {amount} from a {slot.size} {market_id} position")
+        return self._close(slot, amount, self._positive(price, "price"))
+
+    def close_position(self, symbol: str, side: str, price: NumberLike) -> tuple[Position, ClosedPnl, Execution]:
+        market_id = self.symbol_id(symbol)
+        slot = self._open_slot(market_id, _side_of(side))
+        return self._close(slot, slot.size, self._positive(price, "price"))
+
+    def pay_funding(self, symbol: str, side: str, amount: NumberLike) -> tuple[Position, Execution]:
+        """Credit `amount` of funding to the position (negative when the position pays)."""
+        market_id = self.symbol_id(symbol)
+        slot = self._open_slot(market_id, _side_of(side))
+        credit = to_decimal(amount)
+        mark = self._marks[market_id]
+        value = _q8(slot.size * mark)
+        fee = -credit
+        rate = (fee / value).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP) if value else _ZERO
+        self._realise(slot, credit)
+        slot.updated_ms = self.now_ms()
+        slot.seq = self._next_seq()
+        assert slot.side is not None
+        execution = self._execution(
+            slot, slot.side, "Funding", slot.size, mark, fee, exec_pnl=_ZERO, closed_size=_ZERO, rate=rate
+        )
+        return self._snapshot(slot), execution
+
+    # -- internals -------------------------------------------------------------------
+    def _close(self, slot: _Slot, amount: Decimal, exit_price: Decimal) -> tuple[Position, ClosedPnl, Execution]:
+        assert slot.side is not None
+        position_side = slot.side
+        entry = slot.avg_price
+        direction = 1 if position_side == "Buy" else -1
+        gross = _q8((exit_price - entry) * amount * direction)
+        close_fee = _q8(amount * exit_price * self.taker_fee_rate)
+        open_fee_share = slot.open_fee if amount == slot.size else _q8(slot.open_fee * amount / slot.size)
+        slot.open_fee -= open_fee_share
+        now = self.now_ms()
+        leverage = slot.leverage
+        slot.size -= amount
+        self._realise(slot, gross - close_fee)
+        if slot.size == 0:
+            slot.side = None
+            slot.avg_price = _ZERO
+            slot.open_fee = _ZERO
+        slot.updated_ms = now
+        slot.seq = self._next_seq()
+        closing_side = _opposite(position_side)
+        execution = self._execution(
+            slot, closing_side, "Trade", amount, exit_price, close_fee, exec_pnl=gross, closed_size=amount
+        )
+        record = ClosedPnl(
+            symbol=slot.symbol,
+            order_id=execution.order_id,
+            side=closing_side,
+            qty=amount,
+            closed_size=amount,
+            avg_entry_price=entry,
+            avg_exit_price=exit_price,
+            closed_pnl=gross - close_fee - open_fee_share,
+            cum_entry_value=_q8(entry * amount),
+            cum_exit_value=_q8(exit_price * amount),
+            open_fee=open_fee_share,
+            close_fee=close_fee,
+            leverage=leverage,
+            created_ms=now,
+            updated_ms=now,
+            seq=slot.seq,
+        )
+        self.closed_pnl.append(record)
+        return self._snapshot(slot), record, execution
+
+    def _execution(
+        self,
+        slot: _Slot,
+        side: PositionSide,
+        exec_type: Literal["Trade", "Funding"],
+        qty: Decimal,
+        price: Decimal,
+        fee: Decimal,
+        *,
+        exec_pnl: Decimal,
+        closed_size: Decimal,
+        rate: Decimal | None = None,
+    ) -> Execution:
+        execution = Execution(
+            symbol=slot.symbol,
+            exec_id=str(uuid.uuid4()),
+            order_id=str(uuid.uuid4()),
+            side=side,
+            exec_type=exec_type,
+            exec_qty=qty,
+            exec_price=price,
+            exec_value=_q8(qty * price),
+            exec_fee=fee,
+            fee_rate=self.taker_fee_rate if rate is None else rate,
+            exec_pnl=exec_pnl,
+            closed_size=closed_size,
+            mark_price=self._marks[slot.symbol],
+            exec_time_ms=slot.updated_ms,
+            order_qty=qty if exec_type == "Trade" else _ZERO,
+            order_price=price if exec_type == "Trade" else _ZERO,
+            seq=slot.seq,
+        )
+        self.executions.append(execution)
+        return execution
+
+    def _realise(self, slot: _Slot, amount: Decimal) -> None:
+        slot.cum_realised_pnl += amount
+        slot.cur_realised_pnl += amount
+        self._wallet["USDT"] = self._wallet.get("USDT", _ZERO) + amount
+        self._coin_realised["USDT"] = self._coin_realised.get("USDT", _ZERO) + amount
+
+    def _open_slot(self, market_id: str, side: PositionSide) -> _Slot:
+        for idx in self._indices():
+            slot = self._slots.get((market_id, idx))
+            if slot is not None and slot.size > 0 and slot.side == side:
+                return slot
+        raise ValueError(f"no open {side} position on {market_id}")
+
+    def _slot(self, market_id: str, idx: int, *, create: bool) -> _Slot:
+        slot = self._slots.get((market_id, idx))
+        if slot is None:
+            now = self.now_ms()
+            slot = _Slot(
+                symbol=market_id,
+                position_idx=idx,
+                side=None,
+                size=_ZERO,
+                avg_price=_ZERO,
+                leverage=Decimal(10),
+                open_fee=_ZERO,
+                cum_realised_pnl=_ZERO,
+                cur_realised_pnl=_ZERO,
+                created_ms=now,
+                updated_ms=now,
+                seq=0,
+            )
+            if create:
+                self._slots[(market_id, idx)] = slot
+        return slot
+
+    def _indices(self) -> tuple[int, ...]:
+        return (1, 2) if self.hedge_mode else (0,)
+
+    def _index_for(self, side: PositionSide, position_idx: int | None) -> int:
+        expected = (1 if side == "Buy" else 2) if self.hedge_mode else 0
+        if position_idx is not None and position_idx != expected:
+            mode = "hedge" if self.hedge_mode else "one-way"
+            raise ValueError(f"positionIdx {position_idx} does not fit a {side} order in {mode} mode")
+        return expected
+
+    def _snapshot(self, slot: _Slot) -> Position:
+        return Position(
+            symbol=slot.symbol,
+            position_idx=slot.position_idx,
+            side=slot.side,
+            size=slot.size,
+            avg_price=slot.avg_price,
+            leverage=slot.leverage,
+            mark_price=self._marks[slot.symbol],
+            cum_realised_pnl=slot.cum_realised_pnl,
+            cur_realised_pnl=slot.cur_realised_pnl,
+            created_ms=slot.created_ms,
+            updated_ms=slot.updated_ms,
+            seq=slot.seq,
+        )
+
+    def _usd_price(self, coin: str) -> Decimal:
+        if coin in ("USDT", "USDC", "USD"):
+            return Decimal(1)
+        mark = self._marks.get(f"{coin}USDT")
+        return mark if mark is not None else _ZERO
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    @staticmethod
+    def _positive(value: NumberLike, name: str) -> Decimal:
+        result = to_decimal(value)
+        if result <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+        return result
+

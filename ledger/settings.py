@@ -1,0 +1,98 @@
+"""Settings from defaults, then a TOML file, then POSITION_LEDGER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from ledger.commands import Limits
+from ledger.errors import ConfigError
+
+ENV_PREFIX = "POSITION_LEDGER_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+DEFAULT_CONFIG_FILE = "position-ledger.toml"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every knob, with the seed's defaults where the seed had one."""
+
+    db_path: str = "data/ledger.db"
+    positions_file: str = "data/positions.json"
+    position_sync_interval: float = 60.0
+    max_concurrent_positions: int = 5
+    min_leverage: int = 1
+    max_leverage: int = 100
+    auto_backup_enabled: bool = True
+    backup_interval_hours: float = 24.0
+    backup_dir: str = "data/backups"
+    backup_retention: int = 7
+    snapshot_every_events: int = 1000
+    snapshot_every_seconds: float = 60.0
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    busy_timeout_ms: int = 10_000
+    absent_fetches_before_close: int = 2
+
+    def __post_init__(self) -> None:
+        checks = {
+            "position_sync_interval": self.position_sync_interval > 0,
+            "max_concurrent_positions": self.max_concurrent_positions >= 1,
+            "min_leverage": 1 <= self.min_leverage <= self.max_leverage,
+            "backup_interval_hours": self.backup_interval_hours > 0,
+            "backup_retention": self.backup_retention >= 1,
+            "snapshot_every_events": self.snapshot_every_events >= 1,
+            "snapshot_every_seconds": self.snapshot_every_seconds > 0,
+            "busy_timeout_ms": self.busy_timeout_ms >= 0,
+            "absent_fetches_before_close": self.absent_fetches_before_close >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"out of range: {', '.join(bad)}")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_concurrent_positions=self.max_concurrent_positions,
+            min_leverage=self.min_leverage,
+            max_leverage=self.max_leverage,
+        )
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults, then the TOML file (the given path, $POSITION_LEDGER_CONFIG, or
+    ./position-ledger.toml if present), then environment variables, then overrides.
+
+    Raises ConfigError naming the bad key.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file = Path(path) if path is not None else None
+    if file is None and env.get(CONFIG_ENV):
+        file = Path(env[CONFIG_ENV])
+    if file is None and Path(DEFAULT_CONFIG_FILE).exists():
+        file = Path(DEFAULT_CONFIG_FILE)
+    if file is not None:
+        try:
+            document = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read settings file {file}: {exc}") from None
+        values.update(document.get("position_ledger", document))
+    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    for name in fields:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None

@@ -1,0 +1,334 @@
+"""The event store contract every backend honours, and the envelope bookkeeping they share."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+
+import anyio
+import msgspec
+
+from ledger.codec import SCHEMA_VERSION, decode_event, encode_event, event_type
+from ledger.envelope import GENESIS_HASH, NewEvent, Recorded, chain_hash
+from ledger.errors import IntegrityError, LedgerError, StoreError, VersionConflict
+from ledger.values import from_micros, to_micros
+
+
+class StagedRow(msgspec.Struct, frozen=True):
+    """One row as it will be inserted: what the hash covers, plus the decoded record."""
+
+    seq: int
+    stream: str
+    version: int
+    event_id: str
+    type: str
+    schema_version: int
+    occurred_us: int
+    recorded_us: int
+    body: bytes
+    hash: str
+
+
+class ChainReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of a full verification of the log."""
+
+    events: int
+    streams: int
+    last_seq: int
+    last_hash: str
+
+
+class Head(msgspec.Struct):
+    """The store's view of where the log ends: seq, hash, and every stream's version."""
+
+    seq: int = 0
+    hash: str = GENESIS_HASH
+    stream_versions: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def copy(self) -> Head:
+        return Head(self.seq, self.hash, dict(self.stream_versions))
+
+
+class ChainVerifier:
+    """Checks rows in seq order: no gaps, consecutive stream versions, hashes, decodable bodies."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.hash = GENESIS_HASH
+        self.stream_versions: dict[str, int] = {}
+
+    def feed(self, row: StagedRow) -> None:
+        """Raises IntegrityError at the first row that does not follow."""
+        if row.seq != self.seq + 1:
+            raise IntegrityError(row.seq, f"seq gap: expected {self.seq + 1}")
+        expected_version = self.stream_versions.get(row.stream, 0) + 1
+        if row.version != expected_version:
+            raise IntegrityError(
+                row.seq, f"stream {row.stream!r} version {row.version}, expected {expected_version}"
+            )
+        digest = chain_hash(
+            self.hash,
+            seq=row.seq,
+            stream=row.stream,
+            version=row.version,
+            event_id=row.event_id,
+            occurred_us=row.occurred_us,
+            recorded_us=row.recorded_us,
+            schema_version=row.schema_version,
+            body=row.body,
+        )
+        if digest != row.hash:
+            raise IntegrityError(row.seq, "hash mismatch: the row or one before it was altered")
+        try:
+            event = decode_event(row.body, row.schema_version)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise IntegrityError(row.seq, f"body does not decode: {exc}") from None
+        if event_type(event) != row.type:
+            raise IntegrityError(row.seq, f"type column {row.type!r} != body {event_type(event)!r}")
+        self.seq = row.seq
+        self.hash = row.hash
+        self.stream_versions[row.stream] = row.version
+
+    def report(self) -> ChainReport:
+        return ChainReport(
+            events=self.seq,
+            streams=len(self.stream_versions),
+            last_seq=self.seq,
+            last_hash=self.hash,
+        )
+
+
+def record_from_row(row: StagedRow) -> Recorded:
+    """Decode a stored row; raises IntegrityError when its body does not decode."""
+    try:
+        event = decode_event(row.body, row.schema_version)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise IntegrityError(row.seq, f"body does not decode: {exc}") from None
+    return Recorded(
+        seq=row.seq,
+        stream=row.stream,
+        version=row.version,
+        event_id=row.event_id,
+        occurred_at=from_micros(row.occurred_us),
+        recorded_at=from_micros(row.recorded_us),
+        schema_version=row.schema_version,
+        event=event,
+        hash=row.hash,
+    )
+
+
+class StoreTransaction(abc.ABC):
+    """One write transaction: sees everything committed before it, then stages and commits.
+
+    `tail` holds what other writers appended since this store last looked; callers apply it
+    before deciding anything. Staging is pure bookkeeping; nothing is durable before commit.
+    """
+
+    def __init__(self, head: Head, tail: list[Recorded], recorded_at: datetime) -> None:
+        self.head = head
+        self.tail = tail
+        self.recorded_us = to_micros(recorded_at)
+        self.recorded_at = recorded_at
+        self.rows: list[StagedRow] = []
+        self._staged_ids: dict[str, Recorded] = {}
+
+    @abc.abstractmethod
+    async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+        """Stored records (committed or staged here) for any of these event ids."""
+
+    def stage(
+        self,
+        batch: Sequence[NewEvent],
+        *,
+        expected_versions: Mapping[str, int] | None = None,
+    ) -> list[Recorded]:
+        """Give each new event its seq, version and hash; raises VersionConflict, staging nothing.
+
+        An event_id already staged in this transaction returns the staged record instead.
+        """
+        if expected_versions:
+            for stream, expected in expected_versions.items():
+                actual = self.head.stream_versions.get(stream, 0)
+                if actual != expected:
+                    raise VersionConflict(stream, expected, actual)
+        records: list[Recorded] = []
+        for new in batch:
+            already = self._staged_ids.get(new.event_id)
+            if already is not None:
+                records.append(already)
+                continue
+            records.append(self._stage_one(new))
+        return records
+
+    def _stage_one(self, new: NewEvent) -> Recorded:
+        head = self.head
+        seq = head.seq + 1
+        version = head.stream_versions.get(new.stream, 0) + 1
+        body = encode_event(new.event)
+        occurred_us = to_micros(new.occurred_at)
+        digest = chain_hash(
+            head.hash,
+            seq=seq,
+            stream=new.stream,
+            version=version,
+            event_id=new.event_id,
+            occurred_us=occurred_us,
+            recorded_us=self.recorded_us,
+            schema_version=SCHEMA_VERSION,
+            body=body,
+        )
+        self.rows.append(
+            StagedRow(
+                seq,
+                new.stream,
+                version,
+                new.event_id,
+                event_type(new.event),
+                SCHEMA_VERSION,
+                occurred_us,
+                self.recorded_us,
+                body,
+                digest,
+            )
+        )
+        head.seq = seq
+        head.hash = digest
+        head.stream_versions[new.stream] = version
+        record = Recorded(
+            seq=seq,
+            stream=new.stream,
+            version=version,
+            event_id=new.event_id,
+            occurred_at=new.occurred_at,
+            recorded_at=self.recorded_at,
+            schema_version=SCHEMA_VERSION,
+            event=new.event,
+            hash=digest,
+        )
+        self._staged_ids[new.event_id] = record
+        return record
+
+
+class _PendingAppend:
+    def __init__(self, batch: list[NewEvent], expected: dict[str, int]) -> None:
+        self.batch = batch
+        self.expected = expected
+        self.done = False
+        self.result: list[Recorded] = []
+        self.error: LedgerError | None = None
+
+
+class EventStore(abc.ABC):
+    """An append-only, hash-chained log of events.
+
+    `append` is atomic for the batch, idempotent by event_id, raises VersionConflict on a stale
+    expected version (appending nothing), and returns only once the batch is durable.
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and prepare; raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def write(self) -> AbstractAsyncContextManager[StoreTransaction]:
+        """A write transaction, exclusive across every writer of this log; commits on exit."""
+
+    def __init__(self) -> None:
+        self._waiting: list[_PendingAppend] = []
+        self._group_lock = anyio.Lock()
+
+    async def append(
+        self,
+        batch: Sequence[NewEvent],
+        *,
+        expected_versions: Mapping[str, int] | None = None,
+    ) -> list[Recorded]:
+        """Append atomically; a known event_id returns its stored record instead of a new one.
+
+        Concurrent callers share one transaction (group commit): whoever takes the lock first
+        commits every batch queued so far, each batch still all-or-nothing on its own.
+        Raises VersionConflict, StoreError.
+        """
+        pending = _PendingAppend(list(batch), dict(expected_versions or {}))
+        self._waiting.append(pending)
+        async with self._group_lock:
+            if not pending.done:
+                group, self._waiting = self._waiting, []
+                with anyio.CancelScope(shield=True):
+                    await self._commit_group(group)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    async def _commit_group(self, group: list[_PendingAppend]) -> None:
+        try:
+            async with self.write() as tx:
+                existing = await tx.find_existing(
+                    [new.event_id for pending in group for new in pending.batch]
+                )
+                for pending in group:
+                    batch = pending.batch
+                    fresh = [new for new in batch if new.event_id not in existing]
+                    try:
+                        staged = iter(tx.stage(fresh, expected_versions=pending.expected))
+                    except VersionConflict as conflict:
+                        pending.error = conflict
+                        continue
+                    pending.result = [existing.get(new.event_id) or next(staged) for new in batch]
+        except Exception as failure:
+            error = (
+                failure
+                if isinstance(failure, LedgerError)
+                else StoreError(f"append failed: {failure!r}")
+            )
+            for pending in group:
+                pending.error = pending.error or error
+                pending.result = []
+        finally:
+            for pending in group:
+                pending.done = True
+
+    @abc.abstractmethod
+    def iterate(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        stream: str | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[list[Recorded]]:
+        """Pages of records in seq order: after a seq, up to a seq or an occurred_at time."""
+
+    async def read(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        stream: str | None = None,
+    ) -> list[Recorded]:
+        """Every matching record in seq order (see `iterate` for large reads)."""
+        records: list[Recorded] = []
+        async for page in self.iterate(
+            after_seq=after_seq, to_seq=to_seq, until=until, stream=stream
+        ):
+            records.extend(page)
+        return records
+
+    @abc.abstractmethod
+    async def head(self) -> Head:
+        """Where the committed log ends now (read from storage, not from a cache)."""
+
+    @abc.abstractmethod
+    async def hash_at(self, seq: int) -> str | None:
+        """The hash stored at seq, or None when there is no such event."""
+
+    @abc.abstractmethod
+    async def verify_chain(self) -> ChainReport:
+        """Recompute the whole chain; raises IntegrityError naming the first bad seq."""

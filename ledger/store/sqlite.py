@@ -1,0 +1,302 @@
+"""The durable event store: one SQLite file in WAL mode, through aiosqlite."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import aiosqlite
+import anyio
+
+from ledger.clock import Clock, system_clock
+from ledger.envelope import Recorded
+from ledger.errors import StoreError, StoreUnavailable
+from ledger.store.base import (
+    ChainReport,
+    ChainVerifier,
+    EventStore,
+    Head,
+    StagedRow,
+    StoreTransaction,
+    record_from_row,
+)
+from ledger.values import to_micros
+
+# 'PLDG': marks the file as a position-ledger log so a foreign database is refused.
+APPLICATION_ID = 0x504C4447
+_COLUMNS = (
+    "seq, stream, version, event_id, type, schema_version, occurred_us, recorded_us, body, hash"
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq            INTEGER PRIMARY KEY,
+    stream         TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    event_id       TEXT    NOT NULL UNIQUE,
+    type           TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    occurred_us    INTEGER NOT NULL,
+    recorded_us    INTEGER NOT NULL,
+    body           BLOB    NOT NULL,
+    hash           TEXT    NOT NULL,
+    UNIQUE (stream, version)
+);
+"""
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+def _staged(row: sqlite3.Row | tuple[object, ...]) -> StagedRow:
+    return StagedRow(*row)
+
+
+class _SQLiteTransaction(StoreTransaction):
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        head: Head,
+        tail: list[Recorded],
+        recorded_at: datetime,
+    ) -> None:
+        super().__init__(head, tail, recorded_at)
+        self._conn = conn
+
+    async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+        found = {i: self._staged_ids[i] for i in event_ids if i in self._staged_ids}
+        wanted = [i for i in dict.fromkeys(event_ids) if i not in found]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._conn.execute_fetchall(
+                f"SELECT {_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk
+            )
+            for row in rows:
+                record = record_from_row(_staged(row))
+                found[record.event_id] = record
+        return found
+
+
+class SQLiteEventStore(EventStore):
+    """Hash-chained log in SQLite; `synchronous='FULL'` (default) survives power loss."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_ms: int = 10_000,
+        read_only: bool = False,
+        clock: Clock = system_clock,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._read_only = read_only
+        self._clock = clock
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = anyio.Lock()
+        self._head = Head()
+
+    async def open(self) -> None:
+        """Connect, create the schema if new, load the head; raises StoreUnavailable."""
+        if self._read_only and not self.path.exists():
+            raise StoreUnavailable(f"no ledger database at {self.path}")
+        try:
+            if self._read_only:
+                conn = await aiosqlite.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await aiosqlite.connect(self.path, isolation_level=None)
+            self._conn = conn
+            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            await self._check_or_create()
+            self._head = await self.head()
+        except sqlite3.DatabaseError as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot open ledger database {self.path}: {exc}") from exc
+
+    async def _check_or_create(self) -> None:
+        conn = self._connection()
+        app_id = (await (await conn.execute("PRAGMA application_id")).fetchone() or (0,))[0]
+        tables = await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        if app_id != APPLICATION_ID and (tables or app_id != 0):
+            raise StoreUnavailable(f"{self.path} is not a position-ledger database")
+        if self._read_only:
+            if app_id != APPLICATION_ID:
+                raise StoreUnavailable(f"{self.path} is empty, not a position-ledger database")
+            return
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        if app_id != APPLICATION_ID:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.execute(_SCHEMA)
+                await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+
+    def _connection(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("the store is not open")
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[StoreTransaction]:
+        if self._read_only:
+            raise StoreUnavailable(f"{self.path} is open read-only")
+        conn = self._connection()
+        async with self._lock:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"cannot lock {self.path} for writing: {exc}") from exc
+            try:
+                tail_rows = await conn.execute_fetchall(
+                    f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq",
+                    (self._head.seq,),
+                )
+                tail = [record_from_row(_staged(row)) for row in tail_rows]
+                for record in tail:
+                    self._head.seq = record.seq
+                    self._head.hash = record.hash
+                    self._head.stream_versions[record.stream] = record.version
+                tx = _SQLiteTransaction(conn, self._head.copy(), tail, self._clock())
+                yield tx
+                if tx.rows:
+                    await conn.executemany(
+                        f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        list(_as_tuples(tx.rows)),
+                    )
+                await conn.execute("COMMIT")
+                self._head = tx.head
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"append to {self.path} failed: {exc}") from exc
+                raise
+
+    async def iterate(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        stream: str | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[list[Recorded]]:
+        async for rows in self.iterate_rows(
+            after_seq=after_seq, to_seq=to_seq, until=until, stream=stream, page_size=page_size
+        ):
+            yield [record_from_row(row) for row in rows]
+
+    async def iterate_rows(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        stream: str | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[list[StagedRow]]:
+        """Raw stored rows in seq order, a page per database call."""
+        conn = self._connection()
+        where = ["seq > ?"]
+        extra: list[object] = []
+        if to_seq is not None:
+            where.append("seq <= ?")
+            extra.append(to_seq)
+        if until is not None:
+            where.append("occurred_us <= ?")
+            extra.append(to_micros(until))
+        if stream is not None:
+            where.append("stream = ?")
+            extra.append(stream)
+        sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        cursor = after_seq
+        while True:
+            try:
+                rows = await conn.execute_fetchall(sql, (cursor, *extra, page_size))
+            except sqlite3.DatabaseError as exc:
+                raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
+            if not rows:
+                return
+            page = [_staged(row) for row in rows]
+            yield page
+            if len(page) < page_size:
+                return
+            cursor = page[-1].seq
+
+    async def head(self) -> Head:
+        conn = self._connection()
+        try:
+            last = await (
+                await conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+            ).fetchone()
+            versions = await conn.execute_fetchall(
+                "SELECT stream, MAX(version) FROM events GROUP BY stream"
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
+        if last is None:
+            return Head()
+        return Head(int(last[0]), str(last[1]), {str(s): int(v) for s, v in versions})
+
+    async def hash_at(self, seq: int) -> str | None:
+        row = await (
+            await self._connection().execute("SELECT hash FROM events WHERE seq = ?", (seq,))
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def verify_chain(self) -> ChainReport:
+        verifier = ChainVerifier()
+        async for rows in self.iterate_rows():
+            for row in rows:
+                verifier.feed(row)
+        return verifier.report()
+
+    async def backup_to(self, target: Path) -> None:
+        """A consistent copy of the whole database through SQLite's backup API."""
+        source = str(self.path)
+
+        def copy() -> None:
+            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
+
+        await anyio.to_thread.run_sync(copy)
+
+
+def _as_tuples(rows: Iterable[StagedRow]) -> Iterable[tuple[object, ...]]:
+    for row in rows:
+        yield (
+            row.seq,
+            row.stream,
+            row.version,
+            row.event_id,
+            row.type,
+            row.schema_version,
+            row.occurred_us,
+            row.recorded_us,
+            row.body,
+            row.hash,
+        )

@@ -1,0 +1,216 @@
+"""One position's state, and the fold of its events into it.
+
+`Position` keeps the seed's attribute names (position_size, unrealized_pnl, roe_percentage,
+partial_exits, ...) so bot code written for the seed keeps reading them; `qty` is the truth and
+position_size is derived from it (qty x entry price).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
+
+from ledger.events import (
+    FundingRecorded,
+    PartialExitRecorded,
+    PositionClosed,
+    PositionIncreased,
+    PositionMarked,
+    PositionOpened,
+)
+from ledger.values import ZERO, Side, Source
+from projections.pnl import initial_margin, notional, price_pnl, roe_pct
+
+
+class Status(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class PartialExit(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's partial-exit record (timestamp, size, price, realized_pnl, reason) plus qty."""
+
+    timestamp: datetime
+    size: Decimal
+    qty: Decimal
+    price: Decimal
+    realized_pnl: Decimal
+    fee: Decimal = ZERO
+    reason: str = ""
+    source: Source = Source.BOT
+    rule: str | None = None
+
+
+class Position(msgspec.Struct, frozen=True, kw_only=True):
+    """An immutable view of a position; every change makes a new one."""
+
+    position_id: str
+    symbol: str
+    side: Side
+    entry_price: Decimal
+    current_price: Decimal
+    position_size: Decimal
+    leverage: int
+    unrealized_pnl: Decimal
+    roe_percentage: Decimal
+    open_time: datetime
+    close_time: datetime | None = None
+    confidence: Decimal | None = None
+    open_reason: str = ""
+    close_reason: str | None = None
+    atr: Decimal | None = None
+    adx: Decimal | None = None
+    volatility: Decimal | None = None
+    real_initial_margin: Decimal | None = None
+    partial_exits: tuple[PartialExit, ...] = ()
+    qty: Decimal
+    initial_qty: Decimal
+    realized_pnl: Decimal = ZERO
+    fees: Decimal = ZERO
+    funding: Decimal = ZERO
+    exit_price: Decimal | None = None
+    status: Status = Status.OPEN
+    source: Source = Source.BOT
+    position_idx: int = 0
+    pnl_estimated: bool = False
+    marked_at: datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status is Status.OPEN
+
+    @property
+    def margin(self) -> Decimal:
+        return initial_margin(self.qty, self.entry_price, self.leverage, self.real_initial_margin)
+
+
+def opened(event: PositionOpened, at: datetime) -> Position:
+    """The position a PositionOpened event starts."""
+    return Position(
+        position_id=event.position_id,
+        symbol=event.symbol,
+        side=event.side,
+        entry_price=event.entry_price,
+        current_price=event.entry_price,
+        position_size=notional(event.qty, event.entry_price),
+        leverage=event.leverage,
+        unrealized_pnl=ZERO,
+        roe_percentage=ZERO,
+        open_time=at,
+        confidence=event.confidence,
+        open_reason=event.open_reason,
+        atr=event.atr,
+        adx=event.adx,
+        volatility=event.volatility,
+        real_initial_margin=event.real_initial_margin,
+        qty=event.qty,
+        initial_qty=event.qty,
+        realized_pnl=-event.fee,
+        fees=event.fee,
+        source=event.source,
+        position_idx=event.position_idx,
+    )
+
+
+def marked(position: Position, event: PositionMarked, at: datetime) -> Position:
+    unrealized = event.unrealized_pnl
+    if unrealized is None:
+        unrealized = price_pnl(position.side, position.qty, position.entry_price, event.mark_price)
+    margin_known = event.initial_margin if event.initial_margin else position.real_initial_margin
+    margin = initial_margin(position.qty, position.entry_price, position.leverage, margin_known)
+    return msgspec.structs.replace(
+        position,
+        current_price=event.mark_price,
+        unrealized_pnl=unrealized,
+        real_initial_margin=margin_known,
+        roe_percentage=roe_pct(unrealized, margin),
+        marked_at=at,
+    )
+
+
+def increased(position: Position, event: PositionIncreased) -> Position:
+    qty = position.qty + event.qty
+    margin = position.real_initial_margin
+    if margin is not None:
+        margin += notional(event.qty, event.price) / position.leverage
+    unrealized = price_pnl(position.side, qty, event.new_entry_price, position.current_price)
+    return msgspec.structs.replace(
+        position,
+        qty=qty,
+        initial_qty=position.initial_qty + event.qty,
+        entry_price=event.new_entry_price,
+        position_size=notional(qty, event.new_entry_price),
+        real_initial_margin=margin,
+        unrealized_pnl=unrealized,
+        roe_percentage=roe_pct(
+            unrealized, initial_margin(qty, event.new_entry_price, position.leverage, margin)
+        ),
+        realized_pnl=position.realized_pnl - event.fee,
+        fees=position.fees + event.fee,
+    )
+
+
+def partly_exited(position: Position, event: PartialExitRecorded, at: datetime) -> Position:
+    remaining = position.qty - event.qty
+    left = remaining / position.qty if position.qty else ZERO
+    margin = position.real_initial_margin
+    if margin is not None:
+        margin *= left
+    unrealized = position.unrealized_pnl * left
+    record = PartialExit(
+        timestamp=at,
+        size=notional(event.qty, position.entry_price),
+        qty=event.qty,
+        price=event.price,
+        realized_pnl=event.realized_pnl,
+        fee=event.fee,
+        reason=event.reason,
+        source=event.source,
+        rule=event.rule,
+    )
+    return msgspec.structs.replace(
+        position,
+        qty=remaining,
+        position_size=notional(remaining, position.entry_price),
+        real_initial_margin=margin,
+        unrealized_pnl=unrealized,
+        roe_percentage=roe_pct(
+            unrealized,
+            initial_margin(remaining, position.entry_price, position.leverage, margin),
+        ),
+        realized_pnl=position.realized_pnl + event.realized_pnl,
+        fees=position.fees + event.fee,
+        partial_exits=(*position.partial_exits, record),
+    )
+
+
+def funded(position: Position, event: FundingRecorded) -> Position:
+    return msgspec.structs.replace(
+        position,
+        realized_pnl=position.realized_pnl + event.amount,
+        funding=position.funding + event.amount,
+    )
+
+
+def closed(position: Position, event: PositionClosed, at: datetime) -> Position:
+    """Closed: unrealized becomes zero and roe_percentage is the realized ROE on opening margin."""
+    realized = position.realized_pnl + event.realized_pnl
+    opening_margin = initial_margin(
+        position.initial_qty, position.entry_price, position.leverage, None
+    )
+    return msgspec.structs.replace(
+        position,
+        status=Status.CLOSED,
+        close_time=at,
+        close_reason=event.reason,
+        current_price=event.price,
+        exit_price=event.price,
+        unrealized_pnl=ZERO,
+        roe_percentage=roe_pct(realized, opening_margin),
+        realized_pnl=realized,
+        fees=position.fees + event.fee,
+        pnl_estimated=event.pnl_estimated,
+    )

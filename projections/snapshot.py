@@ -1,0 +1,76 @@
+"""The positions.json format: the seed's keys, plus where in the log it was taken.
+
+Dashboards written for the seed keep reading `open_positions`, `closed_positions`,
+`session_stats` and `last_saved` (numbers are JSON numbers, read back as exact Decimals);
+`last_seq`, `last_hash`, `format_version` and `accumulators` let start-up resume the fold.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
+
+from ledger.errors import SnapshotError
+from projections.book import Book
+from projections.positions import Position
+from projections.stats import Accumulators, SessionSummary
+
+FORMAT_VERSION = 1
+
+
+class SnapshotFile(msgspec.Struct, kw_only=True):
+    open_positions: dict[str, Position]
+    closed_positions: list[Position]
+    session_stats: SessionSummary
+    last_saved: datetime
+    format_version: int
+    last_seq: int
+    last_hash: str
+    balance: Decimal | None = None
+    available_balance: Decimal | None = None
+    accumulators: Accumulators = msgspec.field(default_factory=Accumulators)
+    imported_files: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+_encoder = msgspec.json.Encoder(decimal_format="number")
+_decoder = msgspec.json.Decoder(SnapshotFile)
+
+
+def encode_snapshot(book: Book, saved_at: datetime) -> bytes:
+    """positions.json bytes for the book as it stands."""
+    document = SnapshotFile(
+        open_positions=book.open,
+        closed_positions=list(book.closed.values()),
+        session_stats=book.summary(),
+        last_saved=saved_at,
+        format_version=FORMAT_VERSION,
+        last_seq=book.last_seq,
+        last_hash=book.last_hash,
+        balance=book.balance,
+        available_balance=book.available,
+        accumulators=book.acc,
+        imported_files=book.imported_files,
+    )
+    return msgspec.json.format(_encoder.encode(document), indent=2)
+
+
+def decode_snapshot(data: bytes) -> Book:
+    """The book a positions.json holds; raises SnapshotError if it is not one of ours."""
+    try:
+        document = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SnapshotError(f"positions.json is not a ledger snapshot: {exc}") from None
+    if document.format_version != FORMAT_VERSION:
+        raise SnapshotError(f"unsupported snapshot format_version {document.format_version}")
+    book = Book()
+    book.open = dict(document.open_positions)
+    book.closed = {p.position_id: p for p in document.closed_positions}
+    book.balance = document.balance
+    book.available = document.available_balance
+    book.acc = document.accumulators
+    book.imported_files = dict(document.imported_files)
+    book.last_seq = document.last_seq
+    book.last_hash = document.last_hash
+    return book

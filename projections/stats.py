@@ -1,0 +1,145 @@
+"""Session statistics: running sums kept as events are folded, and the summary built from them.
+
+Win/loss counts a closed position on its whole realized PnL (partial exits + final close -
+fees + funding), not on its last unrealized PnL as the seed did.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from ledger.values import ZERO
+from projections.positions import Position
+
+
+class SymbolStats(msgspec.Struct, kw_only=True):
+    closed_trades: int = 0
+    wins: int = 0
+    losses: int = 0
+    realized_pnl: Decimal = ZERO
+    fees: Decimal = ZERO
+    funding: Decimal = ZERO
+
+
+class Accumulators(msgspec.Struct, kw_only=True):
+    """Running sums over every realized cash flow; snapshotted so snapshot + tail == rebuild."""
+
+    closed_trades: int = 0
+    wins: int = 0
+    losses: int = 0
+    closed_realized_pnl: Decimal = ZERO
+    gross_profit: Decimal = ZERO
+    gross_loss: Decimal = ZERO
+    equity: Decimal = ZERO
+    peak_equity: Decimal = ZERO
+    max_drawdown: Decimal = ZERO
+    per_symbol: dict[str, SymbolStats] = msgspec.field(default_factory=dict)
+
+    def realize(self, amount: Decimal) -> None:
+        """A realized cash flow moves equity; track its peak and the deepest fall from it."""
+        if not amount:
+            return
+        self.equity += amount
+        if self.equity > self.peak_equity:
+            self.peak_equity = self.equity
+        drawdown = self.peak_equity - self.equity
+        if drawdown > self.max_drawdown:
+            self.max_drawdown = drawdown
+
+    def record_close(self, position: Position) -> None:
+        pnl = position.realized_pnl
+        symbol = self.per_symbol.get(position.symbol)
+        if symbol is None:
+            symbol = self.per_symbol[position.symbol] = SymbolStats()
+        self.closed_trades += 1
+        symbol.closed_trades += 1
+        self.closed_realized_pnl += pnl
+        symbol.realized_pnl += pnl
+        symbol.fees += position.fees
+        symbol.funding += position.funding
+        if pnl > 0:
+            self.wins += 1
+            symbol.wins += 1
+            self.gross_profit += pnl
+        else:
+            self.losses += 1
+            symbol.losses += 1
+            self.gross_loss += pnl
+
+    def copy(self) -> Accumulators:
+        return msgspec.structs.replace(
+            self,
+            per_symbol={k: msgspec.structs.replace(v) for k, v in self.per_symbol.items()},
+        )
+
+
+class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's get_session_summary keys, computed right, plus the figures a trader asks for."""
+
+    active_positions: int
+    used_margin: Decimal
+    unrealized_pnl: Decimal
+    closed_trades: int
+    wins: int
+    losses: int
+    win_rate: Decimal
+    total_realized_pnl: Decimal
+    total_pnl: Decimal
+    balance: Decimal
+    available_balance: Decimal
+    closed_realized_pnl: Decimal
+    open_realized_pnl: Decimal
+    total_fees: Decimal
+    total_funding: Decimal
+    profit_factor: Decimal | None
+    average_win: Decimal
+    average_loss: Decimal
+    expectancy: Decimal
+    max_drawdown: Decimal
+    per_symbol: dict[str, SymbolStats]
+
+
+def summarize(
+    acc: Accumulators,
+    open_positions: list[Position],
+    balance: Decimal | None,
+    available: Decimal | None,
+) -> SessionSummary:
+    """The summary at this point of the fold.
+
+    total_realized_pnl counts every realized cash flow: closed positions in full, plus what
+    open positions have already realized through partial exits, funding and fees.
+    """
+    used_margin = sum((p.margin for p in open_positions), ZERO)
+    unrealized = sum((p.unrealized_pnl for p in open_positions), ZERO)
+    open_realized = sum((p.realized_pnl for p in open_positions), ZERO)
+    total_realized = acc.closed_realized_pnl + open_realized
+    n = acc.closed_trades
+    closed_fees = sum((s.fees for s in acc.per_symbol.values()), ZERO)
+    closed_funding = sum((s.funding for s in acc.per_symbol.values()), ZERO)
+    known_balance = ZERO if balance is None else balance
+    return SessionSummary(
+        active_positions=len(open_positions),
+        used_margin=used_margin,
+        unrealized_pnl=unrealized,
+        closed_trades=n,
+        wins=acc.wins,
+        losses=acc.losses,
+        win_rate=Decimal(acc.wins) / n if n else ZERO,
+        total_realized_pnl=total_realized,
+        total_pnl=unrealized + total_realized,
+        balance=known_balance,
+        available_balance=available if available is not None else known_balance - used_margin,
+        closed_realized_pnl=acc.closed_realized_pnl,
+        open_realized_pnl=open_realized,
+        total_fees=closed_fees + sum((p.fees for p in open_positions), ZERO),
+        total_funding=closed_funding + sum((p.funding for p in open_positions), ZERO),
+        profit_factor=acc.gross_profit / -acc.gross_loss if acc.gross_loss else None,
+        average_win=acc.gross_profit / acc.wins if acc.wins else ZERO,
+        average_loss=acc.gross_loss / acc.losses if acc.losses else ZERO,
+        expectancy=acc.closed_realized_pnl / n if n else ZERO,
+        max_drawdown=acc.max_drawdown,
+        per_symbol={k: msgspec.structs.replace(v) for k, v in sorted(acc.per_symbol.items())},
+    )
