@@ -23,7 +23,7 @@ from ledger.commands import OpenPosition
 from ledger.errors import InvalidValue, PositionAlreadyClosed, StoreUnavailable, UnknownPosition
 from ledger.events import PositionMarked
 from ledger.rules import decide
-from ledger.service import Ledger, Number, Planned, new_position_id
+from ledger.service import Ledger, Number, Plan, new_position_id
 from ledger.settings import Settings, load_settings
 from ledger.values import Side, optional_decimal, positive, to_decimal
 from projections.book import Book
@@ -182,11 +182,11 @@ class ThreadSafePositionManager:
             current = positive("current_price", current)
         limits = self.settings.limits
 
-        def plan(book: Book) -> list[Planned]:
-            planned: list[Planned] = [(e, None) for e in decide(book, command, limits)]
+        def plan(book: Book) -> list[Plan]:
+            planned = [Plan(e) for e in decide(book, command, limits)]
             if current is not None and current != entry:
                 planned.append(
-                    (PositionMarked(position_id=command.position_id, mark_price=current), None)
+                    Plan(PositionMarked(position_id=command.position_id, mark_price=current))
                 )
             return planned
 

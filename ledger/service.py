@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
@@ -50,9 +51,21 @@ from projections.stats import SessionSummary
 log = logging.getLogger("ledger")
 
 Number = Decimal | int | float | str
-# An event to append, with its idempotency key when the caller has a meaningful one.
-Planned = tuple[AnyEvent, str | None]
-Decider = Callable[[Book], Sequence[Planned]]
+
+
+class Plan(NamedTuple):
+    """An event a decider wants appended.
+
+    key: an idempotency key when the caller has a meaningful one (an exchange execution id,
+    an import's file hash); occurred_at: when it happened, if not now (imports, exchange times).
+    """
+
+    event: AnyEvent
+    key: str | None = None
+    occurred_at: datetime | None = None
+
+
+Decider = Callable[[Book], Sequence[Plan]]
 
 _MAX_GROUP = 1000
 
@@ -107,6 +120,7 @@ class Ledger:
         self._task_group: TaskGroup | None = None
         self._send: MemoryObjectSendStream[_Job] | None = None
         self._writer_done = anyio.Event()
+        self._appended = anyio.Event()
         self._snapshot_seq = 0
         self._snapshot_at = time.monotonic()
         self._snapshot_running = False
@@ -214,7 +228,7 @@ class Ledger:
     async def execute(self, command: AnyCommand) -> list[Recorded]:
         """Check a command against the rules and append its events; raises CommandRejected."""
         limits = self._limits
-        return await self.transact(lambda book: [(e, None) for e in decide(book, command, limits)])
+        return await self.transact(lambda book: [Plan(e) for e in decide(book, command, limits)])
 
     async def _writer(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
         try:
@@ -233,6 +247,8 @@ class Ledger:
                         break
                 with anyio.CancelScope(shield=True):
                     await self._commit_group(group)
+                self._appended.set()
+                self._appended = anyio.Event()
                 await self._snapshot_if_due()
 
     async def _commit_group(self, group: list[_Job]) -> None:
@@ -246,22 +262,24 @@ class Ledger:
                     except Exception as refused:  # handed back to the caller, not swallowed
                         job.error = refused
                         continue
-                    keyed = [key for _, key in planned if key is not None]
+                    keyed = [plan.key for plan in planned if plan.key is not None]
                     existing = await tx.find_existing(keyed) if keyed else {}
                     fresh = [
                         NewEvent(
-                            stream=stream_of(event),
-                            event=event,
-                            event_id=key or uuid.uuid4().hex,
-                            occurred_at=now,
+                            stream=stream_of(plan.event),
+                            event=plan.event,
+                            event_id=plan.key or uuid.uuid4().hex,
+                            occurred_at=plan.occurred_at or now,
                         )
-                        for event, key in planned
-                        if key is None or key not in existing
+                        for plan in planned
+                        if plan.key is None or plan.key not in existing
                     ]
                     staged = iter(tx.stage(fresh))
                     records = [
-                        existing[key] if key is not None and key in existing else next(staged)
-                        for _, key in planned
+                        existing[plan.key]
+                        if plan.key is not None and plan.key in existing
+                        else next(staged)
+                        for plan in planned
                     ]
                     self._book.apply_all(r for r in records if r.seq > self._book.last_seq)
                     job.result = records
@@ -510,6 +528,25 @@ class Ledger:
         async for page in self.store.iterate(after_seq=before):
             self._book.apply_all(page)
         return self._book.last_seq - before
+
+    async def subscribe(
+        self, from_seq: int = 0, *, poll_interval: float = 0.25
+    ) -> AsyncIterator[Recorded]:
+        """Every event after from_seq: first from the log, then live as they are committed.
+
+        Appends in this process wake the subscriber at once; appends by other processes on the
+        same database are picked up within poll_interval. Reading is on the subscriber's own
+        task, so a slow or failing subscriber never holds up an append.
+        """
+        seq = from_seq
+        while True:
+            appended = self._appended
+            async for page in self.store.iterate(after_seq=seq):
+                for record in page:
+                    yield record
+                    seq = record.seq
+            with anyio.move_on_after(poll_interval):
+                await appended.wait()
 
     async def backup(self, to: str | Path | None = None) -> Path:
         """A consistent copy of the log through SQLite's backup API, keeping the newest N."""

@@ -98,6 +98,9 @@ class SQLiteEventStore(EventStore):
         self._read_only = read_only
         self._clock = clock
         self._conn: aiosqlite.Connection | None = None
+        # Reads go through their own connection so they never see a write transaction's
+        # uncommitted rows (WAL lets readers and the writer work at once).
+        self._reader: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
         self._head = Head()
 
@@ -116,6 +119,10 @@ class SQLiteEventStore(EventStore):
             self._conn = conn
             await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             await self._check_or_create()
+            self._reader = await aiosqlite.connect(
+                f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+            )
+            await self._reader.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             self._head = await self.head()
         except sqlite3.DatabaseError as exc:
             await self.close()
@@ -150,10 +157,17 @@ class SQLiteEventStore(EventStore):
             raise StoreUnavailable("the store is not open")
         return self._conn
 
+    def _reading(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("the store is not open")
+        return self._reader
+
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.close()
+        for name in ("_reader", "_conn"):
+            conn = getattr(self, name)
+            if conn is not None:
+                setattr(self, name, None)
+                await conn.close()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[StoreTransaction]:
@@ -215,7 +229,7 @@ class SQLiteEventStore(EventStore):
         page_size: int = 5000,
     ) -> AsyncIterator[list[StagedRow]]:
         """Raw stored rows in seq order, a page per database call."""
-        conn = self._connection()
+        conn = self._reading()
         where = ["seq > ?"]
         extra: list[object] = []
         if to_seq is not None:
@@ -243,7 +257,7 @@ class SQLiteEventStore(EventStore):
             cursor = page[-1].seq
 
     async def head(self) -> Head:
-        conn = self._connection()
+        conn = self._reading()
         try:
             last = await (
                 await conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
@@ -259,7 +273,7 @@ class SQLiteEventStore(EventStore):
 
     async def hash_at(self, seq: int) -> str | None:
         row = await (
-            await self._connection().execute("SELECT hash FROM events WHERE seq = ?", (seq,))
+            await self._reading().execute("SELECT hash FROM events WHERE seq = ?", (seq,))
         ).fetchone()
         return None if row is None else str(row[0])
 

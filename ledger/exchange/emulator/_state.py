@@ -1,4 +1,4 @@
-"""In-memory state of the emulated Bybit account: instruments, marks, positions, balances, history."""
+"""In-memory state of the emulated Bybit account: instruments, marks, positions, history."""
 
 from __future__ import annotations
 
@@ -76,7 +76,13 @@ class Instrument:
 
 
 def _instrument(
-    base: str, tick: str, step: str, max_qty: str, max_lev: str, mark: str, launch_ms: int
+    base: str,
+    tick: str,
+    step: str,
+    max_qty: str,
+    max_lev: str,
+    mark: str,
+    launch_ms: int,
 ) -> Instrument:
     tick_size = Decimal(tick)
     return Instrument(
@@ -298,7 +304,9 @@ class ExchangeState:
             rows = [self._snapshot(s) for s in self._slots.values() if s.size > 0]
         else:
             market_id = self.symbol_id(symbol)
-            rows = [self._snapshot(self._slot(market_id, idx, create=False)) for idx in self._indices()]
+            rows = [
+                self._snapshot(self._slot(market_id, idx, create=False)) for idx in self._indices()
+            ]
             if open_only:
                 rows = [r for r in rows if r.is_open]
         return sorted(rows, key=lambda p: (p.symbol, p.position_idx))
@@ -306,7 +314,9 @@ class ExchangeState:
     def balances(self) -> list[CoinBalance]:
         result: list[CoinBalance] = []
         for coin, wallet in self._wallet.items():
-            settled = [self._snapshot(s) for s in self._slots.values() if s.size > 0 and coin == "USDT"]
+            settled = [
+                self._snapshot(s) for s in self._slots.values() if s.size > 0 and coin == "USDT"
+            ]
             result.append(
                 CoinBalance(
                     coin=coin,
@@ -355,7 +365,9 @@ class ExchangeState:
                 changed.append(self._snapshot(slot))
         return changed
 
-    def set_balance(self, total: NumberLike, available: NumberLike | None = None, coin: str = "USDT") -> None:
+    def set_balance(
+        self, total: NumberLike, available: NumberLike | None = None, coin: str = "USDT"
+    ) -> None:
         coin = coin.upper()
         self._wallet[coin] = to_decimal(total)
         if available is None:
@@ -363,7 +375,9 @@ class ExchangeState:
         else:
             self._available[coin] = to_decimal(available)
 
-    def set_leverage(self, symbol: str, leverage: NumberLike, position_idx: int | None = None) -> list[Position]:
+    def set_leverage(
+        self, symbol: str, leverage: NumberLike, position_idx: int | None = None
+    ) -> list[Position]:
         market_id = self.symbol_id(symbol)
         lev = self._positive(leverage, "leverage")
         if lev > self.instruments[market_id].max_leverage:
@@ -396,7 +410,7 @@ class ExchangeState:
         slot = self._slot(market_id, idx, create=True)
         if slot.size > 0 and slot.side != order_side:
             raise ValueError(
-                f"{market_id} holds a {slot.side} position in one-way mode; reduce or close it first"
+                f"{market_id} holds a {slot.side} one-way position; reduce or close it first"
             )
         now = self.now_ms()
         fee = _q8(amount * fill * self.taker_fee_rate)
@@ -417,7 +431,14 @@ class ExchangeState:
         slot.updated_ms = now
         slot.seq = self._next_seq()
         execution = self._execution(
-            slot, order_side, "Trade", amount, fill, fee, exec_pnl=_ZERO, closed_size=_ZERO
+            slot,
+            order_side,
+            "Trade",
+            amount,
+            fill,
+            fee,
+            exec_pnl=_ZERO,
+            closed_size=_ZERO,
         )
         return self._snapshot(slot), execution
 
@@ -431,7 +452,9 @@ class ExchangeState:
             raise ValueError(f"cannot reduce {amount} from a {slot.size} {market_id} position")
         return self._close(slot, amount, self._positive(price, "price"))
 
-    def close_position(self, symbol: str, side: str, price: NumberLike) -> tuple[Position, ClosedPnl, Execution]:
+    def close_position(
+        self, symbol: str, side: str, price: NumberLike
+    ) -> tuple[Position, ClosedPnl, Execution]:
         market_id = self.symbol_id(symbol)
         slot = self._open_slot(market_id, _side_of(side))
         return self._close(slot, slot.size, self._positive(price, "price"))
@@ -444,25 +467,39 @@ class ExchangeState:
         mark = self._marks[market_id]
         value = _q8(slot.size * mark)
         fee = -credit
-        rate = (fee / value).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP) if value else _ZERO
+        rate = (
+            (fee / value).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP) if value else _ZERO
+        )
         self._realise(slot, credit)
         slot.updated_ms = self.now_ms()
         slot.seq = self._next_seq()
         assert slot.side is not None
         execution = self._execution(
-            slot, slot.side, "Funding", slot.size, mark, fee, exec_pnl=_ZERO, closed_size=_ZERO, rate=rate
+            slot,
+            slot.side,
+            "Funding",
+            slot.size,
+            mark,
+            fee,
+            exec_pnl=_ZERO,
+            closed_size=_ZERO,
+            rate=rate,
         )
         return self._snapshot(slot), execution
 
     # -- internals -------------------------------------------------------------------
-    def _close(self, slot: _Slot, amount: Decimal, exit_price: Decimal) -> tuple[Position, ClosedPnl, Execution]:
+    def _close(
+        self, slot: _Slot, amount: Decimal, exit_price: Decimal
+    ) -> tuple[Position, ClosedPnl, Execution]:
         assert slot.side is not None
         position_side = slot.side
         entry = slot.avg_price
         direction = 1 if position_side == "Buy" else -1
         gross = _q8((exit_price - entry) * amount * direction)
         close_fee = _q8(amount * exit_price * self.taker_fee_rate)
-        open_fee_share = slot.open_fee if amount == slot.size else _q8(slot.open_fee * amount / slot.size)
+        open_fee_share = (
+            slot.open_fee if amount == slot.size else _q8(slot.open_fee * amount / slot.size)
+        )
         slot.open_fee -= open_fee_share
         now = self.now_ms()
         leverage = slot.leverage
@@ -476,7 +513,14 @@ class ExchangeState:
         slot.seq = self._next_seq()
         closing_side = _opposite(position_side)
         execution = self._execution(
-            slot, closing_side, "Trade", amount, exit_price, close_fee, exec_pnl=gross, closed_size=amount
+            slot,
+            closing_side,
+            "Trade",
+            amount,
+            exit_price,
+            close_fee,
+            exec_pnl=gross,
+            closed_size=amount,
         )
         record = ClosedPnl(
             symbol=slot.symbol,
@@ -576,7 +620,9 @@ class ExchangeState:
         expected = (1 if side == "Buy" else 2) if self.hedge_mode else 0
         if position_idx is not None and position_idx != expected:
             mode = "hedge" if self.hedge_mode else "one-way"
-            raise ValueError(f"positionIdx {position_idx} does not fit a {side} order in {mode} mode")
+            raise ValueError(
+                f"positionIdx {position_idx} does not fit a {side} order in {mode} mode"
+            )
         return expected
 
     def _snapshot(self, slot: _Slot) -> Position:
@@ -611,4 +657,3 @@ class ExchangeState:
         if result <= 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
         return result
-

@@ -1,0 +1,1 @@
+"""Exchange adapters: observations, reconciliation, sync and the ccxt client."""

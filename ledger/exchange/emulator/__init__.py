@@ -1,0 +1,25 @@
+"""A local Bybit V5 emulator (HTTP and WebSocket) for testing exchange sync against real ccxt."""
+
+from ledger.exchange.emulator._server import BybitEmulator, FaultKind, RequestRecord
+from ledger.exchange.emulator._state import (
+    INSTRUMENTS,
+    ClosedPnl,
+    CoinBalance,
+    Execution,
+    Instrument,
+    NumberLike,
+    Position,
+)
+
+__all__ = [
+    "INSTRUMENTS",
+    "BybitEmulator",
+    "ClosedPnl",
+    "CoinBalance",
+    "Execution",
+    "FaultKind",
+    "Instrument",
+    "NumberLike",
+    "Position",
+    "RequestRecord",
+]
