@@ -125,6 +125,9 @@ class Ledger:
         self._snapshot_at = time.monotonic()
         self._snapshot_running = False
         self._snapshot_lock = anyio.Lock()
+        # Held while a group is decided and committed, so a snapshot or refresh never sees
+        # events staged in a transaction that may still roll back.
+        self._book_lock = anyio.Lock()
         self.rebuilt_on_start = False
 
     # -- life cycle ---------------------------------------------------------------------
@@ -246,7 +249,8 @@ class Ledger:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 with anyio.CancelScope(shield=True):
-                    await self._commit_group(group)
+                    async with self._book_lock:
+                        await self._commit_group(group)
                 self._appended.set()
                 self._appended = anyio.Event()
                 await self._snapshot_if_due()
@@ -333,7 +337,8 @@ class Ledger:
     async def write_snapshot(self) -> Path:
         """Write positions.json for the book as it stands now; returns its path."""
         async with self._snapshot_lock:
-            book = self._book.copy()
+            async with self._book_lock:
+                book = self._book.copy()
             saved_at = self._clock()
             path = self.snapshot_path
             await anyio.to_thread.run_sync(
@@ -524,10 +529,11 @@ class Ledger:
 
     async def refresh(self) -> int:
         """Apply what other processes appended since; returns how many events came in."""
-        before = self._book.last_seq
-        async for page in self.store.iterate(after_seq=before):
-            self._book.apply_all(page)
-        return self._book.last_seq - before
+        async with self._book_lock:
+            before = self._book.last_seq
+            async for page in self.store.iterate(after_seq=before):
+                self._book.apply_all(page)
+            return self._book.last_seq - before
 
     async def subscribe(
         self, from_seq: int = 0, *, poll_interval: float = 0.25
