@@ -51,7 +51,6 @@ _DROPPABLE: dict[str, tuple[str, ...]] = {
     "/v5/account/wallet-balance": ("walletBalance", "equity"),
 }
 
-_E4 = Decimal("0.0001")
 _T = TypeVar("_T")
 _K = TypeVar("_K", bound=tuple[object, ...])
 
@@ -465,6 +464,8 @@ class BybitEmulator:
             ("GET", "/v5/position/list"): self._position_list,
             ("GET", "/v5/position/closed-pnl"): self._closed_pnl,
             ("GET", "/v5/execution/list"): self._execution_list,
+            ("GET", "/v5/order/realtime"): self._no_orders,
+            ("GET", "/v5/order/history"): self._no_orders,
             ("POST", "/v5/position/set-leverage"): self._set_leverage,
             ("POST", "/v5/position/switch-mode"): self._switch_mode,
         }
@@ -493,9 +494,11 @@ class BybitEmulator:
         app.router.add_get("/v5/public/{category}", self._ws_public)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         # Cancelling handlers when the client hangs up ends a "timeout" fault's sleep early.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self._host, 0, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self._host, 0)
         await site.start()
         self._runner = runner
         address = runner.addresses[0]
@@ -510,7 +513,7 @@ class BybitEmulator:
             self._closing.set()
         for connection in list(self._connections):
             self._forget(connection)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(connection.ws.close(code=1001, message=b"shutdown"), 1.0)
         await runner.cleanup()
 
@@ -539,10 +542,14 @@ class BybitEmulator:
         qty: NumberLike,
         price: NumberLike,
         *,
-        leverage: NumberLike = 10,
+        leverage: NumberLike | None = None,
         position_idx: int | None = None,
     ) -> Position:
-        """Open, or add to the same-side position (averaged entry); positionIdx None: by mode."""
+        """Open, or add to the same-side position at an averaged entry.
+
+        `leverage` None keeps the slot's leverage (10 on a fresh slot); `position_idx` None
+        picks 0 in one-way mode, 1 (buy) or 2 (sell) in hedge mode.
+        """
         position, execution = self.state.open_position(
             symbol, side, qty, price, leverage=leverage, position_idx=position_idx
         )
@@ -921,6 +928,11 @@ class BybitEmulator:
             "list": [_execution_row(e) for e in page],
         }
 
+    def _no_orders(self, params: Mapping[str, str], api_key: str | None) -> JsonObject:
+        # The emulator has no order book: positions appear through the control API only.
+        category = _category(params, ("spot", "linear", "inverse", "option"))
+        return {"list": [], "nextPageCursor": "", "category": category}
+
     def _set_leverage(self, params: Mapping[str, str], api_key: str | None) -> JsonObject:
         _category(params, ("linear",))
         symbol = params.get("symbol", "")
@@ -1000,7 +1012,7 @@ class BybitEmulator:
         finally:
             self._forget(connection)
             connection.outbox.put_nowait(None)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(sender, 1.0)
         return ws
 

@@ -294,7 +294,7 @@ class ExchangeState:
     def mark_price(self, symbol: str) -> Decimal:
         return self._marks[self.symbol_id(symbol)]
 
-    def positions(self, *, symbol: str | None = None, open_only: bool = False) -> list[Position]:
+    def positions(self, *, symbol: str | None = None) -> list[Position]:
         """Position rows sorted by (symbol, positionIdx).
 
         With a symbol, every slot of the current mode is listed, flat ones included, as
@@ -307,8 +307,6 @@ class ExchangeState:
             rows = [
                 self._snapshot(self._slot(market_id, idx, create=False)) for idx in self._indices()
             ]
-            if open_only:
-                rows = [r for r in rows if r.is_open]
         return sorted(rows, key=lambda p: (p.symbol, p.position_idx))
 
     def balances(self) -> list[CoinBalance]:
@@ -399,7 +397,7 @@ class ExchangeState:
         qty: NumberLike,
         price: NumberLike,
         *,
-        leverage: NumberLike = 10,
+        leverage: NumberLike | None = None,
         position_idx: int | None = None,
     ) -> tuple[Position, Execution]:
         market_id = self.symbol_id(symbol)
@@ -425,7 +423,8 @@ class ExchangeState:
             total = slot.size + amount
             slot.avg_price = _q8((slot.size * slot.avg_price + amount * fill) / total)
             slot.size = total
-        slot.leverage = self._positive(leverage, "leverage")
+        if leverage is not None:
+            slot.leverage = self._positive(leverage, "leverage")
         slot.open_fee += fee
         self._realise(slot, -fee)
         slot.updated_ms = now

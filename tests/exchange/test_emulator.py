@@ -1,0 +1,551 @@
+"""The Bybit V5 emulator, driven through unmodified ccxt (REST and pro) and raw HTTP/WS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from ccxt.base.errors import (
+    AuthenticationError,
+    BadRequest,
+    ExchangeError,
+    ExchangeNotAvailable,
+    NetworkError,
+    NoChange,
+    RateLimitExceeded,
+    RequestTimeout,
+)
+
+from ledger.exchange.emulator import INSTRUMENTS, BybitEmulator, FaultKind
+from ledger.exchange.emulator.client import make_ccxt_client
+
+pytestmark = pytest.mark.anyio
+
+BTC = "BTC/USDT:USDT"
+DAY_MS = 24 * 3600 * 1000
+Client = Any  # ccxt ships no type information
+MakeClient = Callable[..., Client]
+
+# Field names of the rows in the recorded Bybit responses (shared/fixtures/bybit), less
+# the nextPageCursor that ccxt copies into the first row.
+FIXTURE_POSITION_FIELDS = {
+    "symbol", "leverage", "autoAddMargin", "avgPrice", "liqPrice", "riskLimitValue",
+    "takeProfit", "positionValue", "isReduceOnly", "tpslMode", "riskId", "trailingStop",
+    "unrealisedPnl", "markPrice", "adlRankIndicator", "cumRealisedPnl", "positionMM",
+    "createdTime", "positionIdx", "positionIM", "seq", "updatedTime", "side", "bustPrice",
+    "positionBalance", "leverageSysUpdatedTime", "size", "positionStatus",
+    "mmrSysUpdatedTime", "stopLoss", "tradeMode",
+}  # fmt: skip
+FIXTURE_CLOSED_PNL_FIELDS = {
+    "symbol", "orderType", "leverage", "updatedTime", "side", "orderId", "closedPnl",
+    "avgEntryPrice", "qty", "cumEntryValue", "createdTime", "orderPrice", "closedSize",
+    "avgExitPrice", "execType", "fillCount", "cumExitValue",
+}  # fmt: skip
+FIXTURE_EXECUTION_FIELDS = {
+    "symbol", "orderType", "underlyingPrice", "orderLinkId", "orderId", "stopOrderType",
+    "execTime", "feeCurrency", "createType", "feeRate", "tradeIv", "blockTradeId",
+    "markPrice", "execPrice", "markIv", "orderQty", "orderPrice", "execValue", "closedSize",
+    "execType", "seq", "side", "indexPrice", "leavesQty", "isMaker", "execFee", "execId",
+    "marketUnit", "execQty",
+}  # fmt: skip
+FIXTURE_ACCOUNT_FIELDS = {
+    "totalEquity", "accountIMRate", "totalMarginBalance", "totalInitialMargin",
+    "accountType", "totalAvailableBalance", "accountMMRate", "totalPerpUPL",
+    "totalWalletBalance", "accountLTV", "totalMaintenanceMargin", "coin",
+}  # fmt: skip
+FIXTURE_COIN_FIELDS = {
+    "availableToBorrow", "bonus", "accruedInterest", "availableToWithdraw", "totalOrderIM",
+    "equity", "totalPositionMM", "usdValue", "unrealisedPnl", "collateralSwitch",
+    "spotHedgingQty", "borrowAmount", "totalPositionIM", "walletBalance", "cumRealisedPnl",
+    "locked", "marginCollateral", "coin",
+}  # fmt: skip
+
+
+class FakeClock:
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def ex() -> AsyncIterator[BybitEmulator]:
+    async with BybitEmulator(timeout_fault_seconds=10) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def connect(ex: BybitEmulator) -> AsyncIterator[MakeClient]:
+    made: list[Client] = []
+
+    def make(emulator: BybitEmulator | None = None, **options: Any) -> Client:
+        client = make_ccxt_client(emulator or ex, **options)
+        # ccxt's throttle would add ~100 ms a call; the emulator has no limit to respect.
+        client.enableRateLimit = False
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def _warm(client: Client) -> None:
+    """Load markets and the unified-account probe so later faults hit the call under test."""
+    await client.load_markets()
+    await client.fetch_balance()
+
+
+def _requests(ex: BybitEmulator, path: str) -> list[dict[str, str]]:
+    return [dict(r.params) for r in ex.requests if r.path == path]
+
+
+# -- load_markets ---------------------------------------------------------------------
+async def test_default_load_markets_asks_every_category(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect(trim_markets=False)
+    markets = await client.load_markets()
+    assert set(markets) == {i.ccxt_symbol for i in INSTRUMENTS}
+    asked = _requests(ex, "/v5/market/instruments-info")
+    assert {r["category"] for r in asked} == {"spot", "linear", "inverse", "option"}
+    assert {r["baseCoin"] for r in asked if r["category"] == "option"} >= {"BTC", "ETH", "SOL"}
+    assert {"category": "linear", "limit": "1000", "status": "PreLaunch"} in asked
+    assert _requests(ex, "/v5/asset/coin/query-info") == [{}]
+    assert client.currencies["USDT"]["id"] == "USDT"
+    assert ex.unhandled == []
+
+
+async def test_trimmed_load_markets_asks_linear_only(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    markets = await client.load_markets()
+    btc = markets[BTC]
+    assert (btc["id"], btc["swap"], btc["linear"], btc["settle"]) == ("BTCUSDT", True, True, "USDT")
+    assert btc["precision"]["amount"] == 0.001
+    assert btc["limits"]["leverage"]["max"] == 100
+    assert {r["category"] for r in _requests(ex, "/v5/market/instruments-info")} == {"linear"}
+    assert _requests(ex, "/v5/asset/coin/query-info") == []
+
+
+async def test_instruments_info_pages_through_cursor(connect: MakeClient) -> None:
+    client = connect()
+    symbols: list[str] = []
+    cursor = ""
+    for _ in range(10):
+        params = {"category": "linear", "limit": "3", **({"cursor": cursor} if cursor else {})}
+        result = (await client.public_get_v5_market_instruments_info(params))["result"]
+        symbols += [row["symbol"] for row in result["list"]]
+        cursor = result["nextPageCursor"]
+        if not cursor:
+            break
+    assert symbols == sorted(i.symbol for i in INSTRUMENTS)
+
+
+# -- positions ------------------------------------------------------------------------
+async def test_positions_follow_open_add_reduce_close(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    ex.open_position(BTC, "buy", "0.01", 60000)
+    ex.open_position("BTCUSDT", "buy", "0.03", 62000)
+    [position] = await client.fetch_positions()
+    assert (position["symbol"], position["side"], position["hedged"]) == (BTC, "long", False)
+    assert (position["info"]["size"], position["info"]["avgPrice"]) == ("0.04", "61500")
+
+    ex.set_mark_price(BTC, 63000)
+    [position] = await client.fetch_positions()
+    assert position["info"]["unrealisedPnl"] == "60"
+    assert position["info"]["positionValue"] == "2460"  # at entry, as Bybit reports it
+    assert position["markPrice"] == 63000
+
+    reduced = ex.reduce_position(BTC, "buy", "0.01", 63000)
+    # gross 15, closing fee 0.3465, a quarter of the 1.353 opening fees
+    assert reduced.closed_pnl == Decimal("14.31525")
+    [position] = await client.fetch_positions([BTC])
+    assert position["contracts"] == 0.03
+    assert position["info"]["avgPrice"] == "61500"
+
+    closed = ex.close_position(BTC, "long", 61000)
+    assert closed.closed_size == Decimal("0.03")
+    assert await client.fetch_positions() == []
+    [flat] = await client.fetch_positions([BTC])  # a symbol query lists the flat slot
+    assert (flat["contracts"], flat["side"], flat["info"]["side"]) == (0, None, "")
+    expected_realised = Decimal("14.31525") + closed.closed_pnl
+    assert Decimal(flat["info"]["cumRealisedPnl"]) == expected_realised
+
+
+async def test_hedge_mode_holds_two_positions_on_one_symbol(connect: MakeClient) -> None:
+    async with BybitEmulator(hedge_mode=True) as hedged:
+        client = connect(hedged)
+        hedged.open_position(BTC, "buy", "0.1", 60000)
+        hedged.open_position(BTC, "sell", "0.2", 61000, leverage=5)
+        positions = {p["side"]: p for p in await client.fetch_positions()}
+        assert set(positions) == {"long", "short"}
+        assert positions["long"]["info"]["positionIdx"] == 1
+        assert positions["short"]["info"]["positionIdx"] == 2
+        assert (positions["short"]["contracts"], positions["short"]["leverage"]) == (0.2, 5)
+        assert all(p["hedged"] for p in positions.values())
+
+        hedged.close_position(BTC, "sell", 60000)
+        [long_position] = await client.fetch_positions()
+        assert long_position["side"] == "long"
+        assert len(await client.fetch_positions([BTC])) == 2  # both slots, one flat
+
+
+async def test_one_way_mode_refuses_an_opposite_open(ex: BybitEmulator) -> None:
+    ex.open_position(BTC, "buy", 1, 100)
+    with pytest.raises(ValueError, match="one-way"):
+        ex.open_position(BTC, "sell", 1, 100)
+    with pytest.raises(ValueError, match="positionIdx"):
+        ex.open_position(BTC, "buy", 1, 100, position_idx=1)
+    with pytest.raises(ValueError, match="open positions"):
+        ex.set_hedge_mode(True)
+    with pytest.raises(ValueError, match="cannot reduce"):
+        ex.reduce_position(BTC, "buy", 2, 100)
+    with pytest.raises(ValueError, match="unknown symbol"):
+        ex.open_position("FOO/USDT:USDT", "buy", 1, 1)
+    with pytest.raises(ValueError, match="fault kind"):
+        ex.inject_fault("boom")  # type: ignore[arg-type]
+
+
+async def test_leverage_and_position_mode_through_ccxt(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    await client.load_markets()
+    await client.set_leverage(5, BTC)
+    with pytest.raises(BadRequest):  # Bybit's 110043, leverage not modified
+        await client.set_leverage(5, BTC)
+    ex.open_position(BTC, "buy", 1, 100)
+    assert (await client.fetch_position(BTC))["leverage"] == 5
+    with pytest.raises(NoChange):  # 110025: no mode switch with a position open
+        await client.set_position_mode(True, BTC)
+    ex.close_position(BTC, "buy", 100)
+    await client.set_position_mode(True, BTC)
+    assert ex.state.hedge_mode
+    assert await client.fetch_open_orders(BTC) == []
+
+
+async def test_position_list_pages_by_cursor(ex: BybitEmulator, connect: MakeClient) -> None:
+    client = connect()
+    for instrument in INSTRUMENTS:
+        ex.open_position(instrument.symbol, "buy", instrument.min_qty, instrument.default_mark)
+    pages: list[list[str]] = []
+    cursor = ""
+    for _ in range(10):
+        params = {"category": "linear", "settleCoin": "USDT", "limit": "3"}
+        result = (await client.private_get_v5_position_list({**params, "cursor": cursor}))["result"]
+        pages.append([row["symbol"] for row in result["list"]])
+        cursor = result["nextPageCursor"]
+        if not cursor:
+            break
+    assert [len(page) for page in pages] == [3, 3, 2]
+    assert [symbol for page in pages for symbol in page] == sorted(i.symbol for i in INSTRUMENTS)
+    # ccxt's own cursor pagination walks the same pages
+    paginated = await client.fetch_positions(None, {"paginate": True, "limit": 3})
+    assert sorted(p["symbol"] for p in paginated) == sorted(i.ccxt_symbol for i in INSTRUMENTS)
+
+
+# -- balance, history, funding --------------------------------------------------------
+async def test_fetch_balance_reflects_set_balance_and_margin(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    ex.set_balance(5000, available=4000)
+    balance = await client.fetch_balance()
+    assert (balance["USDT"]["total"], balance["USDT"]["free"]) == (5000, 4000)
+
+    ex.set_balance(5000)
+    ex.open_position(BTC, "buy", "0.1", 60000, leverage=10)
+    balance = await client.fetch_balance()
+    fee = Decimal("3.3")  # 0.1 x 60000 x 0.00055
+    assert Decimal(str(balance["USDT"]["total"])) == 5000 - fee
+    assert balance["USDT"]["used"] == 600  # the position's initial margin
+    account = balance["info"]["result"]["list"][0]
+    assert account["accountType"] == "UNIFIED"
+    assert _requests(ex, "/v5/account/wallet-balance")[-1] == {"accountType": "UNIFIED"}
+
+
+async def test_positions_history_after_manual_close(ex: BybitEmulator, connect: MakeClient) -> None:
+    client = connect()
+    ex.open_position(BTC, "buy", "0.002", 50000)
+    record = ex.close_position(BTC, "buy", 51000)
+    [history] = await client.fetch_positions_history([BTC])
+    info = history["info"]
+    assert info["orderId"] == record.order_id
+    assert (info["side"], history["side"]) == ("Sell", "long")
+    assert (info["avgEntryPrice"], info["avgExitPrice"], info["closedSize"]) == (
+        "50000",
+        "51000",
+        "0.002",
+    )
+    assert Decimal(info["closedPnl"]) == record.closed_pnl == Decimal("1.8889")
+    assert info["createdTime"] == info["updatedTime"] == str(record.created_ms)
+    assert history["realizedPnl"] == float(record.closed_pnl)
+
+
+async def test_closed_pnl_honours_the_seven_day_window(connect: MakeClient) -> None:
+    clock = FakeClock(1_700_000_000_000)
+    async with BybitEmulator(clock=clock) as emulator:
+        client = connect(emulator)
+        emulator.open_position(BTC, "buy", 1, 100)
+        old = emulator.reduce_position(BTC, "buy", "0.5", 110)
+        clock.now_ms += 8 * DAY_MS
+        new = emulator.close_position(BTC, "buy", 120)
+        recent = await client.private_get_v5_position_closed_pnl({"category": "linear"})
+        assert [r["orderId"] for r in recent["result"]["list"]] == [new.order_id]
+        since = {"category": "linear", "startTime": str(old.created_ms)}
+        early = await client.private_get_v5_position_closed_pnl(since)
+        assert [r["orderId"] for r in early["result"]["list"]] == [old.order_id]
+        with pytest.raises(ExchangeError, match="7 days"):
+            await client.private_get_v5_position_closed_pnl({**since, "endTime": str(clock.now_ms)})
+
+
+async def test_funding_rows_in_the_execution_list(ex: BybitEmulator, connect: MakeClient) -> None:
+    client = connect()
+    ex.open_position(BTC, "buy", "0.5", 60000)
+    first = ex.pay_funding(BTC, "buy", "-1.5")
+    second = ex.pay_funding(BTC, "long", "0.25")
+    raw = await client.private_get_v5_execution_list({"category": "linear", "execType": "Funding"})
+    rows = raw["result"]["list"]
+    assert [r["execId"] for r in rows] == [second.exec_id, first.exec_id]  # newest first
+    assert [r["execFee"] for r in rows] == ["-0.25", "1.5"]
+    assert {r["execType"] for r in rows} == {"Funding"}
+
+    funding = await client.fetch_funding_history(BTC)
+    assert sorted(f["amount"] for f in funding) == [-0.25, 1.5]
+    assert _requests(ex, "/v5/execution/list")[-1]["execType"] == "Funding"
+
+    trades = await client.fetch_my_trades(BTC)  # ccxt asks for execType=Trade only
+    assert [t["side"] for t in trades] == ["buy"]
+
+    [position] = await client.fetch_positions()
+    opening_fee = Decimal("16.5")  # 0.5 x 60000 x 0.00055
+    assert Decimal(position["info"]["cumRealisedPnl"]) == -opening_fee - Decimal("1.25")
+
+
+async def test_history_endpoints_page_by_cursor(ex: BybitEmulator, connect: MakeClient) -> None:
+    client = connect()
+    ex.open_position(BTC, "buy", 7, 100)
+    for step in range(7):
+        ex.reduce_position(BTC, "buy", 1, 100 + step)
+    for path, call, total in (
+        ("closed-pnl", client.private_get_v5_position_closed_pnl, 7),
+        ("execution", client.private_get_v5_execution_list, 8),
+    ):
+        ids: list[str] = []
+        cursor = ""
+        for _ in range(10):
+            page = (await call({"category": "linear", "limit": 3, "cursor": cursor}))["result"]
+            assert len(page["list"]) <= 3
+            ids += [row["orderId"] for row in page["list"]]
+            cursor = page["nextPageCursor"]
+            if not cursor:
+                break
+        assert len(ids) == len(set(ids)) == total, path
+
+
+async def test_rows_carry_the_recorded_fixture_fields(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    ex.open_position("LTC/USDT:USDT", "buy", "1.2", 64)
+    ex.pay_funding("LTCUSDT", "buy", "-0.01")
+    ex.reduce_position("LTCUSDT", "buy", "0.2", 70)
+    linear = {"category": "linear"}
+    positions = await client.private_get_v5_position_list({**linear, "symbol": "LTCUSDT"})
+    closed = await client.private_get_v5_position_closed_pnl(linear)
+    executions = await client.private_get_v5_execution_list(linear)
+    wallet = await client.private_get_v5_account_wallet_balance({"accountType": "UNIFIED"})
+    for response in (positions, closed, executions, wallet):
+        assert (response["retCode"], response["retMsg"], response["retExtInfo"]) == (0, "OK", {})
+        assert isinstance(response["time"], int)
+    assert set(positions["result"]["list"][0]) >= FIXTURE_POSITION_FIELDS
+    assert set(closed["result"]["list"][0]) >= FIXTURE_CLOSED_PNL_FIELDS
+    assert all(set(row) >= FIXTURE_EXECUTION_FIELDS for row in executions["result"]["list"])
+    account = wallet["result"]["list"][0]
+    assert set(account) >= FIXTURE_ACCOUNT_FIELDS
+    assert set(account["coin"][0]) >= FIXTURE_COIN_FIELDS
+    assert isinstance(positions["result"]["list"][0]["size"], str)
+
+
+# -- faults and authentication --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("timeout", RequestTimeout),
+        ("http_500", ExchangeNotAvailable),
+        ("http_503", ExchangeNotAvailable),
+        ("rate_limit", RateLimitExceeded),
+        ("invalid_key", AuthenticationError),
+        ("empty_with_error", ExchangeError),
+    ],
+)
+async def test_fault_maps_to_ccxt_exception(
+    ex: BybitEmulator, connect: MakeClient, kind: FaultKind, error: type[Exception]
+) -> None:
+    client = connect()
+    await _warm(client)
+    client.timeout = 300  # ms; the "timeout" fault holds the response for 10 s
+    ex.open_position(BTC, "buy", 1, 100)
+    ex.inject_fault(kind)
+    with anyio.fail_after(5), pytest.raises(error):
+        await client.fetch_positions()
+    [position] = await client.fetch_positions()  # the fault was used up
+    assert position["contracts"] == 1
+
+
+async def test_malformed_json_passes_through_ccxt_silently(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    await _warm(client)
+    ex.open_position(BTC, "buy", 1, 100)
+    ex.inject_fault("malformed_json", count=2)
+    # ccxt hands the undecodable text on as the response; bybit then finds no rows.
+    assert await client.fetch_positions() == []
+    balance = await client.fetch_balance()
+    assert isinstance(balance["info"], str)
+    assert "USDT" not in balance
+    assert len(await client.fetch_positions()) == 1
+
+
+async def test_missing_fields_leave_ccxt_values_empty(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    await _warm(client)
+    ex.open_position(BTC, "buy", 1, 100)
+    ex.inject_fault("missing_fields")
+    [position] = await client.fetch_positions()
+    assert (position["contracts"], position["side"], position["entryPrice"]) == (None, None, None)
+    assert "size" not in position["info"]
+
+
+async def test_fault_limited_to_a_path(ex: BybitEmulator, connect: MakeClient) -> None:
+    client = connect()
+    await _warm(client)
+    ex.inject_fault("http_503", count=2, path="/v5/market/tickers")
+    assert await client.fetch_positions() == []
+    for _ in range(2):
+        with pytest.raises(ExchangeNotAvailable):
+            await client.fetch_ticker(BTC)
+    assert (await client.fetch_ticker(BTC))["last"] == 60000
+
+
+async def test_missing_api_key_is_refused(ex: BybitEmulator, connect: MakeClient) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{ex.url}/v5/position/list?category=linear&settleCoin=USDT") as response,
+    ):
+        body = json.loads(await response.text())
+    assert (response.status, body["retCode"], body["retMsg"]) == (401, 10003, "API key is invalid.")
+
+    client = connect()
+    await client.load_markets()
+    sign = client.sign
+
+    def sign_without_key(*args: Any, **kwargs: Any) -> Any:
+        request = sign(*args, **kwargs)
+        request["headers"].pop("X-BAPI-API-KEY")
+        return request
+
+    client.sign = sign_without_key
+    with pytest.raises(AuthenticationError):
+        await client.fetch_positions()
+
+
+async def test_a_key_the_emulator_does_not_know_is_refused(connect: MakeClient) -> None:
+    async with BybitEmulator(api_key="right-key") as emulator:
+        with pytest.raises(AuthenticationError):
+            await connect(emulator, api_key="wrong-key").fetch_balance()
+        assert (await connect(emulator, api_key="right-key").fetch_balance())["USDT"]["total"] == (
+            10000
+        )
+
+
+# -- websocket ------------------------------------------------------------------------
+async def _next_positions(client: Client) -> asyncio.Task[Any]:
+    """Start watch_positions and return once ccxt waits on the 'positions' update."""
+    task: asyncio.Task[Any] = asyncio.ensure_future(client.watch_positions())
+    with anyio.fail_after(5):
+        while not task.done() and not any(
+            "positions" in c.futures for c in client.clients.values()
+        ):
+            await asyncio.sleep(0)
+    return task
+
+
+async def test_watch_positions_receives_mark_and_close_updates(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect(pro=True)
+    ex.open_position(BTC, "buy", 1, 100)
+    snapshot = await asyncio.wait_for(client.watch_positions(), 5)
+    assert [(p["symbol"], p["contracts"]) for p in snapshot] == [(BTC, 1)]
+
+    update = await _next_positions(client)
+    await ex.wait_for_subscribers("position")
+    ex.set_mark_price(BTC, 110)
+    [marked] = await asyncio.wait_for(update, 5)
+    assert (marked["markPrice"], marked["unrealizedPnl"], marked["entryPrice"]) == (110, 10, 100)
+
+    update = await _next_positions(client)
+    ex.close_position(BTC, "buy", 120)
+    [flat] = await asyncio.wait_for(update, 5)
+    assert (flat["symbol"], flat["contracts"], flat["info"]["side"]) == (BTC, 0, "")
+
+
+async def test_watch_positions_reconnects_after_drop(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect(pro=True)
+    await asyncio.wait_for(client.watch_positions(), 5)
+    update = await _next_positions(client)
+    await ex.wait_for_subscribers("position")
+    assert ex.drop_websockets() == 1
+    with pytest.raises(NetworkError):
+        await asyncio.wait_for(update, 5)
+    assert ex.subscribers("position") == 0
+
+    update = await _next_positions(client)
+    await ex.wait_for_subscribers("position")
+    ex.open_position("ETH/USDT:USDT", "sell", 2, 3000)
+    [opened] = await asyncio.wait_for(update, 5)
+    assert (opened["symbol"], opened["side"], opened["contracts"]) == ("ETH/USDT:USDT", "short", 2)
+
+
+async def test_private_stream_protocol(ex: BybitEmulator) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{ex.ws_url}/v5/private") as ws,
+    ):
+        await ws.send_json({"op": "subscribe", "req_id": "1", "args": ["position"]})
+        refused = await ws.receive_json(timeout=5)
+        assert (refused["success"], refused["ret_msg"]) == (False, "Request not authorized")
+        await ws.send_json({"op": "auth", "args": ["key", "1", "signature"]})
+        assert (await ws.receive_json(timeout=5))["success"] is True
+        await ws.send_json({"op": "ping", "req_id": "7"})
+        pong = await ws.receive_json(timeout=5)
+        assert (pong["op"], pong["req_id"]) == ("pong", "7")
+        await ws.send_json({"op": "subscribe", "req_id": "2", "args": ["position", "execution"]})
+        assert (await ws.receive_json(timeout=5))["success"] is True
+        ex.open_position(BTC, "buy", 1, 100)
+        position = await ws.receive_json(timeout=5)
+        execution = await ws.receive_json(timeout=5)
+        assert (position["topic"], position["data"][0]["entryPrice"]) == ("position", "100")
+        assert (execution["topic"], execution["data"][0]["execType"]) == ("execution", "Trade")
