@@ -278,7 +278,11 @@ class Ledger:
                         for plan in planned
                         if plan.key is None or plan.key not in existing
                     ]
-                    staged = iter(tx.stage(fresh))
+                    try:
+                        staged = iter(tx.stage(fresh))
+                    except Exception as bad:  # this job alone fails; the others commit
+                        job.error = StoreError(f"cannot store these events: {bad!r}")
+                        continue
                     records = [
                         existing[plan.key]
                         if plan.key is not None and plan.key in existing

@@ -7,6 +7,7 @@ Dashboards written for the seed keep reading `open_positions`, `closed_positions
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from decimal import Decimal
 
@@ -32,6 +33,9 @@ class SnapshotFile(msgspec.Struct, kw_only=True):
     available_balance: Decimal | None = None
     accumulators: Accumulators = msgspec.field(default_factory=Accumulators)
     imported_files: dict[str, str] = msgspec.field(default_factory=dict)
+    # sha256 of the compact encoding with this field empty: a hand-edited figure is caught
+    # even where last_seq and last_hash were left alone.
+    content_sha256: str = ""
 
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
@@ -53,7 +57,13 @@ def encode_snapshot(book: Book, saved_at: datetime) -> bytes:
         accumulators=book.acc,
         imported_files=book.imported_files,
     )
+    document.content_sha256 = _checksum(document)
     return msgspec.json.format(_encoder.encode(document), indent=2)
+
+
+def _checksum(document: SnapshotFile) -> str:
+    unsigned = msgspec.structs.replace(document, content_sha256="")
+    return hashlib.sha256(_encoder.encode(unsigned)).hexdigest()
 
 
 def decode_snapshot(data: bytes) -> Book:
@@ -64,6 +74,8 @@ def decode_snapshot(data: bytes) -> Book:
         raise SnapshotError(f"positions.json is not a ledger snapshot: {exc}") from None
     if document.format_version != FORMAT_VERSION:
         raise SnapshotError(f"unsupported snapshot format_version {document.format_version}")
+    if document.content_sha256 != _checksum(document):
+        raise SnapshotError("positions.json content does not match its content_sha256")
     book = Book()
     book.open = dict(document.open_positions)
     book.closed = {p.position_id: p for p in document.closed_positions}

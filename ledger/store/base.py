@@ -153,21 +153,21 @@ class StoreTransaction(abc.ABC):
                 actual = self.head.stream_versions.get(stream, 0)
                 if actual != expected:
                     raise VersionConflict(stream, expected, actual)
+        # Everything that can fail on bad input happens before head or rows change.
+        prepared = [(new, encode_event(new.event), to_micros(new.occurred_at)) for new in batch]
         records: list[Recorded] = []
-        for new in batch:
+        for new, body, occurred_us in prepared:
             already = self._staged_ids.get(new.event_id)
             if already is not None:
                 records.append(already)
                 continue
-            records.append(self._stage_one(new))
+            records.append(self._stage_one(new, body, occurred_us))
         return records
 
-    def _stage_one(self, new: NewEvent) -> Recorded:
+    def _stage_one(self, new: NewEvent, body: bytes, occurred_us: int) -> Recorded:
         head = self.head
         seq = head.seq + 1
         version = head.stream_versions.get(new.stream, 0) + 1
-        body = encode_event(new.event)
-        occurred_us = to_micros(new.occurred_at)
         digest = chain_hash(
             head.hash,
             seq=seq,
@@ -278,6 +278,9 @@ class EventStore(abc.ABC):
                         staged = iter(tx.stage(fresh, expected_versions=pending.expected))
                     except VersionConflict as conflict:
                         pending.error = conflict
+                        continue
+                    except Exception as bad:  # this batch alone fails; the others commit
+                        pending.error = StoreError(f"cannot store this batch: {bad!r}")
                         continue
                     pending.result = [existing.get(new.event_id) or next(staged) for new in batch]
         except Exception as failure:

@@ -124,9 +124,12 @@ class SQLiteEventStore(EventStore):
             )
             await self._reader.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             self._head = await self.head()
-        except sqlite3.DatabaseError as exc:
-            await self.close()
-            raise StoreUnavailable(f"cannot open ledger database {self.path}: {exc}") from exc
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreUnavailable(f"cannot open ledger database {self.path}: {exc}") from exc
+            raise
 
     async def _check_or_create(self) -> None:
         conn = self._connection()

@@ -1,0 +1,430 @@
+"""Unit tests of the pure folds: one position's PnL, margin and ROE, and the session figures."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from ledger.commands import (
+    AnyCommand,
+    ClosePosition,
+    IncreasePosition,
+    Limits,
+    MarkPosition,
+    ObserveBalance,
+    OpenPosition,
+    RecordFunding,
+    RecordPartialExit,
+)
+from ledger.events import AnyEvent, PartialExitRecorded, PositionMarked, PositionOpened
+from ledger.rules import decide
+from ledger.values import ZERO, Side
+from projections.book import Book
+from projections.pnl import initial_margin, notional, price_pnl, qty_from_notional, roe_pct
+from projections.positions import Position, Status
+from tests.strategies import Stamper
+
+D = Decimal
+
+
+class Session:
+    """A book driven through the rules, with envelopes stamped as a store would."""
+
+    def __init__(self) -> None:
+        self.book = Book()
+        self.stamper = Stamper()
+        self.serial = 0
+
+    def do(self, command: AnyCommand) -> None:
+        self.apply(*decide(self.book, command, Limits(max_concurrent_positions=50)))
+
+    def apply(self, *events: AnyEvent) -> None:
+        for event in events:
+            self.book.apply(self.stamper.stamp(event))
+
+    def open(
+        self,
+        side: Side = Side.BUY,
+        *,
+        qty: str = "5",
+        entry: str = "100",
+        leverage: int = 5,
+        symbol: str = "SOL/USDT:USDT",
+        margin: str | None = None,
+        fee: str = "0",
+    ) -> str:
+        self.serial += 1
+        position_id = f"p{self.serial}"
+        self.do(
+            OpenPosition(
+                position_id=position_id,
+                symbol=symbol,
+                side=side,
+                qty=D(qty),
+                entry_price=D(entry),
+                leverage=leverage,
+                real_initial_margin=None if margin is None else D(margin),
+                fee=D(fee),
+            )
+        )
+        return position_id
+
+    def mark(
+        self,
+        position_id: str,
+        price: str,
+        *,
+        unrealized_pnl: Decimal | None = None,
+        initial_margin: Decimal | None = None,
+    ) -> Position:
+        self.do(
+            MarkPosition(
+                position_id=position_id,
+                mark_price=D(price),
+                unrealized_pnl=unrealized_pnl,
+                initial_margin=initial_margin,
+            )
+        )
+        return self.book.open[position_id]
+
+    def exit(self, position_id: str, qty: str, price: str, *, fee: Decimal = ZERO) -> Position:
+        self.do(RecordPartialExit(position_id=position_id, qty=D(qty), price=D(price), fee=fee))
+        position = self.book.get(position_id)
+        assert position is not None
+        return position
+
+    def close(self, position_id: str, price: str, *, fee: Decimal = ZERO) -> Position:
+        self.do(ClosePosition(position_id=position_id, price=D(price), fee=fee))
+        return self.book.closed[position_id]
+
+    def trade(self, pnl: str, symbol: str = "SOL/USDT:USDT") -> Position:
+        """A whole round trip of qty 1 from 100 that realizes exactly pnl."""
+        position_id = self.open(qty="1", entry="100", symbol=symbol)
+        return self.close(position_id, str(D(100) + D(pnl)))
+
+
+# -- pnl arithmetic ------------------------------------------------------------------------
+
+
+def test_price_pnl_long_and_short() -> None:
+    assert price_pnl(Side.BUY, D(2), D(100), D(110)) == 20
+    assert price_pnl(Side.BUY, D(2), D(100), D(90)) == -20
+    assert price_pnl(Side.SELL, D(2), D(100), D(110)) == -20
+    assert price_pnl(Side.SELL, D(2), D(100), D(90)) == 20
+    assert notional(D(5), D("100.5")) == D("502.5")
+    assert qty_from_notional(D(500), D(100)) == 5
+    assert initial_margin(D(5), D(100), 5, None) == 100
+    assert initial_margin(D(5), D(100), 5, D(0)) == 100  # an unknown (zero) margin falls back
+    assert initial_margin(D(5), D(100), 5, D(80)) == 80
+    assert roe_pct(D(10), D(0)) == 0
+
+
+@pytest.mark.parametrize(("side", "sign"), [(Side.BUY, 1), (Side.SELL, -1)])
+def test_mark_computes_unrealized_pnl_by_side(side: Side, sign: int) -> None:
+    session = Session()
+    position_id = session.open(side)
+    position = session.mark(position_id, "110")
+    assert position.unrealized_pnl == sign * 50
+    assert position.current_price == 110
+    assert position.marked_at == session.stamper.at(2)
+    assert position.realized_pnl == 0
+
+
+@pytest.mark.parametrize("side", [Side.BUY, Side.SELL])
+def test_roe_without_margin_is_the_seeds_fallback(side: Side) -> None:
+    session = Session()
+    position_id = session.open(side, entry="100", leverage=7)
+    position = session.mark(position_id, "104")
+    # the seed: price change x leverage x 100, negated for a short
+    price_change = (D(104) - D(100)) / D(100)
+    if side is Side.SELL:
+        price_change = -price_change
+    assert position.roe_percentage == price_change * 7 * 100
+    assert position.margin == D(500) / 7
+
+
+def test_roe_from_the_real_initial_margin() -> None:
+    session = Session()
+    position_id = session.open(margin="125")  # not notional / leverage (100)
+    position = session.mark(position_id, "110")
+    assert position.margin == 125
+    assert position.roe_percentage == D(50) / D(125) * 100  # 40 %, the seed's first branch
+
+
+def test_mark_with_exchange_figures_uses_them() -> None:
+    session = Session()
+    position_id = session.open()
+    position = session.mark(position_id, "110", unrealized_pnl=D("48.7"), initial_margin=D("97.4"))
+    assert position.unrealized_pnl == D("48.7")  # the exchange's figure, not 5 x 10
+    assert position.real_initial_margin == D("97.4")
+    assert position.roe_percentage == 50
+    later = session.mark(position_id, "120")
+    assert later.unrealized_pnl == 100  # computed again when the exchange says nothing
+    assert later.real_initial_margin == D("97.4")  # a known margin is kept
+
+
+def test_partial_exit_scales_margin_and_unrealized() -> None:
+    session = Session()
+    position_id = session.open(qty="4", entry="100", margin="80")
+    session.mark(position_id, "110")  # unrealized 40
+    position = session.exit(position_id, "1", "110")
+    assert position.qty == 3
+    assert position.position_size == 300
+    assert position.real_initial_margin == 60
+    assert position.unrealized_pnl == 30
+    assert position.roe_percentage == 50
+    assert position.realized_pnl == 10
+    assert position.initial_qty == 4
+
+
+def test_partial_exit_without_known_margin_uses_remaining_notional() -> None:
+    session = Session()
+    position_id = session.open(qty="4", entry="100", leverage=4)
+    session.mark(position_id, "90")
+    position = session.exit(position_id, "3", "90")
+    assert position.margin == 25  # 1 x 100 / 4
+    assert position.unrealized_pnl == -10
+    assert position.realized_pnl == -30
+
+
+def test_partial_exit_record_has_the_seeds_fields() -> None:
+    session = Session()
+    position_id = session.open(qty="5", entry="100")
+    position = session.exit(position_id, "1.5", "110", fee=D("0.5"))
+    (record,) = position.partial_exits
+    assert record.size == 150  # USD at the entry price
+    assert (record.qty, record.price, record.fee) == (D("1.5"), D(110), D("0.5"))
+    assert record.realized_pnl == D("14.5")
+    assert record.timestamp == session.stamper.at(2)
+
+
+def test_funding_counts_in_realized() -> None:
+    session = Session()
+    position_id = session.open()
+    session.do(RecordFunding(position_id=position_id, amount=D("2.5"), execution_id="f1"))
+    session.do(RecordFunding(position_id=position_id, amount=D("-1"), execution_id="f2"))
+    position = session.book.open[position_id]
+    assert position.funding == D("1.5")
+    assert position.realized_pnl == D("1.5")
+    assert session.book.summary().total_realized_pnl == D("1.5")
+    assert session.book.summary().total_funding == D("1.5")
+    closed = session.close(position_id, "100")
+    assert closed.realized_pnl == D("1.5")
+    summary = session.book.summary()
+    assert summary.per_symbol["SOL/USDT:USDT"].funding == D("1.5")
+    assert summary.wins == 1  # funding alone made it a winner
+
+
+def test_increase_averages_the_entry() -> None:
+    session = Session()
+    position_id = session.open(qty="1", entry="100", margin="20", leverage=5)
+    session.mark(position_id, "120")
+    session.do(IncreasePosition(position_id=position_id, qty=D(3), price=D(120), fee=D(1)))
+    position = session.book.open[position_id]
+    assert position.entry_price == 115
+    assert position.qty == 4 and position.initial_qty == 4
+    assert position.position_size == 460
+    assert position.real_initial_margin == 20 + D(360) / 5
+    assert position.unrealized_pnl == 4 * (120 - 115)
+    assert position.realized_pnl == -1 and position.fees == 1
+
+
+def test_close_realizes_and_clears_unrealized() -> None:
+    session = Session()
+    position_id = session.open(qty="2", entry="100", leverage=5)
+    session.mark(position_id, "130")
+    closed = session.close(position_id, "120", fee=D(1))
+    assert closed.status is Status.CLOSED and not closed.is_open
+    assert closed.realized_pnl == 39
+    assert closed.unrealized_pnl == 0
+    assert (closed.exit_price, closed.current_price) == (D(120), D(120))
+    assert closed.close_time == session.stamper.at(3)
+    assert closed.roe_percentage == D(39) / D(40) * 100  # on the opening margin 200/5
+    assert position_id not in session.book.open
+
+
+def test_close_without_price_closes_at_the_last_mark() -> None:
+    session = Session()
+    position_id = session.open(Side.SELL, qty="2", entry="100")
+    session.mark(position_id, "95")
+    session.do(ClosePosition(position_id=position_id))
+    assert session.book.closed[position_id].realized_pnl == 10
+
+
+def test_win_counts_the_whole_realized_pnl_with_partial_exits() -> None:
+    session = Session()
+    position_id = session.open(qty="4", entry="100")
+    session.exit(position_id, "2", "115")  # +30
+    last = session.mark(position_id, "95")
+    assert last.unrealized_pnl < 0  # the seed's test: a loss
+    closed = session.close(position_id, "95")  # -10
+    assert closed.realized_pnl == 20
+    summary = session.book.summary()
+    assert (summary.wins, summary.losses, summary.closed_trades) == (1, 0, 1)
+    assert summary.win_rate == 1
+    # what the seed would have counted: the last unrealized pnl before the close
+    seed_wins = 1 if last.unrealized_pnl > 0 else 0
+    assert seed_wins == 0
+
+
+def test_breakeven_counts_as_a_loss_as_in_the_seed() -> None:
+    session = Session()
+    session.trade("0")
+    summary = session.book.summary()
+    assert (summary.wins, summary.losses) == (0, 1)
+
+
+def test_trade_figures() -> None:
+    session = Session()
+    for pnl in ("50", "-30", "-20", "100"):
+        session.trade(pnl)
+    summary = session.book.summary()
+    assert (summary.closed_trades, summary.wins, summary.losses) == (4, 2, 2)
+    assert summary.win_rate == D("0.5")
+    assert summary.closed_realized_pnl == summary.total_realized_pnl == 100
+    assert summary.profit_factor == 3  # 150 / 50
+    assert summary.average_win == 75
+    assert summary.average_loss == -25
+    assert summary.expectancy == 25
+
+
+def test_profit_factor_is_none_without_losses_and_zero_without_wins() -> None:
+    winners = Session()
+    winners.trade("5")
+    assert winners.book.summary().profit_factor is None
+    losers = Session()
+    losers.trade("-5")
+    assert losers.book.summary().profit_factor == 0
+    empty = Book().summary()
+    assert (empty.win_rate, empty.expectancy, empty.average_win, empty.max_drawdown) == (D(0),) * 4
+
+
+def test_max_drawdown_of_realized_equity() -> None:
+    session = Session()
+    for pnl in ("50", "-30", "-40", "100", "-10"):
+        session.trade(pnl)
+    # equity 50, 20, -20, 80, 70: the deepest fall from a peak is 50 -> -20
+    assert session.book.summary().max_drawdown == 70
+
+
+def test_max_drawdown_sees_partial_exits_and_fees() -> None:
+    session = Session()
+    position_id = session.open(qty="2", entry="100", fee="1")  # equity -1
+    session.exit(position_id, "1", "80")  # -20: equity -21
+    session.close(position_id, "150")  # +50: equity 29
+    assert session.book.summary().max_drawdown == 21
+
+
+def test_per_symbol_figures() -> None:
+    session = Session()
+    session.trade("10", "SOL/USDT:USDT")
+    session.trade("-4", "SOL/USDT:USDT")
+    session.trade("7", "BTC/USDT:USDT")
+    per_symbol = session.book.summary().per_symbol
+    assert list(per_symbol) == ["BTC/USDT:USDT", "SOL/USDT:USDT"]
+    sol, btc = per_symbol["SOL/USDT:USDT"], per_symbol["BTC/USDT:USDT"]
+    assert (sol.closed_trades, sol.wins, sol.losses, sol.realized_pnl) == (2, 1, 1, D(6))
+    assert (btc.closed_trades, btc.wins, btc.losses, btc.realized_pnl) == (1, 1, 0, D(7))
+
+
+def test_used_margin_and_available_balance_without_a_balance() -> None:
+    session = Session()
+    session.open(qty="5", entry="100", leverage=5)  # 100
+    session.open(qty="1", entry="300", leverage=3, symbol="BTC/USDT:USDT", margin="120")
+    summary = session.book.summary()
+    assert summary.used_margin == 220
+    assert summary.balance == 0
+    assert summary.available_balance == -220  # the seed's balance - used_margin
+    assert summary.active_positions == 2
+
+
+def test_available_balance_with_an_observed_balance() -> None:
+    session = Session()
+    session.open(qty="5", entry="100", leverage=5)
+    session.do(ObserveBalance(total=D(1000), available=D("850.5")))
+    summary = session.book.summary()
+    assert summary.balance == 1000
+    assert summary.available_balance == D("850.5")  # the exchange's figure wins
+    session.do(ObserveBalance(total=D(900), available=D(700)))
+    later = session.book.summary()
+    assert (later.balance, later.available_balance) == (D(900), D(700))
+
+
+def test_total_realized_counts_open_positions_partials_and_fees() -> None:
+    session = Session()
+    open_id = session.open(qty="4", entry="100", fee="2")
+    session.exit(open_id, "1", "110")  # +10
+    session.trade("5", "BTC/USDT:USDT")
+    summary = session.book.summary()
+    assert summary.open_realized_pnl == 8
+    assert summary.closed_realized_pnl == 5
+    assert summary.total_realized_pnl == 13
+    assert summary.total_fees == 2
+    session.mark(open_id, "120")
+    summary = session.book.summary()
+    assert summary.unrealized_pnl == 60
+    assert summary.total_pnl == 73
+
+
+# -- the book's fold -------------------------------------------------------------------------
+
+
+def test_apply_skips_events_it_cannot_place_and_never_raises() -> None:
+    session = Session()
+    session.apply(PositionMarked(position_id="ghost", mark_price=D(1)))
+    session.apply(PartialExitRecorded(position_id="ghost", qty=D(1), price=D(1), realized_pnl=D(1)))
+    position_id = session.open()
+    duplicate = PositionOpened(
+        position_id=position_id,
+        symbol="X",
+        side=Side.BUY,
+        qty=D(9),
+        entry_price=D(9),
+        leverage=1,
+    )
+    session.apply(duplicate)
+    assert session.book.skipped == [1, 2, 4]
+    assert session.book.last_seq == 4
+    assert session.book.open[position_id].qty == 5
+    assert session.book.summary().total_realized_pnl == 0
+
+
+def test_apply_ignores_records_already_in() -> None:
+    stamper = Stamper()
+    opened_record = stamper.stamp(
+        PositionOpened(
+            position_id="p1", symbol="S", side=Side.BUY, qty=D(1), entry_price=D(10), leverage=1
+        )
+    )
+    exit_record = stamper.stamp(
+        PartialExitRecorded(position_id="p1", qty=D("0.5"), price=D(12), realized_pnl=D(1))
+    )
+    book = Book()
+    book.apply_all([opened_record, exit_record, exit_record, opened_record])
+    assert book.open["p1"].qty == D("0.5")
+    assert book.open["p1"].realized_pnl == 1
+    assert (book.last_seq, book.last_hash) == (2, exit_record.hash)
+
+
+def test_copy_is_independent() -> None:
+    session = Session()
+    position_id = session.open()
+    copy = session.book.copy()
+    session.close(position_id, "110")
+    assert position_id in copy.open and position_id not in copy.closed
+    assert copy.summary().closed_trades == 0
+    assert copy.acc.equity == 0 and session.book.acc.equity == 50
+    assert session.book.summary().closed_trades == 1
+
+
+def test_open_for_finds_by_symbol_and_side_in_opening_order() -> None:
+    session = Session()
+    long_id = session.open(Side.BUY)
+    short_id = session.open(Side.SELL)
+    book = session.book
+    first = book.open_for("SOL/USDT:USDT")
+    assert first is not None and first.position_id == long_id
+    short = book.open_for("SOL/USDT:USDT", Side.SELL)
+    assert short is not None and short.position_id == short_id
+    assert book.open_for("BTC/USDT:USDT") is None

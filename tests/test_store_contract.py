@@ -1,0 +1,672 @@
+"""The event store contract, written once and run on every backend (memory, SQLite).
+
+Backend-specific checks (durability pragmas, reopening, foreign files, read-only, group commit
+sharing real transactions) follow the shared suite.
+"""
+
+from __future__ import annotations
+
+import abc
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from ledger.codec import encode_event
+from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
+from ledger.errors import IntegrityError, StoreError, StoreUnavailable, VersionConflict
+from ledger.events import AnyEvent, BalanceObserved, PositionMarked, PositionOpened, stream_of
+from ledger.store.base import EventStore, StagedRow, StoreTransaction
+from ledger.store.memory import MemoryEventStore
+from ledger.store.sqlite import SQLiteEventStore
+from ledger.values import Side, to_micros
+from tests.strategies import T0
+
+pytestmark = pytest.mark.anyio
+
+RECORDED_AT = T0 + timedelta(days=1)
+
+
+def fixed_clock() -> datetime:
+    return RECORDED_AT
+
+
+def opened(position_id: str, qty: str = "1") -> PositionOpened:
+    return PositionOpened(
+        position_id=position_id,
+        symbol="SOL/USDT:USDT",
+        side=Side.BUY,
+        qty=Decimal(qty),
+        entry_price=Decimal("100.5"),
+        leverage=5,
+    )
+
+
+def marked(position_id: str, price: int) -> PositionMarked:
+    return PositionMarked(position_id=position_id, mark_price=Decimal(price))
+
+
+def new(event: AnyEvent, event_id: str, second: int = 0) -> NewEvent:
+    return NewEvent(
+        stream=stream_of(event),
+        event=event,
+        event_id=event_id,
+        occurred_at=T0 + timedelta(seconds=second),
+    )
+
+
+def sample_batch(count: int) -> list[NewEvent]:
+    """count events over two position streams and the account stream, one second apart."""
+    events: list[NewEvent] = []
+    for i in range(count):
+        event: AnyEvent
+        if i % 5 == 4:
+            event = BalanceObserved(total=Decimal(1000 + i), available=Decimal(900))
+        elif i < 2:
+            event = opened(f"p{i}")
+        else:
+            event = marked(f"p{i % 2}", 100 + i)
+        events.append(new(event, f"e{i}", second=i))
+    return events
+
+
+# -- backends and how to tamper with them ----------------------------------------------
+
+
+class Backend(abc.ABC):
+    name: str
+    store: EventStore
+
+    @abc.abstractmethod
+    async def replace_body(self, seq: int, body: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, seq: int) -> None: ...
+
+    @abc.abstractmethod
+    async def insert_at(self, seq: int, row: StagedRow) -> None:
+        """Insert row at seq, moving that row and every later one up by one."""
+
+    @abc.abstractmethod
+    async def swap(self, a: int, b: int) -> None:
+        """Exchange the contents of two rows, each keeping its position in the log."""
+
+
+class MemoryBackend(Backend):
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.memory = MemoryEventStore(clock=fixed_clock)
+        self.store = self.memory
+
+    async def replace_body(self, seq: int, body: bytes) -> None:
+        rows = self.memory._rows
+        rows[seq - 1] = msgspec.structs.replace(rows[seq - 1], body=body)
+
+    async def delete(self, seq: int) -> None:
+        del self.memory._rows[seq - 1]
+
+    async def insert_at(self, seq: int, row: StagedRow) -> None:
+        rows = self.memory._rows
+        moved = [msgspec.structs.replace(r, seq=r.seq + 1) for r in rows[seq - 1 :]]
+        rows[seq - 1 :] = [row, *moved]
+
+    async def swap(self, a: int, b: int) -> None:
+        rows = self.memory._rows
+        rows[a - 1], rows[b - 1] = (
+            msgspec.structs.replace(rows[b - 1], seq=a),
+            msgspec.structs.replace(rows[a - 1], seq=b),
+        )
+
+
+class SQLiteBackend(Backend):
+    """Tampering goes through the stdlib sqlite3 module, straight into the file."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.store = SQLiteEventStore(path, clock=fixed_clock)
+
+    def _edit(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for sql, params in statements:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _row(self, seq: int) -> tuple[object, ...]:
+        conn = sqlite3.connect(self.path)
+        try:
+            row: tuple[object, ...] = conn.execute(
+                "SELECT stream, version, event_id, type, schema_version, occurred_us,"
+                " recorded_us, body, hash FROM events WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+            return row
+        finally:
+            conn.close()
+
+    async def replace_body(self, seq: int, body: bytes) -> None:
+        self._edit(("UPDATE events SET body = ? WHERE seq = ?", (body, seq)))
+
+    async def delete(self, seq: int) -> None:
+        self._edit(("DELETE FROM events WHERE seq = ?", (seq,)))
+
+    async def insert_at(self, seq: int, row: StagedRow) -> None:
+        self._edit(
+            ("UPDATE events SET seq = -seq WHERE seq >= ?", (seq,)),
+            ("UPDATE events SET seq = 1 - seq WHERE seq < 0", ()),
+            ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", (seq, *_columns(row))),
+        )
+
+    async def swap(self, a: int, b: int) -> None:
+        row_a, row_b = self._row(a), self._row(b)
+        self._edit(
+            ("DELETE FROM events WHERE seq IN (?, ?)", (a, b)),
+            ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", (a, *row_b)),
+            ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", (b, *row_a)),
+        )
+
+
+def _columns(row: StagedRow) -> tuple[object, ...]:
+    return (
+        row.stream,
+        row.version,
+        row.event_id,
+        row.type,
+        row.schema_version,
+        row.occurred_us,
+        row.recorded_us,
+        row.body,
+        row.hash,
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def backend(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[Backend]:
+    chosen: Backend = MemoryBackend() if request.param == "memory" else SQLiteBackend(db_path)
+    await chosen.store.open()
+    try:
+        yield chosen
+    finally:
+        await chosen.store.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> EventStore:
+    return backend.store
+
+
+# -- appends -------------------------------------------------------------------------------
+
+
+async def test_append_one_returns_its_envelope(store: EventStore) -> None:
+    (record,) = await store.append([new(opened("p1"), "e1", second=3)])
+    assert (record.seq, record.stream, record.version, record.event_id) == (1, "p1", 1, "e1")
+    assert record.occurred_at == T0 + timedelta(seconds=3)
+    assert record.recorded_at == RECORDED_AT
+    assert record.event == opened("p1")
+    assert len(record.hash) == 64 and record.hash != GENESIS_HASH
+    assert await store.read() == [record]
+
+
+async def test_batch_gets_gapless_seqs_and_stream_versions(store: EventStore) -> None:
+    records = await store.append(sample_batch(10))
+    assert [r.seq for r in records] == list(range(1, 11))
+    versions: dict[str, list[int]] = {}
+    for record in records:
+        versions.setdefault(record.stream, []).append(record.version)
+    assert versions == {"p0": [1, 2, 3, 4], "p1": [1, 2, 3, 4], "account": [1, 2]}
+    more = await store.append(sample_batch(12)[10:])
+    assert [r.seq for r in more] == [11, 12]
+    assert [r.version for r in more] == [5, 5]
+    assert await store.read() == [*records, *more]
+
+
+async def test_batch_is_all_or_nothing(store: EventStore) -> None:
+    await store.append([new(opened("p1"), "e1")])
+    poisoned = PositionMarked(position_id="p1", mark_price=object())  # type: ignore[arg-type]
+    batch = [new(marked("p1", 101), "e2"), new(marked("p1", 102), "e3"), new(poisoned, "e4")]
+    with pytest.raises(StoreError):
+        await store.append(batch)
+    head = await store.head()
+    assert (head.seq, head.stream_versions) == (1, {"p1": 1})
+    assert [r.event_id for r in await store.read()] == ["e1"]
+    (record,) = await store.append([new(marked("p1", 101), "e2")])
+    assert (record.seq, record.version) == (2, 2)
+    assert (await store.verify_chain()).events == 2
+
+
+async def test_a_batch_that_cannot_be_stored_fails_alone_not_its_group(store: EventStore) -> None:
+    """Group commit shares a transaction, not a fate: each batch is all-or-nothing on its own."""
+    await store.append([new(opened("p1"), "e0")])
+    poisoned = PositionMarked(position_id="p1", mark_price=object())  # type: ignore[arg-type]
+    outcomes: dict[str, str] = {}
+
+    async def attempt(label: str, batch: list[NewEvent]) -> None:
+        try:
+            await store.append(batch)
+            outcomes[label] = "ok"
+        except StoreError:
+            outcomes[label] = "failed"
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(attempt, "before", [new(marked("p1", 101), "g1")])
+        group.start_soon(attempt, "poisoned", [new(marked("p1", 102), "b1"), new(poisoned, "b2")])
+        group.start_soon(attempt, "after", [new(marked("p1", 103), "g2")])
+    assert outcomes == {"before": "ok", "poisoned": "failed", "after": "ok"}
+    assert [r.event_id for r in await store.read()] == ["e0", "g1", "g2"]
+    assert (await store.verify_chain()).events == 3
+
+
+async def test_same_event_id_is_stored_once_and_returns_the_stored_record(
+    store: EventStore,
+) -> None:
+    (first,) = await store.append([new(opened("p1"), "e1")])
+    (again,) = await store.append([new(opened("p1", qty="9"), "e1", second=50)])
+    assert again == first
+    assert again.event == opened("p1")  # the stored event, not the new body
+    mixed = await store.append([new(marked("p1", 101), "e2"), new(opened("p1"), "e1")])
+    assert [r.seq for r in mixed] == [2, 1]
+    assert mixed[1] == first
+    assert (await store.head()).seq == 2
+    assert [r.event_id for r in await store.read()] == ["e1", "e2"]
+
+
+async def test_same_event_id_twice_in_one_batch_is_stored_once(store: EventStore) -> None:
+    records = await store.append(
+        [new(opened("p1"), "e1"), new(marked("p1", 101), "e2"), new(opened("p1"), "e1")]
+    )
+    assert [r.seq for r in records] == [1, 2, 1]
+    assert records[0] == records[2]
+    assert (await store.head()).seq == 2
+    assert len(await store.read()) == 2
+
+
+async def test_stale_expected_version_raises_and_appends_nothing(store: EventStore) -> None:
+    await store.append([new(opened("p1"), "e1"), new(marked("p1", 101), "e2")])
+    with pytest.raises(VersionConflict) as caught:
+        await store.append([new(marked("p1", 102), "e3")], expected_versions={"p1": 1})
+    assert (caught.value.stream, caught.value.expected, caught.value.actual) == ("p1", 1, 2)
+    # in a batch over two streams, one stale expectation refuses the whole batch
+    batch = [new(opened("p2"), "e4"), new(marked("p1", 103), "e5"), new(marked("p2", 104), "e6")]
+    with pytest.raises(VersionConflict):
+        await store.append(batch, expected_versions={"p2": 0, "p1": 5})
+    head = await store.head()
+    assert (head.seq, head.stream_versions) == (2, {"p1": 2})
+    records = await store.append(batch, expected_versions={"p2": 0, "p1": 2})
+    assert [r.seq for r in records] == [3, 4, 5]
+
+
+async def test_concurrent_appends_expecting_one_version_let_exactly_one_through(
+    store: EventStore,
+) -> None:
+    await store.append([new(opened("p1"), "e0")])
+    outcomes: list[str] = []
+
+    async def attempt(i: int) -> None:
+        try:
+            await store.append([new(marked("p1", 100 + i), f"m{i}")], expected_versions={"p1": 1})
+            outcomes.append("ok")
+        except VersionConflict:
+            outcomes.append("conflict")
+
+    async with anyio.create_task_group() as group:
+        for i in range(20):
+            group.start_soon(attempt, i)
+    assert sorted(outcomes) == ["conflict"] * 19 + ["ok"]
+    assert (await store.head()).seq == 2
+
+
+async def test_500_concurrent_appends_group_commit_gapless(store: EventStore) -> None:
+    results: dict[int, Recorded] = {}
+
+    async def append_one(i: int) -> None:
+        event: AnyEvent = opened(f"p{i}") if i % 2 else marked("p0", 100 + i)
+        (record,) = await store.append([new(event, f"e{i}")])
+        results[i] = record
+
+    await store.append([new(opened("p0"), "seed")])
+    async with anyio.create_task_group() as group:
+        for i in range(1, 501):
+            group.start_soon(append_one, i)
+    records = await store.read()
+    assert len(records) == 501
+    assert [r.seq for r in records] == list(range(1, 502))
+    assert sorted(r.seq for r in results.values()) == list(range(2, 502))
+    assert {r.event_id for r in records} == {"seed", *(f"e{i}" for i in range(1, 501))}
+    # the seed event and 250 marks on p0: one stream version each, in seq order
+    assert [r.version for r in records if r.stream == "p0"] == list(range(1, 252))
+    report = await store.verify_chain()
+    assert (report.events, report.last_hash) == (501, (await store.head()).hash)
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+async def test_reads_after_to_until_and_by_stream(store: EventStore) -> None:
+    records = await store.append(sample_batch(12))
+    assert await store.read(after_seq=7) == records[7:]
+    assert await store.read(to_seq=4) == records[:4]
+    assert await store.read(after_seq=3, to_seq=6) == records[3:6]
+    assert await store.read(after_seq=12) == []
+    assert await store.read(to_seq=0) == []
+    assert await store.read(to_seq=99) == records
+    # until is inclusive of occurred_at
+    assert await store.read(until=T0 + timedelta(seconds=5)) == records[:6]
+    assert await store.read(until=T0 - timedelta(seconds=1)) == []
+    p1 = [r for r in records if r.stream == "p1"]
+    assert await store.read(stream="p1") == p1
+    assert [r.version for r in p1] == list(range(1, len(p1) + 1))
+    assert await store.read(stream="p1", after_seq=4, to_seq=10) == [
+        r for r in p1 if 4 < r.seq <= 10
+    ]
+    assert await store.read(stream="account", until=T0 + timedelta(seconds=5)) == [records[4]]
+    assert await store.read(stream="nobody") == []
+
+
+@pytest.mark.parametrize("count", [0, 1, 9, 10])
+async def test_iterate_pages_across_page_size(store: EventStore, count: int) -> None:
+    records = await store.append(sample_batch(count)) if count else []
+    pages = [page async for page in store.iterate(page_size=3)]
+    assert [len(page) for page in pages] == [3] * (count // 3) + ([count % 3] if count % 3 else [])
+    assert [r for page in pages for r in page] == records
+    stream_pages = [page async for page in store.iterate(stream="p0", page_size=2)]
+    assert all(len(page) <= 2 for page in stream_pages)
+    assert [r for page in stream_pages for r in page] == [r for r in records if r.stream == "p0"]
+
+
+async def test_head_and_hash_at(store: EventStore) -> None:
+    empty = await store.head()
+    assert (empty.seq, empty.hash, empty.stream_versions) == (0, GENESIS_HASH, {})
+    assert await store.hash_at(1) is None
+    records = await store.append(sample_batch(7))
+    head = await store.head()
+    assert (head.seq, head.hash) == (7, records[-1].hash)
+    assert head.stream_versions == {"p0": 3, "p1": 3, "account": 1}
+    for record in records:
+        assert await store.hash_at(record.seq) == record.hash
+    assert await store.hash_at(0) is None
+    assert await store.hash_at(8) is None
+    # the head is a copy: changing it does not move the store
+    head.seq = 99
+    assert (await store.head()).seq == 7
+
+
+async def test_write_transaction_finds_and_stages(store: EventStore) -> None:
+    records = await store.append(sample_batch(3))
+    transaction: Callable[[], AbstractAsyncContextManager[StoreTransaction]] = store.write
+    async with transaction() as tx:
+        assert tx.head.seq == 3
+        existing = await tx.find_existing(["e1", "nope"])
+        assert existing == {"e1": records[1]}
+        staged = tx.stage([new(marked("p0", 200), "x1")])
+        assert staged[0].seq == 4
+        assert (await tx.find_existing(["x1"]))["x1"] == staged[0]
+    assert (await store.read(after_seq=3))[0].event_id == "x1"
+
+
+# -- the hash chain --------------------------------------------------------------------------
+
+
+async def test_verify_chain_passes_on_a_good_log(store: EventStore) -> None:
+    empty = await store.verify_chain()
+    assert (empty.events, empty.last_hash) == (0, GENESIS_HASH)
+    records = await store.append(sample_batch(9))
+    report = await store.verify_chain()
+    assert (report.events, report.streams, report.last_seq) == (9, 3, 9)
+    assert report.last_hash == records[-1].hash
+
+
+async def _expect_broken_at(store: EventStore, seq: int) -> IntegrityError:
+    with pytest.raises(IntegrityError) as caught:
+        await store.verify_chain()
+    assert caught.value.seq == seq
+    assert f"seq {seq}" in str(caught.value)
+    return caught.value
+
+
+async def test_verify_chain_detects_a_tampered_body(backend: Backend) -> None:
+    await backend.store.append(sample_batch(6))
+    await backend.replace_body(2, encode_event(opened("p1", qty="1000")))
+    error = await _expect_broken_at(backend.store, 2)
+    assert "hash" in error.why
+
+
+async def test_verify_chain_detects_a_body_that_does_not_decode(backend: Backend) -> None:
+    await backend.store.append(sample_batch(6))
+    await backend.replace_body(5, b'{"type": "Nonsense"}')
+    await _expect_broken_at(backend.store, 5)
+
+
+async def test_verify_chain_detects_a_deleted_row(backend: Backend) -> None:
+    await backend.store.append(sample_batch(6))
+    await backend.delete(3)
+    error = await _expect_broken_at(backend.store, 4)
+    assert "gap" in error.why
+
+
+async def test_verify_chain_detects_an_inserted_row(backend: Backend) -> None:
+    await backend.store.append(sample_batch(6))
+    forged = StagedRow(
+        3,
+        "intruder",
+        1,
+        "forged",
+        "PositionOpened",
+        1,
+        to_micros(T0),
+        to_micros(T0),
+        encode_event(opened("intruder")),
+        "ab" * 32,
+    )
+    await backend.insert_at(3, forged)
+    await _expect_broken_at(backend.store, 3)
+
+
+async def test_verify_chain_detects_swapped_rows(backend: Backend) -> None:
+    await backend.store.append(sample_batch(6))
+    await backend.swap(3, 4)
+    await _expect_broken_at(backend.store, 3)
+
+
+async def test_verify_chain_detects_a_removed_last_row_only_by_the_head(backend: Backend) -> None:
+    records = await backend.store.append(sample_batch(4))
+    await backend.delete(4)
+    # a truncated tail is a shorter valid chain: the report's head is what tells
+    report = await backend.store.verify_chain()
+    assert (report.last_seq, report.last_hash) == (3, records[2].hash)
+    assert report.last_hash != records[-1].hash
+
+
+# -- SQLite specifics ----------------------------------------------------------------------
+
+
+def sqlite_events(path: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.execute("SELECT seq, stream, version, event_id FROM events ORDER BY seq"))
+    finally:
+        conn.close()
+
+
+async def test_sqlite_concurrent_appends_share_transactions(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteEventStore(db_path)
+    await store.open()
+    transactions = 0
+    original = store.write
+
+    def counting_write() -> AbstractAsyncContextManager[StoreTransaction]:
+        nonlocal transactions
+        transactions += 1
+        return original()
+
+    monkeypatch.setattr(store, "write", counting_write)
+    try:
+        async with anyio.create_task_group() as group:
+            for i in range(500):
+                group.start_soon(store.append, [new(opened(f"p{i}"), f"e{i}")])
+        assert (await store.head()).seq == 500
+        assert (await store.verify_chain()).events == 500
+    finally:
+        await store.close()
+    # one transaction (one fsync) per event would be 500; groups share them
+    assert 1 <= transactions <= 10, transactions
+    assert [row[0] for row in sqlite_events(db_path)] == list(range(1, 501))
+
+
+async def test_sqlite_group_commit_counts_commits_on_the_connection(db_path: Path) -> None:
+    """The same question asked of the database: how many COMMITs went through the driver."""
+    store = SQLiteEventStore(db_path)
+    await store.open()
+    commits: list[str] = []
+
+    def trace(sql: str) -> None:  # runs in the connection's own thread
+        if sql.strip().upper() == "COMMIT":
+            commits.append(sql)
+
+    try:
+        await store._connection().set_trace_callback(trace)
+        async with anyio.create_task_group() as group:
+            for i in range(500):
+                group.start_soon(store.append, [new(opened(f"p{i}"), f"e{i}")])
+    finally:
+        await store.close()
+    assert 1 <= len(commits) <= 10, len(commits)
+    assert len(sqlite_events(db_path)) == 500
+
+
+async def test_sqlite_reopen_continues_the_chain(db_path: Path) -> None:
+    first = SQLiteEventStore(db_path)
+    await first.open()
+    before = await first.append(sample_batch(5))
+    await first.close()
+
+    again = SQLiteEventStore(db_path)
+    await again.open()
+    try:
+        head = await again.head()
+        assert (head.seq, head.hash) == (5, before[-1].hash)
+        after = await again.append(sample_batch(8)[5:])
+        assert [r.seq for r in after] == [6, 7, 8]
+        assert after[0].version == head.stream_versions[after[0].stream] + 1
+        (duplicate,) = await again.append([sample_batch(1)[0]])
+        assert duplicate == before[0]
+        report = await again.verify_chain()
+        assert (report.events, report.last_hash) == (8, after[-1].hash)
+        assert await again.read() == [*before, *after]
+    finally:
+        await again.close()
+
+
+async def test_sqlite_sees_what_another_store_on_the_file_appended(db_path: Path) -> None:
+    one, two = SQLiteEventStore(db_path), SQLiteEventStore(db_path)
+    await one.open()
+    await two.open()
+    try:
+        await one.append(sample_batch(3))
+        await two.append([new(marked("p0", 300), "other")])
+        async with one.write() as tx:  # the write transaction hands over what others appended
+            assert [r.event_id for r in tx.tail] == ["other"]
+            assert tx.head.seq == 4
+        async with one.write() as tx:
+            assert tx.tail == []
+        (record,) = await one.append([new(marked("p0", 301), "mine")])
+        assert (record.seq, record.version) == (5, 4)  # p0: open, mark, theirs, mine
+        assert (await one.verify_chain()).events == 5
+    finally:
+        await one.close()
+        await two.close()
+
+
+def _alive_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+@pytest.mark.parametrize("kind", ["foreign tables", "not a database"])
+async def test_sqlite_refuses_a_foreign_file_and_leaks_nothing(db_path: Path, kind: str) -> None:
+    if kind == "foreign tables":
+        conn = sqlite3.connect(db_path)
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('alice')")
+        conn.commit()
+        conn.close()
+    else:
+        db_path.write_bytes(b"this is a spreadsheet, honest" * 200)
+    original = db_path.read_bytes()
+    before = _alive_threads()
+    store = SQLiteEventStore(db_path)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.open()
+        # a refused open must not leave connection threads behind (they keep the process alive)
+        for thread in _alive_threads() - before:
+            thread.join(timeout=2)
+        assert not [t for t in _alive_threads() - before if t.is_alive()]
+    finally:
+        await store.close()
+    assert db_path.read_bytes() == original  # nothing written into someone else's file
+
+
+async def test_sqlite_read_only_reads_but_cannot_write(db_path: Path) -> None:
+    writer = SQLiteEventStore(db_path)
+    await writer.open()
+    records = await writer.append(sample_batch(4))
+    await writer.close()
+
+    reader = SQLiteEventStore(db_path, read_only=True)
+    await reader.open()
+    try:
+        assert await reader.read() == records
+        assert (await reader.verify_chain()).events == 4
+        with pytest.raises(StoreUnavailable):
+            await reader.append([new(marked("p0", 500), "ro")])
+    finally:
+        await reader.close()
+    assert len(sqlite_events(db_path)) == 4
+
+
+async def test_sqlite_read_only_needs_an_existing_ledger(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable):
+        await SQLiteEventStore(tmp_path / "missing.db", read_only=True).open()
+    assert not (tmp_path / "missing.db").exists()
+
+
+async def _pragma(store: SQLiteEventStore, name: str) -> object:
+    cursor = await store._connection().execute(f"PRAGMA {name}")
+    row = await cursor.fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def test_sqlite_durability_full_by_default_normal_opt_in(tmp_path: Path) -> None:
+    default = SQLiteEventStore(tmp_path / "full.db")
+    normal = SQLiteEventStore(tmp_path / "normal.db", synchronous="NORMAL")
+    await default.open()
+    await normal.open()
+    try:
+        assert await _pragma(default, "synchronous") == 2  # FULL
+        assert await _pragma(normal, "synchronous") == 1  # NORMAL
+        assert await _pragma(default, "journal_mode") == "wal"
+        assert int(str(await _pragma(default, "busy_timeout"))) == 10_000
+    finally:
+        await default.close()
+        await normal.close()
+    conn = sqlite3.connect(tmp_path / "full.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # kept in the file
+    finally:
+        conn.close()
