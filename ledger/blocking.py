@@ -265,3 +265,31 @@ class ThreadSafePositionManager:
         """The seed's summary dict (Decimal values), plus the extra figures."""
         summary = self._call(lambda ledger: ledger.session_summary())
         return msgspec.structs.asdict(summary)
+
+    async def thread_safe_sync_with_bybit(
+        self, exchange: object
+    ) -> tuple[list[Position], list[str]]:
+        """The seed's sync with Bybit: returns (newly_opened, closed_ids).
+
+        The fetches run with the caller's ccxt client (a ccxt.async_support.bybit) on the
+        caller's event loop; the observations are then reconciled by the ledger's writer on its
+        own loop, reached from a worker thread, so the caller's loop keeps running meanwhile.
+        Unlike the seed, a failed fetch is not hidden as ([], []): it raises ExchangeError
+        (ExchangeAuthError for refused keys) and the ledger is unchanged. The client is not
+        closed.
+        """
+        from ledger.exchange.ccxt_client import ExchangeGateway
+        from ledger.exchange.sync import ExchangeSync
+
+        sync: ExchangeSync | None = getattr(self, "_exchange_sync", None)
+        if sync is None:
+            sync = ExchangeSync(self.settings)
+            self._exchange_sync = sync
+        syncer = sync
+        gateway = ExchangeGateway(exchange, owns_client=False)
+        book = await anyio.to_thread.run_sync(lambda: self._call(lambda ledger: ledger.book.copy()))
+        snapshot = await syncer.fetch(gateway, book)
+        outcome = await anyio.to_thread.run_sync(
+            lambda: self._acall(lambda ledger: syncer.apply(ledger, snapshot))
+        )
+        return outcome.newly_opened, outcome.closed_ids

@@ -1,0 +1,333 @@
+"""Exchange sync: fetch everything, then reconcile inside the ledger's write transaction.
+
+`ExchangeSync.sync_once(ledger, gateway)` is the seed's thread_safe_sync_with_bybit done right:
+a fetch that fails, times out, is rate limited or malformed changes nothing, is logged with the
+reason and raised as a typed ExchangeError (the caller decides to back off); an empty position
+list counts as "absent" only because the fetch succeeded. `watch` adds ccxt.pro's
+watch_positions on top, falling back to polling while the socket is down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ledger.clock import Clock, system_clock
+from ledger.envelope import Recorded
+from ledger.errors import ExchangeAuthError, ExchangeError
+from ledger.events import PositionClosed, PositionOpened
+from ledger.exchange.observations import (
+    BalanceObservation,
+    ClosedPnlObservation,
+    ExchangeSnapshot,
+    FundingObservation,
+    PositionObservation,
+    market_key,
+)
+from ledger.exchange.reconcile import ReconcilePolicy, ReconcileResult, reconcile
+from ledger.service import Ledger, Plan
+from ledger.settings import Settings
+from projections.book import Book
+from projections.positions import Position
+
+__all__ = ["ExchangeSync", "Gateway", "SyncOutcome", "WatchingGateway"]
+
+log = logging.getLogger("ledger.exchange")
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+# Bybit's closed-PnL and execution lists answer at most 7 days per query.
+_MAX_WINDOW = timedelta(days=7) - timedelta(minutes=5)
+# How far before the last good sync the next one looks again for records that arrived late.
+_OVERLAP = timedelta(hours=1)
+
+
+class Gateway(Protocol):
+    """What sync needs of an exchange (ExchangeGateway; a fake in tests)."""
+
+    async def fetch_positions(self) -> list[PositionObservation]: ...
+    async def fetch_balance(self) -> BalanceObservation: ...
+    async def fetch_closed_pnl(self, *, since: datetime) -> list[ClosedPnlObservation]: ...
+    async def fetch_funding(self, *, since: datetime) -> list[FundingObservation]: ...
+
+
+class WatchingGateway(Gateway, Protocol):
+    """A gateway with a position stream (ExchangeGateway over a ccxt.pro client)."""
+
+    @property
+    def can_watch(self) -> bool: ...
+    async def watch_positions(self) -> tuple[list[PositionObservation], list[str]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOutcome:
+    """What one reconciliation appended (records already in the log are left out)."""
+
+    result: ReconcileResult
+    appended: list[Recorded]
+    newly_opened: list[Position]
+    closed_ids: list[str]
+
+
+class ExchangeSync:
+    """Sync state across calls: absence counts, the last good sync, the stream's health.
+
+    One instance per ledger and exchange account. Syncs hold `lock`; so should code that
+    changes the exchange and then records it (a reduce-only order, then its partial exit), or
+    a sync in between would record the exchange's change as one made by hand.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        policy: ReconcilePolicy | None = None,
+        clock: Clock = system_clock,
+    ) -> None:
+        settings = settings or Settings()
+        self.policy = policy or ReconcilePolicy(
+            absent_fetches_before_close=settings.absent_fetches_before_close
+        )
+        self._clock = clock
+        self.absent_counts: dict[str, int] = {}
+        self.last_ok: datetime | None = None
+        self.stream_up = False
+        self.syncs_ok = 0
+        self.syncs_failed = 0
+        self.last_error: ExchangeError | None = None
+        self.lock = anyio.Lock()
+
+    # -- one sync -------------------------------------------------------------------------
+
+    async def sync_once(self, ledger: Ledger, gateway: Gateway) -> tuple[list[Position], list[str]]:
+        """Fetch, reconcile, append; returns (newly_opened, closed_ids) like the seed.
+
+        Raises ExchangeError (ExchangeAuthError: the keys were refused; the ledger is then
+        unchanged), StoreError.
+        """
+        outcome = await self.sync(ledger, gateway)
+        return outcome.newly_opened, outcome.closed_ids
+
+    async def sync(self, ledger: Ledger, gateway: Gateway) -> SyncOutcome:
+        """sync_once with the whole outcome (what was appended, the warnings)."""
+        async with self.lock:
+            snapshot = await self.fetch(gateway, ledger.book)
+            return await self.apply(ledger, snapshot)
+
+    async def fetch(self, gateway: Gateway, book: Book) -> ExchangeSnapshot:
+        """Everything one sync needs, fetched before anything is decided; raises ExchangeError
+        (logged) when any part fails."""
+        started = self._clock()
+        try:
+            positions, balance = await _both(gateway.fetch_positions, gateway.fetch_balance)
+            since = self._window_start(book, positions, started)
+            closed_pnl: list[ClosedPnlObservation] = []
+            funding: list[FundingObservation] = []
+            if since is not None:
+                closed_pnl, funding = await _both(
+                    lambda: gateway.fetch_closed_pnl(since=since),
+                    lambda: gateway.fetch_funding(since=since),
+                )
+        except ExchangeError as exc:
+            self.syncs_failed += 1
+            self.last_error = exc
+            level = logging.ERROR if isinstance(exc, ExchangeAuthError) else logging.WARNING
+            log.log(level, "exchange sync failed, ledger unchanged: %s", exc)
+            raise
+        return ExchangeSnapshot(
+            fetched_at=started,
+            positions=tuple(positions),
+            closed_pnl=tuple(closed_pnl),
+            funding=tuple(funding),
+            balance=balance,
+            complete=True,
+            closed_pnl_since=since,
+            funding_since=since,
+        )
+
+    def _window_start(
+        self, book: Book, positions: Sequence[PositionObservation], now: datetime
+    ) -> datetime | None:
+        """Where the closed-PnL and funding lists start: the oldest position either side knows,
+        no earlier than 7 days back, nor than an hour before the last good sync."""
+        starts = [p.open_time for p in book.open.values()]
+        starts += [p.created_at for p in positions]
+        if not starts:
+            return None
+        since = max(min(starts) - timedelta(minutes=1), now - _MAX_WINDOW)
+        if self.last_ok is not None:
+            since = max(since, self.last_ok - _OVERLAP)
+        return since
+
+    async def apply(self, ledger: Ledger, snapshot: ExchangeSnapshot) -> SyncOutcome:
+        """Reconcile the snapshot against the ledger's current book inside its write
+        transaction and append the result (shielded: an append in flight finishes)."""
+        decided: list[tuple[ReconcileResult, int]] = []
+        policy = self.policy
+        counts = dict(self.absent_counts)
+
+        def decider(book: Book) -> list[Plan]:
+            result = reconcile(book, snapshot, counts, policy)
+            decided.append((result, book.last_seq))
+            return [Plan(p.event, p.key, p.occurred_at) for p in result.plans]
+
+        try:
+            with anyio.CancelScope(shield=True):
+                records = await ledger.transact(decider)
+        except ExchangeError as exc:
+            self.syncs_failed += 1
+            self.last_error = exc
+            log.warning("exchange sync refused, ledger unchanged: %s", exc)
+            raise
+        result, before = decided[-1]
+        fresh = [r for r in records if r.seq > before]
+        opened = {r.event.position_id for r in fresh if isinstance(r.event, PositionOpened)}
+        closed = {r.event.position_id for r in fresh if isinstance(r.event, PositionClosed)}
+        self.absent_counts = dict(result.absent_counts)
+        if snapshot.complete:
+            self.last_ok = snapshot.fetched_at
+            self.syncs_ok += 1
+        for warning in result.warnings:
+            log.info("sync: %s", warning)
+        newly_opened = [
+            p for pid in result.opened if pid in opened if (p := ledger.get_position(pid))
+        ]
+        closed_ids = [pid for pid in result.closed if pid in closed]
+        if fresh:
+            log.info(
+                "sync appended %d event(s): %d adopted, %d closed",
+                len(fresh),
+                len(newly_opened),
+                len(closed_ids),
+            )
+        return SyncOutcome(result, fresh, newly_opened, closed_ids)
+
+    # -- live -------------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        ledger: Ledger,
+        gateway: WatchingGateway,
+        *,
+        fallback_interval: float = 5.0,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Follow watch_positions until cancelled.
+
+        A position that changed only in price is marked at once; one that appeared, changed
+        size or went flat triggers a full sync (closes still need the evidence rule). While the
+        socket is down, a full sync runs every fallback_interval seconds and the stream is
+        reconnected. Raises ExchangeAuthError.
+        """
+        if not gateway.can_watch:
+            raise ExchangeError("live mode needs a ccxt.pro client (watch_positions)")
+        self.stream_up = True
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._fallback_poller, ledger, gateway, fallback_interval)
+            task_status.started()
+            failures = 0
+            while True:
+                try:
+                    changed, flat = await gateway.watch_positions()
+                except ExchangeAuthError:
+                    raise
+                except ExchangeError as exc:
+                    if self.stream_up:
+                        log.warning(
+                            "position stream lost (%s): polling every %gs until it is back",
+                            exc,
+                            fallback_interval,
+                        )
+                    self.stream_up = False
+                    failures += 1
+                    await anyio.sleep(min(fallback_interval, 0.05 * 2 ** min(failures, 10)))
+                    continue
+                failures = 0
+                if not self.stream_up:
+                    log.info("position stream is back")
+                self.stream_up = True
+                await self._on_update(ledger, gateway, changed, flat)
+
+    async def _on_update(
+        self,
+        ledger: Ledger,
+        gateway: Gateway,
+        changed: list[PositionObservation],
+        flat: list[str],
+    ) -> None:
+        if not changed and not flat:
+            return
+        book = ledger.book
+        known = {(market_key(p.symbol), p.side): p for p in book.open.values()}
+        structural = bool(flat) or any(
+            (row.key not in known) or known[row.key].qty != row.qty for row in changed
+        )
+        try:
+            if structural:
+                await self.sync(ledger, gateway)
+            else:
+                async with self.lock:
+                    snapshot = ExchangeSnapshot(
+                        fetched_at=self._clock(), positions=tuple(changed), complete=False
+                    )
+                    await self.apply(ledger, snapshot)
+        except ExchangeAuthError:
+            raise
+        except ExchangeError:
+            pass  # logged by fetch/apply; the periodic sync is the backstop
+
+    async def _fallback_poller(self, ledger: Ledger, gateway: Gateway, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            if self.stream_up:
+                continue
+            try:
+                await self.sync(ledger, gateway)
+            except ExchangeAuthError:
+                raise
+            except ExchangeError:
+                pass  # logged; the next poll retries
+
+
+async def _both(
+    first: Callable[[], Awaitable[A]], second: Callable[[], Awaitable[B]]
+) -> tuple[A, B]:
+    """Run two fetches concurrently; the first failure cancels the other and is raised."""
+    results: dict[int, object] = {}
+
+    async def run(index: int, call: Callable[[], Awaitable[object]]) -> None:
+        results[index] = await call()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run, 0, first)
+            group.start_soon(run, 1, second)
+    except BaseExceptionGroup as group_error:
+        error = _first_exchange_error(group_error)
+        raise error from error.__cause__
+    return results[0], results[1]  # type: ignore[return-value]
+
+
+def _first_exchange_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """An auth error first (it stops the service), else the first error raised."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, ExchangeAuthError):
+            return leaf
+    return leaves[0]
