@@ -115,6 +115,20 @@ class ExchangeError(LedgerError):
     """The exchange failed or answered something we cannot trust."""
 
 
+class ExchangeUnavailable(ExchangeError):
+    """A failure that may pass: network, timeout, rate limit, maintenance, a 5xx or Bybit's
+    "system error, try again". Retry with backoff."""
+
+
+class MalformedResponse(ExchangeError):
+    def __init__(self, what: str, field: str, value: object, why: str) -> None:
+        self.what = what
+        self.field = field
+        self.value = value
+        self.why = why
+        super().__init__(f"malformed {what}: field {field!r}={value!r}: {why}")
+
+
 class ExchangeAuthError(ExchangeError):
     """The exchange refused the API keys."""
 

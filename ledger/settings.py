@@ -36,6 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     busy_timeout_ms: int = 10_000
     absent_fetches_before_close: int = 2
+    sync_settle_seconds: float = 30.0
+    live_updates: bool = False
+    # name=roe_pct:fraction,... : the seed's partial_exit_50_roe and partial_exit_100_roe
+    partial_exit_rules: str = "partial_exit_50_roe=50:0.5,partial_exit_100_roe=100:0.5"
 
     def __post_init__(self) -> None:
         checks = {
@@ -48,6 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "snapshot_every_seconds": self.snapshot_every_seconds > 0,
             "busy_timeout_ms": self.busy_timeout_ms >= 0,
             "absent_fetches_before_close": self.absent_fetches_before_close >= 1,
+            "sync_settle_seconds": self.sync_settle_seconds >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -21,7 +21,7 @@ import ccxt
 import ccxt.async_support
 import ccxt.pro
 
-from ledger.errors import ConfigError, ExchangeAuthError, ExchangeError
+from ledger.errors import ConfigError, ExchangeAuthError, ExchangeError, ExchangeUnavailable
 from ledger.exchange.observations import (
     BalanceObservation,
     ClosedPnlObservation,
@@ -51,14 +51,6 @@ API_SECRET_ENV = "BYBIT_API_SECRET"
 
 T = TypeVar("T")
 Row = Mapping[str, object]
-
-
-class ExchangeUnavailable(ExchangeError):
-    """A failure that may pass: network, timeout, rate limit, maintenance, a 5xx or Bybit's
-    "system error, try again". Retry with backoff.
-
-    (Belongs in ledger/errors.py under ExchangeError; kept here until it moves.)
-    """
 
 
 # -- secrets --------------------------------------------------------------------------------

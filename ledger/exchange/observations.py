@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import msgspec
 
-from ledger.errors import ExchangeError, InvalidValue
+from ledger.errors import InvalidValue, MalformedResponse
 from ledger.values import Side, from_millis, to_decimal
 
 __all__ = [
@@ -32,20 +32,6 @@ __all__ = [
     "position_from_ccxt",
     "positions_from_ccxt",
 ]
-
-
-class MalformedResponse(ExchangeError):
-    """The exchange answered, but a row lacks a field or holds nonsense; nothing was used.
-
-    (Belongs in ledger/errors.py under ExchangeError; kept here until it moves.)
-    """
-
-    def __init__(self, what: str, field: str, value: object, why: str) -> None:
-        self.what = what
-        self.field = field
-        self.value = value
-        self.why = why
-        super().__init__(f"malformed {what}: field {field!r}={value!r}: {why}")
 
 
 class PositionObservation(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from ledger.errors import CommandRejected, ExchangeAuthError, ExchangeError, StoreError
 from ledger.events import PositionIncreased, PositionMarked, PositionOpened
-from ledger.exchange.exit_rules import DEFAULT_RULES, ExitOrder, ExitRule, due_exits
+from ledger.exchange.exit_rules import ExitOrder, ExitRule, due_exits, parse_rules
 from ledger.exchange.sync import ExchangeSync, Gateway, WatchingGateway
 from ledger.service import Ledger
 from ledger.settings import Settings
@@ -78,7 +78,7 @@ class BotService:
         gateway: Gateway | None = None,
         *,
         settings: Settings | None = None,
-        rules: Sequence[ExitRule] = DEFAULT_RULES,
+        rules: Sequence[ExitRule] | None = None,
         exit_executor: ExitExecutor | None = None,
         live: bool = False,
         fallback_interval: float = 5.0,
@@ -90,7 +90,9 @@ class BotService:
         self.ledger = ledger
         self.gateway = gateway
         self.settings = settings or ledger.settings
-        self.rules = tuple(rules)
+        self.rules = (
+            tuple(rules) if rules is not None else parse_rules(self.settings.partial_exit_rules)
+        )
         self.exit_executor = exit_executor
         self.live = live
         self.fallback_interval = fallback_interval

@@ -93,7 +93,8 @@ class ExchangeSync:
     ) -> None:
         settings = settings or Settings()
         self.policy = policy or ReconcilePolicy(
-            absent_fetches_before_close=settings.absent_fetches_before_close
+            absent_fetches_before_close=settings.absent_fetches_before_close,
+            settle=timedelta(seconds=settings.sync_settle_seconds),
         )
         self._clock = clock
         self.absent_counts: dict[str, int] = {}

@@ -131,29 +131,47 @@ class SQLiteEventStore(EventStore):
                 raise StoreUnavailable(f"cannot open ledger database {self.path}: {exc}") from exc
             raise
 
-    async def _check_or_create(self) -> None:
-        conn = self._connection()
-        app_id = (await (await conn.execute("PRAGMA application_id")).fetchone() or (0,))[0]
-        tables = await conn.execute_fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        )
+    async def _identity(self) -> tuple[int, int]:
+        """(application_id, number of tables), read in one statement so one snapshot answers."""
+        row = await (
+            await self._connection().execute(
+                "SELECT (SELECT application_id FROM pragma_application_id()),"
+                " (SELECT count(*) FROM sqlite_master"
+                "  WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
+            )
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def _refuse_foreign(self, app_id: int, tables: int) -> None:
         if app_id != APPLICATION_ID and (tables or app_id != 0):
             raise StoreUnavailable(f"{self.path} is not a position-ledger database")
+
+    async def _check_or_create(self) -> None:
+        conn = self._connection()
+        app_id, tables = await self._identity()
+        self._refuse_foreign(app_id, tables)
         if self._read_only:
             if app_id != APPLICATION_ID:
                 raise StoreUnavailable(f"{self.path} is empty, not a position-ledger database")
             return
         await conn.execute("PRAGMA journal_mode = WAL")
         await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        if app_id != APPLICATION_ID:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
+        if app_id == APPLICATION_ID:
+            return
+        # A new file: create it under the write lock, asking again there, since another
+        # process may be creating the same file right now.
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            app_id, tables = await self._identity()
+            self._refuse_foreign(app_id, tables)
+            if app_id != APPLICATION_ID:
                 await conn.execute(_SCHEMA)
                 await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                await conn.execute("COMMIT")
-            except BaseException:
+            await conn.execute("COMMIT")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
                 await conn.execute("ROLLBACK")
-                raise
+            raise
 
     def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:

@@ -16,13 +16,12 @@ import anyio
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
-from ledger.errors import ExchangeAuthError, ExchangeError
+from ledger.errors import ExchangeAuthError, ExchangeError, ExchangeUnavailable, MalformedResponse
 from ledger.events import PartialExitRecorded, PositionClosed, PositionIncreased
-from ledger.exchange.ccxt_client import ExchangeGateway, ExchangeUnavailable
+from ledger.exchange.ccxt_client import ExchangeGateway
 from ledger.exchange.emulator import INSTRUMENTS, BybitEmulator, FaultKind, Instrument
 from ledger.exchange.emulator._state import ExchangeState
 from ledger.exchange.emulator.client import make_ccxt_client
-from ledger.exchange.observations import MalformedResponse
 from ledger.exchange.reconcile import ReconcilePolicy
 from ledger.exchange.sync import ExchangeSync
 from ledger.service import Ledger
