@@ -70,6 +70,9 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     initial_qty: Decimal
     realized_pnl: Decimal = ZERO
     fees: Decimal = ZERO
+    # fees charged on opening and adding (part of `fees`): exchange PnL records that already
+    # deduct them must not deduct them twice
+    open_fee: Decimal = ZERO
     funding: Decimal = ZERO
     exit_price: Decimal | None = None
     status: Status = Status.OPEN
@@ -110,6 +113,7 @@ def opened(event: PositionOpened, at: datetime) -> Position:
         initial_qty=event.qty,
         realized_pnl=-event.fee,
         fees=event.fee,
+        open_fee=event.fee,
         source=event.source,
         position_idx=event.position_idx,
     )
@@ -150,6 +154,7 @@ def increased(position: Position, event: PositionIncreased) -> Position:
         ),
         realized_pnl=position.realized_pnl - event.fee,
         fees=position.fees + event.fee,
+        open_fee=position.open_fee + event.fee,
     )
 
 

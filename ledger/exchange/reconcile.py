@@ -453,18 +453,29 @@ def _explain(
     return chosen, max(left, ZERO)
 
 
-def _fees(record: ClosedPnlObservation) -> Decimal:
-    return (record.open_fee or ZERO) + (record.close_fee or ZERO)
+def _pnl_and_fee(
+    position: Position, record: ClosedPnlObservation, share: Decimal = Decimal(1)
+) -> tuple[Decimal, Decimal]:
+    """(realized PnL, fee) of a closed-PnL record, or of a share of it.
+
+    Bybit's closedPnl has the opening fee's share already taken off. Where the ledger charged
+    the opening fee itself (the bot recorded it at open), it is added back so it is not
+    counted twice; otherwise it is part of this record's fee.
+    """
+    open_fee = (record.open_fee or ZERO) * share
+    close_fee = (record.close_fee or ZERO) * share
+    pnl = record.closed_pnl * share
+    if position.open_fee > 0:
+        return pnl + open_fee, close_fee
+    return pnl, open_fee + close_fee
 
 
 def _exit_from_record(
     position: Position, record: ClosedPnlObservation, qty: Decimal, reason: str
 ) -> PartialExitRecorded:
-    pnl = record.closed_pnl
-    fee = _fees(record)
+    share = Decimal(1) if qty == record.qty else qty / record.qty
+    pnl, fee = _pnl_and_fee(position, record, share)
     if qty != record.qty:
-        share = qty / record.qty
-        pnl, fee = pnl * share, fee * share
         reason += " (Bybit's PnL prorated: part of the record was already in the ledger)"
     return PartialExitRecorded(
         position_id=position.position_id,
@@ -539,7 +550,7 @@ def _close_from_records(
         for record, qty in earlier
     ]
     remaining = position.qty - sum((qty for _, qty in earlier), ZERO)
-    pnl = last.closed_pnl
+    pnl, fee = _pnl_and_fee(position, last)
     if rest > 0:
         pnl += price_pnl(position.side, rest, position.entry_price, last.exit_price)
     reason = "closed on the exchange"
@@ -550,7 +561,7 @@ def _close_from_records(
         qty=remaining,
         price=last.exit_price,
         realized_pnl=pnl,
-        fee=_fees(last),
+        fee=fee,
         reason=reason,
         source=Source.EXCHANGE,
         pnl_estimated=rest > 0,

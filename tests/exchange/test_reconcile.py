@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
+import msgspec
 import pytest
 
 from ledger.envelope import Recorded
@@ -91,6 +92,7 @@ class Log:
         when: datetime = T0,
         source: Source = Source.BOT,
         leverage: int = 10,
+        fee: str = "0",
     ) -> None:
         self.record(
             PositionOpened(
@@ -101,6 +103,7 @@ class Log:
                 entry_price=D(entry),
                 leverage=leverage,
                 source=source,
+                fee=D(fee),
             ),
             when,
         )
@@ -396,6 +399,25 @@ def test_an_external_close_with_its_closed_pnl_record() -> None:
     log.apply(result.plans, at(8))
     closed = log.book.closed["pos_bot"]
     assert closed.realized_pnl == D("29.3") and closed.close_time == at(7)
+
+
+@pytest.mark.parametrize("ledger_open_fee", ["0", "0.33"])
+def test_bybits_opening_fee_is_counted_once(ledger_open_fee: str) -> None:
+    # Bybit's closedPnl = gross - its share of the opening fee - the closing fee. Where the bot
+    # already recorded the opening fee, the ledger must not take it off a second time.
+    log = Log()
+    log.open(fee=ledger_open_fee)
+    gross, open_fee, close_fee = D(30), D("0.33"), D("0.3465")
+    record = msgspec.structs.replace(
+        closed_record("ord-f", at(7), "0.01", "63000", str(gross - open_fee - close_fee)),
+        open_fee=open_fee,
+        close_fee=close_fee,
+    )
+    result = reconcile(log.book, snap(at(8), [], [record]), {})
+    log.apply(result.plans, at(8))
+    closed = log.book.closed["pos_bot"]
+    assert closed.realized_pnl == gross - open_fee - close_fee
+    assert closed.fees == open_fee + close_fee
 
 
 def test_a_record_from_before_the_position_opened_is_no_evidence() -> None:
