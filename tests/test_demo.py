@@ -11,8 +11,11 @@ from pathlib import Path
 import anyio
 import pytest
 
+from ledger.envelope import Recorded
+from ledger.events import PositionClosed
 from ledger.service import Ledger
 from ledger.store.sqlite import SQLiteEventStore
+from ledger.values import Source
 from projections.book import fold_records
 
 
@@ -26,12 +29,15 @@ def test_demo_leaves_a_verifiable_ledger(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "Session summary" in done.stdout
 
+    records: list[Recorded] = []
+
     async def check() -> None:
         store = SQLiteEventStore(data / "ledger.db", read_only=True)
         await store.open()
         try:
             report = await store.verify_chain()
-            book = fold_records(await store.read())
+            records.extend(await store.read())
+            book = fold_records(records)
         finally:
             await store.close()
         snapshot = json.loads((data / "positions.json").read_text(), parse_float=Decimal)
@@ -42,6 +48,17 @@ def test_demo_leaves_a_verifiable_ledger(tmp_path: Path) -> None:
         summary = book.summary()
         assert summary.closed_trades == summary.wins + summary.losses
         assert summary.total_realized_pnl == sum(p.realized_pnl for p in book.closed.values())
+        closed = list(book.closed.values())
+        assert any(p.source is Source.EXCHANGE for p in closed), "a position adopted by hand"
+        assert any(p.partial_exits and p.partial_exits[0].rule for p in closed), "an ROE exit"
+        assert any(p.funding for p in closed), "funding was paid"
+        events = [r.event for r in records]
+        assert any(
+            isinstance(e, PositionClosed) and e.source is Source.EXCHANGE and not e.pnl_estimated
+            for e in events
+        ), "a close seen on the exchange, with Bybit's closed PnL"
+        # every fee, funding payment and PnL the exchange booked is in the ledger, to the cent
+        assert summary.balance == 10_000 + summary.total_realized_pnl
         assert snapshot["session_stats"]["total_pnl"] == summary.total_pnl
 
     anyio.run(check)
