@@ -86,8 +86,7 @@ async def open_read_only(
     try:
         await store.open()
     except BaseException:
-        # open() leaves its connection open when it refuses a foreign or empty file, and
-        # aiosqlite's thread would then keep the process alive
+        # whatever open() got to, close it: a live aiosqlite thread keeps the process alive
         with anyio.CancelScope(shield=True):
             await store.close()
         raise
@@ -262,16 +261,16 @@ async def book_at(
 ) -> Replayed:
     """The book folded from the log alone, up to bound (chain-checked unless check=False)."""
     book = Book()
-    at: datetime | None = None
+    last: Recorded | None = None
     only = SymbolFilter(symbol)
     async for record in scan(store, bound=bound, check=check, stats=stats):
-        at = record.occurred_at
+        last = record
         if only.admits(record):
             book.apply(record)
-    if symbol is not None:
-        # the book's position in the log is where the replay stopped, not its last own event
-        book.last_seq = stats.rows if stats is not None and bound.is_head else book.last_seq
-    return Replayed(book=book, at=at, checked=check)
+    if symbol is not None and last is not None:
+        # the book stands where the replay stopped, not at its symbol's last event
+        book.last_seq, book.last_hash = last.seq, last.hash
+    return Replayed(book=book, at=None if last is None else last.occurred_at, checked=check)
 
 
 async def load_book(store: SQLiteEventStore, snapshot_path: Path) -> Replayed:
@@ -388,11 +387,13 @@ class ClosePoint(msgspec.Struct, frozen=True, array_like=True):
 
 
 class EquityCurve(msgspec.Struct, kw_only=True):
-    """Realized equity after every realizing event (fees, exits, closes, funding)."""
+    """Realized equity after every realizing event (fees, exits, closes, funding); the book's
+    statistics are whole, but it holds only the positions still open."""
 
     points: list[EquityPoint]
     closes: list[ClosePoint]
     book: Book
+    end: datetime | None = None  # the last event's time: the curve runs flat up to it
 
 
 async def equity_curve(
@@ -402,20 +403,23 @@ async def equity_curve(
     points: list[EquityPoint] = []
     closes: list[ClosePoint] = []
     equity = ZERO
+    end: datetime | None = None
     async for record in scan(store, bound=bound, check=check):
         book.apply(record)
+        end = record.occurred_at
         acc = book.acc
         if acc.equity != equity:
             equity = acc.equity
             points.append(EquityPoint(record.occurred_at, equity, acc.peak_equity))
         event = record.event
         if isinstance(event, PositionClosed):
-            done = book.closed.get(event.position_id)
+            # the curve needs the close, not the position: the book keeps only what is open
+            done = book.closed.pop(event.position_id, None)
             if done is not None:
                 closes.append(
                     ClosePoint(record.occurred_at, equity, done.realized_pnl, done.position_id)
                 )
-    return EquityCurve(points=points, closes=closes, book=book)
+    return EquityCurve(points=points, closes=closes, book=book, end=end)
 
 
 # -- exports -------------------------------------------------------------------------------

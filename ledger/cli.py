@@ -69,7 +69,7 @@ from ledger.service import Ledger
 from ledger.settings import Settings, load_settings
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import parse_time
-from ledger.watch import num, pct, short_time, usd
+from ledger.watch import num, pct, short_time, table, usd
 from projections.book import Book
 from projections.positions import Position
 
@@ -121,7 +121,8 @@ def _context(args: argparse.Namespace) -> Context:
         snapshot = db.with_name("positions.json")  # as Ledger(db_path) does
     else:
         snapshot = Path(settings.positions_file)
-    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    # piped or redirected: wide enough that no table wraps (a terminal sets its own width)
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240
     return Context(
         settings=settings,
         db=db,
@@ -151,14 +152,13 @@ async def _replay(
     force: bool,
     symbol: str | None = None,
 ) -> Replayed:
-    """The book at bound: chain-checked fold of the log, or with --force the fast path."""
+    """The book at bound, folded from the log alone (never from positions.json, which is a
+    cache): chain-checked, or with --force unchecked and skipping rows that do not decode."""
     head = await store.head()
     if bound.seq is not None and bound.seq > head.seq:
         raise InvalidValue("--seq", bound.seq, f"past the end of the log (seq {head.seq})")
     if force:
         ctx.warn("warning: --force: the log's chain was not checked")
-        if bound.is_head and symbol is None:
-            return await load_book(store, ctx.snapshot)
         stats = ScanStats()
         replayed = await book_at(store, bound=bound, check=False, symbol=symbol, stats=stats)
         if stats.undecodable:
@@ -178,10 +178,7 @@ def _where(replayed: Replayed) -> str:
 
 
 def _table(title: str, columns: Sequence[str], right: Sequence[str] = ()) -> Table:
-    table = Table(title=title, title_justify="left")
-    for name in columns:
-        table.add_column(name, justify="right" if name in right else "left")
-    return table
+    return table(title, columns, right)
 
 
 def _as_of_json(replayed: Replayed, head_seq: int) -> dict[str, object]:
@@ -571,21 +568,21 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
         return (start is None or moment >= start) and (end is None or moment <= end)
 
     async def write_all(handle: IO[str]) -> int:
-        count = 0
         async with ctx.open() as store:
             total = (await store.head()).seq
-            showing = out_path is not None
+            to_file = out_path is not None
+            # A file is written aside and renamed only when complete, so the chain is checked
+            # in the same pass; stdout cannot take back what it printed, so it gets a pass of
+            # its own first.
+            check = not args.force and to_file
             if args.force:
                 ctx.warn("warning: --force: the log's chain was not checked")
-            else:
-                with _progress(ctx, showing, "checking chain", total) as advance:
-                    await check_chain(store, progress=advance)
-            with _progress(ctx, showing, f"exporting {args.what}", total) as advance:
+            elif not to_file:
+                await check_chain(store)
+            with _progress(ctx, to_file, f"exporting {args.what}", total) as advance:
                 if args.what == "events":
-                    count = await _export_events(store, handle, args.format, inside, advance)
-                else:
-                    count = await _export_trades(store, handle, args.format, inside, advance)
-        return count
+                    return await _export_events(store, handle, args.format, inside, advance, check)
+                return await _export_trades(store, handle, args.format, inside, advance, check)
 
     if out_path is None:
         count = _run(lambda: write_all(sys.stdout))
@@ -609,13 +606,14 @@ async def _export_events(
     fmt: str,
     inside: Callable[[datetime], bool],
     advance: Callable[[int], None],
+    check: bool,
 ) -> int:
     columns = EventColumns()
     rows = csv.writer(handle, lineterminator="\n")
     if fmt == "csv":
         rows.writerow(columns.header)
     count = 0
-    async for record in scan(store, check=False, progress=advance):
+    async for record in scan(store, check=check, progress=advance):
         if not inside(record.occurred_at):
             continue
         if fmt == "csv":
@@ -633,12 +631,13 @@ async def _export_trades(
     fmt: str,
     inside: Callable[[datetime], bool],
     advance: Callable[[int], None],
+    check: bool,
 ) -> int:
     rows = csv.writer(handle, lineterminator="\n")
     if fmt == "csv":
         rows.writerow(TRADE_COLUMNS)
     count = 0
-    async for trade in trades(store, check=False, progress=advance):
+    async for trade in trades(store, check=check, progress=advance):
         if not inside(trade.close_time):
             continue
         if fmt == "csv":
@@ -705,7 +704,8 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
         f"{report.partial_exits} partial exits, {report.events} events"
     )
     if report.unreadable:
-        ctx.say(f"Could not interpret {len(report.unreadable)} records:")
+        count = len(report.unreadable)
+        ctx.say(f"Could not interpret {count} record{'' if count == 1 else 's'}:")
         for bad in report.unreadable:
             pid = f" ({bad.position_id})" if bad.position_id else ""
             ctx.say(f"  {bad.where}{pid}: {bad.reason}")
@@ -952,8 +952,6 @@ exit status: 0 when everything checks out, 1 naming the first bad seq.""",
   ledger watch
   ledger watch --interval 0.5 --events 20
   ledger watch --plain --max-seconds 60 > watch.log""",
-    "demo": """examples:
-  ledger demo""",
 }
 
 
@@ -1009,6 +1007,7 @@ def build_parser() -> argparse.ArgumentParser:
   ledger stats
   ledger --db data/ledger.db replay --as-of 2025-01-07T17:00:00
   ledger verify && ledger export --what trades --format csv --out trades.csv
+--db, --snapshot and --config may come before COMMAND as well as after it.
 run `ledger COMMAND --help` for each command's options and examples.""",
     )
     parser.add_argument("--db", type=Path, default=None, help=argparse.SUPPRESS)
@@ -1099,9 +1098,12 @@ run `ledger COMMAND --help` for each command's options and examples.""",
     p.add_argument("--max-events", type=_positive_int, metavar="N", help="exit after N new events")
     p.set_defaults(handler=cmd_watch)
 
-    p = add("demo", "the main job behind scripts/run", json_flag=False)
-    p.add_argument("demo_args", nargs=argparse.REMAINDER, help="passed on to the demo")
-    p.set_defaults(handler=cmd_demo)
+    p = commands.add_parser(
+        "demo",
+        help="the main job behind scripts/run (its arguments go to the demo: ledger demo --help)",
+        add_help=False,
+    )
+    p.set_defaults(handler=cmd_demo, demo_args=[])
     return parser
 
 
@@ -1117,6 +1119,22 @@ def _version() -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
+_VALUED = ("--db", "--snapshot", "--config")
+
+
+def _command_index(argv: Sequence[str]) -> int | None:
+    """Where the command name is: the first word that is not a global option or its value."""
+    skip = False
+    for i, word in enumerate(argv):
+        if skip:
+            skip = False
+        elif word in _VALUED:
+            skip = True
+        elif not word.startswith("-"):
+            return i
+    return None
+
+
 def _error(message: str) -> None:
     text = " ".join(str(message).split())  # one line, whatever the message held
     sys.stderr.write(f"ledger: error: {text}\n")
@@ -1126,10 +1144,17 @@ def _error(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (see the module docstring)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    demo_args: list[str] | None = None
+    at = _command_index(argv)
+    if at is not None and argv[at] == "demo":  # everything after it is the demo's own
+        argv, demo_args = argv[: at + 1], argv[at + 1 :]
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    if demo_args is not None:
+        args.demo_args = demo_args
     try:
         ctx = _context(args)
         handler: Callable[[Context, argparse.Namespace], int] = args.handler

@@ -6,10 +6,13 @@ says so when it is not installed. The Agg backend draws without a display.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
-from ledger.audit import EquityCurve
+from ledger.audit import EquityCurve, EquityPoint
 from ledger.errors import LedgerError
 from ledger.values import to_micros
 
@@ -21,6 +24,41 @@ class MatplotlibMissing(LedgerError):
 
     def __init__(self) -> None:
         super().__init__(f"matplotlib is not installed; install the plot extra: {INSTALL_HINT}")
+
+
+MAX_POINTS = 4000
+MAX_MARKERS = 1500
+T = TypeVar("T")
+
+
+def thin(points: Sequence[EquityPoint], limit: int = MAX_POINTS) -> list[EquityPoint]:
+    """At most about `limit` points with the same shape: each bucket keeps its first and last
+    point, its lowest and highest equity and its deepest drawdown, so no trough disappears."""
+    if len(points) <= limit:
+        return list(points)
+    size = math.ceil(len(points) / (limit / 5))
+    kept: list[EquityPoint] = []
+    for start in range(0, len(points), size):
+        bucket = points[start : start + size]
+        marks = {
+            0,
+            len(bucket) - 1,
+            min(range(len(bucket)), key=lambda i: bucket[i].equity),
+            max(range(len(bucket)), key=lambda i: bucket[i].equity),
+            max(range(len(bucket)), key=lambda i: bucket[i].peak - bucket[i].equity),
+        }
+        kept.extend(bucket[i] for i in sorted(marks))
+    return kept
+
+
+def _every_nth(items: Sequence[T], limit: int = MAX_MARKERS) -> Sequence[T]:
+    if len(items) <= limit:
+        return items
+    return items[:: math.ceil(len(items) / limit)]
+
+
+def _label(what: str, total: int, shown: int) -> str:
+    return f"{what} ({total})" if shown == total else f"{what} ({total}, {shown} marked)"
 
 
 def _days(moment: datetime) -> float:
@@ -53,27 +91,26 @@ def render_equity(
     dpi = 100
     figure, axes = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     try:
-        times = [_days(p.at) for p in curve.points]
-        equity = [float(p.equity) for p in curve.points]
-        peak = [float(p.peak) for p in curve.points]
+        shown = thin(curve.points)
+        times = [_days(p.at) for p in shown]
+        equity = [float(p.equity) for p in shown]
+        peak = [float(p.peak) for p in shown]
         if times:
-            # start the line at zero just before the first realized cash flow
+            # from zero before the first realized cash flow, flat after the last to the end
             times = [times[0], *times]
             equity = [0.0, *equity]
             peak = [0.0, *peak]
+            if curve.end is not None and _days(curve.end) > times[-1]:
+                times.append(_days(curve.end))
+                equity.append(equity[-1])
+                peak.append(peak[-1])
             axes.step(times, equity, where="post", color="#1f77b4", linewidth=1.6, label="equity")
             axes.fill_between(
-                times,
-                equity,
-                peak,
-                step="post",
-                where=[e < p for e, p in zip(equity, peak, strict=True)],
-                color="#d62728",
-                alpha=0.25,
-                label="drawdown",
+                times, equity, peak, step="post", color="#d62728", alpha=0.25, label="drawdown"
             )
-        wins = [c for c in curve.closes if c.pnl > 0]
-        losses = [c for c in curve.closes if c.pnl <= 0]
+        all_wins = [c for c in curve.closes if c.pnl > 0]
+        all_losses = [c for c in curve.closes if c.pnl <= 0]
+        wins, losses = _every_nth(all_wins), _every_nth(all_losses)
         if wins:
             axes.scatter(
                 [_days(c.at) for c in wins],
@@ -81,7 +118,7 @@ def render_equity(
                 marker="^",
                 color="#2ca02c",
                 zorder=3,
-                label=f"winning close ({len(wins)})",
+                label=_label("winning close", len(all_wins), len(wins)),
             )
         if losses:
             axes.scatter(
@@ -90,7 +127,7 @@ def render_equity(
                 marker="v",
                 color="#d62728",
                 zorder=3,
-                label=f"losing close ({len(losses)})",
+                label=_label("losing close", len(all_losses), len(losses)),
             )
         if not times:
             axes.text(0.5, 0.5, "no realized PnL yet", ha="center", va="center")

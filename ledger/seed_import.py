@@ -104,6 +104,14 @@ class _Bad(Exception):
     """A record that cannot be interpreted; its message is the reason."""
 
 
+def _why(exc: Exception) -> str:
+    """The reason in the file's own terms (a number as written, not as a Decimal repr)."""
+    if isinstance(exc, InvalidValue):
+        value = exc.value if isinstance(exc.value, str) else str(exc.value)
+        return f"invalid {exc.field}={value}: {exc.why}"
+    return str(exc)
+
+
 class _Timed(msgspec.Struct, frozen=True):
     at: datetime
     order: int
@@ -176,7 +184,9 @@ def plan_import(
                 raise _Bad("position_id appears twice in the file")
             events = _position_events(raw, closed, saved_at, limits, report.notes, where)
         except (_Bad, InvalidValue) as exc:
-            report.unreadable.append(Unreadable(where=where, position_id=pid_text, reason=str(exc)))
+            report.unreadable.append(
+                Unreadable(where=where, position_id=pid_text, reason=_why(exc))
+            )
             continue
         if pid_text is not None:
             seen.add(pid_text)
@@ -374,7 +384,7 @@ def _position_events(
             else:
                 pnl = to_decimal("realized_pnl", pnl_raw)
         except (_Bad, InvalidValue) as exc:
-            raise _Bad(f"partial_exits[{i}]: {exc}") from None
+            raise _Bad(f"partial_exits[{i}]: {_why(exc)}") from None
         exits.append((at, qty, price, pnl, _text(item, "reason")))
 
     initial_notional = left_notional + sum((e[1] * entry for e in exits), ZERO)

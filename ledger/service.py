@@ -125,8 +125,7 @@ class Ledger:
         self._snapshot_at = time.monotonic()
         self._snapshot_running = False
         self._snapshot_lock = anyio.Lock()
-        # Held while a group is decided and committed, so a snapshot or refresh never sees
-        # events staged in a transaction that may still roll back.
+        # Orders the writer's commits with refresh() and snapshot copies.
         self._book_lock = anyio.Lock()
         self.rebuilt_on_start = False
 
@@ -256,13 +255,19 @@ class Ledger:
                 await self._snapshot_if_due()
 
     async def _commit_group(self, group: list[_Job]) -> None:
+        """Decide every job against a fork of the book inside one write transaction; the
+        live book sees the events only once they are committed."""
+        tail: list[Recorded] = []
+        staged: list[Recorded] = []
         try:
             async with self.store.write() as tx:
-                self._book.apply_all(tx.tail)
+                tail = tx.tail
+                work = self._book.fork()
+                work.apply_all(tail)
                 now = self._clock()
                 for job in group:
                     try:
-                        planned = list(job.decide(self._book))
+                        planned = list(job.decide(work))
                     except Exception as refused:  # handed back to the caller, not swallowed
                         job.error = refused
                         continue
@@ -279,17 +284,19 @@ class Ledger:
                         if plan.key is None or plan.key not in existing
                     ]
                     try:
-                        staged = iter(tx.stage(fresh))
+                        new_records = iter(tx.stage(fresh))
                     except Exception as bad:  # this job alone fails; the others commit
                         job.error = StoreError(f"cannot store these events: {bad!r}")
                         continue
                     records = [
                         existing[plan.key]
                         if plan.key is not None and plan.key in existing
-                        else next(staged)
+                        else next(new_records)
                         for plan in planned
                     ]
-                    self._book.apply_all(r for r in records if r.seq > self._book.last_seq)
+                    appended = [r for r in records if r.seq > work.last_seq]
+                    work.apply_all(appended)
+                    staged.extend(appended)
                     job.result = records
         except Exception as failure:
             error = failure if isinstance(failure, LedgerError) else StoreError(repr(failure))
@@ -297,18 +304,14 @@ class Ledger:
                 if job.error is None:
                     job.error = error
                     job.result = []
-            log.error("append failed (%s): reloading the book from the log", error)
-            await self._reload()
+            log.error("append failed, nothing of this group was stored: %s", error)
+            self._book.apply_all(tail)  # other processes' events did commit
+        else:
+            self._book.apply_all(tail)
+            self._book.apply_all(staged)
         finally:
             for job in group:
                 job.done.set()
-
-    async def _reload(self) -> None:
-        """After a failed commit the book may hold staged events that never landed."""
-        book = await self._trusted_snapshot() or Book()
-        async for page in self.store.iterate(after_seq=book.last_seq):
-            book.apply_all(page)
-        self._book = book
 
     # -- snapshots ----------------------------------------------------------------------
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import signal
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import anyio
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -57,6 +58,23 @@ def num(value: Decimal | None, places: int = 8) -> str:
 
 def pct(value: Decimal) -> str:
     return f"{value:.2f}%"
+
+
+def table(
+    title: str, columns: Sequence[str], right: Sequence[str] = (), *, show_header: bool = True
+) -> Table:
+    """A compact table whose cells fold when space is short, never losing digits to "…"."""
+    made = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_header=show_header,
+        pad_edge=False,
+    )
+    for name in columns:
+        made.add_column(name, justify="right" if name in right else "left", overflow="fold")
+    return made
 
 
 def short_time(moment: datetime | None) -> str:
@@ -133,20 +151,10 @@ def dashboard(
         f" · last event {short_time(last_at)}" if last_at else "",
         f" · drawn {iso(now)}",
     )
-    positions = Table(title="Open positions", title_justify="left", expand=False)
-    for name, justify in (
-        ("id", "left"),
-        ("symbol", "left"),
-        ("side", "left"),
-        ("qty", "right"),
-        ("entry", "right"),
-        ("mark", "right"),
-        ("uPnL", "right"),
-        ("ROE", "right"),
-        ("realized", "right"),
-        ("marked at (UTC)", "left"),
-    ):
-        positions.add_column(name, justify=justify)  # type: ignore[arg-type]
+    numbers = ["qty", "entry", "mark", "uPnL", "ROE", "realized"]
+    positions = table(
+        "Open positions", ["id", "symbol", "side", *numbers, "marked at (UTC)"], right=numbers
+    )
     for p in book.open.values():
         style = "green" if p.unrealized_pnl > 0 else "red" if p.unrealized_pnl < 0 else ""
         positions.add_row(
@@ -161,12 +169,7 @@ def dashboard(
             usd(p.realized_pnl),
             short_time(p.marked_at),
         )
-    events = Table(title="Latest events", title_justify="left")
-    events.add_column("seq", justify="right")
-    events.add_column("time (UTC)")
-    events.add_column("event")
-    events.add_column("stream")
-    events.add_column("what")
+    events = table("Latest events", ["seq", "time (UTC)", "event", "stream", "what"], right=["seq"])
     for record, what in recent:
         events.add_row(
             str(record.seq),
@@ -176,9 +179,7 @@ def dashboard(
             what,
         )
     s = book.summary()
-    summary = Table(title="Session", title_justify="left", show_header=False)
-    summary.add_column("figure")
-    summary.add_column("value", justify="right")
+    summary = table("Session", ["figure", "value"], right=["value"], show_header=False)
     for name, value in (
         ("open positions", str(s.active_positions)),
         ("closed trades", f"{s.closed_trades} ({s.wins} won, {s.losses} lost)"),

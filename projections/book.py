@@ -6,7 +6,8 @@ book cannot place (a mark for an unknown position, say) is counted in `skipped`,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import ChainMap
+from collections.abc import Iterable, MutableMapping
 from decimal import Decimal
 
 from ledger.envelope import GENESIS_HASH, Recorded
@@ -29,11 +30,11 @@ from projections.stats import Accumulators, SessionSummary, summarize
 class Book:
     def __init__(self) -> None:
         self.open: dict[str, Position] = {}
-        self.closed: dict[str, Position] = {}
+        self.closed: MutableMapping[str, Position] = {}
         self.balance: Decimal | None = None
         self.available: Decimal | None = None
         self.acc = Accumulators()
-        self.imported_files: dict[str, str] = {}
+        self.imported_files: MutableMapping[str, str] = {}
         self.last_seq = 0
         self.last_hash = GENESIS_HASH
         self.skipped: list[int] = []
@@ -111,6 +112,23 @@ class Book:
         other.last_seq = self.last_seq
         other.last_hash = self.last_hash
         other.skipped = list(self.skipped)
+        return other
+
+    def fork(self) -> Book:
+        """A scratch copy to decide a batch of commands against, in time O(open positions).
+
+        Closed positions and imports are overlaid (ChainMap) rather than copied, so the cost
+        does not grow with history; the fork is for deciding, never for snapshots.
+        """
+        other = Book()
+        other.open = dict(self.open)
+        other.closed = ChainMap({}, self.closed)
+        other.balance = self.balance
+        other.available = self.available
+        other.acc = self.acc.copy()
+        other.imported_files = ChainMap({}, self.imported_files)
+        other.last_seq = self.last_seq
+        other.last_hash = self.last_hash
         return other
 
     def get(self, position_id: str) -> Position | None:

@@ -55,7 +55,7 @@ def encode_snapshot(book: Book, saved_at: datetime) -> bytes:
         balance=book.balance,
         available_balance=book.available,
         accumulators=book.acc,
-        imported_files=book.imported_files,
+        imported_files=dict(book.imported_files),
     )
     document.content_sha256 = _checksum(document)
     return msgspec.json.format(_encoder.encode(document), indent=2)
