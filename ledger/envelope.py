@@ -23,7 +23,7 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime
 
 
-class Recorded(msgspec.Struct, frozen=True, kw_only=True):
+class Recorded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A stored event with its envelope."""
 
     seq: int

@@ -16,7 +16,9 @@ from ledger.values import ZERO, Side, Source
 ACCOUNT_STREAM = "account"
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+# gc=False: immutable leaves that can never be part of a reference cycle, so the cyclic GC
+# need not track (and rescan) the million of them a rebuild creates.
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True, gc=False):
     """Base of every event; the tag is the class name."""
 
 

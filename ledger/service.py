@@ -183,8 +183,6 @@ class Ledger:
         self._book = book
         if self.rebuilt_on_start:
             await self.write_snapshot()
-        else:
-            self._snapshot_seq = book.last_seq if book.last_seq else self._snapshot_seq
 
     async def _trusted_snapshot(self) -> Book | None:
         raw = await anyio.to_thread.run_sync(read_file, self.snapshot_path)

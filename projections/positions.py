@@ -30,7 +30,7 @@ class Status(enum.StrEnum):
     CLOSED = "closed"
 
 
-class PartialExit(msgspec.Struct, frozen=True, kw_only=True):
+class PartialExit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The seed's partial-exit record (timestamp, size, price, realized_pnl, reason) plus qty."""
 
     timestamp: datetime
@@ -44,7 +44,7 @@ class PartialExit(msgspec.Struct, frozen=True, kw_only=True):
     rule: str | None = None
 
 
-class Position(msgspec.Struct, frozen=True, kw_only=True):
+class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An immutable view of a position; every change makes a new one."""
 
     position_id: str

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import ChainMap
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
@@ -49,6 +50,22 @@ class Head(msgspec.Struct):
 
     def copy(self) -> Head:
         return Head(self.seq, self.hash, dict(self.stream_versions))
+
+
+class _Draft:
+    """A transaction's view of the head: its own changes over the store's, in O(1) to start,
+    so a commit costs what it writes, not what the log holds."""
+
+    def __init__(self, base: Head) -> None:
+        self.seq = base.seq
+        self.hash = base.hash
+        self.stream_versions: ChainMap[str, int] = ChainMap({}, base.stream_versions)
+
+    def publish(self, head: Head) -> None:
+        """Make the committed changes the store's head."""
+        head.seq = self.seq
+        head.hash = self.hash
+        head.stream_versions.update(self.stream_versions.maps[0])
 
 
 class ChainVerifier:
@@ -119,6 +136,43 @@ def record_from_row(row: StagedRow) -> Recorded:
     )
 
 
+# A stored row as the database returns it, in StagedRow's field order.
+RowTuple = tuple[int, str, int, str, str, int, int, int, bytes, str]
+
+
+def records_from_rows(rows: Iterable[RowTuple]) -> list[Recorded]:
+    """Decode stored rows straight into records; raises IntegrityError on a bad body.
+
+    The fast path of a rebuild: no StagedRow on the way, and rows committed together (one
+    recorded_us) share one recorded_at datetime.
+    """
+    records: list[Recorded] = []
+    last_us = -1
+    recorded_at = from_micros(0)
+    for seq, stream, version, event_id, _, schema, occurred_us, recorded_us, body, digest in rows:
+        try:
+            event = decode_event(body, schema)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise IntegrityError(seq, f"body does not decode: {exc}") from None
+        if recorded_us != last_us:
+            last_us = recorded_us
+            recorded_at = from_micros(recorded_us)
+        records.append(
+            Recorded(
+                seq=seq,
+                stream=stream,
+                version=version,
+                event_id=event_id,
+                occurred_at=from_micros(occurred_us),
+                recorded_at=recorded_at,
+                schema_version=schema,
+                event=event,
+                hash=digest,
+            )
+        )
+    return records
+
+
 class StoreTransaction(abc.ABC):
     """One write transaction: sees everything committed before it, then stages and commits.
 
@@ -127,7 +181,7 @@ class StoreTransaction(abc.ABC):
     """
 
     def __init__(self, head: Head, tail: list[Recorded], recorded_at: datetime) -> None:
-        self.head = head
+        self.head = _Draft(head)
         self.tail = tail
         self.recorded_us = to_micros(recorded_at)
         self.recorded_at = recorded_at

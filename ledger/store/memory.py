@@ -24,7 +24,7 @@ from ledger.values import to_micros
 
 class _MemoryTransaction(StoreTransaction):
     def __init__(self, store: MemoryEventStore, recorded_at: datetime) -> None:
-        super().__init__(store._head.copy(), [], recorded_at)
+        super().__init__(store._head, [], recorded_at)
         self._store = store
 
     async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
@@ -63,7 +63,7 @@ class MemoryEventStore(EventStore):
                 self._by_event_id[row.event_id] = len(self._rows)
                 self._rows.append(row)
                 self._records.append(record_from_row(row))
-            self._head = tx.head
+            tx.head.publish(self._head)
 
     async def iterate(
         self,

@@ -20,9 +20,11 @@ from ledger.store.base import (
     ChainVerifier,
     EventStore,
     Head,
+    RowTuple,
     StagedRow,
     StoreTransaction,
     record_from_row,
+    records_from_rows,
 )
 from ledger.values import to_micros
 
@@ -210,7 +212,7 @@ class SQLiteEventStore(EventStore):
                     self._head.seq = record.seq
                     self._head.hash = record.hash
                     self._head.stream_versions[record.stream] = record.version
-                tx = _SQLiteTransaction(conn, self._head.copy(), tail, self._clock())
+                tx = _SQLiteTransaction(conn, self._head, tail, self._clock())
                 yield tx
                 if tx.rows:
                     await conn.executemany(
@@ -218,7 +220,7 @@ class SQLiteEventStore(EventStore):
                         list(_as_tuples(tx.rows)),
                     )
                 await conn.execute("COMMIT")
-                self._head = tx.head
+                tx.head.publish(self._head)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await conn.execute("ROLLBACK")
@@ -235,10 +237,10 @@ class SQLiteEventStore(EventStore):
         stream: str | None = None,
         page_size: int = 5000,
     ) -> AsyncIterator[list[Recorded]]:
-        async for rows in self.iterate_rows(
+        async for rows in self._pages(
             after_seq=after_seq, to_seq=to_seq, until=until, stream=stream, page_size=page_size
         ):
-            yield [record_from_row(row) for row in rows]
+            yield records_from_rows(rows)
 
     async def iterate_rows(
         self,
@@ -250,6 +252,20 @@ class SQLiteEventStore(EventStore):
         page_size: int = 5000,
     ) -> AsyncIterator[list[StagedRow]]:
         """Raw stored rows in seq order, a page per database call."""
+        async for rows in self._pages(
+            after_seq=after_seq, to_seq=to_seq, until=until, stream=stream, page_size=page_size
+        ):
+            yield [StagedRow(*row) for row in rows]
+
+    async def _pages(
+        self,
+        *,
+        after_seq: int,
+        to_seq: int | None,
+        until: datetime | None,
+        stream: str | None,
+        page_size: int,
+    ) -> AsyncIterator[list[RowTuple]]:
         conn = self._reading()
         where = ["seq > ?"]
         extra: list[object] = []
@@ -271,11 +287,11 @@ class SQLiteEventStore(EventStore):
                 raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
             if not rows:
                 return
-            page = [_staged(row) for row in rows]
+            page: list[RowTuple] = list(rows)  # type: ignore[arg-type]
             yield page
             if len(page) < page_size:
                 return
-            cursor = page[-1].seq
+            cursor = page[-1][0]
 
     async def head(self) -> Head:
         conn = self._reading()

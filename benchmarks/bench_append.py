@@ -1,0 +1,289 @@
+"""Append cost beside raw sqlite3 writing the same bytes, and group commit in the Ledger.
+
+append-single: `SQLiteEventStore.append` of one event per call (one commit each) vs stdlib
+sqlite3 inserting the same precomputed row with BEGIN IMMEDIATE ... COMMIT, same pragmas.
+append-batch: 1,000 events per call vs one executemany of the same rows in one transaction
+(target: at least half raw's throughput); and 500 Ledger commands issued at once by 500 tasks
+(they share commits) vs the same 500 one after another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.from_thread import BlockingPortal
+
+from benchmarks._data import (
+    INSERT_SQL,
+    Benchmark,
+    Compare,
+    EventMix,
+    Scale,
+    chunks,
+    create_empty_log,
+    describe,
+    raw_connection,
+    staged_rows,
+    take,
+)
+from ledger.envelope import NewEvent
+from ledger.service import Ledger
+from ledger.settings import Settings
+from ledger.store.sqlite import SQLiteEventStore, Synchronous
+
+SYNCS: tuple[Synchronous, ...] = ("FULL", "NORMAL")
+
+
+def _events(per_round: int, rounds: int) -> list[NewEvent]:
+    """The same seeded events for a case and its raw baseline."""
+    return take(EventMix(seed=7), per_round * rounds)
+
+
+def _store_case(
+    benchmark: Benchmark,
+    portal: BlockingPortal,
+    path: Path,
+    synchronous: Synchronous,
+    events: list[NewEvent],
+    *,
+    per_call: int,
+    per_round: int,
+    rounds: int,
+) -> int:
+    """Time `rounds` rounds of `per_round` events appended `per_call` at a time; the count."""
+    store = SQLiteEventStore(path, synchronous=synchronous)
+    portal.call(store.open)
+    batches: Iterator[list[NewEvent]] = chunks(events, per_round)
+
+    async def one_round(batch: list[NewEvent]) -> None:
+        for call in chunks(batch, per_call):
+            await store.append(call)
+
+    def setup() -> tuple[tuple[object, ...], dict[str, object]]:
+        return (next(batches),), {}
+
+    try:
+        benchmark.pedantic(lambda b: portal.call(one_round, b), setup=setup, rounds=rounds)
+        head = portal.call(store.head)
+    finally:
+        portal.call(store.close)
+    return head.seq
+
+
+def _raw_case(
+    benchmark: Benchmark,
+    portal: BlockingPortal,
+    path: Path,
+    synchronous: Synchronous,
+    events: list[NewEvent],
+    *,
+    per_call: int,
+    per_round: int,
+    rounds: int,
+) -> int:
+    """The same rows, precomputed, inserted with stdlib sqlite3: one transaction per call."""
+    portal.call(create_empty_log, path)
+    rows = staged_rows(events, per_commit=per_call)
+    batches = chunks(rows, per_round)
+    conn = raw_connection(path, synchronous)
+
+    def one_round(batch: list[tuple[object, ...]]) -> None:
+        for call in chunks(batch, per_call):
+            conn.execute("BEGIN IMMEDIATE")
+            if len(call) == 1:
+                conn.execute(INSERT_SQL, call[0])
+            else:
+                conn.executemany(INSERT_SQL, call)
+            conn.execute("COMMIT")
+
+    def setup() -> tuple[tuple[object, ...], dict[str, object]]:
+        return (next(batches),), {}
+
+    try:
+        benchmark.pedantic(one_round, setup=setup, rounds=rounds)
+        (count,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+    finally:
+        conn.close()
+    return int(count)
+
+
+# -- one event per commit ---------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="append-single")
+@pytest.mark.parametrize("synchronous", SYNCS)
+def test_append_single_store(
+    benchmark: Benchmark,
+    portal: BlockingPortal,
+    scale: Scale,
+    tmp_path: Path,
+    synchronous: Synchronous,
+) -> None:
+    n, rounds = scale.single_ops, scale.single_rounds
+    events = _events(n, rounds)
+    stored = _store_case(
+        benchmark,
+        portal,
+        tmp_path / "ours.db",
+        synchronous,
+        events,
+        per_call=1,
+        per_round=n,
+        rounds=rounds,
+    )
+    assert stored % n == 0 and stored > 0
+    describe(
+        benchmark,
+        case=f"store.append x1, {synchronous}",
+        per_round=n,
+        unit="events",
+        compare=[Compare(f"raw sqlite3 x1, {synchronous}")],
+    )
+
+
+@pytest.mark.benchmark(group="append-single")
+@pytest.mark.parametrize("synchronous", SYNCS)
+def test_append_single_raw(
+    benchmark: Benchmark,
+    portal: BlockingPortal,
+    scale: Scale,
+    tmp_path: Path,
+    synchronous: Synchronous,
+) -> None:
+    n, rounds = scale.single_ops, scale.single_rounds
+    events = _events(n, rounds)
+    stored = _raw_case(
+        benchmark,
+        portal,
+        tmp_path / "raw.db",
+        synchronous,
+        events,
+        per_call=1,
+        per_round=n,
+        rounds=rounds,
+    )
+    assert stored % n == 0 and stored > 0
+    describe(benchmark, case=f"raw sqlite3 x1, {synchronous}", per_round=n, unit="events")
+
+
+# -- batches --------------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="append-batch")
+@pytest.mark.parametrize("synchronous", SYNCS)
+def test_append_batch_store(
+    benchmark: Benchmark,
+    portal: BlockingPortal,
+    scale: Scale,
+    tmp_path: Path,
+    synchronous: Synchronous,
+) -> None:
+    n, rounds = scale.batch_size, scale.batch_rounds
+    events = _events(n, rounds)
+    stored = _store_case(
+        benchmark,
+        portal,
+        tmp_path / "ours.db",
+        synchronous,
+        events,
+        per_call=n,
+        per_round=n,
+        rounds=rounds,
+    )
+    assert stored % n == 0 and stored > 0
+    describe(
+        benchmark,
+        case=f"store.append x{n:,}, {synchronous}",
+        per_round=n,
+        unit="events",
+        compare=[
+            Compare(
+                f"raw executemany x{n:,}, {synchronous}",
+                max_ratio=2.0,
+                target=">= 50% of raw throughput",
+            )
+        ],
+    )
+
+
+@pytest.mark.benchmark(group="append-batch")
+@pytest.mark.parametrize("synchronous", SYNCS)
+def test_append_batch_raw(
+    benchmark: Benchmark,
+    portal: BlockingPortal,
+    scale: Scale,
+    tmp_path: Path,
+    synchronous: Synchronous,
+) -> None:
+    n, rounds = scale.batch_size, scale.batch_rounds
+    events = _events(n, rounds)
+    stored = _raw_case(
+        benchmark,
+        portal,
+        tmp_path / "raw.db",
+        synchronous,
+        events,
+        per_call=n,
+        per_round=n,
+        rounds=rounds,
+    )
+    assert stored % n == 0 and stored > 0
+    describe(benchmark, case=f"raw executemany x{n:,}, {synchronous}", per_round=n, unit="events")
+
+
+# -- Ledger commands: group commit ------------------------------------------------------------
+
+_OPEN = 5
+# Snapshots are kept out of these rounds: the question is what sharing commits buys.
+_QUIET = Settings(snapshot_every_events=10**9, snapshot_every_seconds=10**6)
+
+
+async def _open_positions(ledger: Ledger) -> list[str]:
+    symbols = ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT", "BNB/USDT:USDT"]
+    ids = []
+    for symbol in symbols[:_OPEN]:
+        position = await ledger.open_position(
+            symbol, "buy", entry_price=100, notional=500, leverage=5
+        )
+        ids.append(position.position_id)
+    return ids
+
+
+def _prices(n: int) -> list[Decimal]:
+    return [Decimal(100) + Decimal(i % 997) / 100 for i in range(n)]
+
+
+@pytest.mark.benchmark(group="append-batch")
+@pytest.mark.parametrize("mode", ["concurrent", "sequential"])
+def test_ledger_commands(
+    benchmark: Benchmark, portal: BlockingPortal, scale: Scale, tmp_path: Path, mode: str
+) -> None:
+    n = scale.commands
+    prices = _prices(n)
+    with portal.wrap_async_context_manager(Ledger(tmp_path / "ledger.db", settings=_QUIET)) as led:
+        ids = portal.call(_open_positions, led)
+
+        async def concurrent() -> None:
+            async with anyio.create_task_group() as tasks:
+                for i, price in enumerate(prices):
+                    tasks.start_soon(led.mark, ids[i % _OPEN], price)
+
+        async def sequential() -> None:
+            for i, price in enumerate(prices):
+                await led.mark(ids[i % _OPEN], price)
+
+        one_round = concurrent if mode == "concurrent" else sequential
+        benchmark.pedantic(lambda: portal.call(one_round), rounds=scale.command_rounds)
+        assert (led.last_seq - _OPEN) % n == 0 and led.last_seq > _OPEN
+    compare = [] if mode == "sequential" else [Compare(f"Ledger: {n} sequential commands")]
+    describe(
+        benchmark,
+        case=f"Ledger: {n} {mode} commands",
+        per_round=n,
+        unit="commands",
+        compare=compare,
+    )
