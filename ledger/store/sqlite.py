@@ -125,7 +125,8 @@ class SQLiteEventStore(EventStore):
                 f"file:{self.path}?mode=ro", uri=True, isolation_level=None
             )
             await self._reader.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            self._head = await self.head()
+            if not self._read_only:  # only writers need every stream's version
+                self._head = await self.head()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self.close()
