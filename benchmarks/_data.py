@@ -437,7 +437,7 @@ def staged_rows(events: Sequence[NewEvent], *, per_commit: int) -> list[tuple[ob
     for batch in chunks(events, per_commit):
         tx = _Stager(head, [], clock())
         tx.stage(batch)
-        head = tx.head
+        tx.head.publish(head)
         rows.extend(msgspec.structs.astuple(row) for row in tx.rows)
     return rows
 
