@@ -63,6 +63,7 @@ class ThreadSafePositionManager:
         self._ledger: Ledger | None = None
         self._failure: BaseException | None = None
         self._stop: anyio.Event | None = None
+        self._closing = threading.Lock()
         ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(ready,), name="position-ledger", daemon=True
@@ -102,7 +103,12 @@ class ThreadSafePositionManager:
             raise StoreUnavailable("the position manager is closed")
         if threading.current_thread() is self._thread:
             return fn(ledger)
-        return portal.call(lambda: fn(ledger))
+        try:
+            return portal.call(lambda: fn(ledger))
+        except RuntimeError as exc:
+            if self._portal is not None and self._thread.is_alive():
+                raise
+            raise StoreUnavailable("the position manager was closed meanwhile") from exc
 
     def _acall(self, fn: Callable[[Ledger], Awaitable[T]]) -> T:
         portal, ledger = self._portal, self._ledger
@@ -112,14 +118,24 @@ class ThreadSafePositionManager:
         async def run() -> T:
             return await fn(ledger)
 
-        return portal.call(run)
+        if threading.current_thread() is self._thread:
+            raise StoreUnavailable(
+                "a blocking write cannot be made from the ledger's own thread: use the Ledger"
+            )
+        try:
+            return portal.call(run)
+        except RuntimeError as exc:
+            if self._portal is not None and self._thread.is_alive():
+                raise
+            raise StoreUnavailable("the position manager was closed meanwhile") from exc
 
     def close(self) -> None:
         """Finish queued writes, write positions.json, close the log. Idempotent."""
-        portal, stop = self._portal, self._stop
-        if portal is None or stop is None or not self._thread.is_alive():
-            return
-        self._portal = None
+        with self._closing:
+            portal, stop = self._portal, self._stop
+            if portal is None or stop is None or not self._thread.is_alive():
+                return
+            self._portal = None
         portal.call(stop.set)
         self._thread.join()
         atexit.unregister(self.close)

@@ -53,9 +53,12 @@ class MarkPosition(Command, frozen=True, kw_only=True):
 
 
 class RecordPartialExit(Command, frozen=True, kw_only=True):
+    """Exactly one of qty and notional (USD at the entry price, the seed's exit_size)."""
+
     position_id: str
-    qty: Decimal
     price: Decimal
+    qty: Decimal | None = None
+    notional: Decimal | None = None
     realized_pnl: Decimal | None = None
     fee: Decimal = ZERO
     reason: str = ""

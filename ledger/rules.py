@@ -36,7 +36,7 @@ from ledger.events import (
 )
 from ledger.values import ZERO, non_negative, positive, to_decimal
 from projections.book import Book
-from projections.pnl import price_pnl
+from projections.pnl import price_pnl, qty_from_notional
 from projections.positions import Position
 
 # An exit that overshoots what is left by less than this fraction is rounding from a
@@ -56,11 +56,10 @@ def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
         return [_close(book, command)]
     if isinstance(command, RecordFunding):
         _open_position(book, command.position_id)
-        to_decimal("amount", command.amount)
         return [
             FundingRecorded(
                 position_id=command.position_id,
-                amount=command.amount,
+                amount=to_decimal("amount", command.amount),
                 execution_id=command.execution_id,
             )
         ]
@@ -146,7 +145,13 @@ def _mark(book: Book, command: MarkPosition) -> PositionMarked:
 
 def _partial_exit(book: Book, command: RecordPartialExit) -> list[AnyEvent]:
     position = _open_position(book, command.position_id)
-    qty = positive("qty", command.qty)
+    if (command.qty is None) == (command.notional is None):
+        raise InvalidValue("qty", command.qty, "give exactly one of qty and exit_size")
+    if command.qty is not None:
+        qty = positive("qty", command.qty)
+    else:
+        # converted here, against the entry price of the book the exit is decided on
+        qty = qty_from_notional(positive("exit_size", command.notional), position.entry_price)
     price = positive("price", command.price)
     fee = non_negative("fee", command.fee)
     if qty > position.qty:

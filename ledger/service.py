@@ -162,7 +162,8 @@ class Ledger:
                 with anyio.CancelScope(shield=True):
                     await self._writer_done.wait()
                 group.cancel_scope.cancel()
-                await group.__aexit__(exc_type, exc, tb)
+                # the body's own exception goes on as it is, not wrapped in an ExceptionGroup
+                await group.__aexit__(None, None, None)
         finally:
             with anyio.CancelScope(shield=True):
                 try:
@@ -414,13 +415,13 @@ class Ledger:
         left closes the position. Raises UnknownPosition, PositionAlreadyClosed,
         ExitExceedsPosition, InvalidValue.
         """
-        position = self._book.get(position_id)
-        if position is None:
-            raise UnknownPosition(position_id)
+        if (qty is None) == (notional is None):
+            raise InvalidValue("qty", qty, "give exactly one of qty and exit_size")
         await self.execute(
             RecordPartialExit(
                 position_id=position_id,
-                qty=_qty(qty, notional, position.entry_price, "qty", "exit_size"),
+                qty=None if qty is None else positive("qty", qty),
+                notional=None if notional is None else positive("exit_size", notional),
                 price=positive("price", price),
                 realized_pnl=optional_decimal("realized_pnl", realized_pnl),
                 fee=to_decimal("fee", fee),

@@ -33,6 +33,17 @@ class Source(enum.StrEnum):
     IMPORT = "import"
 
 
+def market_key(symbol: str) -> str:
+    """The exchange market id for a symbol in any common spelling.
+
+    "BTC/USDT:USDT", "BTC/USDT" and "BTCUSDT" all give "BTCUSDT": one market, however a bot or
+    the exchange wrote it, for matching rows and for the one-position-per-side rule.
+    """
+    text = symbol.strip().upper()
+    text = text.split(":", 1)[0]
+    return text.replace("/", "").replace("-", "")
+
+
 def to_decimal(field: str, raw: object) -> Decimal:
     """Exact Decimal from str/int/Decimal, or a float through its shortest repr.
 

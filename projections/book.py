@@ -7,8 +7,9 @@ book cannot place (a mark for an unknown position, say) is counted in `skipped`,
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from decimal import Decimal
+from itertools import islice
 
 from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.events import (
@@ -21,7 +22,7 @@ from ledger.events import (
     PositionMarked,
     PositionOpened,
 )
-from ledger.values import Side
+from ledger.values import Side, market_key
 from projections import positions as fold
 from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary, summarize
@@ -78,10 +79,17 @@ class Book:
             self.acc.record_close(done)
         elif isinstance(event, FundingRecorded):
             position = self.open.get(event.position_id)
-            if position is None:
-                self.skipped.append(record.seq)
-                return
-            self.open[event.position_id] = fold.funded(position, event)
+            if position is not None:
+                self.open[event.position_id] = fold.funded(position, event)
+            else:
+                # settled while open, seen by a sync only after the bot closed the position
+                closed = self.closed.get(event.position_id)
+                if closed is None:
+                    self.skipped.append(record.seq)
+                    return
+                amended = fold.funded(closed, event)
+                self.closed[event.position_id] = amended
+                self.acc.amend_close(closed, amended)
             self.acc.realize(event.amount)
         elif isinstance(event, PositionIncreased):
             position = self.open.get(event.position_id)
@@ -131,14 +139,26 @@ class Book:
         other.last_hash = self.last_hash
         return other
 
+    def recently_closed(self, limit: int) -> Iterator[Position]:
+        """Up to `limit` closed positions, the latest closed first (also on a fork)."""
+        layers = self.closed.maps if isinstance(self.closed, ChainMap) else [self.closed]
+        left = limit
+        for layer in layers:  # a fork's own closes come first, then the book's
+            for position in islice(reversed(layer.values()), left):  # type: ignore[call-overload]
+                yield position
+                left -= 1
+            if left <= 0:
+                return
+
     def get(self, position_id: str) -> Position | None:
         """An open or closed position by id."""
         return self.open.get(position_id) or self.closed.get(position_id)
 
     def open_for(self, symbol: str, side: Side | None = None) -> Position | None:
-        """The first open position on symbol (and side, when given), in opening order."""
+        """The first open position on symbol, in any spelling (and side, when given)."""
+        market = market_key(symbol)
         for position in self.open.values():
-            if position.symbol == symbol and (side is None or position.side is side):
+            if market_key(position.symbol) == market and (side is None or position.side is side):
                 return position
         return None
 

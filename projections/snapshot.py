@@ -19,6 +19,10 @@ from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary
 
 FORMAT_VERSION = 1
+# The version of the folds (positions, stats, book) a snapshot was computed with. Raise it
+# whenever their results change for the same events: older snapshots are then rebuilt from
+# the log instead of carrying the old arithmetic forward.
+PROJECTION_VERSION = 2
 
 
 class SnapshotFile(msgspec.Struct, kw_only=True):
@@ -27,6 +31,7 @@ class SnapshotFile(msgspec.Struct, kw_only=True):
     session_stats: SessionSummary
     last_saved: datetime
     format_version: int
+    projection_version: int
     last_seq: int
     last_hash: str
     balance: Decimal | None = None
@@ -50,6 +55,7 @@ def encode_snapshot(book: Book, saved_at: datetime) -> bytes:
         session_stats=book.summary(),
         last_saved=saved_at,
         format_version=FORMAT_VERSION,
+        projection_version=PROJECTION_VERSION,
         last_seq=book.last_seq,
         last_hash=book.last_hash,
         balance=book.balance,
@@ -74,6 +80,11 @@ def decode_snapshot(data: bytes) -> Book:
         raise SnapshotError(f"positions.json is not a ledger snapshot: {exc}") from None
     if document.format_version != FORMAT_VERSION:
         raise SnapshotError(f"unsupported snapshot format_version {document.format_version}")
+    if document.projection_version != PROJECTION_VERSION:
+        raise SnapshotError(
+            f"computed by projection version {document.projection_version}, "
+            f"this ledger folds with {PROJECTION_VERSION}"
+        )
     if document.content_sha256 != _checksum(document):
         raise SnapshotError("positions.json content does not match its content_sha256")
     book = Book()

@@ -49,24 +49,33 @@ class Accumulators(msgspec.Struct, kw_only=True):
             self.max_drawdown = drawdown
 
     def record_close(self, position: Position) -> None:
+        self._count(position, 1)
+
+    def amend_close(self, before: Position, after: Position) -> None:
+        """A closed position changed afterwards (funding settled after the close): its old
+        figures leave the sums and its new ones enter, a win possibly turning into a loss."""
+        self._count(before, -1)
+        self._count(after, 1)
+
+    def _count(self, position: Position, sign: int) -> None:
         pnl = position.realized_pnl
         symbol = self.per_symbol.get(position.symbol)
         if symbol is None:
             symbol = self.per_symbol[position.symbol] = SymbolStats()
-        self.closed_trades += 1
-        symbol.closed_trades += 1
-        self.closed_realized_pnl += pnl
-        symbol.realized_pnl += pnl
-        symbol.fees += position.fees
-        symbol.funding += position.funding
+        self.closed_trades += sign
+        symbol.closed_trades += sign
+        self.closed_realized_pnl += sign * pnl
+        symbol.realized_pnl += sign * pnl
+        symbol.fees += sign * position.fees
+        symbol.funding += sign * position.funding
         if pnl > 0:
-            self.wins += 1
-            symbol.wins += 1
-            self.gross_profit += pnl
+            self.wins += sign
+            symbol.wins += sign
+            self.gross_profit += sign * pnl
         else:
-            self.losses += 1
-            symbol.losses += 1
-            self.gross_loss += pnl
+            self.losses += sign
+            symbol.losses += sign
+            self.gross_loss += sign * pnl
 
     def copy(self) -> Accumulators:
         return msgspec.structs.replace(
@@ -131,7 +140,12 @@ def summarize(
         total_realized_pnl=total_realized,
         total_pnl=unrealized + total_realized,
         balance=known_balance,
-        available_balance=available if available is not None else known_balance - used_margin,
+        # with no balance observed yet there is nothing to subtract the margin from
+        available_balance=(
+            available
+            if available is not None
+            else (ZERO if balance is None else balance - used_margin)
+        ),
         closed_realized_pnl=acc.closed_realized_pnl,
         open_realized_pnl=open_realized,
         total_fees=closed_fees + sum((p.fees for p in open_positions), ZERO),

@@ -16,7 +16,7 @@ from decimal import Decimal
 import msgspec
 
 from ledger.errors import InvalidValue, MalformedResponse
-from ledger.values import Side, from_millis, to_decimal
+from ledger.values import Side, from_millis, market_key, to_decimal
 
 __all__ = [
     "BalanceObservation",
@@ -123,17 +123,6 @@ class ExchangeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def market_key(symbol: str) -> str:
-    """The exchange market id for a symbol in any common spelling.
-
-    "BTC/USDT:USDT", "BTC/USDT" and "BTCUSDT" all give "BTCUSDT", so a bot that wrote its
-    symbols either way is matched to the exchange's rows.
-    """
-    text = symbol.strip().upper()
-    text = text.split(":", 1)[0]
-    return text.replace("/", "").replace("-", "")
 
 
 def _unified_symbol(raw: object, market_id: str, settle: str = "USDT") -> str:

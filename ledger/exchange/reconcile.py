@@ -211,7 +211,7 @@ def reconcile(
         _absent(position, [], snapshot, absent_counts, policy, counts, closes)
 
     # 2. funding
-    funding_plans = _funding(snapshot.funding, live, closes, prefix)
+    funding_plans = _funding(snapshot.funding, live, book, closes, prefix)
 
     for plan in adopted_marks:
         work.add(plan.event, plan.key, plan.occurred_at)
@@ -465,9 +465,12 @@ def _pnl_and_fee(
     open_fee = (record.open_fee or ZERO) * share
     close_fee = (record.close_fee or ZERO) * share
     pnl = record.closed_pnl * share
-    if position.open_fee > 0:
-        return pnl + open_fee, close_fee
-    return pnl, open_fee + close_fee
+    if position.open_fee <= 0 or position.initial_qty <= 0:
+        return pnl, open_fee + close_fee
+    # only the share of the opening fee the ledger charged for this qty (a lot added by hand
+    # was recorded without its fee, which Bybit's figure then still has to carry)
+    charged = min(open_fee, position.open_fee * (record.qty * share) / position.initial_qty)
+    return pnl + charged, open_fee - charged + close_fee
 
 
 def _exit_from_record(
@@ -510,12 +513,16 @@ def _absent(
     if now <= position.open_time:
         return  # opened after this fetch began
     prefix = policy.key_prefix
+    # The bot opened or changed it moments ago: the exchange may not show it yet, and a record
+    # stamped just after the open may still be the previous trade's, so within `settle` only
+    # records that account for exactly the size held count as evidence.
+    ahead = _ledger_ahead(position, None, now, policy.settle)
     unused = [r for r in records if r.at > _last_change(position)]
-    if unused:
+    if unused and (not ahead or sum((r.qty for r in unused), ZERO) == position.qty):
         closes[position_id] = _close_from_records(position, unused, prefix)
         return
-    if _ledger_ahead(position, None, now, policy.settle):
-        return  # the bot opened or changed it moments ago: the exchange may not show it yet
+    if ahead:
+        return
     seen = absent_counts.get(position_id, 0) + 1
     if seen < policy.absent_fetches_before_close:
         counts[position_id] = seen
@@ -573,22 +580,48 @@ def _close_from_records(
 # -- funding --------------------------------------------------------------------------------
 
 
+# How many of the latest closes a late funding row is matched against: it settled inside the
+# fetch window, so its position closed recently.
+_FUNDING_LOOKBACK = 200
+
+
+def _closed_holding(book: Book, row: FundingObservation) -> Position | None:
+    """The closed position on the row's market and side that was open when it settled."""
+    for position in book.recently_closed(_FUNDING_LOOKBACK):
+        closed_at = position.close_time
+        if (
+            position.side is row.side
+            and market_key(position.symbol) == row.market_id
+            and position.open_time <= row.at
+            and closed_at is not None
+            and row.at <= closed_at
+        ):
+            return position
+    return None
+
+
 def _funding(
     rows: Iterable[FundingObservation],
     live: Mapping[Key, Position],
+    book: Book,
     closes: Mapping[str, _Close],
     prefix: str,
 ) -> list[Planned]:
-    """Each settlement on the open position it was paid on (open before it, not closed before
-    it); settlements on positions the ledger no longer holds open are left out."""
+    """Each settlement on the position it was paid on: the open one (opened before it, not
+    closed before it), or a closed one that was open at that moment, since a payment settled
+    just before the bot closed reaches the ledger only at the next sync."""
     plans: list[Planned] = []
     for row in sorted(rows, key=lambda r: (r.at, r.exec_id)):
         position = live.get((row.market_id, row.side))
-        if position is None or row.at < position.open_time:
-            continue
-        close = closes.get(position.position_id)
-        if close is not None and row.at > close.at:
-            continue
+        close = None if position is None else closes.get(position.position_id)
+        if (
+            position is None
+            or row.at < position.open_time
+            or (close is not None and row.at > close.at)
+        ):
+            position = _closed_holding(book, row)
+            if position is None:
+                continue
         event = FundingRecorded(
             position_id=position.position_id,
             amount=row.amount,

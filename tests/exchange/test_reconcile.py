@@ -635,3 +635,61 @@ def test_a_crash_between_fetch_and_append_is_completed_by_the_next_sync() -> Non
     log.apply(retried.plans, at(9))
     assert "pos_bot" in log.book.closed and len(log.book.open) == 1
     assert log.apply(reconcile(log.book, state, {}).plans, at(10)) == []
+
+
+def test_funding_settled_just_before_the_bot_closed_still_reaches_the_closed_position() -> None:
+    log = Log()
+    log.open()
+    # the bot closes at 8 h + 5 s, a small win; the 8 h settlement is only fetched afterwards
+    log.record(
+        PositionClosed(position_id="pos_bot", qty=D("0.01"), price=D(60100), realized_pnl=D(1)),
+        at(480 + 5 / 60),
+    )
+    assert log.book.acc.wins == 1
+    result = reconcile(
+        log.book, snap(at(481), [], funding=[funding_row("f8", at(480), "-3.5")]), {}
+    )
+    (payment,) = of_type(result, FundingRecorded)
+    assert payment.position_id == "pos_bot"
+    log.apply(result.plans, at(481))
+    closed = log.book.closed["pos_bot"]
+    assert (closed.funding, closed.realized_pnl) == (D("-3.5"), D("-2.5"))
+    summary = log.book.summary()
+    assert (summary.wins, summary.losses) == (0, 1)  # the funding turned the win into a loss
+    assert summary.total_funding == D("-3.5")
+    assert summary.closed_realized_pnl == D("-2.5")
+
+
+def test_a_lot_added_by_hand_carries_its_own_opening_fee() -> None:
+    # The bot opened 0.01 and paid 0.33; someone added 0.01 by hand (no fee in the ledger).
+    log = Log()
+    log.open(fee="0.33")
+    log.record(
+        PositionIncreased(
+            position_id="pos_bot", qty=D("0.01"), price=D(60000), new_entry_price=D(60000)
+        ),
+        at(1),
+    )
+    gross, open_fee, close_fee = D(60), D("0.66"), D("0.693")
+    record = msgspec.structs.replace(
+        closed_record("ord-2", at(7), "0.02", "63000", str(gross - open_fee - close_fee)),
+        open_fee=open_fee,
+        close_fee=close_fee,
+    )
+    result = reconcile(log.book, snap(at(8), [], [record]), {})
+    log.apply(result.plans, at(8))
+    closed = log.book.closed["pos_bot"]
+    assert closed.realized_pnl == gross - open_fee - close_fee  # every fee counted once
+    assert closed.fees == open_fee + close_fee
+
+
+@pytest.mark.parametrize(("record_qty", "closes"), [("0.01", True), ("0.03", False)])
+def test_a_fresh_position_is_closed_early_only_by_a_record_of_exactly_its_size(
+    record_qty: str, closes: bool
+) -> None:
+    log = Log()
+    log.open(when=at(10))
+    # 2 seconds after the bot's open: a record stamped after it, within the settle window
+    record = closed_record("prev", at(10 + 0.5 / 60), record_qty, "63000", "8.9")
+    result = reconcile(log.book, snap(at(10 + 2 / 60), [], [record]), {})
+    assert bool(of_type(result, PositionClosed)) is closes
