@@ -3,9 +3,10 @@
 Everything here opens the log read-only and writes nothing: not the database, not positions.json.
 
 Two levels of checking:
-- `ChainCheck` (cheap, constant memory, run by the commands that trust the log): every row
-  follows the one before it (gapless seq), its hash chains from the previous one, and its body
-  decodes. It runs in the same pass as the fold, so a trusted read costs one read of the log.
+- `ChainVerifier(track_versions=False)` (cheap, constant memory, run by the commands that
+  trust the log): every row follows the one before it (gapless seq), its hash chains from the
+  previous one, and its body decodes. It runs in the same pass as the fold, so a trusted
+  read costs one read of the log.
 - `verify_log` (the `verify` command): the library's full `ChainVerifier` (adds stream versions),
   the ledger's rules replayed in order (`ledger.audit_rules`), and positions.json against the
   fold at its seq.
@@ -27,7 +28,7 @@ import msgspec
 
 from ledger.audit_rules import violations
 from ledger.commands import Limits
-from ledger.envelope import GENESIS_HASH, Recorded, chain_hash
+from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import IntegrityError, SnapshotError, StoreUnavailable
 from ledger.events import (
     AnyEvent,
@@ -100,47 +101,6 @@ async def open_read_only(
 # -- the cheap chain check -----------------------------------------------------------------
 
 
-def _missing(expected: int, found: int) -> str:
-    return f"seq {expected} is missing (the next row is seq {found})"
-
-
-class ChainCheck:
-    """Gapless seq, hash chain and decodable bodies, row by row, in constant memory.
-
-    Stream versions are left to `verify` (checking them needs a version per stream); any edit
-    of a stored version breaks the hash chain anyway.
-    """
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.hash = GENESIS_HASH
-
-    def feed(self, row: StagedRow) -> Recorded:
-        """The decoded record; raises IntegrityError naming the first bad seq."""
-        expected = self.seq + 1
-        if row.seq != expected:
-            raise IntegrityError(expected, _missing(expected, row.seq))
-        digest = chain_hash(
-            self.hash,
-            seq=row.seq,
-            stream=row.stream,
-            version=row.version,
-            event_id=row.event_id,
-            occurred_us=row.occurred_us,
-            recorded_us=row.recorded_us,
-            schema_version=row.schema_version,
-            body=row.body,
-        )
-        if digest != row.hash:
-            raise IntegrityError(row.seq, "hash mismatch: the row or one before it was altered")
-        record = record_from_row(row)
-        if type(record.event).__name__ != row.type:
-            raise IntegrityError(row.seq, f"type column {row.type!r} does not match its body")
-        self.seq = row.seq
-        self.hash = row.hash
-        return record
-
-
 class Bound(msgspec.Struct, frozen=True, kw_only=True):
     """Where a replay stops: at a seq, at an occurred_at time, or (neither) at the head."""
 
@@ -179,13 +139,14 @@ async def scan(
 ) -> AsyncIterator[Recorded]:
     """Decoded records within bound, in seq order.
 
-    With check, every row of the log (past the bound too) goes through `ChainCheck`, and the
-    first bad row raises IntegrityError: callers that print only after the scan never show
-    figures from a log that fails. Without check, only the bound's rows are read and rows that
+    With check, every row of the log (past the bound too) goes through a constant-memory
+    ChainVerifier, and the first bad row raises IntegrityError: callers that print only after
+    the scan never show figures from a log that fails. Without check, only the bound's rows
+    are read and rows that
     do not decode are skipped (listed in stats.undecodable).
     """
     stats = stats if stats is not None else ScanStats()
-    chain = ChainCheck() if check else None
+    chain = ChainVerifier(track_versions=False) if check else None
     time_us = None if bound.time is None else to_micros(bound.time)
     pages = (
         store.iterate_rows(page_size=PAGE_SIZE)
@@ -750,11 +711,7 @@ async def verify_log(
     try:
         async for rows in store.iterate_rows(page_size=PAGE_SIZE):
             for row in rows:
-                expected = verifier.seq + 1
-                if row.seq != expected:
-                    raise IntegrityError(expected, _missing(expected, row.seq))
-                verifier.feed(row)
-                record = record_from_row(row)
+                record = verifier.feed(row)
                 why = violations(book, record, limits)
                 checked += 1
                 if why is not None:

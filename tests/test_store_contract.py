@@ -453,8 +453,8 @@ async def test_verify_chain_detects_a_body_that_does_not_decode(backend: Backend
 async def test_verify_chain_detects_a_deleted_row(backend: Backend) -> None:
     await backend.store.append(sample_batch(6))
     await backend.delete(3)
-    error = await _expect_broken_at(backend.store, 4)
-    assert "gap" in error.why
+    error = await _expect_broken_at(backend.store, 3)
+    assert "gap" in error.why and "seq 3 is missing" in error.why
 
 
 async def test_verify_chain_detects_an_inserted_row(backend: Backend) -> None:

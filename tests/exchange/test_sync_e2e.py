@@ -20,7 +20,6 @@ from ledger.errors import ExchangeAuthError, ExchangeError, ExchangeUnavailable,
 from ledger.events import PartialExitRecorded, PositionClosed, PositionIncreased
 from ledger.exchange.ccxt_client import ExchangeGateway
 from ledger.exchange.emulator import INSTRUMENTS, BybitEmulator, FaultKind, Instrument
-from ledger.exchange.emulator._state import ExchangeState
 from ledger.exchange.emulator.client import make_ccxt_client
 from ledger.exchange.reconcile import ReconcilePolicy
 from ledger.exchange.sync import ExchangeSync
@@ -409,8 +408,7 @@ def instruments(count: int) -> tuple[Instrument, ...]:
 @pytest.mark.parametrize("count", [1, 10, 100])
 async def test_sync_time_with_open_positions(tmp_path: Path, count: int) -> None:
     """How one sync grows with the open positions (printed; no time is asserted)."""
-    ex = BybitEmulator()
-    ex.state = ExchangeState(instruments=instruments(count))  # room for 100 positions
+    ex = BybitEmulator(instruments=instruments(count))  # room for 100 positions
     async with bench(tmp_path, ex=ex) as b:
         for n in range(count):
             b.ex.open_position(f"C{n:03d}/USDT:USDT", "buy", "10", "10")

@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote
 from aiohttp import WSMsgType, web
 
 from ledger.exchange.emulator._state import (
+    INSTRUMENTS,
     ClosedPnl,
     CoinBalance,
     ExchangeState,
@@ -433,12 +434,14 @@ class BybitEmulator:
         clock: Callable[[], int] | None = None,
         timeout_fault_seconds: float = 30.0,
         host: str = "127.0.0.1",
+        instruments: Iterable[Instrument] = INSTRUMENTS,
     ) -> None:
         self.state = ExchangeState(
             clock=clock,
             hedge_mode=hedge_mode,
             taker_fee_rate=taker_fee_rate,
             balance=balance,
+            instruments=instruments,
         )
         self.requests: deque[RequestRecord] = deque(maxlen=10_000)
         self.unhandled: list[str] = []
