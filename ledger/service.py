@@ -282,6 +282,7 @@ class Ledger:
                         for plan in planned
                         if plan.key is None or plan.key not in existing
                     ]
+                    await tx.load_versions(new.stream for new in fresh)
                     try:
                         new_records = iter(tx.stage(fresh))
                     except Exception as bad:  # this job alone fails; the others commit

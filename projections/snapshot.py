@@ -38,9 +38,9 @@ class SnapshotFile(msgspec.Struct, kw_only=True):
     available_balance: Decimal | None = None
     accumulators: Accumulators = msgspec.field(default_factory=Accumulators)
     imported_files: dict[str, str] = msgspec.field(default_factory=dict)
-    # sha256 of the compact encoding with this field empty: a hand-edited figure is caught
-    # even where last_seq and last_hash were left alone.
-    content_sha256: str = ""
+    # sha256 of the file's own bytes with this field (the last key) zeroed: a hand-edited
+    # figure is caught even where last_seq and last_hash were left alone.
+    content_sha256: str = "0" * 64
 
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
@@ -63,17 +63,35 @@ def encode_snapshot(book: Book, saved_at: datetime) -> bytes:
         accumulators=book.acc,
         imported_files=dict(book.imported_files),
     )
-    document.content_sha256 = _checksum(document)
-    return msgspec.json.format(_encoder.encode(document), indent=2)
+    unsigned = msgspec.json.format(_encoder.encode(document), indent=2)
+    return _sign(unsigned, hashlib.sha256(unsigned).hexdigest())
 
 
-def _checksum(document: SnapshotFile) -> str:
-    unsigned = msgspec.structs.replace(document, content_sha256="")
-    return hashlib.sha256(_encoder.encode(unsigned)).hexdigest()
+_UNSIGNED = "0" * 64
+_FIELD = b'"content_sha256": "'
+
+
+def _sign(data: bytes, digest: str) -> bytes:
+    """The file with its checksum field (the last key, written as zeros) set to digest."""
+    at = data.rfind(_FIELD) + len(_FIELD)
+    return data[:at] + digest.encode("ascii") + data[at + 64 :]
+
+
+def _checksum_ok(data: bytes) -> bool:
+    """sha256 of the file as written, its checksum field zeroed: a hand edit anywhere shows."""
+    at = data.rfind(_FIELD)
+    if at < 0:
+        return False
+    start = at + len(_FIELD)
+    claimed = data[start : start + 64]
+    unsigned = _sign(data, _UNSIGNED)
+    return hashlib.sha256(unsigned).hexdigest().encode("ascii") == claimed
 
 
 def decode_snapshot(data: bytes) -> Book:
     """The book a positions.json holds; raises SnapshotError if it is not one of ours."""
+    if not _checksum_ok(data):
+        raise SnapshotError("positions.json content does not match its content_sha256")
     try:
         document = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -85,8 +103,6 @@ def decode_snapshot(data: bytes) -> Book:
             f"computed by projection version {document.projection_version}, "
             f"this ledger folds with {PROJECTION_VERSION}"
         )
-    if document.content_sha256 != _checksum(document):
-        raise SnapshotError("positions.json content does not match its content_sha256")
     book = Book()
     book.open = dict(document.open_positions)
     book.closed = {p.position_id: p for p in document.closed_positions}

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from ledger.errors import DuplicatePosition, ExchangeAuthError, LedgerError
+from ledger.envelope import NewEvent
+from ledger.errors import DuplicatePosition, ExchangeAuthError, LedgerError, StoreError
+from ledger.events import BalanceObserved
 from ledger.service import Ledger
 from ledger.settings import Settings
+from ledger.store.sqlite import SQLiteEventStore
 from projections.book import fold_records
 from projections.snapshot import PROJECTION_VERSION
 
@@ -66,3 +71,30 @@ async def test_a_snapshot_from_another_projection_version_is_rebuilt(db_path: Pa
         assert ledger.rebuilt_on_start
         assert ledger.book.summary() == fold_records(await ledger.store.read()).summary()
     assert json.loads(snapshot.read_text())["projection_version"] == PROJECTION_VERSION
+
+
+async def test_a_reopened_log_continues_old_streams_at_their_versions(db_path: Path) -> None:
+    async with Ledger(db_path) as ledger:
+        p = await ledger.open_position("SOL/USDT:USDT", "buy", entry_price=100, qty=5, leverage=5)
+        await ledger.mark(p.position_id, 101)
+    # start-up reads no stream versions; they are loaded when a stream is written again
+    async with Ledger(db_path) as ledger:
+        await ledger.mark(p.position_id, 102)
+        await ledger.close_position(p.position_id, price=103)
+        history = await ledger.history(p.position_id)
+    assert [r.version for r in history] == [1, 2, 3, 4]
+
+
+async def test_staging_to_a_stream_whose_version_was_not_loaded_is_refused(db_path: Path) -> None:
+    store = SQLiteEventStore(db_path)
+    await store.open()
+    try:
+        event = BalanceObserved(total=Decimal(1), available=Decimal(1))
+        new = NewEvent(stream="account", event=event, event_id="e1", occurred_at=datetime.now(UTC))
+        with pytest.raises(StoreError, match="load_versions"):
+            async with store.write() as tx:
+                tx.stage([new])
+        assert (await store.head()).seq == 0
+        assert [r.version for r in await store.append([new])] == [1]
+    finally:
+        await store.close()

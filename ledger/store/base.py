@@ -204,6 +204,18 @@ class StoreTransaction(abc.ABC):
     async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
         """Stored records (committed or staged here) for any of these event ids."""
 
+    # False where the store keeps only the stream versions it has seen (see load_versions)
+    versions_complete = True
+
+    async def load_versions(self, streams: Iterable[str]) -> None:
+        """Make sure the current version of each stream is known before staging to it.
+
+        A store may keep only the versions it has seen (start-up then need not read every
+        stream of a long log); this fetches the rest in one call. Stores that know them all
+        need do nothing.
+        """
+        return None
+
     def stage(
         self,
         batch: Sequence[NewEvent],
@@ -232,6 +244,8 @@ class StoreTransaction(abc.ABC):
 
     def _stage_one(self, new: NewEvent, body: bytes, occurred_us: int) -> Recorded:
         head = self.head
+        if not self.versions_complete and new.stream not in head.stream_versions:
+            raise StoreError(f"stream {new.stream!r}: load_versions() before staging to it")
         seq = head.seq + 1
         version = head.stream_versions.get(new.stream, 0) + 1
         digest = chain_hash(
@@ -336,6 +350,10 @@ class EventStore(abc.ABC):
             async with self.write() as tx:
                 existing = await tx.find_existing(
                     [new.event_id for pending in group for new in pending.batch]
+                )
+                await tx.load_versions(
+                    {new.stream for pending in group for new in pending.batch}
+                    | {stream for pending in group for stream in pending.expected}
                 )
                 for pending in group:
                     batch = pending.batch

@@ -65,6 +65,26 @@ class _SQLiteTransaction(StoreTransaction):
     ) -> None:
         super().__init__(head, tail, recorded_at)
         self._conn = conn
+        self._store_versions = head.stream_versions
+
+    versions_complete = False
+
+    async def load_versions(self, streams: Iterable[str]) -> None:
+        known = self.head.stream_versions
+        missing = [stream for stream in dict.fromkeys(streams) if stream not in known]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._conn.execute_fetchall(
+                f"SELECT stream, MAX(version) FROM events WHERE stream IN ({marks})"
+                " GROUP BY stream",
+                chunk,
+            )
+            found = {str(stream): int(version) for stream, version in rows}
+            # committed facts read under the write lock: valid for the store whatever this
+            # transaction does, so they go into the store's own cache
+            for stream in chunk:
+                self._store_versions[stream] = found.get(stream, 0)
 
     async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
         found = {i: self._staged_ids[i] for i in event_ids if i in self._staged_ids}
@@ -125,8 +145,8 @@ class SQLiteEventStore(EventStore):
                 f"file:{self.path}?mode=ro", uri=True, isolation_level=None
             )
             await self._reader.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            if not self._read_only:  # only writers need every stream's version
-                self._head = await self.head()
+            if not self._read_only:  # stream versions are loaded as streams are written
+                self._head = await self._last_row()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self.close()
@@ -293,6 +313,12 @@ class SQLiteEventStore(EventStore):
             if len(page) < page_size:
                 return
             cursor = page[-1][0]
+
+    async def _last_row(self) -> Head:
+        row = await (
+            await self._reading().execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        ).fetchone()
+        return Head() if row is None else Head(int(row[0]), str(row[1]))
 
     async def head(self) -> Head:
         conn = self._reading()
