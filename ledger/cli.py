@@ -21,7 +21,7 @@ import csv
 import os
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -588,8 +588,23 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
                 await check_chain(store)
             with _progress(ctx, to_file, f"exporting {args.what}", total) as advance:
                 if args.what == "events":
-                    return await _export_events(store, handle, args.format, inside, advance, check)
-                return await _export_trades(store, handle, args.format, inside, advance, check)
+                    columns = EventColumns()
+                    return await _write_rows(
+                        scan(store, check=check, progress=advance),
+                        handle,
+                        args.format,
+                        columns.header,
+                        columns.cells,
+                        lambda record: inside(record.occurred_at),
+                    )
+                return await _write_rows(
+                    trades(store, check=check, progress=advance),
+                    handle,
+                    args.format,
+                    TRADE_COLUMNS,
+                    trade_cells,
+                    lambda trade: inside(trade.close_time),
+                )
 
     if out_path is None:
         count = _run(lambda: write_all(sys.stdout))
@@ -607,50 +622,26 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _export_events(
-    store: SQLiteEventStore,
+async def _write_rows(
+    items: AsyncIterator[T],
     handle: IO[str],
     fmt: str,
-    inside: Callable[[datetime], bool],
-    advance: Callable[[int], None],
-    check: bool,
+    header: Sequence[str],
+    cells: Callable[[T], Sequence[object]],
+    keep: Callable[[T], bool],
 ) -> int:
-    columns = EventColumns()
+    """Stream items as CSV rows (after a header) or as JSON lines; returns how many."""
     rows = csv.writer(handle, lineterminator="\n")
     if fmt == "csv":
-        rows.writerow(columns.header)
+        rows.writerow(header)
     count = 0
-    async for record in scan(store, check=check, progress=advance):
-        if not inside(record.occurred_at):
+    async for item in items:
+        if not keep(item):
             continue
         if fmt == "csv":
-            rows.writerow(columns.cells(record))
+            rows.writerow(cells(item))
         else:
-            handle.write(_json.encode(record).decode())
-            handle.write("\n")
-        count += 1
-    return count
-
-
-async def _export_trades(
-    store: SQLiteEventStore,
-    handle: IO[str],
-    fmt: str,
-    inside: Callable[[datetime], bool],
-    advance: Callable[[int], None],
-    check: bool,
-) -> int:
-    rows = csv.writer(handle, lineterminator="\n")
-    if fmt == "csv":
-        rows.writerow(TRADE_COLUMNS)
-    count = 0
-    async for trade in trades(store, check=check, progress=advance):
-        if not inside(trade.close_time):
-            continue
-        if fmt == "csv":
-            rows.writerow(trade_cells(trade))
-        else:
-            handle.write(_json.encode(trade).decode())
+            handle.write(_json.encode(item).decode())
             handle.write("\n")
         count += 1
     return count
