@@ -20,7 +20,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -119,6 +119,23 @@ class Scale:
     startup_rounds: int
 
 
+_DEFAULT = Scale(
+    name="default",
+    log_events=100_000,
+    tail_events=1_000,
+    single_ops=50,
+    single_rounds=20,
+    batch_size=1_000,
+    batch_rounds=20,
+    commands=500,
+    command_rounds=10,
+    histories=(1_000, 10_000),
+    create_close_rounds=200,
+    seed_rounds=5,
+    rebuild_rounds=5,
+    startup_rounds=5,
+)
+
 SCALES: dict[str, Scale] = {
     "smoke": Scale(
         name="smoke",
@@ -136,37 +153,10 @@ SCALES: dict[str, Scale] = {
         rebuild_rounds=1,
         startup_rounds=1,
     ),
-    "default": Scale(
-        name="default",
-        log_events=100_000,
-        tail_events=1_000,
-        single_ops=50,
-        single_rounds=20,
-        batch_size=1_000,
-        batch_rounds=20,
-        commands=500,
-        command_rounds=10,
-        histories=(1_000, 10_000),
-        create_close_rounds=200,
-        seed_rounds=5,
-        rebuild_rounds=5,
-        startup_rounds=5,
-    ),
-    "full": Scale(
-        name="full",
-        log_events=1_000_000,
-        tail_events=1_000,
-        single_ops=50,
-        single_rounds=20,
-        batch_size=1_000,
-        batch_rounds=20,
-        commands=500,
-        command_rounds=10,
-        histories=(1_000, 10_000),
-        create_close_rounds=200,
-        seed_rounds=5,
-        rebuild_rounds=3,
-        startup_rounds=3,
+    "default": _DEFAULT,
+    # the default sizes with a 1M-event log, folded and started fewer times
+    "full": replace(
+        _DEFAULT, name="full", log_events=1_000_000, rebuild_rounds=3, startup_rounds=3
     ),
 }
 

@@ -9,9 +9,10 @@ append-batch: 1,000 events per call vs one executemany of the same rows in one t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -36,11 +37,21 @@ from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore, Synchronous
 
 SYNCS: tuple[Synchronous, ...] = ("FULL", "NORMAL")
+T = TypeVar("T")
 
 
-def _events(per_round: int, rounds: int) -> list[NewEvent]:
-    """The same seeded events for a case and its raw baseline."""
-    return take(EventMix(seed=7), per_round * rounds)
+def _time_rounds(
+    benchmark: Benchmark,
+    one_round: Callable[[list[T]], object],
+    batches: Iterator[list[T]],
+    rounds: int,
+) -> None:
+    """Time `rounds` calls of one_round, each on the next batch (handed over untimed)."""
+
+    def setup() -> tuple[tuple[object, ...], dict[str, object]]:
+        return (next(batches),), {}
+
+    benchmark.pedantic(one_round, setup=setup, rounds=rounds)
 
 
 def _store_case(
@@ -57,17 +68,15 @@ def _store_case(
     """Time `rounds` rounds of `per_round` events appended `per_call` at a time; the count."""
     store = SQLiteEventStore(path, synchronous=synchronous)
     portal.call(store.open)
-    batches: Iterator[list[NewEvent]] = chunks(events, per_round)
 
     async def one_round(batch: list[NewEvent]) -> None:
         for call in chunks(batch, per_call):
             await store.append(call)
 
-    def setup() -> tuple[tuple[object, ...], dict[str, object]]:
-        return (next(batches),), {}
-
     try:
-        benchmark.pedantic(lambda b: portal.call(one_round, b), setup=setup, rounds=rounds)
+        _time_rounds(
+            benchmark, lambda b: portal.call(one_round, b), chunks(events, per_round), rounds
+        )
         head = portal.call(store.head)
     finally:
         portal.call(store.close)
@@ -88,7 +97,6 @@ def _raw_case(
     """The same rows, precomputed, inserted with stdlib sqlite3: one transaction per call."""
     portal.call(create_empty_log, path)
     rows = staged_rows(events, per_commit=per_call)
-    batches = chunks(rows, per_round)
     conn = raw_connection(path, synchronous)
 
     def one_round(batch: list[tuple[object, ...]]) -> None:
@@ -100,15 +108,40 @@ def _raw_case(
                 conn.executemany(INSERT_SQL, call)
             conn.execute("COMMIT")
 
-    def setup() -> tuple[tuple[object, ...], dict[str, object]]:
-        return (next(batches),), {}
-
     try:
-        benchmark.pedantic(one_round, setup=setup, rounds=rounds)
+        _time_rounds(benchmark, one_round, chunks(rows, per_round), rounds)
         (count,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
     finally:
         conn.close()
     return int(count)
+
+
+def _append_case(
+    benchmark: Benchmark,
+    portal: BlockingPortal,
+    tmp_path: Path,
+    synchronous: Synchronous,
+    *,
+    raw: bool,
+    per_call: int,
+    per_round: int,
+    rounds: int,
+) -> None:
+    """Time one case on the same seeded events, through the store or raw sqlite3; check that
+    whole rounds were stored."""
+    events = take(EventMix(seed=7), per_round * rounds)
+    case, name = (_raw_case, "raw.db") if raw else (_store_case, "ours.db")
+    stored = case(
+        benchmark,
+        portal,
+        tmp_path / name,
+        synchronous,
+        events,
+        per_call=per_call,
+        per_round=per_round,
+        rounds=rounds,
+    )
+    assert stored % per_round == 0 and stored > 0
 
 
 # -- one event per commit ---------------------------------------------------------------------
@@ -124,18 +157,9 @@ def test_append_single_store(
     synchronous: Synchronous,
 ) -> None:
     n, rounds = scale.single_ops, scale.single_rounds
-    events = _events(n, rounds)
-    stored = _store_case(
-        benchmark,
-        portal,
-        tmp_path / "ours.db",
-        synchronous,
-        events,
-        per_call=1,
-        per_round=n,
-        rounds=rounds,
+    _append_case(
+        benchmark, portal, tmp_path, synchronous, raw=False, per_call=1, per_round=n, rounds=rounds
     )
-    assert stored % n == 0 and stored > 0
     describe(
         benchmark,
         case=f"store.append x1, {synchronous}",
@@ -155,18 +179,9 @@ def test_append_single_raw(
     synchronous: Synchronous,
 ) -> None:
     n, rounds = scale.single_ops, scale.single_rounds
-    events = _events(n, rounds)
-    stored = _raw_case(
-        benchmark,
-        portal,
-        tmp_path / "raw.db",
-        synchronous,
-        events,
-        per_call=1,
-        per_round=n,
-        rounds=rounds,
+    _append_case(
+        benchmark, portal, tmp_path, synchronous, raw=True, per_call=1, per_round=n, rounds=rounds
     )
-    assert stored % n == 0 and stored > 0
     describe(benchmark, case=f"raw sqlite3 x1, {synchronous}", per_round=n, unit="events")
 
 
@@ -183,18 +198,9 @@ def test_append_batch_store(
     synchronous: Synchronous,
 ) -> None:
     n, rounds = scale.batch_size, scale.batch_rounds
-    events = _events(n, rounds)
-    stored = _store_case(
-        benchmark,
-        portal,
-        tmp_path / "ours.db",
-        synchronous,
-        events,
-        per_call=n,
-        per_round=n,
-        rounds=rounds,
+    _append_case(
+        benchmark, portal, tmp_path, synchronous, raw=False, per_call=n, per_round=n, rounds=rounds
     )
-    assert stored % n == 0 and stored > 0
     describe(
         benchmark,
         case=f"store.append x{n:,}, {synchronous}",
@@ -220,18 +226,9 @@ def test_append_batch_raw(
     synchronous: Synchronous,
 ) -> None:
     n, rounds = scale.batch_size, scale.batch_rounds
-    events = _events(n, rounds)
-    stored = _raw_case(
-        benchmark,
-        portal,
-        tmp_path / "raw.db",
-        synchronous,
-        events,
-        per_call=n,
-        per_round=n,
-        rounds=rounds,
+    _append_case(
+        benchmark, portal, tmp_path, synchronous, raw=True, per_call=n, per_round=n, rounds=rounds
     )
-    assert stored % n == 0 and stored > 0
     describe(benchmark, case=f"raw executemany x{n:,}, {synchronous}", per_round=n, unit="events")
 
 

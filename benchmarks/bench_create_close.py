@@ -53,6 +53,17 @@ def _compare(scale: Scale, case: str) -> list[Compare]:
     return []
 
 
+def _describe(benchmark: Benchmark, scale: Scale, case: str) -> None:
+    """Label a create+close case with its baselines."""
+    describe(
+        benchmark,
+        case=case,
+        per_round=1,
+        unit="create+close",
+        compare=_compare(scale, case),
+    )
+
+
 def _seed_position(position: Position) -> ThreadSafePosition:
     """The seed's float record of a closed position of ours."""
 
@@ -126,14 +137,7 @@ def test_create_close_ledger(
             rounds=scale.create_close_rounds,
         )
         assert len(ledger.closed_positions()) > closed_before and not ledger.active_positions()
-    case = _ledger_case(n)
-    describe(
-        benchmark,
-        case=case,
-        per_round=1,
-        unit="create+close",
-        compare=_compare(scale, case),
-    )
+    _describe(benchmark, scale, _ledger_case(n))
 
 
 @pytest.mark.benchmark(group=GROUP)
@@ -175,11 +179,4 @@ def test_create_close_seed(
 
     benchmark.pedantic(create_close, rounds=scale.seed_rounds)
     assert manager.get_session_summary()["closed_trades"] > n
-    case = _seed_case(n)
-    describe(
-        benchmark,
-        case=case,
-        per_round=1,
-        unit="create+close",
-        compare=_compare(scale, case),
-    )
+    _describe(benchmark, scale, _seed_case(n))

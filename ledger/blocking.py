@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import msgspec
@@ -29,6 +29,9 @@ from ledger.values import Side, optional_decimal, positive, to_decimal
 from projections.book import Book
 from projections.pnl import qty_from_notional
 from projections.positions import Position
+
+if TYPE_CHECKING:
+    from ledger.exchange.sync import ExchangeSync
 
 T = TypeVar("T")
 
@@ -64,6 +67,7 @@ class ThreadSafePositionManager:
         self._failure: BaseException | None = None
         self._stop: anyio.Event | None = None
         self._closing = threading.Lock()
+        self._exchange_sync: ExchangeSync | None = None
         ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(ready,), name="position-ledger", daemon=True
@@ -297,11 +301,9 @@ class ThreadSafePositionManager:
         from ledger.exchange.ccxt_client import ExchangeGateway
         from ledger.exchange.sync import ExchangeSync
 
-        sync: ExchangeSync | None = getattr(self, "_exchange_sync", None)
-        if sync is None:
-            sync = ExchangeSync(self.settings)
-            self._exchange_sync = sync
-        syncer = sync
+        if self._exchange_sync is None:  # kept across calls: it counts absences between syncs
+            self._exchange_sync = ExchangeSync(self.settings)
+        syncer = self._exchange_sync
         gateway = ExchangeGateway(exchange, owns_client=False)
         book = await anyio.to_thread.run_sync(lambda: self._call(lambda ledger: ledger.book.copy()))
         snapshot = await syncer.fetch(gateway, book)

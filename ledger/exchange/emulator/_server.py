@@ -875,51 +875,55 @@ class BybitEmulator:
         }
 
     def _closed_pnl(self, params: Mapping[str, str], api_key: str | None) -> JsonObject:
-        category = _category(params, ("linear", "inverse"))
-        start, end = self._window(params)
-        rows: list[ClosedPnl] = []
-        if category == "linear":
-            symbol = params.get("symbol")
-            rows = [
-                r
-                for r in self.state.closed_pnl
-                if start <= r.updated_ms <= end and (not symbol or r.symbol == symbol)
-            ]
-        page, cursor = _paginate(
-            rows,
+        symbol = params.get("symbol")
+        return self._linear_history(
+            params,
+            ("linear", "inverse"),
+            self.state.closed_pnl,
             lambda r: (r.updated_ms, r.seq),
-            _parse_time_seq,
-            descending=True,
-            limit=_limit(params, 50, 100),
-            cursor=params.get("cursor"),
+            lambda r: not symbol or r.symbol == symbol,
+            _closed_pnl_row,
         )
-        return {
-            "nextPageCursor": cursor,
-            "category": category,
-            "list": [_closed_pnl_row(r) for r in page],
-        }
 
     def _execution_list(self, params: Mapping[str, str], api_key: str | None) -> JsonObject:
-        category = _category(params, ("spot", "linear", "inverse", "option"))
-        start, end = self._window(params)
-        rows: list[Execution] = []
-        if category == "linear":
-            symbol = params.get("symbol")
-            exec_type = params.get("execType")
-            order_id = params.get("orderId")
-            base = params.get("baseCoin")
-            rows = [
-                e
-                for e in self.state.executions
-                if start <= e.exec_time_ms <= end
-                and (not symbol or e.symbol == symbol)
+        symbol = params.get("symbol")
+        exec_type = params.get("execType")
+        order_id = params.get("orderId")
+        base = params.get("baseCoin")
+        return self._linear_history(
+            params,
+            ("spot", "linear", "inverse", "option"),
+            self.state.executions,
+            lambda e: (e.exec_time_ms, e.seq),
+            lambda e: (
+                (not symbol or e.symbol == symbol)
                 and (not exec_type or e.exec_type == exec_type)
                 and (not order_id or e.order_id == order_id)
                 and (not base or self.state.instruments[e.symbol].base == base)
-            ]
+            ),
+            _execution_row,
+        )
+
+    def _linear_history(
+        self,
+        params: Mapping[str, str],
+        categories: tuple[str, ...],
+        records: Sequence[_T],
+        stamp: Callable[[_T], tuple[int, int]],
+        keep: Callable[[_T], bool],
+        row: Callable[[_T], JsonObject],
+    ) -> JsonObject:
+        """A time-windowed history endpoint: records of the linear category whose stamp
+        (time in ms, seq) falls in the request's window and that `keep` accepts, newest first,
+        paged by a "time,seq" cursor; other categories have none."""
+        category = _category(params, categories)
+        start, end = self._window(params)
+        rows: list[_T] = []
+        if category == "linear":
+            rows = [r for r in records if start <= stamp(r)[0] <= end and keep(r)]
         page, cursor = _paginate(
             rows,
-            lambda e: (e.exec_time_ms, e.seq),
+            stamp,
             _parse_time_seq,
             descending=True,
             limit=_limit(params, 50, 100),
@@ -928,7 +932,7 @@ class BybitEmulator:
         return {
             "nextPageCursor": cursor,
             "category": category,
-            "list": [_execution_row(e) for e in page],
+            "list": [row(r) for r in page],
         }
 
     def _no_orders(self, params: Mapping[str, str], api_key: str | None) -> JsonObject:
