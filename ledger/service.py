@@ -215,7 +215,8 @@ class Ledger:
 
         The decider may raise a LedgerError to refuse (nothing is appended). Planned events
         with an idempotency key already in the log are not appended again; their stored
-        records are returned in their place. Raises LedgerError, StoreError.
+        records are returned in their place. A caller cancelled after submitting may still
+        have its job committed. Raises LedgerError, StoreError.
         """
         if self._send is None:
             raise StoreUnavailable("the ledger is not open (use `async with Ledger(...)`)")

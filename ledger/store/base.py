@@ -331,8 +331,9 @@ class EventStore(abc.ABC):
         """Append atomically; a known event_id returns its stored record instead of a new one.
 
         Concurrent callers share one transaction (group commit): whoever takes the lock first
-        commits every batch queued so far, each batch still all-or-nothing on its own.
-        Raises VersionConflict, StoreError.
+        commits every batch queued so far, each batch still all-or-nothing on its own. A caller
+        cancelled after queueing may still have its batch committed by the group (retry with
+        the same event ids: idempotency makes that safe). Raises VersionConflict, StoreError.
         """
         pending = _PendingAppend(list(batch), dict(expected_versions or {}))
         self._waiting.append(pending)
