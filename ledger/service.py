@@ -415,8 +415,6 @@ class Ledger:
         left closes the position. Raises UnknownPosition, PositionAlreadyClosed,
         ExitExceedsPosition, InvalidValue.
         """
-        if (qty is None) == (notional is None):
-            raise InvalidValue("qty", qty, "give exactly one of qty and exit_size")
         await self.execute(
             RecordPartialExit(
                 position_id=position_id,
