@@ -1,6 +1,7 @@
 """A local Bybit V5 emulator (HTTP and WebSocket) for testing exchange sync against real ccxt."""
 
-from ledger.exchange.emulator._server import BybitEmulator, FaultKind, RequestRecord
+from ledger.exchange.emulator._faults import FaultKind
+from ledger.exchange.emulator._server import BybitEmulator, RequestRecord
 from ledger.exchange.emulator._state import (
     INSTRUMENTS,
     ClosedPnl,
