@@ -41,26 +41,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ledger.audit import (
-    HEAD,
-    TRADE_COLUMNS,
-    Bound,
-    EventColumns,
-    Replayed,
-    ScanStats,
-    VerifyReport,
-    book_at,
-    check_chain,
-    equity_curve,
-    history,
-    iso,
-    load_book,
-    open_read_only,
-    scan,
-    trade_cells,
-    trades,
-    verify_log,
-)
+from ledger.audit.books import Replayed, book_at, load_book
+from ledger.audit.equity import equity_curve
+from ledger.audit.exports import TRADE_COLUMNS, EventColumns, iso, trade_cells, trades
+from ledger.audit.history import history
+from ledger.audit.reading import HEAD, Bound, ScanStats, check_chain, open_read_only, scan
+from ledger.audit.verification import VerifyReport, verify_log
 from ledger.errors import (
     ImportRejected,
     IntegrityError,
@@ -793,7 +779,7 @@ def cmd_backup(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
-    from ledger.audit import EquityCurve
+    from ledger.audit.equity import EquityCurve
     from ledger.plot import render_equity, require_matplotlib
 
     require_matplotlib()

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from ledger.audit import EquityCurve, EquityPoint
+from ledger.audit.equity import EquityCurve, EquityPoint
 from ledger.errors import LedgerError
 from ledger.values import to_micros
 

@@ -23,7 +23,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ledger.audit import follow, iso, load_book
+from ledger.audit.books import load_book
+from ledger.audit.exports import iso
+from ledger.audit.follow import follow
 from ledger.envelope import Recorded
 from ledger.events import (
     BalanceObserved,

@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "ledger.exchange.sync": 3,
     "ledger.exchange.service": 3,
     "ledger.audit": 3,
+    "ledger.audit.*": 3,
     "ledger.seed_import": 3,
     # L4 entry points
     "ledger": 4,

@@ -287,7 +287,7 @@ def test_thinning_a_long_curve_keeps_its_extremes() -> None:
     """Large logs are drawn from a few thousand points that keep every bucket's trough."""
     from datetime import UTC, datetime, timedelta
 
-    from ledger.audit import EquityPoint
+    from ledger.audit.equity import EquityPoint
     from ledger.plot import MAX_POINTS, thin
 
     start = datetime(2025, 1, 1, tzinfo=UTC)
