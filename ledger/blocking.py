@@ -3,6 +3,9 @@
 The Ledger runs on its own event loop in a daemon thread; every call is handed to it through
 an anyio blocking portal. A call from inside another running event loop (the seed's bot calls
 from asyncio tasks) therefore never deadlocks: it blocks that loop only for the call itself.
+
+What it returns speaks the seed's types (`ledger.seed_edge`): floats, ISO strings, dicts and
+copies; the exact Decimal views are one step away, on `manager.exact`.
 """
 
 from __future__ import annotations
@@ -11,29 +14,45 @@ import atexit
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-import msgspec
 from anyio.from_thread import BlockingPortal
 
-from ledger.commands import OpenPosition
+from ledger.commands import IncreasePosition, OpenPosition, RecordPartialExit
 from ledger.errors import InvalidValue, PositionAlreadyClosed, StoreUnavailable, UnknownPosition
 from ledger.events import PositionMarked
 from ledger.rules import decide
+from ledger.seed_edge import SeedDict, SeedPosition, SeedScalar, seed_position, seed_summary
 from ledger.service import Ledger, Number, Plan, new_position_id
 from ledger.settings import Settings, load_settings
-from ledger.values import Side, optional_decimal, positive, to_decimal
+from ledger.values import (
+    Side,
+    Source,
+    non_negative,
+    optional_decimal,
+    parse_time,
+    positive,
+    to_decimal,
+    utc,
+)
 from projections.book import Book
-from projections.pnl import qty_from_notional
+from projections.pnl import initial_margin, price_pnl, qty_from_notional, roe_pct
 from projections.positions import Position
+from projections.stats import SessionSummary
 
 if TYPE_CHECKING:
     from ledger.exchange.sync import ExchangeSync
 
 T = TypeVar("T")
+
+# The seed's POSITIONS_FILE: where ThreadSafePositionManager() looks when given no path and no
+# positions_file is configured; the log goes beside it as ledger.db.
+SEED_POSITIONS_FILE = "positions.json"
 
 # The seed's ThreadSafePosition fields a caller may pass to thread_safe_create_position.
 _SEED_FIELDS = frozenset(
@@ -49,7 +68,11 @@ _SEED_FIELDS = frozenset(
 class ThreadSafePositionManager:
     """Drop-in for the seed's class, backed by the event log.
 
-    Returned Position objects are immutable snapshots: later changes never alter them.
+    With no path it uses the seed's `./positions.json` and `./ledger.db` beside it (unless
+    `positions_file` / `db_path` are configured). A seed bot's own positions.json found there
+    is imported at start-up (see `Ledger`). What it returns is in the seed's types
+    (`SeedPosition`, dicts, floats, ISO strings), new objects each call; `exact` gives the
+    same reads as the ledger's exact Decimal views.
     """
 
     def __init__(
@@ -60,8 +83,15 @@ class ThreadSafePositionManager:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or load_settings()
-        self.file_path = Path(file_path or self.settings.positions_file)
+        defaults = Settings()
+        if file_path is None:
+            configured = self.settings.positions_file != defaults.positions_file
+            file_path = self.settings.positions_file if configured else SEED_POSITIONS_FILE
+        if db_path is None and self.settings.db_path != defaults.db_path:
+            db_path = self.settings.db_path
+        self.file_path = Path(file_path)
         self.db_path = Path(db_path or self.file_path.with_name("ledger.db"))
+        self._trading = _TradingLock()
         self._portal: BlockingPortal | None = None
         self._ledger: Ledger | None = None
         self._failure: BaseException | None = None
@@ -167,6 +197,11 @@ class ThreadSafePositionManager:
     def thread_safe_create_position(self, **kwargs: object) -> str:
         """Open a position from the seed's fields (position_size is USD notional at entry).
 
+        Every field is kept or refused: open_time (the caller's time, ISO string or datetime;
+        naive is UTC), confidence, open_reason, atr, adx, volatility, real_initial_margin and
+        fee are stored; current_price and unrealized_pnl become the first mark; a
+        roe_percentage must agree with what the ledger derives; close_time, close_reason and
+        partial_exits must be empty (record exits and closes with their own calls).
         Returns the new position id. Raises InvalidValue, LeverageOutOfRange,
         DuplicatePosition, TooManyOpenPositions.
         """
@@ -176,12 +211,30 @@ class ThreadSafePositionManager:
         for required in ("symbol", "side", "entry_price", "position_size", "leverage"):
             if kwargs.get(required) is None:
                 raise InvalidValue(required, None, "is required")
+        for closing in ("close_time", "close_reason"):
+            if kwargs.get(closing) is not None:
+                raise InvalidValue(
+                    closing, kwargs[closing], "a new position is open: use close_position"
+                )
+        if kwargs.get("partial_exits"):
+            raise InvalidValue(
+                "partial_exits",
+                kwargs["partial_exits"],
+                "a new position has none: use register_partial_exit (or import the file)",
+            )
+        position_id = kwargs.get("position_id") or new_position_id()
+        if not isinstance(position_id, str):
+            raise InvalidValue("position_id", position_id, "must be a string")
+        reason = kwargs.get("open_reason") or ""
+        if not isinstance(reason, str):
+            raise InvalidValue("open_reason", reason, "must be a string")
+        opened_at = _optional_time("open_time", kwargs.get("open_time"))
         entry = positive("entry_price", kwargs["entry_price"])
         leverage = kwargs["leverage"]
         if isinstance(leverage, float) and leverage.is_integer():
             leverage = int(leverage)
         command = OpenPosition(
-            position_id=str(kwargs.get("position_id") or new_position_id()),
+            position_id=position_id,
             symbol=str(kwargs["symbol"]),
             side=Side.parse(kwargs["side"]),
             qty=qty_from_notional(positive("position_size", kwargs["position_size"]), entry),
@@ -189,7 +242,7 @@ class ThreadSafePositionManager:
             leverage=leverage,  # type: ignore[arg-type]  # decide() checks its type and range
             fee=to_decimal("fee", kwargs.get("fee", 0)),
             confidence=optional_decimal("confidence", kwargs.get("confidence")),
-            open_reason=str(kwargs.get("open_reason") or ""),
+            open_reason=reason,
             atr=optional_decimal("atr", kwargs.get("atr")),
             adx=optional_decimal("adx", kwargs.get("adx")),
             volatility=optional_decimal("volatility", kwargs.get("volatility")),
@@ -197,17 +250,13 @@ class ThreadSafePositionManager:
                 "real_initial_margin", kwargs.get("real_initial_margin")
             ),
         )
-        current = optional_decimal("current_price", kwargs.get("current_price"))
-        if current is not None:
-            current = positive("current_price", current)
+        mark = _first_mark(command, kwargs)
         limits = self.settings.limits
 
         def plan(book: Book) -> list[Plan]:
-            planned = [Plan(e) for e in decide(book, command, limits)]
-            if current is not None and current != entry:
-                planned.append(
-                    Plan(PositionMarked(position_id=command.position_id, mark_price=current))
-                )
+            planned = [Plan(e, occurred_at=opened_at) for e in decide(book, command, limits)]
+            if mark is not None:
+                planned.append(Plan(mark, occurred_at=opened_at))
             return planned
 
         self._acall(lambda ledger: ledger.transact(plan))
@@ -259,36 +308,99 @@ class ThreadSafePositionManager:
             return False
         return True
 
+    def update_position_size(
+        self,
+        position_id: str,
+        new_size: Number,
+        price: Number | None = None,
+        reason: str = "update_position_size",
+    ) -> bool:
+        """Set position_size (USD notional at entry) to new_size, as the seed's method does.
+
+        Less is a partial exit of the difference (at price, default the last mark; its PnL
+        computed), nothing left closes the position; more is an increase of new_size -
+        position_size USD at price (the entry price becomes the average). False if unknown
+        or closed. Raises InvalidValue (a negative size, a bad price).
+        """
+        size = non_negative("new_size", new_size)
+        given = None if price is None else positive("price", price)
+        limits = self.settings.limits
+
+        def plan(book: Book) -> list[Plan]:
+            position = book.open.get(position_id)
+            if position is None:
+                # decide() raises UnknownPosition / PositionAlreadyClosed for this id
+                probe = RecordPartialExit(position_id=position_id, price=Decimal(1), qty=size)
+                return [Plan(e) for e in decide(book, probe, limits)]
+            at = position.current_price if given is None else given
+            change = size - position.position_size
+            if change == 0:
+                return []
+            if change < 0:
+                command: RecordPartialExit | IncreasePosition = RecordPartialExit(
+                    position_id=position_id, notional=-change, price=at, reason=reason
+                )
+            else:
+                command = IncreasePosition(
+                    position_id=position_id,
+                    qty=qty_from_notional(change, at),
+                    price=at,
+                    source=Source.BOT,
+                )
+            return [Plan(e) for e in decide(book, command, limits)]
+
+        try:
+            self._acall(lambda ledger: ledger.transact(plan))
+        except (UnknownPosition, PositionAlreadyClosed):
+            return False
+        return True
+
     def save(self) -> Path:
-        """Write positions.json now."""
+        """Write positions.json now; raises SnapshotError when it cannot be written (the
+        ledger goes on working: the file is a cache of the log)."""
         return self._acall(lambda ledger: ledger.write_snapshot())
+
+    # -- serialising the bot's own exchange changes with the sync -------------------------
+
+    def trading(self) -> Trading:
+        """Hold off this manager's exchange sync while the bot changes the exchange and
+        records the change: `with manager.trading():` from a thread, `async with` from an
+        asyncio task. A sync started meanwhile waits, so it never sees the exchange ahead of
+        the ledger and records the bot's own order as a manual trade (the double count)."""
+        return Trading(self._trading)
 
     # -- the seed's queries -------------------------------------------------------------
 
-    def get_active_positions(self) -> list[Position]:
-        return self._call(lambda ledger: ledger.active_positions())
+    def get_active_positions(self) -> list[SeedPosition]:
+        return [seed_position(p) for p in self.exact.get_active_positions()]
 
-    def get_closed_positions(self) -> list[Position]:
-        return self._call(lambda ledger: ledger.closed_positions())
+    def get_closed_positions(self) -> list[SeedPosition]:
+        return [seed_position(p) for p in self.exact.get_closed_positions()]
 
-    def get_position(self, position_id: str) -> Position | None:
+    def get_position(self, position_id: str) -> SeedPosition | None:
         """An open position by id (closed ones are in get_closed_positions, as in the seed)."""
-        return self._call(lambda ledger: ledger.book.open.get(position_id))
+        return _seed_or_none(self.exact.get_position(position_id))
 
-    def get_position_for_symbol(self, symbol: str) -> Position | None:
-        return self._call(lambda ledger: ledger.get_position_for_symbol(symbol))
+    def get_position_for_symbol(self, symbol: str) -> SeedPosition | None:
+        return _seed_or_none(self.exact.get_position_for_symbol(symbol))
 
     def has_position_for_symbol(self, symbol: str) -> bool:
         return self._call(lambda ledger: ledger.has_position_for_symbol(symbol))
 
-    def get_session_summary(self) -> dict[str, object]:
-        """The seed's summary dict (Decimal values), plus the extra figures."""
-        summary = self._call(lambda ledger: ledger.session_summary())
-        return msgspec.structs.asdict(summary)
+    def get_session_summary(self) -> dict[str, SeedScalar | dict[str, SeedDict]]:
+        """The seed's summary dict (floats and ints, `json.dumps` takes it), plus the extra
+        figures (per_symbol a dict of dicts)."""
+        return seed_summary(self.exact.get_session_summary())
+
+    @property
+    def exact(self) -> ExactView:
+        """The same reads with the ledger's exact values: immutable Positions with Decimal
+        money and aware datetimes, and the SessionSummary struct."""
+        return ExactView(self)
 
     async def thread_safe_sync_with_bybit(
         self, exchange: object
-    ) -> tuple[list[Position], list[str]]:
+    ) -> tuple[list[SeedPosition], list[str]]:
         """The seed's sync with Bybit: returns (newly_opened, closed_ids).
 
         The fetches run with the caller's ccxt client (a ccxt.async_support.bybit) on the
@@ -296,7 +408,7 @@ class ThreadSafePositionManager:
         own loop, reached from a worker thread, so the caller's loop keeps running meanwhile.
         Unlike the seed, a failed fetch is not hidden as ([], []): it raises ExchangeError
         (ExchangeAuthError for refused keys) and the ledger is unchanged. The client is not
-        closed.
+        closed. It waits while a `trading()` block is held.
         """
         from ledger.exchange.ccxt_client import ExchangeGateway
         from ledger.exchange.sync import ExchangeSync
@@ -305,9 +417,160 @@ class ThreadSafePositionManager:
             self._exchange_sync = ExchangeSync(self.settings)
         syncer = self._exchange_sync
         gateway = ExchangeGateway(exchange, owns_client=False)
-        book = await anyio.to_thread.run_sync(lambda: self._call(lambda ledger: ledger.book.copy()))
-        snapshot = await syncer.fetch(gateway, book)
-        outcome = await anyio.to_thread.run_sync(
-            lambda: self._acall(lambda ledger: syncer.apply(ledger, snapshot))
+        async with self.trading():
+            book = await anyio.to_thread.run_sync(
+                lambda: self._call(lambda ledger: ledger.book.copy())
+            )
+            snapshot = await syncer.fetch(gateway, book)
+            outcome = await anyio.to_thread.run_sync(
+                lambda: self._acall(lambda ledger: syncer.apply(ledger, snapshot))
+            )
+        return [seed_position(p) for p in outcome.newly_opened], outcome.closed_ids
+
+
+class ExactView:
+    """A manager's reads with exact values (`manager.exact`)."""
+
+    def __init__(self, manager: ThreadSafePositionManager) -> None:
+        self._manager = manager
+
+    def get_active_positions(self) -> list[Position]:
+        return self._manager._call(lambda ledger: ledger.active_positions())
+
+    def get_closed_positions(self) -> list[Position]:
+        return self._manager._call(lambda ledger: ledger.closed_positions())
+
+    def get_position(self, position_id: str) -> Position | None:
+        """An open position by id."""
+        return self._manager._call(lambda ledger: ledger.book.open.get(position_id))
+
+    def get_position_for_symbol(self, symbol: str) -> Position | None:
+        return self._manager._call(lambda ledger: ledger.get_position_for_symbol(symbol))
+
+    def get_session_summary(self) -> SessionSummary:
+        return self._manager._call(lambda ledger: ledger.session_summary())
+
+
+class _TradingLock:
+    """A lock that can be taken in one thread and given back in another (the async path takes
+    it from a worker thread), and that says how many are waiting for it."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._held = False
+        self.waiting = 0
+
+    def acquire(self) -> None:
+        with self._condition:
+            self.waiting += 1
+            try:
+                while self._held:
+                    self._condition.wait()
+            finally:
+                self.waiting -= 1
+            self._held = True
+
+    def release(self) -> None:
+        with self._condition:
+            self._held = False
+            self._condition.notify()
+
+
+class Trading:
+    """`with` / `async with` holding a manager's trading lock (see
+    ThreadSafePositionManager.trading). Not re-entrant: a sync inside the block waits for ever."""
+
+    def __init__(self, lock: _TradingLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._lock.release()
+
+    async def __aenter__(self) -> None:
+        acquired = False
+
+        def take() -> None:
+            nonlocal acquired
+            self._lock.acquire()
+            acquired = True
+
+        # the event loop keeps running while this waits; a cancellation waits for the thread,
+        # so `acquired` says for sure whether there is a lock to give back
+        try:
+            await anyio.to_thread.run_sync(take)
+        except BaseException:
+            if acquired:
+                self._lock.release()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._lock.release()
+
+
+def _seed_or_none(position: Position | None) -> SeedPosition | None:
+    return None if position is None else seed_position(position)
+
+
+def _optional_time(field: str, raw: object) -> datetime | None:
+    """A caller's time: an ISO 8601 string or a datetime, naive taken as UTC; raises
+    InvalidValue."""
+    if raw is None:
+        return None
+    if isinstance(raw, datetime):
+        return utc(raw)
+    if isinstance(raw, str):
+        try:
+            return parse_time(raw)
+        except InvalidValue:
+            raise InvalidValue(field, raw, "expected ISO 8601, e.g. 2025-01-07T17:00:00") from None
+    raise InvalidValue(field, raw, "expected an ISO 8601 string or a datetime")
+
+
+# A seed caller's roe_percentage agrees with the ledger's when it is this close (it was
+# computed in binary floats by the caller).
+_ROE_TOLERANCE = Decimal("1e-6")
+
+
+def _first_mark(command: OpenPosition, kwargs: dict[str, object]) -> PositionMarked | None:
+    """The mark a create's current_price / unrealized_pnl / roe_percentage make, checked
+    against each other; None when they say nothing beyond the entry."""
+    current = optional_decimal("current_price", kwargs.get("current_price"))
+    if current is not None:
+        current = positive("current_price", current)
+    unrealized = optional_decimal("unrealized_pnl", kwargs.get("unrealized_pnl"))
+    roe = optional_decimal("roe_percentage", kwargs.get("roe_percentage"))
+    price = command.entry_price if current is None else current
+    derived_pnl = price_pnl(command.side, command.qty, command.entry_price, price)
+    pnl = derived_pnl if unrealized is None else unrealized
+    leverage = command.leverage
+    valid_leverage = isinstance(leverage, int) and not isinstance(leverage, bool) and leverage > 0
+    if roe is not None and valid_leverage:  # a bad leverage is refused by decide()
+        margin = initial_margin(
+            command.qty, command.entry_price, command.leverage, command.real_initial_margin
         )
-        return outcome.newly_opened, outcome.closed_ids
+        derived = roe_pct(pnl, margin)
+        if abs(derived - roe) > _ROE_TOLERANCE * max(Decimal(1), abs(derived)):
+            raise InvalidValue(
+                "roe_percentage", kwargs.get("roe_percentage"),
+                f"the ledger derives {derived:.6f} from unrealized_pnl and the margin",
+            )  # fmt: skip
+    if price == command.entry_price and pnl == derived_pnl:
+        return None
+    return PositionMarked(
+        position_id=command.position_id,
+        mark_price=price,
+        unrealized_pnl=None if unrealized is None or unrealized == derived_pnl else unrealized,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -11,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
@@ -28,6 +29,7 @@ from ledger.commands import (
 )
 from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
 from ledger.errors import (
+    ImportRejected,
     InvalidValue,
     LedgerError,
     SnapshotError,
@@ -38,15 +40,18 @@ from ledger.errors import (
 from ledger.events import AnyEvent, stream_of
 from ledger.rules import decide
 from ledger.settings import Settings
-from ledger.snapshot_file import read_file, write_atomic
+from ledger.snapshot_file import file_identity, move_aside, read_file, write_atomic
 from ledger.store.base import EventStore
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side, optional_decimal, positive, to_decimal
 from projections.book import Book
 from projections.pnl import qty_from_notional
 from projections.positions import Position
-from projections.snapshot import decode_snapshot, encode_snapshot
+from projections.snapshot import decode_snapshot, encode_snapshot, written_by_ledger
 from projections.stats import SessionSummary
+
+if TYPE_CHECKING:
+    from ledger.seed_import import ImportPlan
 
 log = logging.getLogger("ledger")
 
@@ -126,13 +131,15 @@ class Ledger:
         self._snapshot_running = False
         self._snapshot_lock = anyio.Lock()
         self.rebuilt_on_start = False
+        # what the file looked like when this ledger last wrote or verified it
+        self._own_file: tuple[int, int, int, int] | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Ledger:
         await self.store.open()
         try:
-            await self._load()
+            seed_file = await self._load()
             send, receive = anyio.create_memory_object_stream[_Job](max_buffer_size=10_000)
             self._task_group = anyio.create_task_group()
             await self._task_group.__aenter__()
@@ -142,6 +149,12 @@ class Ledger:
         self._send = send
         self._task_group.start_soon(self._writer, receive)
         self._task_group.start_soon(self._snapshot_timer)
+        if seed_file is not None:
+            try:
+                await self._import_seed_file(*seed_file)
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
         return self
 
     async def __aexit__(
@@ -167,44 +180,151 @@ class Ledger:
                 try:
                     if self._book.last_seq != self._snapshot_seq:
                         await self.write_snapshot()
+                except SnapshotError:
+                    pass  # logged; positions.json is a cache and the log is intact
                 finally:
                     await self.store.close()
         return None
 
-    async def _load(self) -> None:
-        """Snapshot + tail when the snapshot matches the log; otherwise a full rebuild."""
-        book = await self._trusted_snapshot()
+    async def _load(self) -> tuple[ImportPlan, bytes] | None:
+        """Snapshot + tail when the snapshot matches the log; otherwise a full rebuild.
+
+        A positions.json this ledger did not write is never overwritten: a seed bot's file
+        found beside an empty log is returned to be imported once the writer runs; any other
+        one is moved aside under a timestamped name, with a warning saying where.
+        """
+        raw, unreadable = await self._read_positions_file()
+        book: Book | None = None
+        mark = None if raw is None else written_by_ledger(raw)
+        if raw is not None and mark is not None:
+            book = await self._trusted_snapshot(raw, mark)
         self.rebuilt_on_start = book is None
         if book is None:
             book = Book()
         async for page in self.store.iterate(after_seq=book.last_seq):
             book.apply_all(page)
         self._book = book
+        if unreadable is not None:
+            await self._move_aside("unreadable", unreadable)
+        elif raw is not None and mark is None:
+            seed_file = await self._seed_file(raw)
+            if seed_file is not None:
+                return seed_file
         if self.rebuilt_on_start:
-            await self.write_snapshot()
+            await self._snapshot_quietly()
+        return None
 
-    async def _trusted_snapshot(self) -> Book | None:
-        raw = await anyio.to_thread.run_sync(read_file, self.snapshot_path)
+    async def _read_positions_file(self) -> tuple[bytes | None, str | None]:
+        """The file's bytes (None when there is none), or why it cannot be read."""
+        path = self.snapshot_path
+        try:
+            raw = await anyio.to_thread.run_sync(read_file, path)
+        except OSError as exc:
+            if path.exists() and not path.is_file():
+                # not a file we could ever have written: left alone; write_snapshot reports it
+                log.error("%s is not a regular file: positions.json cannot be written", path)
+                return None, None
+            return None, f"cannot be read: {exc.strerror or exc}"
         if raw is None:
-            log.info("no snapshot at %s: building the book from the log", self.snapshot_path)
+            log.info("no snapshot at %s: building the book from the log", path)
+        return raw, None
+
+    async def _trusted_snapshot(self, raw: bytes, mark: tuple[int, str]) -> Book | None:
+        """The book of a positions.json this ledger wrote, if it matches the log."""
+        path = self.snapshot_path
+        seq, digest = mark
+        stored = GENESIS_HASH if seq == 0 else await self.store.hash_at(seq)
+        if stored != digest:
+            # written by a ledger, but of a history this log does not hold (another log, or
+            # a log lost or rolled back): the only record of it may be this file
+            await self._move_aside(
+                "orphan", f"its seq {seq} and hash do not match this log's history"
+            )
             return None
+        self._own_file = await anyio.to_thread.run_sync(file_identity, path)
         try:
             book = decode_snapshot(raw)
         except SnapshotError as exc:
-            log.warning(
-                "ignoring snapshot %s (%s): rebuilding from the log", self.snapshot_path, exc
-            )
-            return None
-        stored = GENESIS_HASH if book.last_seq == 0 else await self.store.hash_at(book.last_seq)
-        if stored != book.last_hash:
-            log.warning(
-                "snapshot %s does not match the log at seq %d: rebuilding from the log",
-                self.snapshot_path,
-                book.last_seq,
-            )
+            log.warning("ignoring snapshot %s (%s): rebuilding from the log", path, exc)
             return None
         self._snapshot_seq = book.last_seq
         return book
+
+    async def _seed_file(self, raw: bytes) -> tuple[ImportPlan, bytes] | None:
+        """A seed bot's positions.json: planned for import into an empty log, else moved
+        aside (and no import planned)."""
+        # imported here: the importer appends through this class
+        from ledger.seed_import import plan_import
+
+        try:
+            plan = plan_import(raw, self.snapshot_path.name, limits=self._limits)
+        except (ImportRejected, RecursionError) as exc:
+            why = f"is neither an intact snapshot of this ledger nor a seed file ({exc})"
+            await self._move_aside("unreadable", why)
+            return None
+        sha = plan.report.file_sha256
+        if self._book.last_seq == 0:
+            return plan, raw
+        if sha in self._book.imported_files:
+            where = await self._move_aside("seed", None)
+            log.info("%s was imported into this log before; kept as %s", sha[:12], where)
+        else:
+            await self._move_aside(
+                "seed",
+                f"a seed bot's file, not imported: the log already holds {self._book.last_seq} "
+                "events (`ledger import` it into a new log to read it)",
+            )
+        return None
+
+    async def _import_seed_file(self, plan: ImportPlan, raw: bytes) -> None:
+        """Import a seed bot's positions.json found at start-up (idempotent by its sha256),
+        keep the original beside it as positions.seed-<stamp>.json, write our own."""
+        from ledger.seed_import import import_seed
+
+        report = plan.report
+        if report.file_sha256 not in self._book.imported_files:
+            await import_seed(self, plan)
+        skipped = len(report.unreadable)
+        where = await self._move_aside("seed", None)
+        log.warning(
+            "imported the seed bot's %s (sha256 %s): %d open and %d closed positions as seq "
+            "%d..%d%s; the original is kept as %s",
+            self.snapshot_path,
+            report.file_sha256[:16],
+            report.open_positions,
+            report.closed_positions,
+            report.first_seq,
+            report.last_seq,
+            f"; {skipped} record(s) could not be read (`ledger import --dry-run` lists them)"
+            if skipped
+            else "",
+            where,
+        )
+        await self._snapshot_quietly()
+
+    async def _move_aside(self, kind: str, why: str | None) -> Path | None:
+        """Rename positions.json out of the way (WARNING with the reason and the new name,
+        when why is given); None when it cannot be moved (it is then left as it is)."""
+        path = self.snapshot_path
+        try:
+            moved = await anyio.to_thread.run_sync(move_aside, path, kind, self._clock())
+        except OSError as exc:
+            log.error(
+                "%s %s, and cannot be moved aside (%s): it is left alone and positions.json "
+                "will not be written",
+                path,
+                why or "is not ours",
+                exc,
+            )
+            return None
+        if why is not None:
+            log.warning("%s %s: moved it to %s (nothing overwritten)", path, why, moved)
+        return moved
+
+    async def _snapshot_quietly(self) -> None:
+        """write_snapshot where a failure only costs the cache (it is logged there)."""
+        with contextlib.suppress(SnapshotError):
+            await self.write_snapshot()
 
     # -- the writer ---------------------------------------------------------------------
 
@@ -327,9 +447,7 @@ class Ledger:
 
     async def _background_snapshot(self) -> None:
         try:
-            await self.write_snapshot()
-        except OSError as exc:
-            log.error("snapshot to %s failed: %s (the log is intact)", self.snapshot_path, exc)
+            await self._snapshot_quietly()
         finally:
             self._snapshot_running = False
 
@@ -340,19 +458,47 @@ class Ledger:
                 self._start_background_snapshot()
 
     async def write_snapshot(self) -> Path:
-        """Write positions.json for the book as it stands now; returns its path."""
+        """Write positions.json for the book as it stands now; returns its path.
+
+        A file at that path that this ledger did not write (a seed bot still running, a hand
+        edit) is moved aside first, never overwritten. Raises SnapshotError (logged) when the
+        file cannot be written; the ledger goes on working without it.
+        """
         async with self._snapshot_lock:
             # the live book only ever holds committed events, applied without an await in
             # between, so a copy taken here is a state the log really had
             book = self._book.copy()
             saved_at = self._clock()
             path = self.snapshot_path
-            await anyio.to_thread.run_sync(
-                lambda: write_atomic(path, encode_snapshot(book, saved_at))
-            )
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: self._write_guarded(path, encode_snapshot(book, saved_at))
+                )
+            except (OSError, SnapshotError) as exc:
+                error = exc if isinstance(exc, SnapshotError) else _snapshot_error(path, exc)
+                log.error("%s (the log is intact)", error)
+                raise error from exc
             self._snapshot_seq = book.last_seq
             self._snapshot_at = time.monotonic()
             return path
+
+    def _write_guarded(self, path: Path, data: bytes) -> None:
+        """write_atomic, once the file there is known to be ours (runs in a worker thread)."""
+        found = file_identity(path)
+        if found is not None and found != self._own_file:
+            if not path.is_file():
+                raise SnapshotError(f"cannot write {path}: it is not a regular file")
+            raw = read_file(path)
+            if raw is not None and written_by_ledger(raw) is None:
+                moved = move_aside(path, "foreign", self._clock())
+                log.warning(
+                    "%s was replaced by a file this ledger did not write: moved it to %s "
+                    "(nothing overwritten)",
+                    path,
+                    moved,
+                )
+        write_atomic(path, data)
+        self._own_file = file_identity(path)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -572,6 +718,12 @@ class Ledger:
         for old in kept[: -self.settings.backup_retention]:
             old.unlink()
         return target
+
+
+def _snapshot_error(path: Path, exc: OSError) -> SnapshotError:
+    """The OS error of a failed positions.json write, in one line that names the file."""
+    reason = exc.strerror or type(exc).__name__
+    return SnapshotError(f"cannot write {path}: {reason}")
 
 
 def _qty(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -36,3 +37,35 @@ def read_file(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+def file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime in ns) of the file at path, None when there is none: what
+    tells the ledger that the file is still the one it wrote last."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def move_aside(path: Path, kind: str, at: datetime) -> Path:
+    """Rename path to `<stem>.<kind>-<UTC stamp><suffix>` beside it, never replacing a file
+    already there; returns the new path. Raises OSError (the file is then where it was)."""
+    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):
+        extra = "" if n == 1 else f"-{n}"
+        target = path.with_name(f"{path.stem}.{kind}-{stamp}{extra}{path.suffix}")
+        try:
+            # a hard link fails if the name is taken, where a rename would replace it
+            os.link(path, target)
+        except FileExistsError:
+            continue
+        except OSError:
+            if target.exists():
+                continue
+            os.rename(path, target)  # no hard links on this filesystem
+            return target
+        os.unlink(path)
+        return target
+    raise FileExistsError(f"no free name beside {path} to move it aside")

@@ -88,6 +88,30 @@ def _checksum_ok(data: bytes) -> bool:
     return hashlib.sha256(unsigned).hexdigest().encode("ascii") == claimed
 
 
+class _Position(msgspec.Struct):
+    """Where in a log a snapshot was taken: all start-up needs of an outdated one."""
+
+    format_version: int
+    last_seq: int
+    last_hash: str
+
+
+_position_decoder = msgspec.json.Decoder(_Position)
+
+
+def written_by_ledger(data: bytes) -> tuple[int, str] | None:
+    """(last_seq, last_hash) when data is a positions.json this ledger wrote, unedited (its
+    markers are there and its content_sha256 matches), whatever its format or projection
+    version; None for any other file (the seed's own, a hand-edited one, garbage)."""
+    if not _checksum_ok(data):
+        return None
+    try:
+        marks = _position_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return marks.last_seq, marks.last_hash
+
+
 def decode_snapshot(data: bytes) -> Book:
     """The book a positions.json holds; raises SnapshotError if it is not one of ours."""
     if not _checksum_ok(data):

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "projections.*": 1,
     "ledger.rules": 1,
     "ledger.audit_rules": 1,
+    "ledger.seed_edge": 1,
     # importing any exchange module runs the package's __init__: keep it as light as L1
     "ledger.exchange": 1,
     "ledger.exchange.observations": 1,

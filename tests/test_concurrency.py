@@ -9,6 +9,7 @@ from sleeps.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -22,7 +23,6 @@ from typing import Any
 
 import aiosqlite
 import anyio
-import msgspec
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
@@ -35,6 +35,7 @@ from ledger.errors import (
     PositionAlreadyClosed,
 )
 from ledger.events import PositionClosed, PositionOpened
+from ledger.seed_edge import SeedPosition
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.base import StoreTransaction
@@ -98,9 +99,9 @@ def check_manager_matches_log(manager: ThreadSafePositionManager, db: Path) -> A
     """The manager's live views equal a serial replay of the log, which audits clean."""
     audit = anyio.run(audit_log, db)
     fold = audit.fold
-    assert manager.get_active_positions() == list(fold.open.values())
-    assert manager.get_closed_positions() == list(fold.closed.values())
-    assert manager.get_session_summary() == msgspec.structs.asdict(fold.summary())
+    assert manager.exact.get_active_positions() == list(fold.open.values())
+    assert manager.exact.get_closed_positions() == list(fold.closed.values())
+    assert manager.exact.get_session_summary() == fold.summary()
     return audit
 
 
@@ -484,8 +485,8 @@ def test_manager_called_from_asyncio_tasks_does_not_deadlock(
 def test_returned_positions_are_snapshots(manager: ThreadSafePositionManager) -> None:
     pid = manager.thread_safe_create_position(**open_kwargs("SNAPUSDT", size=500))
     before = manager.get_position(pid)
-    assert isinstance(before, Position)
-    encoded = msgspec.json.encode(before)
+    assert isinstance(before, SeedPosition)
+    kept = dataclasses.asdict(before)
     active = manager.get_active_positions()
     summary = manager.get_session_summary()
 
@@ -494,24 +495,32 @@ def test_returned_positions_are_snapshots(manager: ThreadSafePositionManager) ->
     after = manager.get_position(pid)
     assert after is not None and after.current_price == 120 and len(after.partial_exits) == 1
 
-    assert msgspec.json.encode(before) == encoded, "a returned Position changed under the caller"
-    assert before.current_price == 100 and before.partial_exits == () and before.qty == 5
+    assert dataclasses.asdict(before) == kept, "a returned position changed under the caller"
+    assert before.current_price == 100 and before.partial_exits == [] and before.qty == 5
     assert active == [before]
     assert summary["active_positions"] == 1 and summary["unrealized_pnl"] == 0
-    with pytest.raises(AttributeError):
-        setattr(before, "qty", Decimal(1))  # noqa: B010  (frozen: mypy would refuse the plain form)
 
-    # what the caller does to returned containers does not reach the ledger
+    # what the caller does to what it got does not reach the ledger
+    after.qty = 1.0
+    after.partial_exits[0]["realized_pnl"] = 1e9
+    after.partial_exits.clear()
     active.clear()
     summary["active_positions"] = 99
-    assert manager.get_active_positions() == [after]
+    fresh = manager.get_position(pid)
+    assert fresh is not None and fresh.qty == 3.5 and len(fresh.partial_exits) == 1
+    assert fresh.partial_exits[0]["realized_pnl"] == 15.0
+    assert manager.get_active_positions() == [fresh]
     assert manager.get_session_summary()["active_positions"] == 1
+    # the exact views are immutable
+    exact = manager.exact.get_position(pid)
+    assert isinstance(exact, Position)
+    with pytest.raises(AttributeError):
+        setattr(exact, "qty", Decimal(1))  # noqa: B010  (frozen: mypy would refuse the plain form)
 
     assert manager.close_position(pid, "done", exit_price=115)
-    assert msgspec.json.encode(before) == encoded
-    assert after.is_open and after.close_time is None
+    assert fresh.status == "open" and fresh.close_time is None
     [closed] = manager.get_closed_positions()
-    assert not closed.is_open and closed.partial_exits == after.partial_exits
+    assert closed.status == "closed" and closed.partial_exits == fresh.partial_exits
 
 
 def test_manager_rejections_append_nothing_under_races(

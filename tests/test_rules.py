@@ -516,8 +516,8 @@ def test_manager_seed_example(manager: ThreadSafePositionManager) -> None:
     position = manager.get_position(position_id)
     assert position is not None
     assert position.position_size == 200
-    assert [e.realized_pnl for e in position.partial_exits] == [15, 30]
-    assert [e.size for e in position.partial_exits] == [150, 150]
+    assert [e["realized_pnl"] for e in position.partial_exits] == [15, 30]
+    assert [e["size"] for e in position.partial_exits] == [150, 150]
     summary = manager.get_session_summary()
     assert summary["total_realized_pnl"] == 45
     assert manager.register_partial_exit(position_id, 200.0, 120.0, None, "rest")
@@ -531,4 +531,4 @@ def test_manager_keeps_a_given_realized_pnl(manager: ThreadSafePositionManager) 
     assert manager.register_partial_exit(position_id, 150.0, 110.0, 15.0, "partial")
     position = manager.get_position(position_id)
     assert position is not None
-    assert position.partial_exits[0].realized_pnl == 15
+    assert position.partial_exits[0]["realized_pnl"] == 15

@@ -22,7 +22,13 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from ledger.errors import CommandRejected, ExchangeAuthError, ExchangeError, StoreError
+from ledger.errors import (
+    CommandRejected,
+    ExchangeAuthError,
+    ExchangeError,
+    SnapshotError,
+    StoreError,
+)
 from ledger.events import PositionIncreased, PositionMarked, PositionOpened
 from ledger.exchange.exit_rules import ExitOrder, ExitRule, due_exits, parse_rules
 from ledger.exchange.sync import ExchangeSync, Gateway, WatchingGateway
@@ -166,7 +172,7 @@ class BotService:
         try:
             path = await self.ledger.write_snapshot()
             log.info("service stopped (%s); snapshot written to %s", self.stop_reason, path)
-        except OSError as exc:
+        except (OSError, SnapshotError) as exc:
             log.error("final snapshot failed: %s (the log is intact)", exc)
         if self.gateway is not None and self.close_gateway:
             close = getattr(self.gateway, "close", None)
@@ -222,7 +228,7 @@ class BotService:
     async def _snapshot(self) -> None:
         try:
             await self.ledger.write_snapshot()
-        except OSError as exc:
+        except (OSError, SnapshotError) as exc:
             log.error("snapshot failed: %s (the log is intact)", exc)
 
     async def _rules_loop(self) -> None:
