@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def seed_file_from_code(folder: Path) -> bytes:
     return path.read_bytes()
 
 
-SEED_FILES = {
+SEED_FILES: dict[str, Callable[[Path], bytes]] = {
     "the seed's documented example": lambda folder: SEED_EXAMPLE.encode(),
     "a file written by the seed's code": seed_file_from_code,
 }
@@ -194,7 +195,7 @@ async def test_a_seed_file_beside_a_log_with_events_is_moved_aside(
     assert any(str(kept) in w and "not imported" in w for w in warnings), warnings
 
 
-UNREADABLE = {
+UNREADABLE: dict[str, Callable[[], bytes]] = {
     "truncated example": lambda: SEED_EXAMPLE.encode()[: len(SEED_EXAMPLE) // 2],
     "not JSON": lambda: b"\x00\xffpositions",
     "a JSON list": lambda: b"[1, 2, 3]",
