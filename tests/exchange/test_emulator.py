@@ -240,6 +240,9 @@ async def test_leverage_and_position_mode_through_ccxt(
     assert await client.fetch_open_orders(BTC) == []
 
 
+USDT_PERPS = [i for i in INSTRUMENTS if i.settle_coin == "USDT"]
+
+
 async def test_position_list_pages_by_cursor(ex: BybitEmulator, connect: MakeClient) -> None:
     client = connect()
     for instrument in INSTRUMENTS:
@@ -253,11 +256,13 @@ async def test_position_list_pages_by_cursor(ex: BybitEmulator, connect: MakeCli
         cursor = result["nextPageCursor"]
         if not cursor:
             break
-    assert [len(page) for page in pages] == [3, 3, 2]
-    assert [symbol for page in pages for symbol in page] == sorted(i.symbol for i in INSTRUMENTS)
+    # The last page still carries a cursor (position.mdx, the recorded fixture): the end is
+    # the empty page after it.
+    assert [len(page) for page in pages] == [3, 3, 2, 0]
+    assert [symbol for page in pages for symbol in page] == sorted(i.symbol for i in USDT_PERPS)
     # ccxt's own cursor pagination walks the same pages
     paginated = await client.fetch_positions(None, {"paginate": True, "limit": 3})
-    assert sorted(p["symbol"] for p in paginated) == sorted(i.ccxt_symbol for i in INSTRUMENTS)
+    assert sorted(p["symbol"] for p in paginated) == sorted(i.ccxt_symbol for i in USDT_PERPS)
 
 
 # -- balance, history, funding --------------------------------------------------------
@@ -267,7 +272,11 @@ async def test_fetch_balance_reflects_set_balance_and_margin(
     client = connect()
     ex.set_balance(5000, available=4000)
     balance = await client.fetch_balance()
-    assert (balance["USDT"]["total"], balance["USDT"]["free"]) == (5000, 4000)
+    account = balance["info"]["result"]["list"][0]
+    # Unified accounts: totalAvailableBalance; availableToWithdraw deprecated, "" (Jan 2025)
+    assert account["totalAvailableBalance"] == "4000"
+    assert account["coin"][0]["availableToWithdraw"] == ""
+    assert balance["USDT"]["total"] == 5000
 
     ex.set_balance(5000)
     ex.open_position(BTC, "buy", "0.1", 60000, leverage=10)
@@ -294,7 +303,7 @@ async def test_positions_history_after_manual_close(ex: BybitEmulator, connect: 
         "0.002",
     )
     assert Decimal(info["closedPnl"]) == record.closed_pnl == Decimal("1.8889")
-    assert info["createdTime"] == info["updatedTime"] == str(record.created_ms)
+    assert info["createdTime"] == info["updatedTime"] == str(record.created_ms)  # no delay
     assert history["realizedPnl"] == float(record.closed_pnl)
 
 
@@ -490,7 +499,7 @@ async def _next_positions(client: Client) -> asyncio.Task[Any]:
     return task
 
 
-async def test_watch_positions_receives_mark_and_close_updates(
+async def test_watch_positions_sees_order_actions_but_not_marks(
     ex: BybitEmulator, connect: MakeClient
 ) -> None:
     client = connect(pro=True)
@@ -500,14 +509,52 @@ async def test_watch_positions_receives_mark_and_close_updates(
 
     update = await _next_positions(client)
     await ex.wait_for_subscribers("position")
-    ex.set_mark_price(BTC, 110)
-    [marked] = await asyncio.wait_for(update, 5)
-    assert (marked["markPrice"], marked["unrealizedPnl"], marked["entryPrice"]) == (110, 10, 100)
+    ex.set_mark_price(BTC, 110)  # no position push for a mark move ...
+    ex.set_trading_stop(BTC, "buy", take_profit=130)  # ... but one for an amend
+    [amended] = await asyncio.wait_for(update, 5)
+    assert (amended["markPrice"], amended["unrealizedPnl"], amended["entryPrice"]) == (110, 10, 100)
+    assert amended["takeProfitPrice"] == 130
 
     update = await _next_positions(client)
     ex.close_position(BTC, "buy", 120)
     [flat] = await asyncio.wait_for(update, 5)
     assert (flat["symbol"], flat["contracts"], flat["info"]["side"]) == (BTC, 0, "")
+
+
+async def test_an_order_action_pushes_the_position_several_times(ex: BybitEmulator) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{ex.ws_url}/v5/private") as ws,
+    ):
+        await ws.send_json({"op": "auth", "args": ["key", "1", "signature"]})
+        await ws.receive_json(timeout=5)
+        await ws.send_json({"op": "subscribe", "args": ["position"]})
+        await ws.receive_json(timeout=5)
+        ex.open_position(BTC, "buy", 1, 100)  # create + fill: two pushes
+        ex.set_mark_price(BTC, 101)  # none
+        ex.set_trading_stop(BTC, "buy", take_profit=150, stop_loss=90)  # amend: one
+        ex.close_position(BTC, "buy", 105)  # create + fill + 2 TP/SL cancels: four, flat
+        ex.open_position(BTC, "buy", 2, 100)  # a marker: the pushes before it are all there
+        sizes: list[str] = []
+        while len(sizes) < 9:
+            message = await ws.receive_json(timeout=5)
+            sizes += [row["size"] for row in message["data"]]
+    assert sizes == ["1", "1", "1", "0", "0", "0", "0", "2", "2"]
+
+
+async def test_watch_ticker_carries_the_mark(ex: BybitEmulator, connect: MakeClient) -> None:
+    client = connect(pro=True)
+    await client.load_markets()
+    first = asyncio.ensure_future(client.watch_ticker(BTC))
+    await ex.wait_for_subscribers("tickers.BTCUSDT")
+    ex.set_mark_price(BTC, 61234.5)
+    ticker = await asyncio.wait_for(first, 5)
+    assert ticker["markPrice"] == 61234.5 and ticker["info"]["markPrice"] == "61234.5"
+    many = asyncio.ensure_future(client.watch_tickers([BTC, "BTC/USDC:USDC"]))
+    await ex.wait_for_subscribers("tickers.BTCPERP")
+    ex.set_mark_price("BTC/USDC:USDC", 61240)
+    tickers = await asyncio.wait_for(many, 5)
+    assert tickers["BTC/USDC:USDC"]["markPrice"] == 61240
 
 
 async def test_watch_positions_reconnects_after_drop(
@@ -546,6 +593,185 @@ async def test_private_stream_protocol(ex: BybitEmulator) -> None:
         assert (await ws.receive_json(timeout=5))["success"] is True
         ex.open_position(BTC, "buy", 1, 100)
         position = await ws.receive_json(timeout=5)
+        assert (await ws.receive_json(timeout=5))["topic"] == "position"  # order create + fill
         execution = await ws.receive_json(timeout=5)
         assert (position["topic"], position["data"][0]["entryPrice"]) == ("position", "100")
         assert (execution["topic"], execution["data"][0]["execType"]) == ("execution", "Trade")
+
+
+# -- documented behaviours (docs/emulator.md cites the Bybit doc or fixture of each) -------
+USDC_BTC = "BTC/USDC:USDC"
+YEAR_MS = 365 * DAY_MS
+
+
+async def test_created_time_is_the_slots_first_position_open_time_the_current(
+    connect: MakeClient,
+) -> None:
+    clock = FakeClock(1_700_000_000_000)
+    async with BybitEmulator(clock=clock) as emulator:
+        client = connect(emulator)
+        first_open = clock.now_ms
+        emulator.open_position(BTC, "buy", 1, 100)
+        clock.now_ms += 60_000
+        emulator.close_position(BTC, "buy", 101)
+        [flat] = await _position_rows(client, "BTCUSDT")
+        assert (flat["createdTime"], flat["openTime"], flat["side"]) == (str(first_open), 0, "")
+        clock.now_ms += 60_000
+        emulator.open_position(BTC, "sell", 2, 100)  # a new position: createdTime stays
+        [row] = await _position_rows(client, "BTCUSDT")
+        assert (row["createdTime"], row["openTime"]) == (str(first_open), clock.now_ms)
+        assert isinstance(row["openTime"], int) and isinstance(row["createdTime"], str)
+
+        emulator.set_created_time("ETHUSDT", clock.now_ms - 3 * YEAR_MS)  # an old symbol
+        emulator.open_position("ETH/USDT:USDT", "buy", 1, 3000)
+        [eth] = await _position_rows(client, "ETHUSDT")
+        assert int(eth["createdTime"]) == clock.now_ms - 3 * YEAR_MS
+        assert eth["openTime"] == clock.now_ms
+
+
+async def _position_rows(client: Client, symbol: str) -> list[dict[str, Any]]:
+    params = {"category": "linear", "symbol": symbol}
+    rows: list[dict[str, Any]] = (await client.private_get_v5_position_list(params))["result"][
+        "list"
+    ]
+    return rows
+
+
+async def test_a_flip_closes_with_a_record_and_opens_anew(connect: MakeClient) -> None:
+    clock = FakeClock(1_700_000_000_000)
+    async with BybitEmulator(clock=clock) as emulator:
+        client = connect(emulator)
+        emulator.open_position("LTC/USDT:USDT", "buy", 2, 80)
+        opened = clock.now_ms
+        clock.now_ms += 1000
+        record, position = emulator.flip_position("LTC/USDT:USDT", "sell", 3, 85)
+        assert (record.side, record.closed_size, record.avg_exit_price) == (
+            "Sell",
+            Decimal(2),
+            Decimal(85),
+        )
+        [row] = await _position_rows(client, "LTCUSDT")
+        assert (row["side"], row["size"], row["avgPrice"]) == ("Sell", "3", "85")
+        assert (row["createdTime"], row["openTime"]) == (str(opened), clock.now_ms)
+        assert position.open_ms == clock.now_ms
+        with pytest.raises(ValueError, match="no opposite"):
+            emulator.flip_position("LTC/USDT:USDT", "sell", 1, 85)
+
+
+async def test_usdc_perpetuals_are_listed_under_usdc_only(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    markets = await client.load_markets()
+    # unmodified ccxt maps Bybit's BTCPERP to BTC/USDC:USDC from instruments-info
+    assert (markets[USDC_BTC]["id"], markets[USDC_BTC]["settle"]) == ("BTCPERP", "USDC")
+    assert markets[USDC_BTC]["linear"] and markets[USDC_BTC]["swap"]
+    ex.open_position(USDC_BTC, "sell", "0.01", 60000)
+    ex.open_position(BTC, "buy", "0.02", 60000)
+
+    def listed(settle: str) -> Any:
+        return client.private_get_v5_position_list({"category": "linear", "settleCoin": settle})
+
+    assert [r["symbol"] for r in (await listed("USDT"))["result"]["list"]] == ["BTCUSDT"]
+    assert [r["symbol"] for r in (await listed("USDC"))["result"]["list"]] == ["BTCPERP"]
+    [usdc] = await client.fetch_positions([USDC_BTC])
+    assert (usdc["symbol"], usdc["side"], usdc["contracts"]) == (USDC_BTC, "short", 0.01)
+    with pytest.raises(ExchangeError, match="symbol or settleCoin"):
+        await client.private_get_v5_position_list({"category": "linear"})
+    ex.close_position(USDC_BTC, "sell", 59000)  # realised in the USDC wallet
+    coins = {
+        c["coin"]: c for c in (await client.fetch_balance())["info"]["result"]["list"][0]["coin"]
+    }
+    assert Decimal(coins["USDC"]["walletBalance"]) == Decimal(10) - Decimal("0.33") - Decimal(
+        "0.3245"
+    )
+
+
+async def test_closed_pnl_is_written_a_delay_after_the_close(connect: MakeClient) -> None:
+    clock = FakeClock(1_700_000_000_000)
+    async with BybitEmulator(clock=clock, closed_pnl_delay_ms=3000) as emulator:
+        client = connect(emulator)
+        emulator.open_position(BTC, "buy", 1, 100)
+        closed_at = clock.now_ms
+        record = emulator.close_position(BTC, "buy", 110)
+        params = {"category": "linear"}
+        assert await _position_rows(client, "BTCUSDT") != []  # the position is flat already
+        assert (await client.private_get_v5_position_closed_pnl(params))["result"]["list"] == []
+        clock.now_ms += 2999
+        assert (await client.private_get_v5_position_closed_pnl(params))["result"]["list"] == []
+        clock.now_ms += 1
+        [row] = (await client.private_get_v5_position_closed_pnl(params))["result"]["list"]
+        assert (row["orderId"], row["createdTime"]) == (record.order_id, str(closed_at))
+        assert row["updatedTime"] == str(closed_at + 3000)
+
+
+async def test_closed_pnl_rows_with_and_without_fees(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    ex.open_position(BTC, "buy", 1, 100)
+    ex.reduce_position(BTC, "buy", "0.5", 110)
+    ex.set_closed_pnl_fees(False)  # the 2024 fixture's shape
+    ex.close_position(BTC, "buy", 120)
+    newest, oldest = (await client.private_get_v5_position_closed_pnl({"category": "linear"}))[
+        "result"
+    ]["list"]
+    assert (oldest["openFee"], oldest["closeFee"]) == ("0.0275", "0.03025")
+    assert "openFee" not in newest and "closeFee" not in newest
+    # closedPnl is net of both fees either way: 0.5 x 20 - 0.5 x 100 x 0.00055 - 0.5 x 120 x ...
+    assert Decimal(newest["closedPnl"]) == Decimal(10) - Decimal("0.0275") - Decimal("0.033")
+
+
+async def test_a_reduce_filled_in_two_parts_gives_two_rows_with_one_order_id(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    ex.open_position(BTC, "buy", "1.5", 100)
+    records = ex.reduce_in_parts(BTC, "buy", "1.5", 110, parts=2)  # the whole: a close
+    rows = (await client.private_get_v5_position_closed_pnl({"category": "linear"}))["result"][
+        "list"
+    ]
+    assert len(rows) == 2 and {r["orderId"] for r in rows} == {records[0].order_id}
+    assert sorted(Decimal(r["closedSize"]) for r in rows) == [Decimal("0.75"), Decimal("0.75")]
+    assert sum(Decimal(r["closedPnl"]) for r in rows) == sum(r.closed_pnl for r in records)
+    trades = (await client.private_get_v5_execution_list({"category": "linear"}))["result"]["list"]
+    assert len({t["execId"] for t in trades}) == 3  # the open and two closing fills
+    assert await client.fetch_positions() == []
+
+
+async def test_5100_history_rows_page_newest_first_100_a_page(connect: MakeClient) -> None:
+    clock = FakeClock(1_700_000_000_000)
+    async with BybitEmulator(clock=clock) as emulator:
+        client = connect(emulator)
+        emulator.add_closed_pnl_history(BTC, "buy", 5100, end_ms=clock.now_ms, spacing_ms=60_000)
+        emulator.add_funding_history(BTC, "buy", 30, "-0.5", end_ms=clock.now_ms)
+        stamps: list[int] = []
+        cursor, pages = "", 0
+        while True:
+            params = {"category": "linear", "limit": 500, "cursor": cursor}  # 500 clamps to 100
+            result = (await client.private_get_v5_position_closed_pnl(params))["result"]
+            pages += 1
+            if not result["list"]:
+                assert result["nextPageCursor"] == ""
+                break
+            assert len(result["list"]) <= 100 and result["nextPageCursor"]
+            stamps += [int(r["createdTime"]) for r in result["list"]]
+            cursor = result["nextPageCursor"]
+        assert pages == 52  # 51 full pages and the empty one
+        assert stamps == sorted(stamps, reverse=True) and len(set(stamps)) == 5100
+        funding = (
+            await client.private_get_v5_execution_list(
+                {"category": "linear", "execType": "Funding", "limit": 100}
+            )
+        )["result"]["list"]
+        assert len(funding) == 22  # 8-hourly rows in the default window, both ends included
+        assert len({f["execId"] for f in funding}) == 22
+        assert {f["execFee"] for f in funding} == {"0.5"}
+        with pytest.raises(ExchangeError, match="7 days"):
+            await client.private_get_v5_execution_list(
+                {
+                    "category": "linear",
+                    "startTime": clock.now_ms - 7 * DAY_MS - 1,
+                    "endTime": clock.now_ms,
+                }
+            )

@@ -294,6 +294,11 @@ async def live(b: Bench, task_status: anyio.abc.TaskStatus[None]) -> None:
     await b.sync.watch(b.ledger, b.gateway, fallback_interval=0.05, task_status=task_status)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 8 section 2: marks come from the public ticker stream; Bybit (and now the "
+    "emulator) sends no position push on a mark move, so the mark half of this test waits",
+)
 async def test_watch_positions_brings_an_external_close_in_well_under_a_second(
     tmp_path: Path,
 ) -> None:

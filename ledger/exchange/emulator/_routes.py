@@ -64,6 +64,7 @@ def _paginate(
     descending: bool,
     limit: int,
     cursor: str | None,
+    cursor_on_last_page: bool = True,
 ) -> tuple[list[_T], str]:
     ordered = sorted(rows, key=key, reverse=descending)
     if cursor:
@@ -73,8 +74,10 @@ def _paginate(
             raise ApiError(10001, "params error: cursor invalid") from None
         ordered = [r for r in ordered if (key(r) < mark if descending else key(r) > mark)]
     page = ordered[:limit]
-    if len(ordered) <= limit:
+    if not page or (len(ordered) <= limit and not cursor_on_last_page):
         return page, ""
+    # Bybit's nextPageCursor is non-empty on the last page too (the position fixture has one
+    # row and a cursor): the end is an empty page.
     return page, quote(",".join(str(part) for part in key(page[-1])), safe="")
 
 
@@ -147,6 +150,7 @@ class RestRoutes:
             descending=False,
             limit=_limit(params, 500, 1000),
             cursor=params.get("cursor"),
+            cursor_on_last_page=False,
         )
         return {
             "category": category,
@@ -249,8 +253,9 @@ class RestRoutes:
                 if symbol not in self.state.instruments:
                     raise ApiError(10001, "params error: symbol invalid")
                 positions = self.state.positions(symbol=symbol)
-            elif settle == "USDT":
-                positions = self.state.positions()
+            else:
+                # USDT and USDC contracts are both "linear"; each settle coin lists its own.
+                positions = self.state.positions(settle=settle)
         page, cursor = _paginate(
             positions,
             lambda p: (p.symbol, p.position_idx),
@@ -270,8 +275,8 @@ class RestRoutes:
         return self._linear_history(
             params,
             ("linear", "inverse"),
-            self.state.closed_pnl,
-            lambda r: (r.updated_ms, r.seq),
+            self.state.visible_closed_pnl(),
+            lambda r: (r.created_ms, r.seq),
             lambda r: not symbol or r.symbol == symbol,
             closed_pnl_row,
         )
@@ -281,6 +286,7 @@ class RestRoutes:
         exec_type = params.get("execType")
         order_id = params.get("orderId")
         base = params.get("baseCoin")
+        settle = params.get("settleCoin")
         return self._linear_history(
             params,
             ("spot", "linear", "inverse", "option"),
@@ -291,6 +297,7 @@ class RestRoutes:
                 and (not exec_type or e.exec_type == exec_type)
                 and (not order_id or e.order_id == order_id)
                 and (not base or self.state.instruments[e.symbol].base == base)
+                and (not settle or self.state.settle_coin(e.symbol) == settle)
             ),
             execution_row,
         )

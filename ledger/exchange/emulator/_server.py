@@ -52,6 +52,8 @@ class BybitEmulator(ControlApi):
         timeout_fault_seconds: float = 30.0,
         host: str = "127.0.0.1",
         instruments: Iterable[Instrument] = INSTRUMENTS,
+        closed_pnl_delay_ms: int = 0,
+        closed_pnl_fees: bool = True,
     ) -> None:
         self.state = ExchangeState(
             clock=clock,
@@ -59,6 +61,8 @@ class BybitEmulator(ControlApi):
             taker_fee_rate=taker_fee_rate,
             balance=balance,
             instruments=instruments,
+            closed_pnl_delay_ms=closed_pnl_delay_ms,
+            closed_pnl_fees=closed_pnl_fees,
         )
         self.requests: deque[RequestRecord] = deque(maxlen=10_000)
         self.unhandled: list[str] = []

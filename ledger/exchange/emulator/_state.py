@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Literal
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "NumberLike",
     "Position",
     "PositionSide",
+    "side_of",
     "to_decimal",
 ]
 
@@ -56,7 +57,7 @@ def _q8(value: Decimal) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class Instrument:
-    """A linear USDT perpetual the emulator lists."""
+    """A linear perpetual the emulator lists (USDT-settled, or USDC-settled like BTCPERP)."""
 
     symbol: str
     base: str
@@ -69,10 +70,15 @@ class Instrument:
     price_scale: int
     launch_ms: int
     default_mark: Decimal
+    settle: str = ""  # the settle coin; "" means the quote coin
+
+    @property
+    def settle_coin(self) -> str:
+        return self.settle or self.quote
 
     @property
     def ccxt_symbol(self) -> str:
-        return f"{self.base}/{self.quote}:{self.quote}"
+        return f"{self.base}/{self.quote}:{self.settle_coin}"
 
 
 def _instrument(
@@ -83,12 +89,16 @@ def _instrument(
     max_lev: str,
     mark: str,
     launch_ms: int,
+    *,
+    quote: str = "USDT",
 ) -> Instrument:
     tick_size = Decimal(tick)
     return Instrument(
-        symbol=f"{base}USDT",
+        # Bybit names USDC perpetuals BASEPERP (BTCPERP is ccxt's BTC/USDC:USDC).
+        symbol=f"{base}USDT" if quote == "USDT" else f"{base}PERP",
         base=base,
-        quote="USDT",
+        quote=quote,
+        settle=quote,
         tick_size=tick_size,
         qty_step=Decimal(step),
         min_qty=Decimal(step),
@@ -109,6 +119,8 @@ INSTRUMENTS: tuple[Instrument, ...] = (
     _instrument("LTC", "0.01", "0.1", "35000", "75", "80", 1_618_000_000_000),
     _instrument("SOL", "0.010", "0.1", "79770", "100", "150", 1_633_000_000_000),
     _instrument("XRP", "0.0001", "1", "6500000", "75", "0.5", 1_625_000_000_000),
+    _instrument("BTC", "0.5", "0.001", "1190", "100", "60000", 1_641_000_000_000, quote="USDC"),
+    _instrument("ETH", "0.05", "0.01", "7240", "100", "3000", 1_641_000_000_000, quote="USDC"),
 )
 
 
@@ -125,9 +137,12 @@ class Position:
     mark_price: Decimal
     cum_realised_pnl: Decimal
     cur_realised_pnl: Decimal
-    created_ms: int
+    created_ms: int  # the first-ever position on this slot (Bybit's createdTime)
+    open_ms: int  # the current position's open (Bybit's openTime); 0 when flat
     updated_ms: int
     seq: int
+    take_profit: Decimal | None = None
+    stop_loss: Decimal | None = None
 
     @property
     def is_open(self) -> bool:
@@ -172,8 +187,9 @@ class ClosedPnl:
     close_fee: Decimal
     leverage: Decimal
     created_ms: int
-    updated_ms: int
+    updated_ms: int  # when the record was written: `created_ms` + the configured delay
     seq: int
+    with_fees: bool = True  # whether the row lists openFee and closeFee
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +249,14 @@ class _Slot:
     cum_realised_pnl: Decimal
     cur_realised_pnl: Decimal
     created_ms: int
+    open_ms: int
     updated_ms: int
     seq: int
+    take_profit: Decimal | None = None
+    stop_loss: Decimal | None = None
 
 
-def _side_of(side: str) -> PositionSide:
+def side_of(side: str) -> PositionSide:
     lowered = side.lower()
     if lowered in ("buy", "long"):
         return "Buy"
@@ -265,8 +284,13 @@ class ExchangeState:
         taker_fee_rate: NumberLike = _DEFAULT_TAKER_FEE,
         balance: NumberLike = 10_000,
         instruments: Iterable[Instrument] = INSTRUMENTS,
+        closed_pnl_delay_ms: int = 0,
+        closed_pnl_fees: bool = True,
     ) -> None:
         self._clock = clock or (lambda: int(time.time() * 1000))
+        self.clock_skew_ms = 0
+        self.closed_pnl_delay_ms = closed_pnl_delay_ms
+        self.closed_pnl_fees = closed_pnl_fees
         self.hedge_mode = hedge_mode
         self.taker_fee_rate = to_decimal(taker_fee_rate)
         self.instruments: dict[str, Instrument] = {i.symbol: i for i in instruments}
@@ -281,27 +305,43 @@ class ExchangeState:
 
     # -- lookups ---------------------------------------------------------------------
     def now_ms(self) -> int:
-        return self._clock()
+        """The server's clock: `clock` plus the injected skew."""
+        return self._clock() + self.clock_skew_ms
 
     def symbol_id(self, symbol: str) -> str:
-        """Bybit id for "BTC/USDT:USDT" or "BTCUSDT"; raises ValueError when not listed."""
-        market_id = symbol.split(":")[0].replace("/", "") if "/" in symbol else symbol
-        market_id = market_id.upper()
+        """Bybit id for "BTC/USDT:USDT", "BTC/USDC:USDC" (BTCPERP) or "BTCUSDT".
+
+        Raises ValueError when not listed.
+        """
+        if "/" in symbol:
+            for instrument in self.instruments.values():
+                if instrument.ccxt_symbol == symbol.upper():
+                    return instrument.symbol
+            raise ValueError(f"unknown symbol {symbol!r}")
+        market_id = symbol.upper()
         if market_id not in self.instruments:
             raise ValueError(f"unknown symbol {symbol!r}")
         return market_id
 
+    def settle_coin(self, symbol: str) -> str:
+        return self.instruments[self.symbol_id(symbol)].settle_coin
+
     def mark_price(self, symbol: str) -> Decimal:
         return self._marks[self.symbol_id(symbol)]
 
-    def positions(self, *, symbol: str | None = None) -> list[Position]:
+    def positions(self, *, symbol: str | None = None, settle: str | None = None) -> list[Position]:
         """Position rows sorted by (symbol, positionIdx).
 
         With a symbol, every slot of the current mode is listed, flat ones included, as
-        Bybit does for a symbol query; without one, only open positions.
+        Bybit does for a symbol query; without one, only open positions (of the `settle`
+        coin when given).
         """
         if symbol is None:
-            rows = [self._snapshot(s) for s in self._slots.values() if s.size > 0]
+            rows = [
+                self._snapshot(s)
+                for s in self._slots.values()
+                if s.size > 0 and (settle is None or self.settle_coin(s.symbol) == settle)
+            ]
         else:
             market_id = self.symbol_id(symbol)
             rows = [
@@ -313,7 +353,9 @@ class ExchangeState:
         result: list[CoinBalance] = []
         for coin, wallet in self._wallet.items():
             settled = [
-                self._snapshot(s) for s in self._slots.values() if s.size > 0 and coin == "USDT"
+                self._snapshot(s)
+                for s in self._slots.values()
+                if s.size > 0 and self.settle_coin(s.symbol) == coin
             ]
             result.append(
                 CoinBalance(
@@ -354,14 +396,10 @@ class ExchangeState:
         market_id = self.symbol_id(symbol)
         mark = self._positive(price, "price")
         self._marks[market_id] = mark
-        now = self.now_ms()
-        changed: list[Position] = []
-        for slot in self._slots.values():
-            if slot.symbol == market_id and slot.size > 0:
-                slot.updated_ms = now
-                slot.seq = self._next_seq()
-                changed.append(self._snapshot(slot))
-        return changed
+        # A mark move re-values positions but is no position update: updatedTime and seq stay.
+        return [
+            self._snapshot(s) for s in self._slots.values() if s.symbol == market_id and s.size > 0
+        ]
 
     def set_balance(
         self, total: NumberLike, available: NumberLike | None = None, coin: str = "USDT"
@@ -401,7 +439,7 @@ class ExchangeState:
         position_idx: int | None = None,
     ) -> tuple[Position, Execution]:
         market_id = self.symbol_id(symbol)
-        order_side = _side_of(side)
+        order_side = side_of(side)
         amount = self._positive(qty, "qty")
         fill = self._positive(price, "price")
         idx = self._index_for(order_side, position_idx)
@@ -418,7 +456,7 @@ class ExchangeState:
             slot.size = amount
             slot.open_fee = _ZERO
             slot.cur_realised_pnl = _ZERO
-            slot.created_ms = now
+            slot.open_ms = now  # createdTime stays: it is the slot's first-ever position
         else:
             total = slot.size + amount
             slot.avg_price = _q8((slot.size * slot.avg_price + amount * fill) / total)
@@ -441,27 +479,159 @@ class ExchangeState:
         )
         return self._snapshot(slot), execution
 
-    def reduce_position(
-        self, symbol: str, side: str, qty: NumberLike, price: NumberLike
-    ) -> tuple[Position, ClosedPnl, Execution]:
+    def order_slot(self, symbol: str, side: str, *, closing: bool) -> Position:
+        """The slot an order on `side` acts on, as it is before the order fills.
+
+        `closing` names the open position's side (a reduce or close of it); otherwise the
+        slot an opening order of that side goes to. Raises ValueError like the mutators.
+        """
         market_id = self.symbol_id(symbol)
-        slot = self._open_slot(market_id, _side_of(side))
+        order_side = side_of(side)
+        if closing:
+            return self._snapshot(self._open_slot(market_id, order_side))
+        idx = self._index_for(order_side, None)
+        return self._snapshot(self._slot(market_id, idx, create=True))
+
+    def reduce_position(
+        self, symbol: str, side: str, qty: NumberLike, price: NumberLike, *, parts: int = 1
+    ) -> tuple[Position, list[ClosedPnl], list[Execution]]:
+        """Reduce the `side` position; one order filled in `parts` fills, each with its own
+        closed-pnl row and execution, all sharing one orderId."""
+        market_id = self.symbol_id(symbol)
+        slot = self._open_slot(market_id, side_of(side))
         amount = self._positive(qty, "qty")
         if amount > slot.size:
             raise ValueError(f"cannot reduce {amount} from a {slot.size} {market_id} position")
-        return self._close(slot, amount, self._positive(price, "price"))
+        return self._close_in_parts(slot, amount, self._positive(price, "price"), parts)
 
     def close_position(
-        self, symbol: str, side: str, price: NumberLike
-    ) -> tuple[Position, ClosedPnl, Execution]:
+        self, symbol: str, side: str, price: NumberLike, *, parts: int = 1
+    ) -> tuple[Position, list[ClosedPnl], list[Execution]]:
         market_id = self.symbol_id(symbol)
-        slot = self._open_slot(market_id, _side_of(side))
-        return self._close(slot, slot.size, self._positive(price, "price"))
+        slot = self._open_slot(market_id, side_of(side))
+        return self._close_in_parts(slot, slot.size, self._positive(price, "price"), parts)
+
+    def set_trading_stop(
+        self,
+        symbol: str,
+        side: str,
+        *,
+        take_profit: NumberLike | None = None,
+        stop_loss: NumberLike | None = None,
+    ) -> Position:
+        """Set (or with None clear) the TP/SL orders of the open `side` position."""
+        slot = self._open_slot(self.symbol_id(symbol), side_of(side))
+        slot.take_profit = None if take_profit is None else self._positive(take_profit, "price")
+        slot.stop_loss = None if stop_loss is None else self._positive(stop_loss, "price")
+        slot.updated_ms = self.now_ms()
+        slot.seq = self._next_seq()
+        return self._snapshot(slot)
+
+    def set_created_time(self, symbol: str, created_ms: int) -> list[Position]:
+        """Backdate the symbol's slots: their first-ever position was at `created_ms`."""
+        market_id = self.symbol_id(symbol)
+        changed = []
+        for idx in self._indices():
+            slot = self._slot(market_id, idx, create=True)
+            slot.created_ms = created_ms
+            changed.append(self._snapshot(slot))
+        return changed
+
+    def add_closed_pnl_history(
+        self, symbol: str, side: str, count: int, *, end_ms: int, spacing_ms: int
+    ) -> list[ClosedPnl]:
+        """`count` closed-pnl rows of earlier trades (1 contract-step each, +1 tick of PnL),
+        the newest at `end_ms`, `spacing_ms` apart; positions and the wallet are untouched."""
+        market_id = self.symbol_id(symbol)
+        instrument = self.instruments[market_id]
+        closing = _opposite(side_of(side))
+        qty = instrument.qty_step
+        entry = instrument.default_mark
+        exit_price = (
+            entry + instrument.tick_size if closing == "Sell" else entry - instrument.tick_size
+        )
+        fee_in = _q8(qty * entry * self.taker_fee_rate)
+        fee_out = _q8(qty * exit_price * self.taker_fee_rate)
+        pnl = _q8(instrument.tick_size * qty) - fee_in - fee_out
+        records = []
+        for n in range(count):
+            created = end_ms - (count - 1 - n) * spacing_ms
+            record = ClosedPnl(
+                symbol=market_id,
+                order_id=str(uuid.uuid4()),
+                side=closing,
+                qty=qty,
+                closed_size=qty,
+                avg_entry_price=entry,
+                avg_exit_price=exit_price,
+                closed_pnl=pnl,
+                cum_entry_value=_q8(entry * qty),
+                cum_exit_value=_q8(exit_price * qty),
+                open_fee=fee_in,
+                close_fee=fee_out,
+                leverage=Decimal(10),
+                created_ms=created,
+                updated_ms=created,
+                seq=self._next_seq(),
+                with_fees=self.closed_pnl_fees,
+            )
+            records.append(record)
+        self.closed_pnl.extend(records)
+        return records
+
+    def add_funding_history(
+        self,
+        symbol: str,
+        side: str,
+        count: int,
+        amount: NumberLike,
+        *,
+        end_ms: int,
+        spacing_ms: int,
+    ) -> list[Execution]:
+        """`count` Funding executions of `amount` each (negative: paid) on a position of
+        `side`, the newest at `end_ms`; positions and the wallet are untouched."""
+        market_id = self.symbol_id(symbol)
+        order_side = side_of(side)
+        credit = to_decimal(amount)
+        mark = self._marks[market_id]
+        qty = self.instruments[market_id].qty_step
+        rows = []
+        for n in range(count):
+            stamp = end_ms - (count - 1 - n) * spacing_ms
+            rows.append(
+                Execution(
+                    symbol=market_id,
+                    exec_id=str(uuid.uuid4()),
+                    order_id=str(uuid.uuid4()),
+                    side=order_side,
+                    exec_type="Funding",
+                    exec_qty=qty,
+                    exec_price=mark,
+                    exec_value=_q8(qty * mark),
+                    exec_fee=-credit,
+                    fee_rate=Decimal("0.0001"),
+                    exec_pnl=_ZERO,
+                    closed_size=_ZERO,
+                    mark_price=mark,
+                    exec_time_ms=stamp,
+                    order_qty=_ZERO,
+                    order_price=_ZERO,
+                    seq=self._next_seq(),
+                )
+            )
+        self.executions.extend(rows)
+        return rows
+
+    def visible_closed_pnl(self) -> list[ClosedPnl]:
+        """Closed-pnl rows already written (a record appears `closed_pnl_delay_ms` late)."""
+        now = self.now_ms()
+        return [r for r in self.closed_pnl if r.updated_ms <= now]
 
     def pay_funding(self, symbol: str, side: str, amount: NumberLike) -> tuple[Position, Execution]:
         """Credit `amount` of funding to the position (negative when the position pays)."""
         market_id = self.symbol_id(symbol)
-        slot = self._open_slot(market_id, _side_of(side))
+        slot = self._open_slot(market_id, side_of(side))
         credit = to_decimal(amount)
         mark = self._marks[market_id]
         value = _q8(slot.size * mark)
@@ -487,8 +657,29 @@ class ExchangeState:
         return self._snapshot(slot), execution
 
     # -- internals -------------------------------------------------------------------
+    def _close_in_parts(
+        self, slot: _Slot, amount: Decimal, exit_price: Decimal, parts: int
+    ) -> tuple[Position, list[ClosedPnl], list[Execution]]:
+        if parts < 1:
+            raise ValueError("parts must be at least 1")
+        step = self.instruments[slot.symbol].qty_step
+        part = (amount / parts).quantize(step, rounding=ROUND_DOWN)
+        if parts > 1 and part <= 0:
+            raise ValueError(f"{amount} cannot be filled in {parts} parts of {step}")
+        order_id = str(uuid.uuid4())
+        records: list[ClosedPnl] = []
+        executions: list[Execution] = []
+        position: Position | None = None
+        for n in range(parts):
+            size = part if n < parts - 1 else amount - part * (parts - 1)
+            position, record, execution = self._close(slot, size, exit_price, order_id)
+            records.append(record)
+            executions.append(execution)
+        assert position is not None
+        return position, records, executions
+
     def _close(
-        self, slot: _Slot, amount: Decimal, exit_price: Decimal
+        self, slot: _Slot, amount: Decimal, exit_price: Decimal, order_id: str
     ) -> tuple[Position, ClosedPnl, Execution]:
         assert slot.side is not None
         position_side = slot.side
@@ -508,6 +699,8 @@ class ExchangeState:
             slot.side = None
             slot.avg_price = _ZERO
             slot.open_fee = _ZERO
+            slot.open_ms = 0
+            slot.take_profit = slot.stop_loss = None  # Bybit cancels a closed position's TP/SL
         slot.updated_ms = now
         slot.seq = self._next_seq()
         closing_side = _opposite(position_side)
@@ -520,6 +713,7 @@ class ExchangeState:
             close_fee,
             exec_pnl=gross,
             closed_size=amount,
+            order_id=order_id,
         )
         record = ClosedPnl(
             symbol=slot.symbol,
@@ -536,8 +730,10 @@ class ExchangeState:
             close_fee=close_fee,
             leverage=leverage,
             created_ms=now,
-            updated_ms=now,
+            # Bybit writes the record apart from the position change, possibly later.
+            updated_ms=now + self.closed_pnl_delay_ms,
             seq=slot.seq,
+            with_fees=self.closed_pnl_fees,
         )
         self.closed_pnl.append(record)
         return self._snapshot(slot), record, execution
@@ -554,11 +750,12 @@ class ExchangeState:
         exec_pnl: Decimal,
         closed_size: Decimal,
         rate: Decimal | None = None,
+        order_id: str | None = None,
     ) -> Execution:
         execution = Execution(
             symbol=slot.symbol,
             exec_id=str(uuid.uuid4()),
-            order_id=str(uuid.uuid4()),
+            order_id=order_id or str(uuid.uuid4()),
             side=side,
             exec_type=exec_type,
             exec_qty=qty,
@@ -580,8 +777,9 @@ class ExchangeState:
     def _realise(self, slot: _Slot, amount: Decimal) -> None:
         slot.cum_realised_pnl += amount
         slot.cur_realised_pnl += amount
-        self._wallet["USDT"] = self._wallet.get("USDT", _ZERO) + amount
-        self._coin_realised["USDT"] = self._coin_realised.get("USDT", _ZERO) + amount
+        coin = self.settle_coin(slot.symbol)
+        self._wallet[coin] = self._wallet.get(coin, _ZERO) + amount
+        self._coin_realised[coin] = self._coin_realised.get(coin, _ZERO) + amount
 
     def _open_slot(self, market_id: str, side: PositionSide) -> _Slot:
         for idx in self._indices():
@@ -605,8 +803,9 @@ class ExchangeState:
                 cum_realised_pnl=_ZERO,
                 cur_realised_pnl=_ZERO,
                 created_ms=now,
+                open_ms=0,
                 updated_ms=now,
-                seq=0,
+                seq=-1,  # Bybit's seq for a symbol never traded
             )
             if create:
                 self._slots[(market_id, idx)] = slot
@@ -636,8 +835,11 @@ class ExchangeState:
             cum_realised_pnl=slot.cum_realised_pnl,
             cur_realised_pnl=slot.cur_realised_pnl,
             created_ms=slot.created_ms,
+            open_ms=slot.open_ms,
             updated_ms=slot.updated_ms,
             seq=slot.seq,
+            take_profit=slot.take_profit,
+            stop_loss=slot.stop_loss,
         )
 
     def _usd_price(self, coin: str) -> Decimal:

@@ -69,8 +69,8 @@ def position_row(p: Position, *, ws: bool = False) -> JsonObject:
         "positionMM": num(p.position_mm),
         "positionBalance": num(p.position_im),
         "tpslMode": "Full",
-        "takeProfit": "",
-        "stopLoss": "",
+        "takeProfit": "" if p.take_profit is None else num(p.take_profit),
+        "stopLoss": "" if p.stop_loss is None else num(p.stop_loss),
         "trailingStop": "0",
         "sessionAvgPrice": "",
         "unrealisedPnl": num(p.unrealised_pnl),
@@ -80,8 +80,10 @@ def position_row(p: Position, *, ws: bool = False) -> JsonObject:
         "isReduceOnly": False,
         "mmrSysUpdatedTime": "",
         "leverageSysUpdatedTime": "",
+        # createdTime: the slot's first-ever position (position.mdx); openTime: this one's.
         "createdTime": str(p.created_ms),
         "updatedTime": str(p.updated_ms),
+        "openTime": p.open_ms,
         "seq": p.seq,
     }
     if ws:
@@ -92,7 +94,7 @@ def position_row(p: Position, *, ws: bool = False) -> JsonObject:
 
 
 def closed_pnl_row(r: ClosedPnl) -> JsonObject:
-    return {
+    row: JsonObject = {
         "symbol": r.symbol,
         "orderType": "Market",
         "leverage": num(r.leverage),
@@ -113,6 +115,10 @@ def closed_pnl_row(r: ClosedPnl) -> JsonObject:
         "fillCount": "1",
         "cumExitValue": num(r.cum_exit_value),
     }
+    if not r.with_fees:
+        # The 2024 fixture and close-pnl.mdx's example have neither field (added June 2025).
+        del row["openFee"], row["closeFee"]
+    return row
 
 
 def execution_row(e: Execution, *, ws: bool = False) -> JsonObject:
@@ -185,7 +191,7 @@ def instrument_row(i: Instrument) -> JsonObject:
         },
         "unifiedMarginTrade": True,
         "fundingInterval": 480,
-        "settleCoin": i.quote,
+        "settleCoin": i.settle_coin,
         "copyTrading": "both",
         "upperFundingRate": "0.005",
         "lowerFundingRate": "-0.005",
@@ -234,7 +240,8 @@ def coin_row(b: CoinBalance) -> JsonObject:
         "availableToBorrow": "",
         "bonus": "0",
         "accruedInterest": "0",
-        "availableToWithdraw": "" if b.available is None else num(b.available),
+        # Deprecated for unified accounts since 9 Jan 2025: "" in the Jan 2025 fixture.
+        "availableToWithdraw": "",
         "totalOrderIM": "0",
         "equity": num(b.equity),
         "totalPositionMM": num(b.position_mm),
