@@ -224,7 +224,7 @@ class Ledger:
                 # not a file we could ever have written: left alone; write_snapshot reports it
                 log.error("%s is not a regular file: positions.json cannot be written", path)
                 return None, None
-            return None, f"cannot be read: {exc.strerror or exc}"
+            return None, f"cannot be read ({exc.strerror or exc})"
         if raw is None:
             log.info("no snapshot at %s: building the book from the log", path)
         return raw, None
@@ -238,7 +238,8 @@ class Ledger:
             # written by a ledger, but of a history this log does not hold (another log, or
             # a log lost or rolled back): the only record of it may be this file
             await self._move_aside(
-                "orphan", f"its seq {seq} and hash do not match this log's history"
+                "orphan",
+                f"written by a ledger, but its seq {seq} and hash are not in this log's history",
             )
             return None
         self._own_file = await anyio.to_thread.run_sync(file_identity, path)
@@ -259,7 +260,7 @@ class Ledger:
         try:
             plan = plan_import(raw, self.snapshot_path.name, limits=self._limits)
         except (ImportRejected, RecursionError) as exc:
-            why = f"is neither an intact snapshot of this ledger nor a seed file ({exc})"
+            why = f"neither an intact snapshot of this ledger nor a seed bot's file ({exc})"
             await self._move_aside("unreadable", why)
             return None
         sha = plan.report.file_sha256
@@ -310,15 +311,15 @@ class Ledger:
             moved = await anyio.to_thread.run_sync(move_aside, path, kind, self._clock())
         except OSError as exc:
             log.error(
-                "%s %s, and cannot be moved aside (%s): it is left alone and positions.json "
+                "%s: %s; it cannot be moved aside (%s), so it is left alone and positions.json "
                 "will not be written",
                 path,
-                why or "is not ours",
+                why or "not written by this ledger",
                 exc,
             )
             return None
         if why is not None:
-            log.warning("%s %s: moved it to %s (nothing overwritten)", path, why, moved)
+            log.warning("%s: %s; moved it to %s (nothing overwritten)", path, why, moved)
         return moved
 
     async def _snapshot_quietly(self) -> None:
