@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from ledger.exchange.sync import (
         ExchangeSync,
     )
+    from ledger.seed_edge import (
+        SeedPosition,
+    )
     from ledger.service import (
         Ledger,
         Plan,
@@ -102,6 +105,7 @@ _WHERE = {
     "Position": "projections.positions",
     "PositionAlreadyClosed": "ledger.errors",
     "Recorded": "ledger.envelope",
+    "SeedPosition": "ledger.seed_edge",
     "SessionSummary": "projections.stats",
     "Settings": "ledger.settings",
     "Side": "ledger.values",
@@ -142,6 +146,7 @@ __all__ = [
     "Position",
     "PositionAlreadyClosed",
     "Recorded",
+    "SeedPosition",
     "SessionSummary",
     "Settings",
     "Side",
