@@ -41,6 +41,7 @@ from ledger.events import (
     PositionOpened,
     stream_of,
 )
+from ledger.rebuild import fold_log
 from ledger.store.base import EventStore, Head, StagedRow, StoreTransaction
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side, Source
@@ -466,11 +467,8 @@ async def build_log(path: Path, events: Iterable[NewEvent], *, batch: int = 10_0
 
 
 async def fold(store: EventStore, *, to_seq: int | None = None) -> Book:
-    """The full rebuild: every stored event, page by page, into a new Book."""
-    book = Book()
-    async for page in store.iterate(to_seq=to_seq):
-        book.apply_all(page)
-    return book
+    """The full rebuild: every stored event, page by page, into a new Book (as start-up does)."""
+    return await fold_log(store, to_seq=to_seq)
 
 
 async def fold_file(path: Path) -> Book:

@@ -37,6 +37,11 @@ class Recorded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     hash: str
 
 
+# A stored event as a rebuild needs it: (seq, occurred_at in epoch microseconds, event).
+# Plain tuples: a rebuild makes one per row, and the envelope's other fields are not read.
+Fact = tuple[int, int, AnyEvent]
+
+
 def chain_hash(
     prev_hash: str,
     *,

@@ -38,6 +38,7 @@ from ledger.errors import (
     UnknownPosition,
 )
 from ledger.events import AnyEvent, stream_of
+from ledger.rebuild import fold_log
 from ledger.rules import decide
 from ledger.settings import Settings
 from ledger.snapshot_file import file_identity, move_aside, read_file, write_atomic
@@ -199,11 +200,7 @@ class Ledger:
         if raw is not None and mark is not None:
             book = await self._trusted_snapshot(raw, mark)
         self.rebuilt_on_start = book is None
-        if book is None:
-            book = Book()
-        async for page in self.store.iterate(after_seq=book.last_seq):
-            book.apply_all(page)
-        self._book = book
+        self._book = await fold_log(self.store, book)
         if unreadable is not None:
             await self._move_aside("unreadable", unreadable)
         elif raw is not None and mark is None:
@@ -673,10 +670,7 @@ class Ledger:
 
     async def as_of(self, *, seq: int | None = None, time: datetime | None = None) -> Book:
         """The book as it stood at a seq or an occurred_at time, folded from the log alone."""
-        book = Book()
-        async for page in self.store.iterate(to_seq=seq, until=time):
-            book.apply_all(page)
-        return book
+        return await fold_log(self.store, to_seq=seq, until=time)
 
     async def refresh(self) -> int:
         """Apply what other processes appended since; returns how many events came in."""

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections import ChainMap
 from collections.abc import Iterable, Iterator, MutableMapping
+from datetime import datetime
 from decimal import Decimal
 from itertools import islice
 
-from ledger.envelope import GENESIS_HASH, Recorded
+import msgspec
+
+from ledger.envelope import GENESIS_HASH, Fact, Recorded
 from ledger.events import (
+    AnyEvent,
     BalanceObserved,
     FundingRecorded,
     HistoryImported,
@@ -22,7 +26,7 @@ from ledger.events import (
     PositionMarked,
     PositionOpened,
 )
-from ledger.values import Side, market_key
+from ledger.values import Side, from_micros, market_key
 from projections import positions as fold
 from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary, summarize
@@ -47,31 +51,37 @@ class Book:
         self.last_seq = record.seq
         self.last_hash = record.hash
         event = record.event
-        at = record.occurred_at
         if isinstance(event, PositionMarked):
-            position = self.open.get(event.position_id)
-            if position is None:
-                self.skipped.append(record.seq)
-            else:
-                self.open[event.position_id] = fold.marked(position, event, at)
-        elif isinstance(event, PositionOpened):
+            self._mark(record.seq, event, record.occurred_at)
+        else:
+            self._fold(record.seq, event, record.occurred_at)
+
+    def _mark(self, seq: int, event: PositionMarked, at: datetime) -> None:
+        position = self.open.get(event.position_id)
+        if position is None:
+            self.skipped.append(seq)
+        else:
+            self.open[event.position_id] = fold.marked(position, event, at)
+
+    def _fold(self, seq: int, event: AnyEvent, at: datetime) -> None:
+        """Every event but a mark (see _mark)."""
+        if isinstance(event, PositionOpened):
             if event.position_id in self.open or event.position_id in self.closed:
-                self.skipped.append(record.seq)
+                self.skipped.append(seq)
                 return
-            position = fold.opened(event, at)
-            self.open[event.position_id] = position
+            self.open[event.position_id] = fold.opened(event, at)
             self.acc.realize(-event.fee)
         elif isinstance(event, PartialExitRecorded):
             position = self.open.get(event.position_id)
             if position is None:
-                self.skipped.append(record.seq)
+                self.skipped.append(seq)
                 return
             self.open[event.position_id] = fold.partly_exited(position, event, at)
             self.acc.realize(event.realized_pnl)
         elif isinstance(event, PositionClosed):
             position = self.open.pop(event.position_id, None)
             if position is None:
-                self.skipped.append(record.seq)
+                self.skipped.append(seq)
                 return
             done = fold.closed(position, event, at)
             self.closed[event.position_id] = done
@@ -85,7 +95,7 @@ class Book:
                 # settled while open, seen by a sync only after the bot closed the position
                 closed = self.closed.get(event.position_id)
                 if closed is None:
-                    self.skipped.append(record.seq)
+                    self.skipped.append(seq)
                     return
                 amended = fold.funded(closed, event)
                 self.closed[event.position_id] = amended
@@ -94,7 +104,7 @@ class Book:
         elif isinstance(event, PositionIncreased):
             position = self.open.get(event.position_id)
             if position is None:
-                self.skipped.append(record.seq)
+                self.skipped.append(seq)
                 return
             self.open[event.position_id] = fold.increased(position, event)
             self.acc.realize(-event.fee)
@@ -107,6 +117,57 @@ class Book:
     def apply_all(self, records: Iterable[Recorded]) -> None:
         for record in records:
             self.apply(record)
+
+    def apply_facts(self, facts: Iterable[Fact], *, last_hash: str) -> None:
+        """Fold (seq, occurred_us, event) rows in seq order: the same book as `apply` on each
+        record, with last_hash the hash of the last row (facts carry no hashes).
+
+        The rebuild's fast path. Most of a log is marks, and a run of marks on one position
+        is decided by its last one: only it sets the price, PnL, ROE and time; the earlier ones
+        matter only through the last margin the exchange reported (a mark without one keeps
+        the one before). So marks wait, one per position with that margin, and are folded when
+        the next event of their position comes (or at the end): one fold and one datetime per
+        run of marks instead of one per mark. Facts at or below last_seq are ignored.
+        """
+        # position id -> (its last mark, when, the margin reported before it in the run)
+        pending: dict[str, tuple[PositionMarked, int, Decimal | None]] = {}
+        open_ = self.open
+        marked = PositionMarked
+        timed = _TIMED
+        last = self.last_seq
+        for seq, occurred_us, event in facts:
+            if seq <= last:
+                continue
+            last = seq
+            if type(event) is marked:
+                position_id = event.position_id
+                if position_id not in open_:
+                    self.skipped.append(seq)
+                    continue
+                waiting = pending.get(position_id)
+                if waiting is None:
+                    pending[position_id] = (event, occurred_us, None)
+                else:
+                    # `marked` keeps the position's margin when a mark's is None or zero
+                    before = waiting[0].initial_margin or waiting[2]
+                    pending[position_id] = (event, occurred_us, before)
+                continue
+            of = getattr(event, "position_id", None)
+            if of is not None and of in pending:
+                self._fold_mark(*pending.pop(of))
+            self._fold(seq, event, from_micros(occurred_us) if type(event) in timed else _NO_TIME)
+        for waiting in pending.values():
+            self._fold_mark(*waiting)
+        if last != self.last_seq:
+            self.last_seq = last
+            self.last_hash = last_hash
+
+    def _fold_mark(self, event: PositionMarked, occurred_us: int, margin: Decimal | None) -> None:
+        """The last mark of a run, after the margin the run reported before it (if any)."""
+        position = self.open[event.position_id]
+        if margin is not None and not event.initial_margin:
+            position = msgspec.structs.replace(position, real_initial_margin=margin)
+        self.open[event.position_id] = fold.marked(position, event, from_micros(occurred_us))
 
     def copy(self) -> Book:
         """An independent copy; Positions are immutable, so sharing them is safe."""
@@ -164,6 +225,11 @@ class Book:
 
     def summary(self) -> SessionSummary:
         return summarize(self.acc, list(self.open.values()), self.balance, self.available)
+
+
+# events whose fold reads the time (a datetime is made only for them)
+_TIMED = frozenset({PositionOpened, PartialExitRecorded, PositionClosed})
+_NO_TIME = from_micros(0)  # never read: the events outside _TIMED ignore their time
 
 
 def fold_records(records: Iterable[Recorded]) -> Book:

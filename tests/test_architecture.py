@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "ledger.exchange.emulator.*": 2,
     # L3 orchestration
     "ledger.service": 3,
+    "ledger.rebuild": 3,
     "ledger.blocking": 3,
     "ledger.exchange.sync": 3,
     "ledger.exchange.service": 3,

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from ledger import snapshot_file
-from ledger.envelope import Recorded
+from ledger.envelope import Fact
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
@@ -82,15 +82,15 @@ class IterateSpy:
 
     def __init__(self, store: SQLiteEventStore) -> None:
         self.after: list[int] = []
-        original = store.iterate
+        original = store.iterate_facts  # the fold's read (start-up reads nothing else)
 
-        def iterate(**kwargs: object) -> AsyncIterator[list[Recorded]]:
+        def iterate_facts(**kwargs: object) -> AsyncIterator[list[Fact]]:
             after_seq = kwargs.get("after_seq", 0)
             assert isinstance(after_seq, int)
             self.after.append(after_seq)
             return original(**kwargs)  # type: ignore[arg-type]
 
-        store.iterate = iterate  # type: ignore[method-assign]
+        store.iterate_facts = iterate_facts  # type: ignore[method-assign]
 
 
 def spied_ledger(db_path: Path, settings: Settings = QUIET) -> tuple[Ledger, IterateSpy]:

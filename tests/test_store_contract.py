@@ -387,6 +387,44 @@ async def test_iterate_pages_across_page_size(store: EventStore, count: int) -> 
     assert [r for page in stream_pages for r in page] == [r for r in records if r.stream == "p0"]
 
 
+async def test_iterate_facts_is_seq_time_and_event_of_each_record(store: EventStore) -> None:
+    records = await store.append(sample_batch(10))
+
+    async def facts(**where: object) -> list[tuple[int, int, AnyEvent]]:
+        return [f async for page in store.iterate_facts(page_size=3, **where) for f in page]  # type: ignore[arg-type]
+
+    def expected(chosen: list[Recorded]) -> list[tuple[int, int, AnyEvent]]:
+        return [(r.seq, to_micros(r.occurred_at), r.event) for r in chosen]
+
+    assert await facts() == expected(records)
+    assert await facts(after_seq=4, to_seq=8) == expected(records[4:8])
+    assert await facts(until=T0 + timedelta(seconds=5)) == expected(records[:6])
+    assert await facts(after_seq=10) == []
+
+
+async def test_sqlite_iterate_facts_names_a_body_that_does_not_decode(db_path: Path) -> None:
+    # (the memory store keeps records decoded: it never reads a body back)
+    backend = SQLiteBackend(db_path)
+    await backend.store.open()
+    try:
+        await backend.store.append(sample_batch(6))
+        await backend.replace_body(5, b'{"type": "Nonsense"}')
+        with pytest.raises(IntegrityError) as caught:
+            async for _ in backend.store.iterate_facts(page_size=4):
+                pass
+        assert caught.value.seq == 5
+    finally:
+        await backend.store.close()
+
+
+async def test_a_reader_stopping_early_leaves_the_store_usable(store: EventStore) -> None:
+    records = await store.append(sample_batch(10))
+    async for page in store.iterate_facts(page_size=2):  # abandoned with a page read ahead
+        assert [f[0] for f in page] == [1, 2]
+        break
+    assert await store.read() == records
+
+
 async def test_head_and_hash_at(store: EventStore) -> None:
     empty = await store.head()
     assert (empty.seq, empty.hash, empty.stream_versions) == (0, GENESIS_HASH, {})

@@ -11,8 +11,8 @@ from datetime import datetime
 import anyio
 import msgspec
 
-from ledger.codec import SCHEMA_VERSION, decode_event, encode_event, event_type
-from ledger.envelope import GENESIS_HASH, NewEvent, Recorded, chain_hash
+from ledger.codec import SCHEMA_VERSION, decode_current, decode_event, encode_event, event_type
+from ledger.envelope import GENESIS_HASH, Fact, NewEvent, Recorded, chain_hash
 from ledger.errors import IntegrityError, LedgerError, StoreError, VersionConflict
 from ledger.values import from_micros, to_micros
 
@@ -146,6 +146,32 @@ def record_from_row(row: StagedRow) -> Recorded:
         event=event,
         hash=row.hash,
     )
+
+
+# (seq, occurred_us, schema_version, body): the columns a rebuild reads.
+FactRow = tuple[int, int, int, bytes]
+
+
+def facts_from_rows(rows: Sequence[FactRow]) -> list[Fact]:
+    """Decode rows straight into facts; raises IntegrityError naming the first bad body."""
+    decode = decode_current
+    try:
+        return [
+            (
+                seq,
+                occurred_us,
+                decode(body) if schema == SCHEMA_VERSION else decode_event(body, schema),
+            )
+            for seq, occurred_us, schema, body in rows
+        ]
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    for seq, _, schema, body in rows:  # the rare bad page: find its first bad row
+        try:
+            decode_event(body, schema)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise IntegrityError(seq, f"body does not decode: {exc}") from None
+    raise AssertionError("unreachable: a page failed to decode but every row decodes")
 
 
 # A stored row as the database returns it, in StagedRow's field order.
@@ -392,6 +418,24 @@ class EventStore(abc.ABC):
         page_size: int = 5000,
     ) -> AsyncIterator[list[Recorded]]:
         """Pages of records in seq order: after a seq, up to a seq or an occurred_at time."""
+
+    async def iterate_facts(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[list[Fact]]:
+        """Pages of (seq, occurred_us, event) in seq order: what a rebuild folds.
+
+        Raises IntegrityError on a body that does not decode. Backends override this to read
+        only those columns; this default drops the rest of each record.
+        """
+        async for page in self.iterate(
+            after_seq=after_seq, to_seq=to_seq, until=until, page_size=page_size
+        ):
+            yield [(r.seq, to_micros(r.occurred_at), r.event) for r in page]
 
     async def read(
         self,
