@@ -75,6 +75,7 @@ class Compare:
     to: str
     max_ratio: float | None = None
     target: str = ""
+    target_id: str = ""  # the id of the issue's target in benchmarks.targets, if any
 
 
 def describe(
@@ -91,8 +92,13 @@ def describe(
         case=case,
         per_round=per_round,
         unit=unit,
-        compare=[{"to": c.to, "max_ratio": c.max_ratio, "target": c.target} for c in compare],
+        compare=[
+            {"to": c.to, "max_ratio": c.max_ratio, "target": c.target, "target_id": c.target_id}
+            for c in compare
+        ],
         scale=current_scale().name,
+        # the machine is shared: its load when the case ran, so noisy figures can be read as such
+        load_average=round(os.getloadavg()[0], 2),
         **extra,
     )
 
@@ -118,6 +124,9 @@ class Scale:
     seed_rounds: int  # the seed's rewrite is slow at 10k: fewer rounds
     rebuild_rounds: int
     startup_rounds: int
+    cold_events: int = 4_500  # the cold start's log (issue 9: 4,500 events, no positions.json)
+    cold_rounds: int = 20
+    audit_rounds: int = 5  # fresh-process audit commands and their raw-scan baseline
 
 
 _DEFAULT = Scale(
@@ -153,6 +162,9 @@ SCALES: dict[str, Scale] = {
         seed_rounds=1,
         rebuild_rounds=1,
         startup_rounds=1,
+        cold_events=500,
+        cold_rounds=1,
+        audit_rounds=1,
     ),
     "default": _DEFAULT,
     # the default sizes with a 1M-event log, folded and started fewer times
