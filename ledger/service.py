@@ -48,7 +48,7 @@ from ledger.values import Side, optional_decimal, positive, to_decimal
 from projections.book import Book
 from projections.pnl import qty_from_notional
 from projections.positions import Position
-from projections.snapshot import decode_snapshot, encode_snapshot, written_by_ledger
+from projections.snapshot import encode_snapshot, open_snapshot, written_by_ledger
 from projections.stats import SessionSummary
 
 if TYPE_CHECKING:
@@ -196,14 +196,14 @@ class Ledger:
         """
         raw, unreadable = await self._read_positions_file()
         book: Book | None = None
-        mark = None if raw is None else written_by_ledger(raw)
-        if raw is not None and mark is not None:
-            book = await self._trusted_snapshot(raw, mark)
+        opened = None if raw is None else open_snapshot(raw)
+        if opened is not None:
+            book = await self._trusted_snapshot(*opened)
         self.rebuilt_on_start = book is None
         self._book = await fold_log(self.store, book)
         if unreadable is not None:
             await self._move_aside("unreadable", unreadable)
-        elif raw is not None and mark is None:
+        elif raw is not None and opened is None:
             seed_file = await self._seed_file(raw)
             if seed_file is not None:
                 return seed_file
@@ -226,7 +226,7 @@ class Ledger:
             log.info("no snapshot at %s: building the book from the log", path)
         return raw, None
 
-    async def _trusted_snapshot(self, raw: bytes, mark: tuple[int, str]) -> Book | None:
+    async def _trusted_snapshot(self, mark: tuple[int, str], book: Book | None) -> Book | None:
         """The book of a positions.json this ledger wrote, if it matches the log."""
         path = self.snapshot_path
         seq, digest = mark
@@ -240,10 +240,12 @@ class Ledger:
             )
             return None
         self._own_file = await anyio.to_thread.run_sync(file_identity, path)
-        try:
-            book = decode_snapshot(raw)
-        except SnapshotError as exc:
-            log.warning("ignoring snapshot %s (%s): rebuilding from the log", path, exc)
+        if book is None:
+            log.warning(
+                "snapshot %s was written in another format or projection version: "
+                "rebuilding from the log",
+                path,
+            )
             return None
         self._snapshot_seq = book.last_seq
         return book
@@ -258,19 +260,20 @@ class Ledger:
             plan = plan_import(raw, self.snapshot_path.name, limits=self._limits)
         except (ImportRejected, RecursionError) as exc:
             why = f"neither an intact snapshot of this ledger nor a seed bot's file ({exc})"
-            await self._move_aside("unreadable", why)
+            await self._move_aside("unreadable", why, unless_changed_from=raw)
             return None
         sha = plan.report.file_sha256
         if self._book.last_seq == 0:
             return plan, raw
         if sha in self._book.imported_files:
-            where = await self._move_aside("seed", None)
+            where = await self._move_aside("seed", None, unless_changed_from=raw)
             log.info("%s was imported into this log before; kept as %s", sha[:12], where)
         else:
             await self._move_aside(
                 "seed",
                 f"a seed bot's file, not imported: the log already holds {self._book.last_seq} "
                 "events (`ledger import` it into a new log to read it)",
+                unless_changed_from=raw,
             )
         return None
 
@@ -280,10 +283,24 @@ class Ledger:
         from ledger.seed_import import import_seed
 
         report = plan.report
-        if report.file_sha256 not in self._book.imported_files:
+        try:
             await import_seed(self, plan)
+        except ImportRejected:
+            # another process sharing the log got there first (checked inside the write
+            # transaction): it imported this very file, or appended something else
+            if report.file_sha256 in self._book.imported_files:
+                log.info("%s was imported by another process meanwhile", self.snapshot_path)
+            else:
+                await self._move_aside(
+                    "seed",
+                    "a seed bot's file, not imported: another process appended to the log "
+                    "first (`ledger import` it into a new log to read it)",
+                    unless_changed_from=raw,
+                )
+            await self._snapshot_quietly()
+            return
         skipped = len(report.unreadable)
-        where = await self._move_aside("seed", None)
+        where = await self._move_aside("seed", None, unless_changed_from=raw)
         log.warning(
             "imported the seed bot's %s (sha256 %s): %d open and %d closed positions as seq "
             "%d..%d%s; the original is kept as %s",
@@ -300,12 +317,24 @@ class Ledger:
         )
         await self._snapshot_quietly()
 
-    async def _move_aside(self, kind: str, why: str | None) -> Path | None:
+    async def _move_aside(
+        self, kind: str, why: str | None, *, unless_changed_from: bytes | None = None
+    ) -> Path | None:
         """Rename positions.json out of the way (WARNING with the reason and the new name,
-        when why is given); None when it cannot be moved (it is then left as it is)."""
+        when why is given); None when it cannot be moved (it is then left as it is), or when
+        it no longer holds unless_changed_from (another process moved it meanwhile)."""
         path = self.snapshot_path
+        at = self._clock()
+
+        def move() -> Path | None:
+            if unless_changed_from is not None and read_file(path) != unless_changed_from:
+                return None
+            return move_aside(path, kind, at)
+
         try:
-            moved = await anyio.to_thread.run_sync(move_aside, path, kind, self._clock())
+            moved = await anyio.to_thread.run_sync(move)
+        except FileNotFoundError:
+            moved = None
         except OSError as exc:
             log.error(
                 "%s: %s; it cannot be moved aside (%s), so it is left alone and positions.json "
@@ -315,7 +344,9 @@ class Ledger:
                 exc,
             )
             return None
-        if why is not None:
+        if moved is None:
+            log.info("%s was moved or replaced by another process meanwhile", path)
+        elif why is not None:
             log.warning("%s: %s; moved it to %s (nothing overwritten)", path, why, moved)
         return moved
 

@@ -112,10 +112,32 @@ def written_by_ledger(data: bytes) -> tuple[int, str] | None:
     return marks.last_seq, marks.last_hash
 
 
+def open_snapshot(data: bytes) -> tuple[tuple[int, str], Book | None] | None:
+    """What start-up needs of a positions.json, checking its checksum once: None when this
+    ledger did not write it (see written_by_ledger); else its (last_seq, last_hash) and its
+    book, None when written in another format or projection version."""
+    if not _checksum_ok(data):
+        return None
+    try:
+        book = _decode(data)
+    except SnapshotError:
+        try:
+            marks = _position_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return (marks.last_seq, marks.last_hash), None
+    return (book.last_seq, book.last_hash), book
+
+
 def decode_snapshot(data: bytes) -> Book:
     """The book a positions.json holds; raises SnapshotError if it is not one of ours."""
     if not _checksum_ok(data):
         raise SnapshotError("positions.json content does not match its content_sha256")
+    return _decode(data)
+
+
+def _decode(data: bytes) -> Book:
+    """decode_snapshot once the checksum is known to match."""
     try:
         document = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -18,11 +20,13 @@ from ledger.blocking import ThreadSafePositionManager
 from ledger.errors import SnapshotError
 from ledger.service import Ledger
 from ledger.settings import Settings
-from projections.snapshot import written_by_ledger
+from projections import snapshot as snapshot_format
+from projections.snapshot import PROJECTION_VERSION, written_by_ledger
 from tests.seed_reference import SEED_EXAMPLE, doc_example, seed_bot_session
 
 pytestmark = pytest.mark.anyio
 
+ROOT = Path(__file__).resolve().parents[1]
 QUIET = Settings(snapshot_every_events=10_000, snapshot_every_seconds=3600)
 
 
@@ -163,6 +167,65 @@ def test_the_blocking_manager_without_arguments_migrates_the_seeds_file(
     assert (tmp_path / "ledger.db").exists()
     [kept] = kept_beside(tmp_path, "seed")
     assert kept.read_text() == SEED_EXAMPLE
+
+
+OPEN_AND_REPORT = """
+import sys, anyio
+from ledger.service import Ledger
+
+async def main() -> None:
+    async with Ledger(sys.argv[1]) as ledger:
+        print(ledger.last_seq, len(ledger.active_positions()))
+
+anyio.run(main)
+"""
+
+
+def test_two_processes_starting_at_once_import_the_file_once(tmp_path: Path) -> None:
+    original = seed_file_from_code(tmp_path)
+    (tmp_path / "positions.json").write_bytes(original)
+    db = tmp_path / "ledger.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AND_REPORT, str(db)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    document = json.loads(original)
+    for out, _ in outputs:  # each started with the seed's open position
+        assert out.split()[1] == str(len(document["open_positions"]))
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        bodies = [json.loads(b) for (b,) in conn.execute("SELECT body FROM events")]
+    finally:
+        conn.close()
+    assert [b["type"] for b in bodies].count("HistoryImported") == 1
+    assert [p.read_bytes() for p in kept_beside(tmp_path, "seed")] == [original]
+    assert written_by_ledger((tmp_path / "positions.json").read_bytes()) is not None
+
+
+async def test_its_own_file_of_an_older_version_is_rewritten_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot this ledger wrote with older folds, of this very log: the log holds all it
+    says, so it is simply rebuilt and rewritten (nothing moved aside)."""
+    db = tmp_path / "ledger.db"
+    monkeypatch.setattr(snapshot_format, "PROJECTION_VERSION", PROJECTION_VERSION - 1)
+    head = await build_log(db)
+    monkeypatch.undo()
+    async with Ledger(db, settings=QUIET) as ledger:
+        assert ledger.rebuilt_on_start is True and ledger.last_seq == head
+    document = json.loads((tmp_path / "positions.json").read_bytes())
+    assert document["projection_version"] == PROJECTION_VERSION
+    assert list(tmp_path.glob("positions.*-*.json")) == []
 
 
 # -- a log that already holds events, or a file that is not one: moved aside -----------------
