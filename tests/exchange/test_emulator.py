@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
@@ -16,6 +18,7 @@ from ccxt.base.errors import (
     BadRequest,
     ExchangeError,
     ExchangeNotAvailable,
+    InvalidNonce,
     NetworkError,
     NoChange,
     RateLimitExceeded,
@@ -488,6 +491,13 @@ async def test_a_key_the_emulator_does_not_know_is_refused(connect: MakeClient) 
 
 
 # -- websocket ------------------------------------------------------------------------
+def _ws_auth_args(key: str = "key", secret: str = "secret", ahead_ms: int = 10_000) -> list[str]:
+    """ccxt.pro's auth args: [key, expires, HMAC-SHA256(secret, "GET/realtime" + expires)]."""
+    expires = str(int(time.time() * 1000) + ahead_ms)
+    signature = hmac.new(secret.encode(), f"GET/realtime{expires}".encode(), "sha256")
+    return [key, expires, signature.hexdigest()]
+
+
 async def _next_positions(client: Client) -> asyncio.Task[Any]:
     """Start watch_positions and return once ccxt waits on the 'positions' update."""
     task: asyncio.Task[Any] = asyncio.ensure_future(client.watch_positions())
@@ -526,7 +536,7 @@ async def test_an_order_action_pushes_the_position_several_times(ex: BybitEmulat
         aiohttp.ClientSession() as session,
         session.ws_connect(f"{ex.ws_url}/v5/private") as ws,
     ):
-        await ws.send_json({"op": "auth", "args": ["key", "1", "signature"]})
+        await ws.send_json({"op": "auth", "args": _ws_auth_args()})
         await ws.receive_json(timeout=5)
         await ws.send_json({"op": "subscribe", "args": ["position"]})
         await ws.receive_json(timeout=5)
@@ -584,7 +594,7 @@ async def test_private_stream_protocol(ex: BybitEmulator) -> None:
         await ws.send_json({"op": "subscribe", "req_id": "1", "args": ["position"]})
         refused = await ws.receive_json(timeout=5)
         assert (refused["success"], refused["ret_msg"]) == (False, "Request not authorized")
-        await ws.send_json({"op": "auth", "args": ["key", "1", "signature"]})
+        await ws.send_json({"op": "auth", "args": _ws_auth_args()})
         assert (await ws.receive_json(timeout=5))["success"] is True
         await ws.send_json({"op": "ping", "req_id": "7"})
         pong = await ws.receive_json(timeout=5)
@@ -775,3 +785,67 @@ async def test_5100_history_rows_page_newest_first_100_a_page(connect: MakeClien
                     "endTime": clock.now_ms,
                 }
             )
+
+
+# -- authentication: key, timestamp window, signature (guide.mdx, error.mdx) -----------------
+async def test_a_clock_skew_beyond_the_window_is_refused_with_10002(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    client = connect()
+    await _warm(client)
+    ex.set_clock_skew(-1500)  # the client's clock runs 1.5 s ahead of the server
+    with pytest.raises(InvalidNonce, match="10002"):
+        await client.fetch_positions()
+    ex.set_clock_skew(0)
+    assert await client.fetch_positions() == []
+
+
+async def test_ccxt_corrects_a_skewed_clock_through_the_server_time(
+    ex: BybitEmulator, connect: MakeClient
+) -> None:
+    ex.set_clock_skew(-1500)
+    client = connect()
+    client.options["adjustForTimeDifference"] = True  # ccxt reads /v5/market/time first
+    await client.load_markets()
+    assert await client.fetch_positions() == []
+    client.options["timeDifference"] = 0
+    ex.set_clock_skew(4000)  # the client 4 s behind: within the 5 s recv_window
+    assert await client.fetch_positions() == []
+    ex.set_clock_skew(6000)  # 6 s behind: older than recv_window
+    with pytest.raises(InvalidNonce):
+        await client.fetch_positions()
+
+
+async def test_signatures_are_checked_when_the_secret_is_known(connect: MakeClient) -> None:
+    async with BybitEmulator(api_key="k", api_secret="right-secret") as emulator:
+        assert (await connect(emulator, api_key="k", secret="right-secret").fetch_balance())[
+            "USDT"
+        ]["total"] == 10000
+        wrong = connect(emulator, api_key="k", secret="wrong-secret")
+        with pytest.raises(AuthenticationError):  # 10004
+            await wrong.fetch_balance()
+        await wrong.load_markets()
+        with pytest.raises(AuthenticationError):  # a signed POST body too
+            await wrong.set_leverage(5, BTC)
+        pro = connect(emulator, api_key="k", secret="right-secret", pro=True)
+        assert await asyncio.wait_for(pro.watch_positions(), 5) == []
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{emulator.ws_url}/v5/private") as ws,
+        ):
+            await ws.send_json({"op": "auth", "args": _ws_auth_args("k", "wrong")})
+            assert (await ws.receive_json(timeout=5))["success"] is False
+            await ws.send_json({"op": "auth", "args": _ws_auth_args("k", "right-secret", -1)})
+            assert (await ws.receive_json(timeout=5))["ret_msg"] == "Request expired"
+            await ws.send_json({"op": "auth", "args": _ws_auth_args("k", "right-secret")})
+            assert (await ws.receive_json(timeout=5))["success"] is True
+
+
+async def test_a_403_ip_ban(ex: BybitEmulator, connect: MakeClient) -> None:
+    client = connect()
+    await _warm(client)
+    ex.inject_fault("http_403", count=2)
+    for _ in range(2):
+        with pytest.raises(RateLimitExceeded, match="403"):  # ccxt's bybit maps 403 so
+            await client.fetch_positions()
+    assert await client.fetch_positions() == []

@@ -16,6 +16,7 @@ __all__ = ["FAULT_KINDS", "FaultInjector", "FaultKind"]
 
 FaultKind = Literal[
     "timeout",
+    "http_403",
     "http_500",
     "http_503",
     "rate_limit",
@@ -86,6 +87,13 @@ class FaultInjector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(closing.wait(), self._timeout_seconds)
             return None
+        if kind == "http_403":
+            # error.mdx: an IP rate-limit ban (or a blocked region); guide.mdx: wait 10 minutes.
+            return web.Response(
+                status=403,
+                text="<html><head><title>403 Forbidden</title></head></html>",
+                content_type="text/html",
+            )
         if kind == "http_500":
             return web.Response(
                 status=500,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from ledger.exchange.emulator._signing import Signing
 from ledger.exchange.emulator._state import ExchangeState, Execution, Position
 from ledger.exchange.emulator._wire import (
     Json,
@@ -37,9 +38,9 @@ class _Connection:
 class WsFeeds:
     """Every open WebSocket connection, its subscriptions, and what is pushed to them."""
 
-    def __init__(self, state: ExchangeState, *, api_key: str | None) -> None:
+    def __init__(self, state: ExchangeState, *, signing: Signing) -> None:
         self.state = state
-        self._api_key = api_key
+        self._signing = signing
         self._connections: set[_Connection] = set()
         self._subscriptions_changed: asyncio.Event | None = None
 
@@ -113,10 +114,9 @@ class WsFeeds:
             else:
                 reply.update(success=True, ret_msg="pong")
         elif op == "auth":
-            key = arg_list[0] if arg_list else ""
-            ok = bool(key) and (self._api_key is None or key == self._api_key)
-            connection.authed = connection.authed or ok
-            reply.update(success=ok, ret_msg="" if ok else "Params Error")
+            error = self._signing.check_ws_auth(arg_list, self.state.now_ms())
+            connection.authed = connection.authed or error is None
+            reply.update(success=error is None, ret_msg=error or "")
         elif op in ("subscribe", "unsubscribe"):
             if connection.private and not connection.authed:
                 reply.update(success=False, ret_msg="Request not authorized")

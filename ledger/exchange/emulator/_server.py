@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from ledger.exchange.emulator._control import ControlApi
 from ledger.exchange.emulator._faults import FaultInjector, FaultKind
 from ledger.exchange.emulator._feeds import WsFeeds
 from ledger.exchange.emulator._routes import ApiError, RestRoutes
+from ledger.exchange.emulator._signing import Signing
 from ledger.exchange.emulator._state import INSTRUMENTS, ExchangeState, Instrument, NumberLike
 from ledger.exchange.emulator._wire import error_response
 
@@ -54,6 +56,8 @@ class BybitEmulator(ControlApi):
         instruments: Iterable[Instrument] = INSTRUMENTS,
         closed_pnl_delay_ms: int = 0,
         closed_pnl_fees: bool = True,
+        api_secret: str | None = None,
+        check_timestamps: bool | None = None,
     ) -> None:
         self.state = ExchangeState(
             clock=clock,
@@ -66,9 +70,15 @@ class BybitEmulator(ControlApi):
         )
         self.requests: deque[RequestRecord] = deque(maxlen=10_000)
         self.unhandled: list[str] = []
-        self._api_key = api_key
+        # A custom clock is a simulated timeline ccxt's wall-clock nonce cannot match, so
+        # timestamps are checked by default only against the real clock.
+        self._signing = Signing(
+            api_key=api_key,
+            api_secret=api_secret,
+            check_timestamps=clock is None if check_timestamps is None else check_timestamps,
+        )
         self._host = host
-        self._feeds = WsFeeds(self.state, api_key=api_key)
+        self._feeds = WsFeeds(self.state, signing=self._signing)
         self._faults = FaultInjector(
             now_ms=self.state.now_ms, timeout_seconds=timeout_fault_seconds
         )
@@ -139,9 +149,11 @@ class BybitEmulator(ControlApi):
         path = request.path
         params: dict[str, str] = dict(request.query)
         now = self.state.now_ms
+        payload = request.rel_url.raw_query_string
         if request.method == "POST" and request.can_read_body:
+            payload = await request.text()
             try:
-                body = await request.json()
+                body = json.loads(payload)
             except ValueError:
                 return error_response(10001, "params error: body is not JSON", now_ms=now())
             if isinstance(body, dict):
@@ -149,8 +161,12 @@ class BybitEmulator(ControlApi):
         self.requests.append(RequestRecord(request.method, path, params))
         private = not path.startswith("/v5/market/")
         api_key = request.headers.get("X-BAPI-API-KEY", "")
-        if private and (not api_key or (self._api_key is not None and api_key != self._api_key)):
-            return error_response(10003, "API key is invalid.", now_ms=now(), status=401)
+        if private:
+            refusal = self._signing.check_http(request.headers, payload, now())
+            if refusal is not None:
+                return error_response(
+                    refusal.code, refusal.message, now_ms=now(), status=refusal.status
+                )
         fault = self._faults.take(path, private)
         if fault is not None:
             assert self._closing is not None
