@@ -152,11 +152,13 @@ def execution_row(e: Execution, *, ws: bool = False) -> JsonObject:
         "execFee": num(e.exec_fee),
         "execId": e.exec_id,
         "marketUnit": "",
-        "execPnl": num(e.exec_pnl),
         "execQty": num(e.exec_qty),
     }
     if ws:
+        # The private stream's rows carry category and execPnl (websocket/private/
+        # execution.mdx); the REST list documents neither (order/execution.mdx).
         row["category"] = "linear"
+        row["execPnl"] = num(e.exec_pnl)
     return row
 
 
