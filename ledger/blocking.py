@@ -28,7 +28,15 @@ from ledger.errors import InvalidValue, PositionAlreadyClosed, StoreUnavailable,
 from ledger.events import PositionMarked
 from ledger.rules import decide
 from ledger.seed_edge import SeedDict, SeedPosition, SeedScalar, seed_position, seed_summary
-from ledger.service import Ledger, Number, Plan, new_position_id
+from ledger.service import (
+    Ledger,
+    Number,
+    Plan,
+    close_command,
+    mark_command,
+    new_position_id,
+    partial_exit_command,
+)
 from ledger.settings import Settings, load_settings
 from ledger.values import (
     Side,
@@ -259,7 +267,7 @@ class ThreadSafePositionManager:
                 planned.append(Plan(mark, occurred_at=opened_at))
             return planned
 
-        self._acall(lambda ledger: ledger.transact(plan))
+        self.ledger.transact_blocking(plan)
         return command.position_id
 
     def close_position(
@@ -267,8 +275,8 @@ class ThreadSafePositionManager:
     ) -> bool:
         """Close at exit_price (default: the last mark); False if unknown or already closed."""
         try:
-            self._acall(
-                lambda ledger: ledger.close_position(position_id, reason=reason, price=exit_price)
+            self.ledger.execute_blocking(
+                close_command(position_id, reason=reason, price=exit_price)
             )
         except (UnknownPosition, PositionAlreadyClosed):
             return False
@@ -287,8 +295,8 @@ class ThreadSafePositionManager:
         Raises ExitExceedsPosition and InvalidValue for a bad size or price.
         """
         try:
-            self._acall(
-                lambda ledger: ledger.register_partial_exit(
+            self.ledger.execute_blocking(
+                partial_exit_command(
                     position_id,
                     notional=exit_size,
                     price=exit_price,
@@ -303,7 +311,7 @@ class ThreadSafePositionManager:
     def update_position_price(self, position_id: str, price: Number) -> bool:
         """Record a new mark price; False if unknown or closed."""
         try:
-            self._acall(lambda ledger: ledger.mark(position_id, price))
+            self.ledger.execute_blocking(mark_command(position_id, price))
         except (UnknownPosition, PositionAlreadyClosed):
             return False
         return True
@@ -350,7 +358,7 @@ class ThreadSafePositionManager:
             return [Plan(e) for e in decide(book, command, limits)]
 
         try:
-            self._acall(lambda ledger: ledger.transact(plan))
+            self.ledger.transact_blocking(plan)
         except (UnknownPosition, PositionAlreadyClosed):
             return False
         return True

@@ -12,6 +12,7 @@ LedgerError
 ├── StoreError
 │   ├── VersionConflict        stale expected stream version; nothing appended
 │   ├── StoreUnavailable       missing, locked or unreadable database
+│   │   └── BookOutOfStep      the live book cannot take committed events; reloading
 │   └── IntegrityError         the log fails verification (hash chain, gaps, decoding)
 ├── SnapshotError              positions.json unusable (start-up rebuilds instead)
 ├── ExchangeError              the exchange failed or answered nonsense; ledger unchanged
@@ -98,6 +99,11 @@ class VersionConflict(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database is missing, locked, foreign or unreadable."""
+
+
+class BookOutOfStep(StoreUnavailable):
+    """The live book could not take events committed to the log: the ledger refuses
+    commands with this error and reloads the book from the log before the next one."""
 
 
 class IntegrityError(StoreError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ledger.clock import Clock, system_clock
 from ledger.commands import (
@@ -29,6 +29,7 @@ from ledger.commands import (
 )
 from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
 from ledger.errors import (
+    BookOutOfStep,
     ImportRejected,
     InvalidValue,
     LedgerError,
@@ -42,8 +43,9 @@ from ledger.rebuild import fold_log
 from ledger.rules import decide
 from ledger.settings import Settings
 from ledger.snapshot_file import file_identity, move_aside, read_file, write_atomic
-from ledger.store.base import EventStore
+from ledger.store.base import EventStore, StoreTransaction
 from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.writer import Completion, GroupCommit
 from ledger.values import Side, optional_decimal, positive, to_decimal
 from projections.book import Book
 from projections.pnl import qty_from_notional
@@ -76,12 +78,29 @@ Decider = Callable[[Book], Sequence[Plan]]
 _MAX_GROUP = 1000
 
 
-@dataclass
 class _Job:
-    decide: Decider
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: list[Recorded] = field(default_factory=list)
-    error: BaseException | None = None
+    __slots__ = ("decide", "done", "error", "result")
+
+    def __init__(self, decide: Decider, *, blocking: bool) -> None:
+        self.decide = decide
+        self.done = Completion(blocking=blocking)
+        self.result: list[Recorded] = []
+        self.error: BaseException | None = None
+
+    def outcome(self) -> list[Recorded]:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass
+class _Group:
+    """What one group's transaction saw and made, kept for after it ends."""
+
+    tail: list[Recorded] = field(default_factory=list)
+    work: Book | None = None
+    culprit: _Job | None = None
+    reloaded: bool = False
 
 
 def new_position_id() -> str:
@@ -91,9 +110,11 @@ def new_position_id() -> str:
 class Ledger:
     """The position ledger, used as `async with Ledger("data/ledger.db") as ledger:`.
 
-    Every change goes through one writer task: jobs queued while a transaction is in flight
-    share the next one (group commit), and each is decided against the book after the events
-    other processes appended are applied, inside the write lock.
+    Every change goes through the store's writer thread: jobs queued while a transaction is
+    in flight share the next one (group commit), and each is decided against the book after
+    the events other processes appended are applied, inside the write lock, all in one call
+    on that thread (DESIGN in `ledger/store/base.py`). Each committed state is published as
+    a new book (one reference assignment), so readers on any thread see a committed state.
     """
 
     def __init__(
@@ -124,9 +145,11 @@ class Ledger:
         self._limits = self.settings.limits
         self._book = Book()
         self._task_group: TaskGroup | None = None
-        self._send: MemoryObjectSendStream[_Job] | None = None
-        self._writer_done = anyio.Event()
+        self._jobs: GroupCommit[_Job] | None = None
+        self._loop_token: Callable[[Callable[[], None]], None] | None = None
+        self._broken: BookOutOfStep | None = None
         self._appended = anyio.Event()
+        self._subscribers = 0
         self._snapshot_seq = 0
         self._snapshot_at = time.monotonic()
         self._snapshot_running = False
@@ -141,14 +164,13 @@ class Ledger:
         await self.store.open()
         try:
             seed_file = await self._load()
-            send, receive = anyio.create_memory_object_stream[_Job](max_buffer_size=10_000)
             self._task_group = anyio.create_task_group()
             await self._task_group.__aenter__()
         except BaseException:
             await self.store.close()
             raise
-        self._send = send
-        self._task_group.start_soon(self._writer, receive)
+        self._loop_token = _loop_caller()
+        self._jobs = self.store.group_commit(self._commit_group, max_group=_MAX_GROUP)
         self._task_group.start_soon(self._snapshot_timer)
         if seed_file is not None:
             try:
@@ -164,15 +186,14 @@ class Ledger:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        if self._send is not None:
-            await self._send.aclose()
-            self._send = None
+        jobs, self._jobs = self._jobs, None
         group, self._task_group = self._task_group, None
         try:
+            if jobs is not None:
+                # the writer thread drains the jobs already queued before this barrier
+                with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+                    await self.store.writer.call(lambda: None)
             if group is not None:
-                # the writer drains the jobs already queued, then ends with the stream
-                with anyio.CancelScope(shield=True):
-                    await self._writer_done.wait()
                 group.cancel_scope.cancel()
                 # the body's own exception goes on as it is, not wrapped in an ExceptionGroup
                 await group.__aexit__(None, None, None)
@@ -360,113 +381,206 @@ class Ledger:
     async def transact(self, decider: Decider) -> list[Recorded]:
         """Decide against the current book inside the write transaction, then append.
 
-        The decider may raise a LedgerError to refuse (nothing is appended). Planned events
+        The decider runs on the store's writer thread, synchronously, against a fork of the
+        book with every committed event applied. It may raise a LedgerError to refuse
+        (nothing is appended); any exception it raises fails this job alone, as does one in
+        encoding or folding its events; the other jobs of the group commit. Planned events
         with an idempotency key already in the log are not appended again; their stored
         records are returned in their place. A caller cancelled after submitting may still
         have its job committed. Raises LedgerError, StoreError.
         """
-        if self._send is None:
-            raise StoreUnavailable("the ledger is not open (use `async with Ledger(...)`)")
-        job = _Job(decider)
-        await self._send.send(job)
+        job = _Job(decider, blocking=False)
+        self._submit(job)
         await job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
+        return job.outcome()
+
+    def transact_blocking(self, decider: Decider) -> list[Recorded]:
+        """`transact` from a plain thread: blocks it until the commit is durable.
+
+        The job goes straight to the writer thread and the caller is woken once: no event
+        loop in between. Not from the writer thread itself (a decider), which would wait
+        for itself. Raises LedgerError, StoreError.
+        """
+        if self._jobs is not None and self.store.writer.on_thread:
+            raise StoreUnavailable("a decider cannot wait for another write")
+        job = _Job(decider, blocking=True)
+        self._submit(job)
+        job.done.wait_blocking()
+        return job.outcome()
+
+    def _submit(self, job: _Job) -> None:
+        jobs = self._jobs
+        if jobs is None:
+            raise StoreUnavailable("the ledger is not open (use `async with Ledger(...)`)")
+        jobs.submit(job)
 
     async def execute(self, command: AnyCommand) -> list[Recorded]:
         """Check a command against the rules and append its events; raises CommandRejected."""
+        return await self.transact(self._decider(command))
+
+    def execute_blocking(self, command: AnyCommand) -> list[Recorded]:
+        """`execute` from a plain thread (see `transact_blocking`)."""
+        return self.transact_blocking(self._decider(command))
+
+    def _decider(self, command: AnyCommand) -> Decider:
         limits = self._limits
-        return await self.transact(lambda book: [Plan(e) for e in decide(book, command, limits)])
+        return lambda book: [Plan(e) for e in decide(book, command, limits)]
 
-    async def _writer(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
+    # -- on the writer thread ------------------------------------------------------------
+
+    def _commit_group(self, group: list[_Job]) -> None:
+        """One transaction for the group; the live book changes only once it is committed."""
+        state = _Group()
         try:
-            await self._write_loop(receive)
-        finally:
-            self._writer_done.set()
-
-    async def _write_loop(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
-        async with receive:
-            async for first in receive:
-                group = [first]
-                while len(group) < _MAX_GROUP:
-                    try:
-                        group.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                with anyio.CancelScope(shield=True):
-                    await self._commit_group(group)
-                self._appended.set()
-                self._appended = anyio.Event()
-                await self._snapshot_if_due()
-
-    async def _commit_group(self, group: list[_Job]) -> None:
-        """Decide every job against a fork of the book inside one write transaction; the
-        live book sees the events only once they are committed."""
-        tail: list[Recorded] = []
-        staged: list[Recorded] = []
-        try:
-            async with self.store.write() as tx:
-                tail = tx.tail
-                work = self._book.fork()
-                work.apply_all(tail)
-                now = self._clock()
-                for job in group:
-                    try:
-                        planned = list(job.decide(work))
-                    except Exception as refused:  # handed back to the caller, not swallowed
-                        job.error = refused
-                        continue
-                    keyed = [plan.key for plan in planned if plan.key is not None]
-                    existing = await tx.find_existing(keyed) if keyed else {}
-                    fresh = [
-                        NewEvent(
-                            stream=stream_of(plan.event),
-                            event=plan.event,
-                            event_id=plan.key or uuid.uuid4().hex,
-                            occurred_at=plan.occurred_at or now,
-                        )
-                        for plan in planned
-                        if plan.key is None or plan.key not in existing
-                    ]
-                    await tx.load_versions(new.stream for new in fresh)
-                    try:
-                        new_records = iter(tx.stage(fresh))
-                    except Exception as bad:  # this job alone fails; the others commit
-                        job.error = StoreError(f"cannot store these events: {bad!r}")
-                        continue
-                    records = [
-                        existing[plan.key]
-                        if plan.key is not None and plan.key in existing
-                        else next(new_records)
-                        for plan in planned
-                    ]
-                    appended = [r for r in records if r.seq > work.last_seq]
-                    work.apply_all(appended)
-                    staged.extend(appended)
-                    job.result = records
-        except Exception as failure:
-            error = failure if isinstance(failure, LedgerError) else StoreError(repr(failure))
-            for job in group:
-                if job.error is None:
-                    job.error = error
-                    job.result = []
-            log.error("append failed, nothing of this group was stored: %s", error)
-            self._book.apply_all(tail)  # other processes' events did commit
+            self.store.run_transaction(lambda tx: self._decide_group(tx, group, state))
+        except BaseException as failure:
+            self._fail_group(group, state, failure)
         else:
-            self._book.apply_all(tail)
-            self._book.apply_all(staged)
+            assert state.work is not None
+            self._book = state.work  # publish: one assignment, readers see all or nothing
+            if state.reloaded:
+                self._broken = None
+                log.warning("the book was reloaded from the log at seq %d", self._book.last_seq)
+            self._after_commit()
         finally:
             for job in group:
                 job.done.set()
 
+    def _decide_group(self, tx: StoreTransaction, group: list[_Job], state: _Group) -> None:
+        """Decide each job against a fork of the book, in its own guard: any Exception of one
+        job (its decider, encoding or staging its events, folding them) fails it alone."""
+        state.tail = tx.tail
+        base = self._book if self._broken is None else self._reloaded(tx, state)
+        work = self._fold(base, tx.tail, [])
+        accepted: list[Recorded] = []
+        now = self._clock()
+        for job in group:
+            mark = tx.savepoint()
+            folding = False
+            try:
+                records = self._stage_job(tx, work, job, now)
+                appended = [r for r in records if r.seq > work.last_seq]
+                folding = True
+                work.apply_all(appended)
+            except Exception as refused:  # handed back to the caller, not swallowed
+                tx.rollback_to(mark)
+                job.error = (
+                    refused
+                    if isinstance(refused, LedgerError) or not folding
+                    else StoreError(f"cannot apply these events, nothing stored: {refused!r}")
+                )
+                if folding:  # the fork took part of this job's events: build it again
+                    work = self._fold(base, tx.tail, accepted)
+                continue
+            except BaseException:
+                state.culprit = job
+                raise
+            accepted.extend(appended)
+            job.result = records
+        state.work = work
+
+    def _stage_job(
+        self, tx: StoreTransaction, work: Book, job: _Job, now: datetime
+    ) -> list[Recorded]:
+        planned = list(job.decide(work))
+        keyed = [plan.key for plan in planned if plan.key is not None]
+        existing = tx.find_existing(keyed) if keyed else {}
+        fresh = [
+            NewEvent(
+                stream=stream_of(plan.event),
+                event=plan.event,
+                event_id=plan.key or uuid.uuid4().hex,
+                occurred_at=plan.occurred_at or now,
+            )
+            for plan in planned
+            if plan.key is None or plan.key not in existing
+        ]
+        tx.load_versions(new.stream for new in fresh)
+        try:
+            new_records = iter(tx.stage(fresh))
+        except LedgerError:
+            raise
+        except Exception as bad:
+            raise StoreError(f"cannot store these events: {bad!r}") from bad
+        return [
+            existing[plan.key]
+            if plan.key is not None and plan.key in existing
+            else next(new_records)
+            for plan in planned
+        ]
+
+    def _fold(self, base: Book, tail: list[Recorded], accepted: list[Recorded]) -> Book:
+        """A successor of base with committed events applied; raises BookOutOfStep when
+        the book cannot take them (the ledger then refuses commands until it reloads)."""
+        work = base.successor()
+        try:
+            work.apply_all(tail)
+        except Exception as exc:
+            self._broken = BookOutOfStep(
+                f"the book cannot take events committed to the log (seq {tail[0].seq}-"
+                f"{tail[-1].seq}): {exc!r}; commands are refused until it reloads"
+            )
+            raise self._broken from exc
+        work.apply_all(accepted)  # each of these was folded once already on this fork
+        return work
+
+    def _fail_group(self, group: list[_Job], state: _Group, failure: BaseException) -> None:
+        """The transaction rolled back: every caller hears an error, none hears "stored"."""
+        if isinstance(failure, LedgerError):
+            error: BaseException = failure
+        elif state.culprit is not None:
+            error = StoreError(
+                "rolled back, nothing stored: another command of the same transaction"
+                f" raised {failure!r}"
+            )
+        else:
+            error = StoreError(f"append failed, nothing of this group was stored: {failure!r}")
+        for job in group:
+            job.result = []
+            if job is state.culprit:
+                job.error = failure  # its own exception, in its caller
+            elif job.error is None:
+                job.error = error
+        log.error("append failed, nothing of this group was stored: %s", error)
+        if state.tail and self._broken is None:
+            try:  # other processes' events did commit
+                self._book = self._fold(self._book, state.tail, [])
+            except BookOutOfStep:
+                log.error("%s", self._broken)
+
+    def _reloaded(self, tx: StoreTransaction, state: _Group) -> Book:
+        """The book rebuilt from the whole log, under the write lock (after the live book could
+        not take committed events); raises BookOutOfStep while that still fails."""
+        try:
+            book = Book()
+            book.apply_all(tx.committed_after(0))
+        except Exception as exc:
+            raise BookOutOfStep(f"{self._broken}; reloading from the log failed: {exc!r}") from exc
+        state.reloaded = True
+        return book
+
+    def _after_commit(self) -> None:
+        """Wake subscribers and start a due snapshot, on the event loop, only when needed."""
+        call = self._loop_token
+        if call is None:
+            return
+        if self._subscribers:
+            call(self._wake_subscribers)
+        if self._snapshot_due():
+            call(self._start_background_snapshot)
+
+    def _wake_subscribers(self) -> None:
+        self._appended.set()
+        self._appended = anyio.Event()
+
     # -- snapshots ----------------------------------------------------------------------
 
-    async def _snapshot_if_due(self) -> None:
+    def _snapshot_due(self) -> bool:
         behind = self._book.last_seq - self._snapshot_seq
+        if behind >= self.settings.snapshot_every_events:
+            return True
         overdue = time.monotonic() - self._snapshot_at >= self.settings.snapshot_every_seconds
-        if behind >= self.settings.snapshot_every_events or (behind and overdue):
-            self._start_background_snapshot()
+        return bool(behind and overdue)
 
     def _start_background_snapshot(self) -> None:
         if self._snapshot_running or self._task_group is None:
@@ -494,9 +608,8 @@ class Ledger:
         file cannot be written; the ledger goes on working without it.
         """
         async with self._snapshot_lock:
-            # the live book only ever holds committed events, applied without an await in
-            # between, so a copy taken here is a state the log really had
-            book = self._book.copy()
+            # a published book is never changed again: a state the log really had
+            book = self._book
             saved_at = self._clock()
             path = self.snapshot_path
             try:
@@ -591,13 +704,13 @@ class Ledger:
         ExitExceedsPosition, InvalidValue.
         """
         await self.execute(
-            RecordPartialExit(
-                position_id=position_id,
-                qty=None if qty is None else positive("qty", qty),
-                notional=None if notional is None else positive("exit_size", notional),
-                price=positive("price", price),
-                realized_pnl=optional_decimal("realized_pnl", realized_pnl),
-                fee=to_decimal("fee", fee),
+            partial_exit_command(
+                position_id,
+                price=price,
+                qty=qty,
+                notional=notional,
+                realized_pnl=realized_pnl,
+                fee=fee,
                 reason=reason,
                 rule=rule,
             )
@@ -618,12 +731,8 @@ class Ledger:
         Raises UnknownPosition, PositionAlreadyClosed, InvalidValue.
         """
         await self.execute(
-            ClosePosition(
-                position_id=position_id,
-                price=optional_decimal("price", price),
-                realized_pnl=optional_decimal("realized_pnl", realized_pnl),
-                fee=to_decimal("fee", fee),
-                reason=reason,
+            close_command(
+                position_id, reason=reason, price=price, realized_pnl=realized_pnl, fee=fee
             )
         )
         return self._position(position_id)
@@ -638,11 +747,11 @@ class Ledger:
     ) -> Position:
         """Record a new mark price; raises UnknownPosition, PositionAlreadyClosed, InvalidValue."""
         await self.execute(
-            MarkPosition(
-                position_id=position_id,
-                mark_price=positive("price", price),
-                unrealized_pnl=optional_decimal("unrealized_pnl", unrealized_pnl),
-                initial_margin=optional_decimal("initial_margin", initial_margin),
+            mark_command(
+                position_id,
+                price,
+                unrealized_pnl=unrealized_pnl,
+                initial_margin=initial_margin,
             )
         )
         return self._position(position_id)
@@ -704,12 +813,13 @@ class Ledger:
         return await fold_log(self.store, to_seq=seq, until=time)
 
     async def refresh(self) -> int:
-        """Apply what other processes appended since; returns how many events came in."""
+        """Apply what other processes appended since; returns how many events came in.
+
+        The writer thread reads them under the write lock (an empty transaction), so the
+        live book stays one committed state at a time.
+        """
         before = self._book.last_seq
-        # pages and the writer's commits may interleave: both are committed prefixes of the
-        # log, and apply() skips what the book already has
-        async for page in self.store.iterate(after_seq=before):
-            self._book.apply_all(page)
+        await self.transact(lambda book: [])
         return self._book.last_seq - before
 
     async def subscribe(
@@ -722,14 +832,18 @@ class Ledger:
         task, so a slow or failing subscriber never holds up an append.
         """
         seq = from_seq
-        while True:
-            appended = self._appended
-            async for page in self.store.iterate(after_seq=seq):
-                for record in page:
-                    yield record
-                    seq = record.seq
-            with anyio.move_on_after(poll_interval):
-                await appended.wait()
+        self._subscribers += 1
+        try:
+            while True:
+                appended = self._appended
+                async for page in self.store.iterate(after_seq=seq):
+                    for record in page:
+                        yield record
+                        seq = record.seq
+                with anyio.move_on_after(poll_interval):
+                    await appended.wait()
+        finally:
+            self._subscribers -= 1
 
     async def backup(self, to: str | Path | None = None) -> Path:
         """A consistent copy of the log through SQLite's backup API, keeping the newest N."""
@@ -750,6 +864,81 @@ def _snapshot_error(path: Path, exc: OSError) -> SnapshotError:
     """The OS error of a failed positions.json write, in one line that names the file."""
     reason = exc.strerror or type(exc).__name__
     return SnapshotError(f"cannot write {path}: {reason}")
+
+
+# -- commands built from caller values (shared by the async and the blocking API) -----------
+
+
+def partial_exit_command(
+    position_id: str,
+    *,
+    price: Number,
+    qty: Number | None = None,
+    notional: Number | None = None,
+    realized_pnl: Number | None = None,
+    fee: Number = 0,
+    reason: str = "",
+    rule: str | None = None,
+) -> RecordPartialExit:
+    """A partial exit; raises InvalidValue."""
+    return RecordPartialExit(
+        position_id=position_id,
+        qty=None if qty is None else positive("qty", qty),
+        notional=None if notional is None else positive("exit_size", notional),
+        price=positive("price", price),
+        realized_pnl=optional_decimal("realized_pnl", realized_pnl),
+        fee=to_decimal("fee", fee),
+        reason=reason,
+        rule=rule,
+    )
+
+
+def close_command(
+    position_id: str,
+    *,
+    reason: str = "",
+    price: Number | None = None,
+    realized_pnl: Number | None = None,
+    fee: Number = 0,
+) -> ClosePosition:
+    """A close; raises InvalidValue."""
+    return ClosePosition(
+        position_id=position_id,
+        price=optional_decimal("price", price),
+        realized_pnl=optional_decimal("realized_pnl", realized_pnl),
+        fee=to_decimal("fee", fee),
+        reason=reason,
+    )
+
+
+def mark_command(
+    position_id: str,
+    price: Number,
+    *,
+    unrealized_pnl: Number | None = None,
+    initial_margin: Number | None = None,
+) -> MarkPosition:
+    """A new mark price; raises InvalidValue."""
+    return MarkPosition(
+        position_id=position_id,
+        mark_price=positive("price", price),
+        unrealized_pnl=optional_decimal("unrealized_pnl", unrealized_pnl),
+        initial_margin=optional_decimal("initial_margin", initial_margin),
+    )
+
+
+def _loop_caller() -> Callable[[Callable[[], None]], None] | None:
+    """A way to run a callback on the current event loop from the writer thread."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another async backend: subscribers poll, snapshots use the timer
+        return None
+
+    def call(fn: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(fn)
+
+    return call
 
 
 def _qty(

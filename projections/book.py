@@ -10,7 +10,7 @@ from collections import ChainMap
 from collections.abc import Iterable, Iterator, MutableMapping
 from datetime import datetime
 from decimal import Decimal
-from itertools import islice
+from typing import TypeVar
 
 import msgspec
 
@@ -30,6 +30,8 @@ from ledger.values import Side, from_micros, market_key
 from projections import positions as fold
 from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary, summarize
+
+V = TypeVar("V")
 
 
 class Book:
@@ -200,16 +202,41 @@ class Book:
         other.last_hash = self.last_hash
         return other
 
+    def successor(self) -> Book:
+        """A book equal to this one that takes the next events, leaving this one untouched.
+
+        The Ledger publishes each committed state as a new book, so readers on any thread
+        see one committed state, never a half-applied one. Cost: O(open positions + closes
+        since the last compaction), not O(history): closed positions and imports sit in a
+        frozen base layer under a small recent one, merged once the recent layer outgrows
+        the square root of the base.
+        """
+        other = Book()
+        other.open = dict(self.open)
+        other.closed = _layered(self.closed)
+        other.balance = self.balance
+        other.available = self.available
+        other.acc = self.acc.copy()
+        other.imported_files = _layered(self.imported_files)
+        other.last_seq = self.last_seq
+        other.last_hash = self.last_hash
+        other.skipped = list(self.skipped)
+        return other
+
     def recently_closed(self, limit: int) -> Iterator[Position]:
         """Up to `limit` closed positions, the latest closed first (also on a fork)."""
-        layers = self.closed.maps if isinstance(self.closed, ChainMap) else [self.closed]
+        layers = _flat_layers(self.closed)
         left = limit
+        seen: set[str] = set()
         for layer in layers:  # a fork's own closes come first, then the book's
-            for position in islice(reversed(layer.values()), left):  # type: ignore[call-overload]
-                yield position
+            for position in reversed(layer.values()):  # type: ignore[call-overload]
+                if left <= 0:
+                    return
+                if position.position_id in seen:  # amended later: already yielded
+                    continue
+                seen.add(position.position_id)
+                yield self.closed[position.position_id]
                 left -= 1
-            if left <= 0:
-                return
 
     def get(self, position_id: str) -> Position | None:
         """An open or closed position by id."""
@@ -225,6 +252,23 @@ class Book:
 
     def summary(self) -> SessionSummary:
         return summarize(self.acc, list(self.open.values()), self.balance, self.available)
+
+
+def _flat_layers(mapping: MutableMapping[str, Position]) -> list[MutableMapping[str, Position]]:
+    if not isinstance(mapping, ChainMap):
+        return [mapping]
+    return [layer for sub in mapping.maps for layer in _flat_layers(sub)]
+
+
+def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
+    """A mapping equal to `mapping` whose writes go to a fresh top layer: ChainMap(recent,
+    base), base shared and never written again, recent copied (small)."""
+    if isinstance(mapping, ChainMap) and len(mapping.maps) == 2:
+        recent, base = mapping.maps
+        if len(recent) * len(recent) <= len(base) or len(recent) <= 64:
+            return ChainMap(dict(recent), base)
+        return ChainMap({}, {**base, **recent})
+    return ChainMap({}, dict(mapping) if isinstance(mapping, ChainMap) else mapping)
 
 
 # events whose fold reads the time (a datetime is made only for them)

@@ -10,12 +10,12 @@ import faulthandler
 import json
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from multiprocessing.synchronize import Barrier as ProcessBarrier
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -37,6 +37,8 @@ from ledger.store.base import StoreTransaction
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
 from projections.book import Book, fold_records
+
+T = TypeVar("T")
 
 # -- shared checks ------------------------------------------------------------------------
 
@@ -284,20 +286,22 @@ async def _crash_main(db: str, snapshot_every_events: int, run: str) -> None:
             return await write_snapshot()
 
         ledger.write_snapshot = announced_snapshot  # type: ignore[method-assign]
-        store_write = ledger.store.write
+        store_transaction = ledger.store.run_transaction
 
-        @asynccontextmanager
-        async def announced_write() -> AsyncIterator[StoreTransaction]:
-            async with store_write() as tx:
-                yield tx
+        def announced_transaction(unit: Callable[[StoreTransaction], T]) -> T:
+            def announced(tx: StoreTransaction) -> T:
+                result = unit(tx)
                 # staged, not yet inserted nor committed: tell the parent when this commit
                 # holds a whole-position exit (exit + close), so it can kill mid-commit
                 types = {row.type for row in tx.rows}
                 if {"PartialExitRecorded", "PositionClosed"} <= types:
                     sys.stdout.write(json.dumps({"committing": [r.seq for r in tx.rows]}) + "\n")
                     sys.stdout.flush()
+                return result
 
-        ledger.store.write = announced_write  # type: ignore[method-assign]
+            return store_transaction(announced)
+
+        ledger.store.run_transaction = announced_transaction  # type: ignore[method-assign]
         sys.stdout.write(json.dumps({"ready": ledger.last_seq}) + "\n")
         sys.stdout.flush()
         async with anyio.create_task_group() as group:

@@ -13,15 +13,14 @@ import dataclasses
 import itertools
 import json
 import multiprocessing
+import sqlite3
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import anyio
 import pytest
 
@@ -221,14 +220,14 @@ async def test_five_hundred_tasks_through_one_ledger_with_group_commit(
     acked: list[Recorded] = []
     async with Ledger(db_path, settings=SETTINGS) as ledger:
         transactions = 0
-        original_write = ledger.store.write
+        original_transaction = ledger.store.run_transaction
 
-        def counting_write() -> Any:
+        def counting_transaction(unit: Callable[[StoreTransaction], Any]) -> Any:
             nonlocal transactions
             transactions += 1
-            return original_write()
+            return original_transaction(unit)
 
-        monkeypatch.setattr(ledger.store, "write", counting_write)
+        monkeypatch.setattr(ledger.store, "run_transaction", counting_transaction)
 
         async def gated(gate: anyio.Event, job: Callable[[], Any]) -> None:
             await gate.wait()
@@ -556,8 +555,8 @@ async def test_two_writers_creating_one_fresh_database_at_once(
     first, as another process could; if it does, the second one waits for the lock. Either
     way both must open: a database being created by another writer is not a foreign one.
     """
-    real_connect = aiosqlite.connect
-    hooked: list[aiosqlite.Connection] = []
+    real_connect = sqlite3.connect
+    hooked: list[sqlite3.Connection] = []
     others: list[threading.Thread] = []
     failures: list[BaseException] = []
 
@@ -575,14 +574,14 @@ async def test_two_writers_creating_one_fresh_database_at_once(
         if not hooked[0].in_transaction:
             other.join(JOIN_SECONDS)  # nothing stops it: let it finish between our reads
 
-    async def connect_and_trace(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
-        conn = await real_connect(*args, **kwargs)
-        if not hooked:  # only the first writer's own connection
+    def connect_and_trace(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = real_connect(*args, **kwargs)
+        if not hooked:  # only the first writer's own connection (the store's write one)
             hooked.append(conn)
-            await conn.set_trace_callback(on_statement)
+            conn.set_trace_callback(on_statement)
         return conn
 
-    monkeypatch.setattr(aiosqlite, "connect", connect_and_trace)
+    monkeypatch.setattr(sqlite3, "connect", connect_and_trace)
     store = SQLiteEventStore(db_path)
     try:
         await store.open()
@@ -618,26 +617,29 @@ async def test_readers_never_see_events_that_are_not_committed_yet(
     async with Ledger(db_path, settings=SETTINGS) as ledger:
         await ledger.open_position("BASEUSDT", "long", entry_price=10, qty=1, leverage=2)
         before = (ledger.last_seq, ledger.active_positions(), ledger.session_summary())
-        store_write = ledger.store.write
-        staged = anyio.Event()
-        release = anyio.Event()
+        store_transaction = ledger.store.run_transaction
+        # threading events: the transaction runs on the store's writer thread
+        staged = threading.Event()
+        release = threading.Event()
 
-        @asynccontextmanager
-        async def write_paused_before_commit() -> AsyncIterator[StoreTransaction]:
-            async with store_write() as tx:
-                yield tx
+        def paused_before_commit(unit: Callable[[StoreTransaction], Any]) -> Any:
+            def decided_then_paused(tx: StoreTransaction) -> Any:
+                result = unit(tx)
                 if tx.rows:  # staged and decided, not yet inserted nor committed
                     staged.set()
-                    await release.wait()
+                    release.wait()
+                return result
 
-        monkeypatch.setattr(ledger.store, "write", write_paused_before_commit)
+            return store_transaction(decided_then_paused)
+
+        monkeypatch.setattr(ledger.store, "run_transaction", paused_before_commit)
         async with anyio.create_task_group() as group:
             group.start_soon(
                 lambda: ledger.open_position(
                     "DIRTYUSDT", "short", entry_price=20, qty=3, leverage=2, position_id="dirty"
                 )
             )
-            await staged.wait()
+            await anyio.to_thread.run_sync(staged.wait)
             during = (ledger.last_seq, ledger.active_positions(), ledger.session_summary())
             seen_dirty = ledger.get_position("dirty")
             release.set()

@@ -92,8 +92,7 @@ async def test_staging_to_a_stream_whose_version_was_not_loaded_is_refused(db_pa
         event = BalanceObserved(total=Decimal(1), available=Decimal(1))
         new = NewEvent(stream="account", event=event, event_id="e1", occurred_at=datetime.now(UTC))
         with pytest.raises(StoreError, match="load_versions"):
-            async with store.write() as tx:
-                tx.stage([new])
+            await store.transact(lambda tx: tx.stage([new]))
         assert (await store.head()).seq == 0
         assert [r.version for r in await store.append([new])] == [1]
     finally:

@@ -10,10 +10,10 @@ import abc
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import msgspec
@@ -28,6 +28,8 @@ from ledger.store.memory import MemoryEventStore
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side, to_micros
 from tests.strategies import T0
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.anyio
 
@@ -444,15 +446,61 @@ async def test_head_and_hash_at(store: EventStore) -> None:
 
 async def test_write_transaction_finds_and_stages(store: EventStore) -> None:
     records = await store.append(sample_batch(3))
-    transaction: Callable[[], AbstractAsyncContextManager[StoreTransaction]] = store.write
-    async with transaction() as tx:
-        assert tx.head.seq == 3
-        existing = await tx.find_existing(["e1", "nope"])
-        assert existing == {"e1": records[1]}
+    seen: dict[str, object] = {}
+
+    def unit(tx: StoreTransaction) -> list[Recorded]:
+        seen["head"] = tx.head.seq
+        seen["existing"] = tx.find_existing(["e1", "nope"])
         staged = tx.stage([new(marked("p0", 200), "x1")])
-        assert staged[0].seq == 4
-        assert (await tx.find_existing(["x1"]))["x1"] == staged[0]
+        seen["again"] = tx.find_existing(["x1"])["x1"]
+        return staged
+
+    staged = await store.transact(unit)
+    assert seen == {"head": 3, "existing": {"e1": records[1]}, "again": staged[0]}
+    assert staged[0].seq == 4
     assert (await store.read(after_seq=3))[0].event_id == "x1"
+
+
+async def test_a_unit_that_raises_stores_nothing_and_the_next_one_works(
+    store: EventStore,
+) -> None:
+    await store.append(sample_batch(2))
+
+    class Poison(BaseException):
+        pass
+
+    def poisoned(tx: StoreTransaction) -> None:
+        tx.stage([new(marked("p0", 300), "poisoned")])
+        raise Poison
+
+    with pytest.raises(Poison):
+        await store.transact(poisoned)
+    assert (await store.head()).seq == 2
+    (record,) = await store.append([new(marked("p0", 301), "after")])
+    assert record.seq == 3
+    assert (await store.verify_chain()).events == 3
+
+
+async def test_rollback_to_a_savepoint_unstages_one_jobs_rows(store: EventStore) -> None:
+    await store.append([new(opened("p1"), "e1")])
+
+    def unit(tx: StoreTransaction) -> list[Recorded]:
+        tx.load_versions(["p1", "p9"])
+        kept = tx.stage([new(marked("p1", 101), "kept")])
+        mark = tx.savepoint()
+        tx.stage([new(marked("p1", 102), "dropped"), new(opened("p9"), "dropped-too")])
+        tx.rollback_to(mark)
+        return kept + tx.stage([new(marked("p1", 103), "after")])
+
+    kept, after = await store.transact(unit)
+    assert (kept.seq, kept.version, after.seq, after.version) == (2, 2, 3, 3)
+    assert [r.event_id for r in await store.read()] == ["e1", "kept", "after"]
+    assert (await store.verify_chain()).events == 3
+
+
+async def test_run_transaction_refuses_any_thread_but_the_writers(store: EventStore) -> None:
+    with pytest.raises(StoreUnavailable, match="writer thread"):
+        store.run_transaction(lambda tx: None)
 
 
 # -- the hash chain --------------------------------------------------------------------------
@@ -545,14 +593,14 @@ async def test_sqlite_concurrent_appends_share_transactions(
     store = SQLiteEventStore(db_path)
     await store.open()
     transactions = 0
-    original = store.write
+    original = store.run_transaction
 
-    def counting_write() -> AbstractAsyncContextManager[StoreTransaction]:
+    def counting_transaction(unit: Callable[[StoreTransaction], T]) -> T:
         nonlocal transactions
         transactions += 1
-        return original()
+        return original(unit)
 
-    monkeypatch.setattr(store, "write", counting_write)
+    monkeypatch.setattr(store, "run_transaction", counting_transaction)
     try:
         async with anyio.create_task_group() as group:
             for i in range(500):
@@ -577,7 +625,12 @@ async def test_sqlite_group_commit_counts_commits_on_the_connection(db_path: Pat
             commits.append(sql)
 
     try:
-        await store._connection().set_trace_callback(trace)
+
+        def install() -> None:
+            assert store._conn is not None
+            store._conn.set_trace_callback(trace)
+
+        await store.writer.call(install)
         async with anyio.create_task_group() as group:
             for i in range(500):
                 group.start_soon(store.append, [new(opened(f"p{i}"), f"e{i}")])
@@ -617,11 +670,10 @@ async def test_sqlite_sees_what_another_store_on_the_file_appended(db_path: Path
     try:
         await one.append(sample_batch(3))
         await two.append([new(marked("p0", 300), "other")])
-        async with one.write() as tx:  # the write transaction hands over what others appended
-            assert [r.event_id for r in tx.tail] == ["other"]
-            assert tx.head.seq == 4
-        async with one.write() as tx:
-            assert tx.tail == []
+        # the write transaction hands over what others appended
+        tail, seq = await one.transact(lambda tx: ([r.event_id for r in tx.tail], tx.head.seq))
+        assert (tail, seq) == (["other"], 4)
+        assert await one.transact(lambda tx: tx.tail) == []
         (record,) = await one.append([new(marked("p0", 301), "mine")])
         assert (record.seq, record.version) == (5, 4)  # p0: open, mark, theirs, mine
         assert (await one.verify_chain()).events == 5
@@ -684,10 +736,15 @@ async def test_sqlite_read_only_needs_an_existing_ledger(tmp_path: Path) -> None
 
 
 async def _pragma(store: SQLiteEventStore, name: str) -> object:
-    cursor = await store._connection().execute(f"PRAGMA {name}")
-    row = await cursor.fetchone()
-    assert row is not None
-    return row[0]
+    """A pragma as the store's write connection sees it, asked on the writer thread."""
+
+    def ask() -> object:
+        assert store._conn is not None
+        row = store._conn.execute(f"PRAGMA {name}").fetchone()
+        assert row is not None
+        return row[0]
+
+    return await store.writer.call(ask)
 
 
 async def test_sqlite_durability_full_by_default_normal_opt_in(tmp_path: Path) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-
-import anyio
+from typing import TypeVar
 
 from ledger.clock import Clock, system_clock
 from ledger.envelope import Recorded
@@ -21,13 +19,18 @@ from ledger.store.base import (
 )
 from ledger.values import to_micros
 
+T = TypeVar("T")
+
 
 class _MemoryTransaction(StoreTransaction):
     def __init__(self, store: MemoryEventStore, recorded_at: datetime) -> None:
         super().__init__(store._head, [], recorded_at)
         self._store = store
 
-    async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+    def committed_after(self, seq: int) -> list[Recorded]:
+        return self._store._records[max(seq, 0) : len(self._store._rows)]
+
+    def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
         found: dict[str, Recorded] = {}
         for event_id in event_ids:
             index = self._store._by_event_id.get(event_id)
@@ -42,28 +45,31 @@ class MemoryEventStore(EventStore):
     def __init__(self, *, clock: Clock = system_clock) -> None:
         super().__init__()
         self._clock = clock
-        self._lock = anyio.Lock()
         self._rows: list[StagedRow] = []
         self._records: list[Recorded] = []
         self._by_event_id: dict[str, int] = {}
         self._head = Head()
 
     async def open(self) -> None:
-        return None
+        self._start_writer("memory-store-writer")
 
     async def close(self) -> None:
-        return None
+        self._stop_writer()
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[StoreTransaction]:
-        async with self._lock:
-            tx = _MemoryTransaction(self, self._clock())
-            yield tx
-            for row in tx.rows:
-                self._by_event_id[row.event_id] = len(self._rows)
-                self._rows.append(row)
-                self._records.append(record_from_row(row))
-            tx.head.publish(self._head)
+    def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:
+        self.check_writer_thread()
+        tx = _MemoryTransaction(self, self._clock())
+        result = unit(tx)  # raises: nothing staged is kept
+        records = [record_from_row(row) for row in tx.rows]
+        for row, record in zip(tx.rows, records, strict=True):
+            self._by_event_id[row.event_id] = len(self._rows)
+            # the record first: readers take len(self._rows) as the committed end
+            self._records.append(record)
+            self._rows.append(row)
+        head = self._head.copy()
+        tx.head.publish(head)
+        self._head = head  # one assignment: readers see the old head or the new one
+        return result
 
     async def iterate(
         self,
@@ -74,7 +80,8 @@ class MemoryEventStore(EventStore):
         stream: str | None = None,
         page_size: int = 5000,
     ) -> AsyncIterator[list[Recorded]]:
-        last = len(self._records) if to_seq is None else min(to_seq, len(self._records))
+        count = len(self._rows)
+        last = count if to_seq is None else min(to_seq, count)
         until_us = None if until is None else to_micros(until)
         page: list[Recorded] = []
         for index in range(max(after_seq, 0), last):

@@ -1,21 +1,25 @@
-"""The durable event store: one SQLite file in WAL mode, through aiosqlite."""
+"""The durable event store: one SQLite file in WAL mode; writes on the store's writer thread,
+reads through aiosqlite."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import aiosqlite
 import anyio
+from msgspec.structs import astuple
 
 from ledger.clock import Clock, system_clock
 from ledger.envelope import Fact, Recorded
 from ledger.errors import StoreError, StoreUnavailable
+from ledger.store._faults import describe, is_busy
 from ledger.store.base import (
     ChainReport,
     ChainVerifier,
@@ -51,7 +55,21 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 _FACT_COLUMNS = "seq, occurred_us, schema_version, body"  # see FactRow
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_IDENTITY = (
+    "SELECT (SELECT application_id FROM pragma_application_id()),"
+    " (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
+)
 Synchronous = Literal["FULL", "NORMAL"]
+T = TypeVar("T")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open; SQLite may already have rolled it back
+    itself (a full disk, an I/O error), and that must not hide the real error."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _staged(row: sqlite3.Row | tuple[object, ...]) -> StagedRow:
@@ -61,7 +79,7 @@ def _staged(row: sqlite3.Row | tuple[object, ...]) -> StagedRow:
 class _SQLiteTransaction(StoreTransaction):
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        conn: sqlite3.Connection,
         head: Head,
         tail: list[Recorded],
         recorded_at: datetime,
@@ -72,32 +90,38 @@ class _SQLiteTransaction(StoreTransaction):
 
     versions_complete = False
 
-    async def load_versions(self, streams: Iterable[str]) -> None:
+    def load_versions(self, streams: Iterable[str]) -> None:
         known = self.head.stream_versions
         missing = [stream for stream in dict.fromkeys(streams) if stream not in known]
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = await self._conn.execute_fetchall(
+            rows = self._conn.execute(
                 f"SELECT stream, MAX(version) FROM events WHERE stream IN ({marks})"
                 " GROUP BY stream",
                 chunk,
-            )
+            ).fetchall()
             found = {str(stream): int(version) for stream, version in rows}
             # committed facts read under the write lock: valid for the store whatever this
             # transaction does, so they go into the store's own cache
             for stream in chunk:
                 self._store_versions[stream] = found.get(stream, 0)
 
-    async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+    def committed_after(self, seq: int) -> list[Recorded]:
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (seq,)
+        ).fetchall()
+        return records_from_rows(rows)
+
+    def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
         found = {i: self._staged_ids[i] for i in event_ids if i in self._staged_ids}
         wanted = [i for i in dict.fromkeys(event_ids) if i not in found]
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = await self._conn.execute_fetchall(
+            rows = self._conn.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk
-            )
+            ).fetchall()
             for row in rows:
                 record = record_from_row(_staged(row))
                 found[record.event_id] = record
@@ -105,7 +129,12 @@ class _SQLiteTransaction(StoreTransaction):
 
 
 class SQLiteEventStore(EventStore):
-    """Hash-chained log in SQLite; `synchronous='FULL'` (default) survives power loss."""
+    """Hash-chained log in SQLite; `synchronous='FULL'` (default) survives power loss.
+
+    Writes run on the store's writer thread through a stdlib sqlite3 connection that lives
+    there (one hand-off per transaction, see DESIGN in `ledger/store/base.py`); reads go
+    through an aiosqlite connection of their own, so they never see uncommitted rows.
+    """
 
     def __init__(
         self,
@@ -122,87 +151,128 @@ class SQLiteEventStore(EventStore):
         self._busy_timeout_ms = busy_timeout_ms
         self._read_only = read_only
         self._clock = clock
-        self._conn: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None  # the writer's, on the writer thread
+        self._reconnect = False  # a write failed: start the next one on a fresh connection
         # Reads go through their own connection so they never see a write transaction's
         # uncommitted rows (WAL lets readers and the writer work at once).
         self._reader: aiosqlite.Connection | None = None
-        self._lock = anyio.Lock()
         self._head = Head()
 
     async def open(self) -> None:
-        """Connect, create the schema if new, load the head; raises StoreUnavailable."""
+        """Connect, create the schema if new, load the head; raises StoreUnavailable.
+
+        A database another process was killed writing is recovered by whoever opens it
+        first; meanwhile the others wait (within the busy timeout) instead of failing.
+        """
         if self._read_only and not self.path.exists():
             raise StoreUnavailable(f"no ledger database at {self.path}")
         try:
-            if self._read_only:
-                conn = await aiosqlite.connect(
-                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None
-                )
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = await aiosqlite.connect(self.path, isolation_level=None)
-            self._conn = conn
-            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            await self._check_or_create()
+            if not self._read_only:
+                writer = self._start_writer(f"ledger-writer:{self.path.name}")
+                await writer.call(lambda: self._patiently(self._open_writer))
             self._reader = await aiosqlite.connect(
                 f"file:{self.path}?mode=ro", uri=True, isolation_level=None
             )
             await self._reader.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            if not self._read_only:  # stream versions are loaded as streams are written
-                self._head = await self._last_row()
+            if self._read_only:
+                app_id, tables = await self._retry_async(self._identity)
+                self._refuse_foreign(app_id, tables)
+                if app_id != APPLICATION_ID:
+                    raise StoreUnavailable(f"{self.path} is empty, not a position-ledger database")
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self.close()
             if isinstance(exc, sqlite3.DatabaseError):
-                raise StoreUnavailable(f"cannot open ledger database {self.path}: {exc}") from exc
+                raise StoreUnavailable(
+                    f"cannot open ledger database {self.path}: {describe(self.path, exc)} ({exc})"
+                ) from exc
+            if isinstance(exc, OSError):
+                raise StoreUnavailable(
+                    f"cannot open ledger database {self.path}: {describe(self.path, exc)}"
+                ) from exc
             raise
+
+    def _patiently(self, step: Callable[[], T]) -> T:
+        """Run step, retrying while another process holds the lock or recovers the WAL of a
+        writer that was killed (SQLite answers BUSY there without waiting), up to the busy
+        timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = 0.001
+        while True:
+            try:
+                return step()
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)  # a back-off before asking again, not a synchronisation
+            pause = min(pause * 2, 0.05)
+
+    async def _retry_async(self, step: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = 0.001
+        while True:
+            try:
+                return await step()
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, cached_statements=64
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            app_id, tables = self._identity_sync(conn)
+            self._refuse_foreign(app_id, tables)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if app_id != APPLICATION_ID:
+                self._create(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_writer(self) -> None:
+        self._conn = self._connect_writer()
+        # stream versions are loaded as streams are written
+        row = self._conn.execute(
+            "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self._head = Head() if row is None else Head(int(row[0]), str(row[1]))
+
+    @staticmethod
+    def _identity_sync(conn: sqlite3.Connection) -> tuple[int, int]:
+        row = conn.execute(_IDENTITY).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def _identity(self) -> tuple[int, int]:
         """(application_id, number of tables), read in one statement so one snapshot answers."""
-        row = await (
-            await self._connection().execute(
-                "SELECT (SELECT application_id FROM pragma_application_id()),"
-                " (SELECT count(*) FROM sqlite_master"
-                "  WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
-            )
-        ).fetchone()
+        row = await (await self._reading().execute(_IDENTITY)).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     def _refuse_foreign(self, app_id: int, tables: int) -> None:
         if app_id != APPLICATION_ID and (tables or app_id != 0):
             raise StoreUnavailable(f"{self.path} is not a position-ledger database")
 
-    async def _check_or_create(self) -> None:
-        conn = self._connection()
-        app_id, tables = await self._identity()
-        self._refuse_foreign(app_id, tables)
-        if self._read_only:
-            if app_id != APPLICATION_ID:
-                raise StoreUnavailable(f"{self.path} is empty, not a position-ledger database")
-            return
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        if app_id == APPLICATION_ID:
-            return
+    def _create(self, conn: sqlite3.Connection) -> None:
         # A new file: create it under the write lock, asking again there, since another
         # process may be creating the same file right now.
-        await conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            app_id, tables = await self._identity()
+            app_id, tables = self._identity_sync(conn)
             self._refuse_foreign(app_id, tables)
             if app_id != APPLICATION_ID:
-                await conn.execute(_SCHEMA)
-                await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            await conn.execute("COMMIT")
+                conn.execute(_SCHEMA)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute("COMMIT")
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
-
-    def _connection(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise StoreUnavailable("the store is not open")
-        return self._conn
 
     def _reading(self) -> aiosqlite.Connection:
         if self._reader is None:
@@ -210,47 +280,77 @@ class SQLiteEventStore(EventStore):
         return self._reader
 
     async def close(self) -> None:
-        for name in ("_reader", "_conn"):
-            conn = getattr(self, name)
+        """Finish queued writes, then close both connections. Idempotent."""
+        writer = self._writer
+        if writer is not None:
+            conn, self._conn = self._conn, None
             if conn is not None:
-                setattr(self, name, None)
-                await conn.close()
+                with contextlib.suppress(StoreUnavailable):
+                    await writer.call(conn.close)  # queued after every pending write
+            self._stop_writer()  # its queue is empty by now: the join is immediate
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[StoreTransaction]:
+    def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:
         if self._read_only:
             raise StoreUnavailable(f"{self.path} is open read-only")
-        conn = self._connection()
-        async with self._lock:
+        self.check_writer_thread()
+        conn = self._writer_connection()
+        try:
+            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as exc:
+            self._reconnect = True
+            raise StoreUnavailable(
+                f"cannot lock {self.path} for writing: {describe(self.path, exc)} ({exc})"
+            ) from exc
+        try:
+            tail_rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (self._head.seq,)
+            ).fetchall()
+            tail = [record_from_row(_staged(row)) for row in tail_rows]
+            head = self._head
+            for record in tail:  # committed by others: seen, whatever happens next
+                head.seq = record.seq
+                head.hash = record.hash
+                head.stream_versions[record.stream] = record.version
+            tx = _SQLiteTransaction(conn, head, tail, self._clock())
+            result = unit(tx)
+            rows = tx.rows
+            if len(rows) == 1:
+                conn.execute(_INSERT, astuple(rows[0]))
+            elif rows:
+                conn.executemany(_INSERT, [astuple(row) for row in rows])
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(conn)
+            if isinstance(exc, sqlite3.Error | OSError):
+                self._reconnect = True
+                raise StoreError(
+                    f"append to {self.path} failed, nothing of it was stored:"
+                    f" {describe(self.path, exc)} ({exc})"
+                ) from exc
+            raise
+        tx.head.publish(head)
+        return result
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The write connection; after a failed write, a fresh one (a disk that was full, a
+        folder that was read-only: the next write after the fault clears must work)."""
+        if self._conn is None:
+            raise StoreUnavailable("the store is not open")
+        if self._reconnect:
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"cannot lock {self.path} for writing: {exc}") from exc
-            try:
-                tail_rows = await conn.execute_fetchall(
-                    f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq",
-                    (self._head.seq,),
-                )
-                tail = [record_from_row(_staged(row)) for row in tail_rows]
-                for record in tail:
-                    self._head.seq = record.seq
-                    self._head.hash = record.hash
-                    self._head.stream_versions[record.stream] = record.version
-                tx = _SQLiteTransaction(conn, self._head, tail, self._clock())
-                yield tx
-                if tx.rows:
-                    await conn.executemany(
-                        f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        list(_as_tuples(tx.rows)),
-                    )
-                await conn.execute("COMMIT")
-                tx.head.publish(self._head)
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    await conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"append to {self.path} failed: {exc}") from exc
-                raise
+                fresh = self._patiently(self._connect_writer)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(
+                    f"cannot reopen {self.path} for writing: {describe(self.path, exc)} ({exc})"
+                ) from exc
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = fresh
+            self._reconnect = False
+        return self._conn
 
     async def iterate(
         self,
@@ -350,12 +450,6 @@ class SQLiteEventStore(EventStore):
                 if ahead.done() and not ahead.cancelled():
                     ahead.exception()  # retrieved, so asyncio does not log it
 
-    async def _last_row(self) -> Head:
-        row = await (
-            await self._reading().execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        ).fetchone()
-        return Head() if row is None else Head(int(row[0]), str(row[1]))
-
     async def head(self) -> Head:
         conn = self._reading()
         try:
@@ -398,19 +492,3 @@ class SQLiteEventStore(EventStore):
                 src.close()
 
         await anyio.to_thread.run_sync(copy)
-
-
-def _as_tuples(rows: Iterable[StagedRow]) -> Iterable[tuple[object, ...]]:
-    for row in rows:
-        yield (
-            row.seq,
-            row.stream,
-            row.version,
-            row.event_id,
-            row.type,
-            row.schema_version,
-            row.occurred_us,
-            row.recorded_us,
-            row.body,
-            row.hash,
-        )
