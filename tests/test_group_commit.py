@@ -1,0 +1,248 @@
+"""One bad command fails alone: group commit poisoned by an Exception, a BaseException, an
+event that cannot be staged or folded; and a live book that cannot take committed events.
+
+Every group here is forced: the store's writer thread is held by a callable waiting on a
+threading.Event while the jobs queue up behind it (anyio.wait_all_tasks_blocked tells when
+every task has submitted), so they all share the one transaction that follows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from ledger.envelope import Recorded
+from ledger.errors import BookOutOfStep, StoreError
+from ledger.events import PositionMarked, PositionOpened
+from ledger.service import Ledger, Plan
+from ledger.settings import Settings
+from ledger.store.base import StoreTransaction
+from ledger.store.sqlite import SQLiteEventStore
+from ledger.values import Side
+from projections import positions as fold
+from projections.book import Book, fold_records
+
+pytestmark = pytest.mark.anyio
+
+SETTINGS = Settings(max_concurrent_positions=1000)
+GOOD = 10
+
+
+class Poison(BaseException):
+    """Not an Exception: what a KeyboardInterrupt or SystemExit inside a decider looks like."""
+
+
+def opening(i: int) -> Callable[[Book], Sequence[Plan]]:
+    def decide(book: Book) -> list[Plan]:
+        return [
+            Plan(
+                PositionOpened(
+                    position_id=f"good-{i}",
+                    symbol=f"G{i}USDT",
+                    side=Side.BUY,
+                    qty=Decimal(2),
+                    entry_price=Decimal(10),
+                    leverage=3,
+                )
+            )
+        ]
+
+    return decide
+
+
+def raising(exc: BaseException) -> Callable[[Book], Sequence[Plan]]:
+    def decide(book: Book) -> list[Plan]:
+        raise exc
+
+    return decide
+
+
+def overflowing(book: Book) -> list[Plan]:
+    """Valid to stage, but its fold overflows (qty x price beyond the decimal context)."""
+    return [
+        Plan(
+            PositionOpened(
+                position_id="huge",
+                symbol="HUGEUSDT",
+                side=Side.BUY,
+                qty=Decimal("9e999999"),
+                entry_price=Decimal("1e10"),
+                leverage=2,
+            )
+        )
+    ]
+
+
+def unstageable(book: Book) -> list[Plan]:
+    """Decides, but its event cannot be encoded (a value of no storable type)."""
+    return [Plan(PositionMarked(position_id="good-0", mark_price=object()))]  # type: ignore[arg-type]
+
+
+async def one_group(
+    ledger: Ledger, deciders: Sequence[Callable[[Book], Sequence[Plan]]]
+) -> tuple[list[list[Recorded] | BaseException], int]:
+    """Run every decider in one group commit; each one's records or exception, and how many
+    transactions the group took."""
+    transactions = 0
+    real = ledger.store.run_transaction
+
+    def counted(unit: Callable[[StoreTransaction], Any]) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return real(unit)
+
+    ledger.store.run_transaction = counted  # type: ignore[method-assign]
+    hold, held = threading.Event(), threading.Event()
+
+    def holding() -> None:
+        held.set()
+        hold.wait()
+
+    outcomes: list[list[Recorded] | BaseException] = [[] for _ in deciders]
+
+    async def submit(i: int, decider: Callable[[Book], Sequence[Plan]]) -> None:
+        try:
+            outcomes[i] = await ledger.transact(decider)
+        except BaseException as exc:  # Poison included: it is this caller's own
+            outcomes[i] = exc
+
+    try:
+        ledger.store.writer.submit(holding)
+        await anyio.to_thread.run_sync(held.wait)
+        async with anyio.create_task_group() as group:
+            for i, decider in enumerate(deciders):
+                group.start_soon(submit, i, decider)
+            await anyio.wait_all_tasks_blocked()  # every job is queued behind the hold
+            hold.set()
+    finally:
+        hold.set()
+        ledger.store.run_transaction = real  # type: ignore[method-assign]
+    return outcomes, transactions
+
+
+async def stored(db_path: Path) -> list[Recorded]:
+    store = SQLiteEventStore(db_path, read_only=True)
+    await store.open()
+    try:
+        assert (await store.verify_chain()).events == (await store.head()).seq
+        return await store.read()
+    finally:
+        await store.close()
+
+
+def good_ids(records: Sequence[Recorded]) -> set[str]:
+    return {r.stream for r in records if r.stream.startswith("good-")}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(raising(ValueError("decider bug")), id="decider raises ValueError"),
+        pytest.param(raising(ArithmeticError("overflow")), id="decider raises ArithmeticError"),
+        pytest.param(overflowing, id="fold of its event overflows"),
+        pytest.param(unstageable, id="its event cannot be staged"),
+    ],
+)
+async def test_one_bad_job_fails_alone_and_the_rest_of_its_group_commits(
+    db_path: Path, bad: Callable[[Book], Sequence[Plan]]
+) -> None:
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        deciders = [opening(i) for i in range(GOOD // 2)]
+        deciders += [bad] + [opening(i) for i in range(GOOD // 2, GOOD)]
+        outcomes, transactions = await one_group(ledger, deciders)
+        assert transactions == 1, "the jobs did not share one group"
+        failed = outcomes.pop(GOOD // 2)
+        assert isinstance(failed, Exception), failed
+        assert all(isinstance(o, list) and len(o) == 1 for o in outcomes), outcomes
+        assert {p.position_id for p in ledger.active_positions()} == {
+            f"good-{i}" for i in range(GOOD)
+        }
+        assert ledger.get_position("huge") is None
+        # the ledger goes on: the next command commits after the bad one
+        after = await ledger.mark("good-1", 12)
+    log = await stored(db_path)
+    assert good_ids(log) == {f"good-{i}" for i in range(GOOD)}
+    assert [r.seq for r in log] == list(range(1, GOOD + 2))
+    assert after.current_price == 12
+    assert fold_records(log).open.keys() == {f"good-{i}" for i in range(GOOD)}
+
+
+async def test_a_base_exception_rolls_the_group_back_and_no_caller_hears_stored(
+    db_path: Path,
+) -> None:
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        before = ledger.last_seq
+        # good jobs before the poison (decided and staged already) and after it
+        deciders = [opening(0), opening(1), raising(Poison()), opening(2)]
+        outcomes, transactions = await one_group(ledger, deciders)
+        assert transactions == 1
+        assert isinstance(outcomes[2], Poison)  # its own exception, in its own caller
+        for i in (0, 1, 3):
+            error = outcomes[i]
+            assert isinstance(error, StoreError), f"caller {i} was told {error!r}"
+            assert "rolled back" in str(error)
+        assert ledger.last_seq == before and not ledger.active_positions()
+        # the writer thread survived: the next command commits
+        (record,) = await ledger.transact(opening(7))
+        assert record.seq == before + 1
+    assert good_ids(await stored(db_path)) == {"good-7"}
+
+
+async def test_a_failed_commit_tells_every_caller_of_the_group(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        real = ledger.store.run_transaction
+
+        def commit_fails(unit: Callable[[StoreTransaction], Any]) -> Any:
+            def then_fail(tx: StoreTransaction) -> Any:
+                unit(tx)
+                raise OSError(28, "No space left on device")  # as a COMMIT would fail
+
+            return real(then_fail)
+
+        monkeypatch.setattr(ledger.store, "run_transaction", commit_fails)
+        outcomes, _ = await one_group(ledger, [opening(0), opening(1), opening(2)])
+        monkeypatch.undo()
+        assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+        assert not ledger.active_positions()
+        await ledger.transact(opening(3))
+    assert good_ids(await stored(db_path)) == {"good-3"}
+
+
+async def test_a_book_that_cannot_take_committed_events_refuses_commands_until_it_reloads(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process commits an event this process's book cannot fold (here a fold bug is
+    simulated for one mark price): commands are refused with BookOutOfStep, nothing is
+    appended meanwhile, and once the book can take it, the ledger reloads and goes on."""
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        await ledger.transact(opening(0))
+        other = Ledger(db_path, settings=SETTINGS)
+        async with other:
+            await other.mark("good-0", 13)
+        real_marked = fold.marked
+
+        def broken_marked(position: Any, event: PositionMarked, at: datetime) -> Any:
+            if event.mark_price == 13:
+                raise RuntimeError("fold bug")
+            return real_marked(position, event, at)
+
+        monkeypatch.setattr(fold, "marked", broken_marked)
+        for _ in range(2):
+            with pytest.raises(BookOutOfStep):
+                await ledger.transact(opening(1))
+        assert ledger.get_position("good-1") is None
+        monkeypatch.undo()
+        (record,) = await ledger.transact(opening(1))
+        assert record.seq == 3
+        assert ledger.get_position("good-0").current_price == 13  # type: ignore[union-attr]
+        assert ledger.last_seq == 3
+    assert good_ids(await stored(db_path)) == {"good-0", "good-1"}
