@@ -427,8 +427,11 @@ SELECT_SQL = f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY seq"
 class _Stager(StoreTransaction):
     """Envelope bookkeeping without a database: the exact rows the store would insert."""
 
-    async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+    def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
         return {}
+
+    def committed_after(self, seq: int) -> list[Recorded]:
+        return []
 
 
 def staged_rows(events: Sequence[NewEvent], *, per_commit: int) -> list[tuple[object, ...]]:

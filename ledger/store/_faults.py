@@ -99,3 +99,17 @@ def describe(path: Path, exc: BaseException) -> str:
     if code == _IOERR:
         return "disk I/O error"
     return str(exc) or type(exc).__name__
+
+
+def unwritable_reason(path: Path) -> str | None:
+    """Why the database at `path` (and its -wal/-shm beside it) cannot be written, or None.
+
+    SQLite opens a file it cannot write read-only without a word, and says so only at the
+    first write; asking the system first names the cause up front."""
+    folder = path.parent
+    if _read_only_fs(folder):
+        return f"read-only file system at {folder}"
+    blocked = _unwritable(path)
+    if blocked:
+        return f"permission denied: cannot write {', '.join(blocked)}"
+    return None

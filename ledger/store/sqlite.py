@@ -19,7 +19,7 @@ from msgspec.structs import astuple
 from ledger.clock import Clock, system_clock
 from ledger.envelope import Fact, Recorded
 from ledger.errors import StoreError, StoreUnavailable
-from ledger.store._faults import describe, is_busy
+from ledger.store._faults import describe, is_busy, unwritable_reason
 from ledger.store.base import (
     ChainReport,
     ChainVerifier,
@@ -232,6 +232,9 @@ class SQLiteEventStore(EventStore):
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             if app_id != APPLICATION_ID:
                 self._create(conn)
+            why = unwritable_reason(self.path)
+            if why is not None:
+                raise StoreUnavailable(f"cannot write ledger database {self.path}: {why}")
         except BaseException:
             conn.close()
             raise
@@ -336,21 +339,20 @@ class SQLiteEventStore(EventStore):
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The write connection; after a failed write, a fresh one (a disk that was full, a
-        folder that was read-only: the next write after the fault clears must work)."""
-        if self._conn is None:
+        file-size limit that was raised: the next write after the fault clears must work)."""
+        conn = self._conn
+        if conn is None:
             raise StoreUnavailable("the store is not open")
         if self._reconnect:
+            conn.close()  # first, so no two write connections of this store share the file
             try:
-                fresh = self._patiently(self._connect_writer)
+                conn = self._conn = self._patiently(self._connect_writer)
             except (sqlite3.Error, OSError) as exc:
                 raise StoreUnavailable(
                     f"cannot reopen {self.path} for writing: {describe(self.path, exc)} ({exc})"
                 ) from exc
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = fresh
             self._reconnect = False
-        return self._conn
+        return conn
 
     async def iterate(
         self,
