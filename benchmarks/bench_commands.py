@@ -1,0 +1,116 @@
+"""Sequential commands, one durable commit each: the Ledger, the blocking manager, and the
+`eventsourcing` library doing the same work.
+
+Each round runs position life cycles of three commands, one after another: open, a partial
+exit, close. Every command is checked against the current state and is one durable commit
+(WAL, synchronous=FULL) in all three cases. The question is the write path's fixed cost per
+command: the target is at least 1.5x the eventsourcing library's rate through both our APIs.
+The eventsourcing case needs the optional `bench` extra (`pip install -e ".[bench]"`); without
+it the case is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from anyio.from_thread import BlockingPortal
+
+from benchmarks._data import Benchmark, Compare, Scale, describe
+from ledger.blocking import ThreadSafePositionManager
+from ledger.service import Ledger
+from ledger.settings import Settings
+
+GROUP = "commands"
+BASELINE = "eventsourcing 9.5 (SQLite, FULL)"
+TARGET = Compare(BASELINE, max_ratio=1 / 1.5, target=">= 1.5x eventsourcing's rate")
+# Snapshots are kept out of the rounds: both sides do commits only.
+_QUIET = Settings(
+    snapshot_every_events=10**9, snapshot_every_seconds=10**6, max_concurrent_positions=1000
+)
+_ENTRY, _EXIT, _CLOSE = Decimal(100), Decimal(110), Decimal(105)
+
+
+def _cycles(scale: Scale) -> int:
+    return scale.single_ops  # position life cycles per round: 3 commands each
+
+
+def _describe(benchmark: Benchmark, scale: Scale, case: str) -> None:
+    describe(
+        benchmark,
+        case=case,
+        per_round=3 * _cycles(scale),
+        unit="commands",
+        compare=[] if case == BASELINE else [TARGET],
+        durable="one commit per command, WAL, synchronous=FULL",
+    )
+
+
+def test_commands_eventsourcing(benchmark: Benchmark, scale: Scale, tmp_path: Path) -> None:
+    baseline = pytest.importorskip(
+        "benchmarks.eventsourcing_baseline",
+        reason="the eventsourcing baseline needs the optional extra: pip install -e '.[bench]'",
+    )
+    app = baseline.open_app(tmp_path / "eventsourcing.db")
+    counter = itertools.count()
+
+    def one_round() -> None:
+        for _ in range(_cycles(scale)):
+            i = next(counter)
+            pid = app.open_position(f"S{i}USDT", Decimal(5), _ENTRY)
+            app.partial_exit(pid, Decimal(2), _EXIT)
+            app.close_position(pid, _CLOSE, "take_profit")
+
+    try:
+        benchmark.pedantic(one_round, rounds=scale.single_rounds)
+        assert baseline.stored_events(app) == 3 * _cycles(scale) * scale.single_rounds
+    finally:
+        app.close()
+    _describe(benchmark, scale, BASELINE)
+
+
+def test_commands_ledger(
+    benchmark: Benchmark, portal: BlockingPortal, scale: Scale, tmp_path: Path
+) -> None:
+    counter = itertools.count()
+    with portal.wrap_async_context_manager(Ledger(tmp_path / "ledger.db", settings=_QUIET)) as led:
+
+        async def one_round() -> None:
+            for _ in range(_cycles(scale)):
+                i = next(counter)
+                position = await led.open_position(
+                    f"S{i}USDT", "buy", entry_price=_ENTRY, qty=5, leverage=5
+                )
+                pid = position.position_id
+                await led.register_partial_exit(pid, qty=2, price=_EXIT)
+                await led.close_position(pid, price=_CLOSE, reason="take_profit")
+
+        benchmark.pedantic(lambda: portal.call(one_round), rounds=scale.single_rounds)
+        assert led.last_seq == 3 * _cycles(scale) * scale.single_rounds
+    _describe(benchmark, scale, "Ledger (async)")
+
+
+def test_commands_blocking_manager(benchmark: Benchmark, scale: Scale, tmp_path: Path) -> None:
+    counter = itertools.count()
+    with ThreadSafePositionManager(
+        tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=_QUIET
+    ) as manager:
+
+        def one_round() -> None:
+            for _ in range(_cycles(scale)):
+                i = next(counter)
+                pid = manager.thread_safe_create_position(
+                    symbol=f"S{i}USDT",
+                    side="buy",
+                    entry_price=float(_ENTRY),
+                    position_size=500.0,  # USD at entry: qty 5
+                    leverage=5,
+                )
+                assert manager.register_partial_exit(pid, 200.0, float(_EXIT), None, "tp1")
+                assert manager.close_position(pid, "take_profit", float(_CLOSE))
+
+        benchmark.pedantic(one_round, rounds=scale.single_rounds)
+        assert manager.ledger.last_seq == 3 * _cycles(scale) * scale.single_rounds
+    _describe(benchmark, scale, "ThreadSafePositionManager (blocking)")
