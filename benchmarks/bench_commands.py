@@ -23,9 +23,7 @@ from ledger.blocking import ThreadSafePositionManager
 from ledger.service import Ledger
 from ledger.settings import Settings
 
-GROUP = "commands"
-BASELINE = "eventsourcing 9.5 (SQLite, FULL)"
-TARGET = Compare(BASELINE, max_ratio=1 / 1.5, target=">= 1.5x eventsourcing's rate")
+GROUP = "eventsourcing"
 # Snapshots are kept out of the rounds: both sides do commits only.
 _QUIET = Settings(
     snapshot_every_events=10**9, snapshot_every_seconds=10**6, max_concurrent_positions=1000
@@ -37,17 +35,24 @@ def _cycles(scale: Scale) -> int:
     return scale.single_ops  # position life cycles per round: 3 commands each
 
 
-def _describe(benchmark: Benchmark, scale: Scale, case: str) -> None:
+def _case(scale: Scale, who: str) -> str:
+    return f"{who}: {3 * _cycles(scale)} sequential commands"
+
+
+def _describe(benchmark: Benchmark, scale: Scale, who: str, target_id: str = "") -> None:
+    baseline = _case(scale, "eventsourcing")
+    compare = [Compare(baseline, max_ratio=1 / 1.5, target=">= 1.5x its rate", target_id=target_id)]
     describe(
         benchmark,
-        case=case,
+        case=_case(scale, who),
         per_round=3 * _cycles(scale),
         unit="commands",
-        compare=[] if case == BASELINE else [TARGET],
-        durable="one commit per command, WAL, synchronous=FULL",
+        compare=compare if target_id else [],
+        durable="open / partial exit / close, one commit per command, WAL, synchronous=FULL",
     )
 
 
+@pytest.mark.benchmark(group=GROUP)
 def test_commands_eventsourcing(benchmark: Benchmark, scale: Scale, tmp_path: Path) -> None:
     baseline = pytest.importorskip(
         "benchmarks.eventsourcing_baseline",
@@ -68,9 +73,10 @@ def test_commands_eventsourcing(benchmark: Benchmark, scale: Scale, tmp_path: Pa
         assert baseline.stored_events(app) == 3 * _cycles(scale) * scale.single_rounds
     finally:
         app.close()
-    _describe(benchmark, scale, BASELINE)
+    _describe(benchmark, scale, "eventsourcing")
 
 
+@pytest.mark.benchmark(group=GROUP)
 def test_commands_ledger(
     benchmark: Benchmark, portal: BlockingPortal, scale: Scale, tmp_path: Path
 ) -> None:
@@ -89,9 +95,10 @@ def test_commands_ledger(
 
         benchmark.pedantic(lambda: portal.call(one_round), rounds=scale.single_rounds)
         assert led.last_seq == 3 * _cycles(scale) * scale.single_rounds
-    _describe(benchmark, scale, "Ledger (async)")
+    _describe(benchmark, scale, "Ledger", "sequential-ledger-vs-eventsourcing")
 
 
+@pytest.mark.benchmark(group=GROUP)
 def test_commands_blocking_manager(benchmark: Benchmark, scale: Scale, tmp_path: Path) -> None:
     counter = itertools.count()
     with ThreadSafePositionManager(
@@ -113,4 +120,4 @@ def test_commands_blocking_manager(benchmark: Benchmark, scale: Scale, tmp_path:
 
         benchmark.pedantic(one_round, rounds=scale.single_rounds)
         assert manager.ledger.last_seq == 3 * _cycles(scale) * scale.single_rounds
-    _describe(benchmark, scale, "ThreadSafePositionManager (blocking)")
+    _describe(benchmark, scale, "ThreadSafePositionManager", "sequential-blocking-vs-eventsourcing")

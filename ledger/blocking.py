@@ -140,17 +140,12 @@ class ThreadSafePositionManager:
             anyio.run(main)
 
     def _call(self, fn: Callable[[Ledger], T]) -> T:
+        """A read, on the caller's own thread: the Ledger publishes each committed state as
+        a new book that is never changed afterwards, so no hand-off is needed to read it."""
         portal, ledger = self._portal, self._ledger
         if portal is None or ledger is None or not self._thread.is_alive():
             raise StoreUnavailable("the position manager is closed")
-        if threading.current_thread() is self._thread:
-            return fn(ledger)
-        try:
-            return portal.call(lambda: fn(ledger))
-        except RuntimeError as exc:
-            if self._portal is not None and self._thread.is_alive():
-                raise
-            raise StoreUnavailable("the position manager was closed meanwhile") from exc
+        return fn(ledger)
 
     def _acall(self, fn: Callable[[Ledger], Awaitable[T]]) -> T:
         portal, ledger = self._portal, self._ledger
