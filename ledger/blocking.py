@@ -14,7 +14,7 @@ import atexit
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ledger.clock import system_clock
 from ledger.commands import IncreasePosition, OpenPosition, RecordPartialExit
 from ledger.errors import InvalidValue, PositionAlreadyClosed, StoreUnavailable, UnknownPosition
 from ledger.events import PositionMarked
@@ -232,6 +233,13 @@ class ThreadSafePositionManager:
         if not isinstance(reason, str):
             raise InvalidValue("open_reason", reason, "must be a string")
         opened_at = _optional_time("open_time", kwargs.get("open_time"))
+        if opened_at is not None and opened_at > system_clock() + _CLOCK_SKEW:
+            # the position's later events are stamped now: they must not come before its open
+            raise InvalidValue(
+                "open_time",
+                kwargs["open_time"],
+                "is in the future (a naive time is UTC: use datetime.now(UTC), not datetime.now())",
+            )
         entry = positive("entry_price", kwargs["entry_price"])
         leverage = kwargs["leverage"]
         if isinstance(leverage, float) and leverage.is_integer():
@@ -541,6 +549,10 @@ def _optional_time(field: str, raw: object) -> datetime | None:
             raise InvalidValue(field, raw, "expected ISO 8601, e.g. 2025-01-07T17:00:00") from None
     raise InvalidValue(field, raw, "expected an ISO 8601 string or a datetime")
 
+
+# How far ahead of this machine's clock a caller's open_time may be (an exchange's fill time,
+# a clock a little ahead) before it is refused as a time in the future.
+_CLOCK_SKEW = timedelta(seconds=5)
 
 # A seed caller's roe_percentage agrees with the ledger's when it is this close (it was
 # computed in binary floats by the caller).

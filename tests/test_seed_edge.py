@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,7 @@ def test_open_time_may_be_a_datetime(manager: ThreadSafePositionManager) -> None
         {"open_time": "yesterday"},
         {"open_time": "2025-13-07T16:45:00"},
         {"open_time": 1736268300},
+        {"open_time": (datetime.now(UTC) + timedelta(hours=1)).isoformat()},
         {"close_time": "2025-01-07T17:00:00"},
         {"close_reason": "tp"},
         {"partial_exits": [{"size": 10.0, "price": 110.0}]},
