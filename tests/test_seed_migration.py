@@ -9,7 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -378,3 +378,38 @@ def test_an_unwritable_positions_json_never_stops_the_manager(tmp_path: Path, bl
     finally:
         manager.close()
     assert event_count(tmp_path / "ledger.db") == 3  # open, exit, close: nothing lost
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder no one can create, rename or delete in, root included (the immutable
+    attribute: permission bits do not stop root)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    (folder / "positions.json").write_text(SEED_EXAMPLE)
+    try:
+        subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot make a folder immutable here (chattr +i): {exc}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+async def test_a_read_only_folder_keeps_the_seed_file_and_the_ledger_working(
+    tmp_path: Path, read_only_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    snapshot = read_only_folder / "positions.json"
+    db = tmp_path / "ledger.db"
+    caplog.set_level(logging.ERROR, logger="ledger")
+    for _ in range(2):  # the import, then a restart beside the log that holds it
+        async with Ledger(db, snapshot_path=snapshot, settings=QUIET) as ledger:
+            assert [p.position_id for p in ledger.active_positions()] == ["pos_abc123"]
+            await ledger.mark("pos_abc123", 106)
+            with pytest.raises(SnapshotError):
+                await ledger.write_snapshot()
+            head = ledger.last_seq
+        assert snapshot.read_text() == SEED_EXAMPLE  # never overwritten, nor moved
+        assert event_count(db) == head
+    assert any("left alone" in r.getMessage() for r in caplog.records)
