@@ -16,6 +16,10 @@ LedgerError
 │   └── IntegrityError         the log fails verification (hash chain, gaps, decoding)
 ├── SnapshotError              positions.json unusable (start-up rebuilds instead)
 ├── ExchangeError              the exchange failed or answered nonsense; ledger unchanged
+│   ├── ExchangeUnavailable    may pass: retry with backoff (retry_after: the least wait)
+│   │   ├── ExchangeClockSkew  Bybit refused the request timestamp (10002): fix the clock
+│   │   └── ExchangeBanned     HTTP 403: IP ban (wait at least 10 minutes) or blocked region
+│   ├── MalformedResponse      an answer that cannot be trusted
 │   └── ExchangeAuthError      the keys were refused: retrying will not help
 ├── ImportRejected             a seed positions.json cannot be imported
 └── ConfigError                a bad setting in the TOML file or the environment
@@ -123,7 +127,23 @@ class ExchangeError(LedgerError):
 
 class ExchangeUnavailable(ExchangeError):
     """A failure that may pass: network, timeout, rate limit, maintenance, a 5xx or Bybit's
-    "system error, try again". Retry with backoff."""
+    "system error, try again". Retry with backoff, waiting at least `retry_after` seconds."""
+
+    retry_after: float = 0.0
+
+
+class ExchangeClockSkew(ExchangeUnavailable):
+    """Bybit refused the request's timestamp (retCode 10002): this machine's clock is off by
+    more than Bybit allows, even after one correction through the server's time."""
+
+
+class ExchangeBanned(ExchangeUnavailable):
+    """HTTP 403 from Bybit: an IP ban (lifted after at least 10 minutes) or a region Bybit
+    blocks (permanent). Retrying every few seconds prolongs a ban."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class MalformedResponse(ExchangeError):

@@ -62,6 +62,9 @@ class PositionMarked(Event, frozen=True, kw_only=True):
     contracts: Decimal | None = None
     initial_margin: Decimal | None = None
     source: Source = Source.BOT
+    # Bybit's openTime (epoch ms) of the position the exchange showed: what tells one lifecycle
+    # of a symbol's slot from the next. None: not known (the bot's mark, or Bybit sent 0).
+    exchange_opened_ms: int | None = None
 
 
 class PartialExitRecorded(Event, frozen=True, kw_only=True):
@@ -75,6 +78,9 @@ class PartialExitRecorded(Event, frozen=True, kw_only=True):
     reason: str = ""
     source: Source = Source.BOT
     rule: str | None = None
+    # True: the exchange showed the reduce before its closed-PnL record; realized_pnl is an
+    # estimate from the mark that a later PnlAmended corrects
+    pnl_estimated: bool = False
 
 
 class FundingRecorded(Event, frozen=True, kw_only=True):
@@ -98,6 +104,41 @@ class PositionClosed(Event, frozen=True, kw_only=True):
     source: Source = Source.BOT
     pnl_estimated: bool = False
     exchange_ref: str | None = None
+
+
+class PnlAmended(Event, frozen=True, kw_only=True):
+    """Bybit's closed-PnL record arrived for qty of a reduce or close the ledger had booked as
+    an estimate: `realized_pnl` (net of fee, the ledger's convention) replaces
+    `estimated_pnl` for that qty. The estimate stays in the history; this corrects it."""
+
+    position_id: str
+    qty: Decimal
+    price: Decimal
+    realized_pnl: Decimal
+    estimated_pnl: Decimal
+    fee: Decimal = ZERO
+    exchange_ref: str
+    reason: str = ""
+    source: Source = Source.EXCHANGE
+
+
+class ExitIntended(Event, frozen=True, kw_only=True):
+    """The service is about to place a rule's exit on the exchange (order link id given), so a
+    restart that finds no exit recorded does not fire the same rule again."""
+
+    position_id: str
+    rule: str
+    qty: Decimal
+    order_link_id: str
+
+
+class ExitAbandoned(Event, frozen=True, kw_only=True):
+    """An intended exit was not placed (the exchange refused it): the rule may fire again."""
+
+    position_id: str
+    rule: str
+    order_link_id: str
+    reason: str = ""
 
 
 class BalanceObserved(Event, frozen=True, kw_only=True):
@@ -127,6 +168,9 @@ AnyEvent = (
     | PositionClosed
     | BalanceObserved
     | HistoryImported
+    | PnlAmended
+    | ExitIntended
+    | ExitAbandoned
 )
 
 POSITION_EVENTS: tuple[type[Event], ...] = (
@@ -136,6 +180,9 @@ POSITION_EVENTS: tuple[type[Event], ...] = (
     PartialExitRecorded,
     FundingRecorded,
     PositionClosed,
+    PnlAmended,
+    ExitIntended,
+    ExitAbandoned,
 )
 
 

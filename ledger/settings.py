@@ -36,7 +36,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     busy_timeout_ms: int = 10_000
     absent_fetches_before_close: int = 2
+    # ... and those fetches must span at least this long: a manual close gives several position
+    # pushes within milliseconds, before Bybit writes its closed-PnL record
+    absent_seconds_before_close: float = 60.0
     sync_settle_seconds: float = 30.0
+    # the mark throttle: an unchanged-size position's mark is logged at most once per interval
+    # unless the price moved more than mark_min_move_pct since the last logged one (the exit
+    # rules see every mark regardless)
+    mark_min_interval_seconds: float = 60.0
+    mark_min_move_pct: float = 0.5
+    # how far back a first sync (or one after an outage) walks Bybit's history, 7 days a query
+    history_max_days: float = 30.0
+    # the least wait after HTTP 403 (an IP ban lasts at least 10 minutes)
+    ban_wait_seconds: float = 600.0
     live_updates: bool = False
     # name=roe_pct:fraction,... : the seed's partial_exit_50_roe and partial_exit_100_roe
     partial_exit_rules: str = "partial_exit_50_roe=50:0.5,partial_exit_100_roe=100:0.5"
@@ -53,6 +65,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "busy_timeout_ms": self.busy_timeout_ms >= 0,
             "absent_fetches_before_close": self.absent_fetches_before_close >= 1,
             "sync_settle_seconds": self.sync_settle_seconds >= 0,
+            "absent_seconds_before_close": self.absent_seconds_before_close >= 0,
+            "mark_min_interval_seconds": self.mark_min_interval_seconds >= 0,
+            "mark_min_move_pct": self.mark_min_move_pct >= 0,
+            "history_max_days": self.history_max_days >= 1,
+            "ban_wait_seconds": self.ban_wait_seconds >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

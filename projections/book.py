@@ -18,9 +18,12 @@ from ledger.envelope import GENESIS_HASH, Fact, Recorded
 from ledger.events import (
     AnyEvent,
     BalanceObserved,
+    ExitAbandoned,
+    ExitIntended,
     FundingRecorded,
     HistoryImported,
     PartialExitRecorded,
+    PnlAmended,
     PositionClosed,
     PositionIncreased,
     PositionMarked,
@@ -110,6 +113,28 @@ class Book:
                 return
             self.open[event.position_id] = fold.increased(position, event)
             self.acc.realize(-event.fee)
+        elif isinstance(event, PnlAmended):
+            still_open = self.open.get(event.position_id)
+            if still_open is not None:
+                self.open[event.position_id] = fold.amended(still_open, event)
+            else:
+                was = self.closed.get(event.position_id)
+                if was is None:
+                    self.skipped.append(record.seq)
+                    return
+                fixed = fold.amended(was, event)
+                self.closed[event.position_id] = fixed
+                self.acc.amend_close(was, fixed)
+            self.acc.realize(event.realized_pnl - event.estimated_pnl)
+        elif isinstance(event, ExitIntended | ExitAbandoned):
+            position = self.open.get(event.position_id)
+            if position is None:
+                self.skipped.append(record.seq)
+                return
+            if isinstance(event, ExitIntended):
+                self.open[event.position_id] = fold.exit_intended(position, event)
+            else:
+                self.open[event.position_id] = fold.exit_abandoned(position, event)
         elif isinstance(event, BalanceObserved):
             self.balance = event.total
             self.available = event.available

@@ -14,8 +14,11 @@ from decimal import Decimal
 import msgspec
 
 from ledger.events import (
+    ExitAbandoned,
+    ExitIntended,
     FundingRecorded,
     PartialExitRecorded,
+    PnlAmended,
     PositionClosed,
     PositionIncreased,
     PositionMarked,
@@ -42,6 +45,15 @@ class PartialExit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str = ""
     source: Source = Source.BOT
     rule: str | None = None
+    pnl_estimated: bool = False
+
+
+class Estimate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A reduce or close booked from the mark before Bybit's record: qty not yet amended, and
+    the PnL booked per unit of it (what an amendment takes back)."""
+
+    qty: Decimal
+    pnl_per_qty: Decimal
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -80,6 +92,14 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     position_idx: int = 0
     pnl_estimated: bool = False
     marked_at: datetime | None = None
+    # the exchange side of the lifecycle: Bybit's openTime once seen, whether a sync has seen
+    # the position on the exchange at all, estimates awaiting their record, records applied,
+    # and exits the service placed (or is placing) that are not recorded yet
+    exchange_opened_ms: int | None = None
+    exchange_seen: bool = False
+    estimates: tuple[Estimate, ...] = ()
+    amended_refs: tuple[str, ...] = ()
+    pending_exits: tuple[str, ...] = ()
 
     @property
     def is_open(self) -> bool:
@@ -132,6 +152,8 @@ def marked(position: Position, event: PositionMarked, at: datetime) -> Position:
         real_initial_margin=margin_known,
         roe_percentage=roe_pct(unrealized, margin),
         marked_at=at,
+        exchange_opened_ms=event.exchange_opened_ms or position.exchange_opened_ms,
+        exchange_seen=position.exchange_seen or event.source is Source.EXCHANGE,
     )
 
 
@@ -175,7 +197,17 @@ def partly_exited(position: Position, event: PartialExitRecorded, at: datetime) 
         reason=event.reason,
         source=event.source,
         rule=event.rule,
+        pnl_estimated=event.pnl_estimated,
     )
+    estimates = position.estimates
+    if event.pnl_estimated and event.qty > 0:
+        estimates = (
+            *estimates,
+            Estimate(qty=event.qty, pnl_per_qty=event.realized_pnl / event.qty),
+        )
+    pending = position.pending_exits
+    if event.rule is not None and event.rule in pending:
+        pending = tuple(r for r in pending if r != event.rule)
     return msgspec.structs.replace(
         position,
         qty=remaining,
@@ -189,6 +221,8 @@ def partly_exited(position: Position, event: PartialExitRecorded, at: datetime) 
         realized_pnl=position.realized_pnl + event.realized_pnl,
         fees=position.fees + event.fee,
         partial_exits=(*position.partial_exits, record),
+        estimates=estimates,
+        pending_exits=pending,
     )
 
 
@@ -218,4 +252,55 @@ def closed(position: Position, event: PositionClosed, at: datetime) -> Position:
         realized_pnl=realized,
         fees=position.fees + event.fee,
         pnl_estimated=event.pnl_estimated,
+        estimates=(
+            (
+                *position.estimates,
+                Estimate(qty=event.qty, pnl_per_qty=event.realized_pnl / event.qty),
+            )
+            if event.pnl_estimated and event.qty > 0
+            else position.estimates
+        ),
+    )
+
+
+def amended(position: Position, event: PnlAmended) -> Position:
+    """An estimate replaced by Bybit's record: the difference enters realized PnL, the
+    estimates are consumed oldest first, and a closed position stops being estimated once
+    nothing of its estimates is left."""
+    left = event.qty
+    estimates: list[Estimate] = []
+    for estimate in position.estimates:
+        used = min(left, estimate.qty)
+        left -= used
+        if estimate.qty - used > 0:
+            estimates.append(Estimate(qty=estimate.qty - used, pnl_per_qty=estimate.pnl_per_qty))
+    still = bool(estimates)
+    return msgspec.structs.replace(
+        position,
+        realized_pnl=position.realized_pnl + event.realized_pnl - event.estimated_pnl,
+        fees=position.fees + event.fee,
+        estimates=tuple(estimates),
+        amended_refs=(*position.amended_refs, event.exchange_ref),
+        pnl_estimated=position.pnl_estimated and still,
+        exit_price=event.price if position.exit_price is not None else None,
+        roe_percentage=(
+            roe_pct(
+                position.realized_pnl + event.realized_pnl - event.estimated_pnl,
+                initial_margin(position.initial_qty, position.entry_price, position.leverage, None),
+            )
+            if position.status is Status.CLOSED
+            else position.roe_percentage
+        ),
+    )
+
+
+def exit_intended(position: Position, event: ExitIntended) -> Position:
+    if event.rule in position.pending_exits:
+        return position
+    return msgspec.structs.replace(position, pending_exits=(*position.pending_exits, event.rule))
+
+
+def exit_abandoned(position: Position, event: ExitAbandoned) -> Position:
+    return msgspec.structs.replace(
+        position, pending_exits=tuple(r for r in position.pending_exits if r != event.rule)
     )

@@ -20,9 +20,12 @@ from ledger.events import (
     ACCOUNT_STREAM,
     AnyEvent,
     BalanceObserved,
+    ExitAbandoned,
+    ExitIntended,
     FundingRecorded,
     HistoryImported,
     PartialExitRecorded,
+    PnlAmended,
     PositionClosed,
     PositionIncreased,
     PositionMarked,
@@ -81,6 +84,19 @@ SAMPLES: list[AnyEvent] = [
         rule="roe>=50",
     ),
     FundingRecorded(position_id="p1", amount=D("-0.0123"), execution_id="exec-1"),
+    PnlAmended(
+        position_id="p1",
+        qty=D("0.5"),
+        price=D("61000"),
+        realized_pnl=D("9.3345"),
+        estimated_pnl=D("1.00"),
+        fee=D("0.33"),
+        exchange_ref="ord-1:1736265600000:0.5",
+    ),
+    ExitIntended(position_id="p1", rule="partial_exit_50_roe", qty=D("0.25"), order_link_id="pl1"),
+    ExitAbandoned(
+        position_id="p1", rule="partial_exit_50_roe", order_link_id="pl1", reason="x"
+    ),
     PositionClosed(
         position_id="p1",
         qty=D("4.5"),

@@ -12,7 +12,8 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -21,7 +22,14 @@ import ccxt
 import ccxt.async_support
 import ccxt.pro
 
-from ledger.errors import ConfigError, ExchangeAuthError, ExchangeError, ExchangeUnavailable
+from ledger.errors import (
+    ConfigError,
+    ExchangeAuthError,
+    ExchangeBanned,
+    ExchangeClockSkew,
+    ExchangeError,
+    ExchangeUnavailable,
+)
 from ledger.exchange.observations import (
     BalanceObservation,
     ClosedPnlObservation,
@@ -31,6 +39,7 @@ from ledger.exchange.observations import (
     balance_from_ccxt,
     closed_pnl_from_ccxt,
     funding_from_ccxt,
+    mark_from_ticker,
     position_from_ccxt,
 )
 from ledger.values import to_micros
@@ -130,10 +139,31 @@ _SYSTEM_BUSY = re.compile(r'"retCode"\s*:\s*"?(10016|10429|10000)\b')
 _PARSE_ERRORS = (KeyError, TypeError, ValueError, ArithmeticError, AttributeError, IndexError)
 
 
-def _translate(what: str, exc: BaseException, secrets: Sequence[str]) -> ExchangeError:
+# ccxt's bybit maps HTTP 403 to RateLimitExceeded; its message carries the status code
+_HTTP_403 = re.compile(r"\s403\s")
+# Bybit's answer to a timestamp outside the receive window
+_CLOCK = re.compile(r'"retCode"\s*:\s*"?10002\b')
+
+
+def _translate(
+    what: str, exc: BaseException, secrets: Sequence[str], ban_wait: float = 600.0
+) -> ExchangeError:
     _scrub_chain(exc, secrets)
     reason = scrub(str(exc), secrets) or type(exc).__name__
     kind = type(exc).__name__
+    if isinstance(exc, ccxt.InvalidNonce) or _CLOCK.search(str(exc)):
+        return ExchangeClockSkew(
+            f"Bybit refused the request timestamp during {what} (retCode 10002): this "
+            "machine's clock is off from Bybit's by more than the receive window allows, "
+            "even after one correction from Bybit's server time; synchronise the clock (NTP)"
+        )
+    if isinstance(exc, ccxt.NetworkError) and _HTTP_403.search(str(exc)):
+        return ExchangeBanned(
+            f"Bybit answered HTTP 403 during {what}: this IP is banned (too many requests; "
+            f"lifted after at least 10 minutes) or Bybit blocks this region (permanent); "
+            f"waiting {ban_wait:.0f}s before the next attempt",
+            retry_after=ban_wait,
+        )
     if isinstance(exc, _AUTH):
         return ExchangeAuthError(
             f"Bybit refused the API key during {what} ({kind}: {reason}); check "
@@ -166,15 +196,25 @@ class ExchangeGateway:
         client: ccxt.async_support.bybit,
         *,
         settle_coin: str = "USDT",
+        settle_coins: Sequence[str] = ("USDT", "USDC"),
         timeout: float | None = 30.0,
         owns_client: bool = True,
-        max_pages: int = 50,
+        ban_wait: float = 600.0,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.client = client
-        self.settle_coin = settle_coin
+        self.settle_coin = settle_coin  # the balance's coin
+        # every settle coin whose positions are listed: Bybit lists a linear position only
+        # under its own settleCoin (USDC perpetuals such as BTCPERP under USDC)
+        coins = [settle_coin, *settle_coins]
+        self.settle_coins: tuple[str, ...] = tuple(dict.fromkeys(c.upper() for c in coins))
         self.timeout = timeout
         self.owns_client = owns_client
-        self.max_pages = max_pages
+        self.ban_wait = ban_wait
+        # the end of history windows ("now"); the emulator's tests pass its virtual clock
+        self.clock_ms = clock_ms
+        self.clock_corrected = False
+        self.requests = 0
         self._secrets = _register_secrets(client)
 
     @property
@@ -184,16 +224,49 @@ class ExchangeGateway:
         return isinstance(self.client, ccxt.pro.Exchange) and bool(has.get("watchPositions"))
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one ccxt call under the deadline, translating every failure (the one place)."""
+        """Run one ccxt call under the deadline, translating every failure (the one place).
+
+        A timestamp refused by Bybit (10002) is corrected once through ccxt
+        (load_time_difference, then adjustForTimeDifference) and the call retried.
+        """
         try:
-            if self.timeout is None:
-                return await call()
-            with anyio.fail_after(self.timeout):
-                return await call()
+            return await self._once(call)
+        except ExchangeError:
+            raise
+        except ccxt.InvalidNonce as exc:
+            if self.clock_corrected:
+                raise _translate(what, exc, self._secrets, self.ban_wait) from exc
+            first = exc
+        except (ccxt.BaseError, TimeoutError, *_PARSE_ERRORS) as exc:
+            raise _translate(what, exc, self._secrets, self.ban_wait) from exc
+        await self._correct_clock(what, first)
+        try:
+            return await self._once(call)
         except ExchangeError:
             raise
         except (ccxt.BaseError, TimeoutError, *_PARSE_ERRORS) as exc:
-            raise _translate(what, exc, self._secrets) from exc
+            raise _translate(what, exc, self._secrets, self.ban_wait) from exc
+
+    async def _once(self, call: Callable[[], Awaitable[T]]) -> T:
+        self.requests += 1
+        if self.timeout is None:
+            return await call()
+        with anyio.fail_after(self.timeout):
+            return await call()
+
+    async def _correct_clock(self, what: str, cause: BaseException) -> None:
+        """Measure the offset from Bybit's server time once, and sign with it from now on."""
+        self.clock_corrected = True
+        try:
+            offset = await self._once(lambda: self.client.load_time_difference())
+        except (ccxt.BaseError, TimeoutError, *_PARSE_ERRORS) as exc:
+            raise _translate(what, cause, self._secrets, self.ban_wait) from exc
+        self.client.options["adjustForTimeDifference"] = True
+        log.warning(
+            "Bybit refused the request timestamp (10002): this clock is %s ms off Bybit's; "
+            "correcting requests by it (synchronise the clock with NTP)",
+            offset,
+        )
 
     def _parse(self, what: str, parse: Callable[[], T]) -> T:
         try:
@@ -213,18 +286,21 @@ class ExchangeGateway:
             await self.load_markets()
 
     async def fetch_positions(self) -> list[PositionObservation]:
-        """Every open USDT-linear position (GET /v5/position/list by settleCoin, paged by
-        cursor), parsed by ccxt's parse_position.
+        """Every open linear position of every settle coin in `settle_coins` (GET
+        /v5/position/list by settleCoin, paged by cursor), parsed by ccxt's parse_position,
+        so symbols come from ccxt's markets (Bybit's BTCPERP is BTC/USDC:USDC).
 
         The raw endpoint is called rather than fetch_positions because ccxt reads a body it
         cannot parse as an empty list: here that is an error, never "no positions".
         """
         await self._markets()
-        rows = await self._paged(
-            "fetch_positions",
-            lambda params: self.client.private_get_v5_position_list(params),
-            {"category": "linear", "settleCoin": self.settle_coin, "limit": 200},
-        )
+        rows: list[Row] = []
+        for coin in self.settle_coins:
+            rows += await self._paged(
+                "fetch_positions",
+                lambda params: self.client.private_get_v5_position_list(params),
+                {"category": "linear", "settleCoin": coin, "limit": 200},
+            )
         observed: list[PositionObservation] = []
         for row in rows:
             position = self._parse("fetch_positions", partial(self._position, row))
@@ -253,13 +329,35 @@ class ExchangeGateway:
         return balance_from_ccxt(self.client.parse_balance(response), self.settle_coin)
 
     async def fetch_closed_pnl(self, *, since: datetime) -> list[ClosedPnlObservation]:
-        """Closed-PnL records (reduces and closes) updated since `since`, at most 7 days back."""
-        rows = await self._paged(
+        """Closed-PnL records (reduces and closes) since `since`, however far back: Bybit
+        answers 7 days a query, so the span is walked window by window, newest first."""
+        await self._markets()
+        rows = await self._windows(
             "fetch closed pnl",
             lambda params: self.client.private_get_v5_position_closed_pnl(params),
-            {"category": "linear", "startTime": _ms(since), "limit": 100},
+            {"category": "linear", "limit": 100},
+            since,
         )
         return [self._parse("fetch closed pnl", partial(self._closed_pnl, row)) for row in rows]
+
+    async def _windows(
+        self,
+        what: str,
+        call: Callable[[dict[str, object]], Awaitable[object]],
+        params: dict[str, object],
+        since: datetime,
+    ) -> list[Row]:
+        """Every row from `since` to now, one 7-day window at a time from the newest."""
+        end = self.clock_ms() if self.clock_ms is not None else int(self.client.milliseconds())
+        start_ms = _ms(since)
+        collected: list[Row] = []
+        while end > start_ms:
+            start = max(start_ms, end - _WINDOW_MS)
+            collected += await self._paged(
+                what, call, {**params, "startTime": start, "endTime": end}
+            )
+            end = start
+        return collected
 
     def _closed_pnl(self, row: Row) -> ClosedPnlObservation:
         # the parser ccxt's fetch_positions_history runs on these rows
@@ -272,10 +370,12 @@ class ExchangeGateway:
     async def fetch_funding(self, *, since: datetime) -> list[FundingObservation]:
         """Funding settlements since `since` (execution list, execType=Funding: ccxt's
         fetch_my_trades asks for execType=Trade)."""
-        rows = await self._paged(
+        await self._markets()
+        rows = await self._windows(
             "fetch funding",
             lambda params: self.client.private_get_v5_execution_list(params),
-            {"category": "linear", "execType": "Funding", "startTime": _ms(since), "limit": 100},
+            {"category": "linear", "execType": "Funding", "limit": 100},
+            since,
         )
         observed: list[FundingObservation] = []
         for row in rows:
@@ -304,13 +404,39 @@ class ExchangeGateway:
                 flat.append(str(info.get("symbol")) if isinstance(info, Mapping) else "?")
         return changed, flat
 
+    @property
+    def can_watch_marks(self) -> bool:
+        """True when the client is a ccxt.pro client with watch_tickers."""
+        has = getattr(self.client, "has", {})
+        return isinstance(self.client, ccxt.pro.Exchange) and bool(has.get("watchTickers"))
+
+    async def watch_marks(self, symbols: Sequence[str]) -> dict[str, Decimal]:
+        """The next marks from the public ticker stream (ccxt.pro watch_tickers, Bybit's
+        `tickers.{symbol}` topic, markPrice), by ccxt symbol. The position stream does not push
+        on mark moves; the periodic REST sync is the backstop. Raises ExchangeUnavailable."""
+        if not self.can_watch_marks:
+            raise ExchangeError("watch_marks needs a ccxt.pro bybit client")
+        await self._markets()
+        watch = cast(Any, self.client).watch_tickers
+        raw = await self._call_unbounded("watch_tickers", partial(watch, list(symbols)))
+        if not isinstance(raw, Mapping):
+            raise MalformedResponse("watch_tickers", "response", type(raw).__name__, "not a dict")
+        marks: dict[str, Decimal] = {}
+        for ticker in raw.values():
+            if not isinstance(ticker, Mapping):
+                raise MalformedResponse("watch_tickers", "ticker", ticker, "expected an object")
+            parsed = self._parse("watch_tickers", partial(mark_from_ticker, ticker))
+            if parsed is not None:
+                marks[parsed[0]] = parsed[1]
+        return marks
+
     async def _call_unbounded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
         except ExchangeError:
             raise
         except (ccxt.BaseError, *_PARSE_ERRORS) as exc:
-            raise _translate(what, exc, self._secrets) from exc
+            raise _translate(what, exc, self._secrets, self.ban_wait) from exc
 
     async def _paged(
         self,
@@ -318,10 +444,14 @@ class ExchangeGateway:
         call: Callable[[dict[str, object]], Awaitable[object]],
         params: dict[str, object],
     ) -> list[Row]:
+        """Every page of one query. Bybit sends a cursor even on the last page: the end is an
+        empty or short page, or a cursor seen before. No page cap: a long history is read
+        whole (each page is one request under ccxt's rate limiter), never refused."""
         collected: list[Row] = []
         cursor: str | None = None
         seen: set[str] = set()
-        for _ in range(self.max_pages):
+        limit = params.get("limit")
+        while True:
             page_params = dict(params)
             if cursor:
                 page_params["cursor"] = cursor
@@ -338,11 +468,12 @@ class ExchangeGateway:
             next_cursor = result.get("nextPageCursor")
             if not next_cursor or not rows:
                 return collected
+            if isinstance(limit, int) and len(rows) < limit:
+                return collected
             cursor = str(next_cursor)
             if cursor in seen:
-                raise MalformedResponse(what, "nextPageCursor", cursor, "repeated")
+                return collected
             seen.add(cursor)
-        raise MalformedResponse(what, "nextPageCursor", cursor, "too many pages")
 
     async def close(self) -> None:
         """Close the client's sessions and sockets, if this gateway owns the client."""
@@ -356,6 +487,10 @@ class ExchangeGateway:
 
 def _ms(moment: datetime) -> int:
     return to_micros(moment) // 1000
+
+
+# Bybit's closed-PnL and execution lists answer at most 7 days per query.
+_WINDOW_MS = int(timedelta(days=7).total_seconds() * 1000)
 
 
 def _check_envelope(what: str, response: object) -> None:

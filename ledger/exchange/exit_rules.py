@@ -7,6 +7,7 @@ partial exits), so it holds across restarts and across processes sharing the log
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
 from decimal import Decimal
 
@@ -16,7 +17,15 @@ from ledger.errors import InvalidValue
 from ledger.values import ZERO, positive, to_decimal
 from projections.positions import Position
 
-__all__ = ["DEFAULT_RULES", "ExitOrder", "ExitRule", "due_exits", "fired_rules", "parse_rules"]
+__all__ = [
+    "DEFAULT_RULES",
+    "ExitOrder",
+    "ExitRule",
+    "due_exits",
+    "fired_rules",
+    "order_link_id",
+    "parse_rules",
+]
 
 
 class ExitRule(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,11 +56,22 @@ class ExitOrder(msgspec.Struct, frozen=True, kw_only=True):
     qty: Decimal
     price: Decimal
     roe_pct: Decimal
+    # the exchange order's link id (Bybit orderLinkId): the same for the same position and
+    # rule, so an order placed before a crash is recognisable after the restart
+    order_link_id: str = ""
+
+
+def order_link_id(position_id: str, rule: str) -> str:
+    """A deterministic Bybit orderLinkId (at most 36 characters) for a rule's exit."""
+    digest = hashlib.sha256(f"{position_id}:{rule}".encode()).hexdigest()[:30]
+    return f"pl-{digest}"
 
 
 def fired_rules(position: Position) -> frozenset[str]:
-    """The rules that already exited part of this position."""
-    return frozenset(e.rule for e in position.partial_exits if e.rule)
+    """The rules that already exited part of this position, or whose exit the service placed
+    (an ExitIntended not yet followed by its exit): never fired twice, even across restarts."""
+    done = {e.rule for e in position.partial_exits if e.rule}
+    return frozenset(done | set(position.pending_exits))
 
 
 def due_exits(
@@ -77,6 +97,7 @@ def due_exits(
                 qty=qty,
                 price=position.current_price,
                 roe_pct=position.roe_percentage,
+                order_link_id=order_link_id(position.position_id, rule.name),
             )
         )
         left -= qty

@@ -28,6 +28,7 @@ __all__ = [
     "balance_from_ccxt",
     "closed_pnl_from_ccxt",
     "funding_from_ccxt",
+    "mark_from_ticker",
     "market_key",
     "position_from_ccxt",
     "positions_from_ccxt",
@@ -47,8 +48,10 @@ class PositionObservation(msgspec.Struct, frozen=True, kw_only=True):
     unrealized_pnl: Decimal | None
     initial_margin: Decimal | None
     leverage: Decimal | None
-    created_at: datetime
+    created_at: datetime  # Bybit's createdTime: the FIRST-ever position on the slot
     updated_at: datetime
+    # Bybit's openTime: when THIS position opened (None when Bybit sent 0 or nothing)
+    opened_at: datetime | None = None
 
     @property
     def contracts(self) -> Decimal:
@@ -56,8 +59,9 @@ class PositionObservation(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def key(self) -> tuple[str, Side]:
-        """What a ledger position is matched on: the market and the side."""
-        return (self.market_id, self.side)
+        """What a ledger position is matched on: the market (as ccxt names it, so Bybit's
+        BTCPERP is BTC/USDC:USDC's market) and the side."""
+        return (market_key(self.symbol), self.side)
 
 
 class BalanceObservation(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,6 +94,18 @@ class ClosedPnlObservation(msgspec.Struct, frozen=True, kw_only=True):
     open_fee: Decimal | None = None
     close_fee: Decimal | None = None
     leverage: Decimal | None = None
+    created_at: datetime | None = None  # the row's createdTime
+
+    @property
+    def key(self) -> tuple[str, Side]:
+        return (market_key(self.symbol), self.side)
+
+    @property
+    def fact_key(self) -> str:
+        """This record's identity: one order can close in several rows, so the order id alone
+        is not enough; the same row listed twice (or on two pages) gives the same key."""
+        created = self.created_at or self.at
+        return f"{self.order_id}:{int(created.timestamp() * 1000)}:{self.qty}"
 
 
 class FundingObservation(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +118,10 @@ class FundingObservation(msgspec.Struct, frozen=True, kw_only=True):
     amount: Decimal
     qty: Decimal
     at: datetime
+
+    @property
+    def key(self) -> tuple[str, Side]:
+        return (market_key(self.symbol), self.side)
 
 
 class ExchangeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +140,9 @@ class ExchangeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     complete: bool = True
     closed_pnl_since: datetime | None = None
     funding_since: datetime | None = None
+    # the settle coins whose positions were listed (empty: all); a ledger position on another
+    # settle coin is not absent just because it was not asked for
+    settle_coins: tuple[str, ...] = ()
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -205,6 +228,14 @@ def _position_idx(info: Mapping[str, object], what: str) -> int:
     return int(raw)
 
 
+def _open_time(info: Mapping[str, object], what: str) -> datetime | None:
+    """Bybit's openTime (added April 2026; "0" or absent: unknown)."""
+    raw = info.get("openTime")
+    if raw is None or raw in ("", "0", 0):
+        return None
+    return _time(info, what, "openTime")
+
+
 # -- parsers --------------------------------------------------------------------------------
 
 
@@ -244,6 +275,7 @@ def position_from_ccxt(unified: Mapping[str, object]) -> PositionObservation | N
         leverage=leverage,
         created_at=_time(info, what, "createdTime"),
         updated_at=_time(info, what, "updatedTime"),
+        opened_at=_open_time(info, what),
     )
 
 
@@ -256,7 +288,9 @@ def positions_from_ccxt(rows: Sequence[Mapping[str, object]]) -> list[PositionOb
 def balance_from_ccxt(unified: Mapping[str, object], currency: str = "USDT") -> BalanceObservation:
     """The currency's wallet balance and free margin from ccxt's fetch_balance (unified account).
 
-    available is Bybit's availableToWithdraw when sent, else what ccxt computes too:
+    available is the unified account's totalAvailableBalance (USD, cross margin: Bybit's
+    free margin for new orders; availableToWithdraw is deprecated for unified accounts since
+    January 2025 and sent empty). Without it (a classic account): availableToWithdraw, else
     walletBalance - locked - totalPositionIM - totalOrderIM. A unified account without the
     coin holds none of it (zero). Raises MalformedResponse.
     """
@@ -276,6 +310,11 @@ def balance_from_ccxt(unified: Mapping[str, object], currency: str = "USDT") -> 
             raise MalformedResponse("balance", "list[]", account, "expected an object")
         if account.get("accountType") not in ("UNIFIED", "CONTRACT"):
             continue
+        account_free = (
+            _optional_number(account, "balance account", "totalAvailableBalance")
+            if account.get("accountType") == "UNIFIED"
+            else None
+        )
         coins = account.get("coin")
         if not isinstance(coins, list):
             raise MalformedResponse("balance", "coin", coins, "expected a list")
@@ -284,7 +323,9 @@ def balance_from_ccxt(unified: Mapping[str, object], currency: str = "USDT") -> 
                 continue
             what = f"balance {currency}"
             total = _number(coin, what, "walletBalance")
-            free = _optional_number(coin, what, "availableToWithdraw")
+            free = account_free
+            if free is None:
+                free = _optional_number(coin, what, "availableToWithdraw")
             if free is None:
                 used = sum(
                     (
@@ -302,7 +343,9 @@ def balance_from_ccxt(unified: Mapping[str, object], currency: str = "USDT") -> 
                 unrealized_pnl=_optional_number(coin, what, "unrealisedPnl"),
                 at=at,
             )
-        return BalanceObservation(currency=currency, total=Decimal(0), available=Decimal(0), at=at)
+        return BalanceObservation(
+            currency=currency, total=Decimal(0), available=account_free or Decimal(0), at=at
+        )
     raise MalformedResponse("balance", "accountType", None, "no unified or contract account")
 
 
@@ -329,7 +372,23 @@ def closed_pnl_from_ccxt(unified: Mapping[str, object]) -> ClosedPnlObservation:
         open_fee=_optional_number(info, what, "openFee"),
         close_fee=_optional_number(info, what, "closeFee"),
         leverage=_optional_number(info, what, "leverage"),
+        created_at=_time(info, what, "createdTime") if info.get("createdTime") else None,
     )
+
+
+def mark_from_ticker(unified: Mapping[str, object]) -> tuple[str, Decimal] | None:
+    """(ccxt symbol, Bybit's markPrice) from a ccxt.pro watch_tickers ticker (the public
+    `tickers.{symbol}` topic); None when the update carries no mark (Bybit sends deltas).
+
+    Raises MalformedResponse.
+    """
+    info = _info(unified, "ticker")
+    symbol = unified.get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        raise MalformedResponse("ticker", "symbol", symbol, "missing")
+    if info.get("markPrice") in (None, ""):
+        return None
+    return symbol, _positive(info, f"ticker {symbol}", "markPrice")
 
 
 def funding_from_ccxt(unified: Mapping[str, object]) -> FundingObservation | None:

@@ -3,29 +3,37 @@
 A pure function: no clock, no I/O. It runs inside the ledger's write transaction against the
 current book, so two syncs (or a sync and the bot) never decide on a stale state, and every
 event it plans carries a deterministic idempotency key where the exchange gives an identity
-(an order id, an execution id, a position's creation time), so the same exchange state synced
-twice appends nothing, and a sync that crashed between fetch and append is completed by the
-next one.
+(a closed-PnL row's order id + createdTime + closedSize, an execution id, a position's
+openTime), so the same exchange state synced twice appends nothing, the same record listed
+twice counts once, and a sync that crashed between fetch and append is completed by the next.
 
-The rules, in the order they are applied:
+The rules, in the order they are applied (facts from research/bybit-v5-facts.md):
 
-1. Adopt: an exchange position no open ledger position matches, on (market, side), becomes
-   PositionOpened(source=EXCHANGE) at its creation time, limits not enforced (it is a fact).
-2. Funding: each settlement becomes FundingRecorded on the position it was paid on, keyed by
-   Bybit's execution id.
-3. Size: a smaller exchange size is a reduce made outside the bot: PartialExitRecorded with
-   Bybit's realized PnL from the closed-PnL records that explain it (or computed from the mark
-   and said so in the reason); a larger one is PositionIncreased at the exchange's new average
-   entry price.
-4. Mark: mark price, unrealized PnL, contracts and initial margin, only when one changed.
-5. Close, only on evidence: absent from a complete fetch AND a closed-PnL record after the
-   position's last change (PositionClosed with Bybit's PnL, exit price, time and order id);
-   or absent from N consecutive complete fetches (PositionClosed(pnl_estimated=True) at the
-   last mark).
-6. Balance: BalanceObserved when total or available changed.
+1. Lifecycle: an exchange position on a ledger position's market and side is the same position
+   only if it is the same lifecycle. A different Bybit `openTime`, or (without one) closed-PnL
+   records since the ledger's last change that account for its whole size, mean the old one
+   was closed (with its records, or estimated) and a new one opened.
+2. Adopt: an exchange position no open ledger position matches becomes
+   PositionOpened(source=EXCHANGE) at Bybit's `openTime`, else at the time of this fetch; never
+   at `createdTime`, which is the slot's first-ever position. Limits are not enforced (a fact).
+3. Funding: each settlement on the position that was open when it settled (never one opened
+   after it), keyed by Bybit's execution id.
+4. Size: a smaller exchange size is a reduce made outside the bot: PartialExitRecorded with
+   Bybit's realized PnL from the records that explain it, else estimated from the mark (and
+   flagged); a larger one is PositionIncreased at the exchange's new average entry price.
+5. Mark: when something changed and the throttle allows (time since the last mark, or a price
+   move); a position's first sight on the exchange is always marked (it carries openTime).
+6. Close, only on evidence: absent from a complete fetch AND closed-PnL records after its last
+   change that account for its size; or absent from N successful fetches spanning at least
+   `absent_min` (PositionClosed(pnl_estimated=True) at the last mark). A market whose settle
+   coin was not queried is never absent.
+7. Amend: a record that arrives after an estimated reduce or close replaces the estimate with
+   PnlAmended (the estimate stays in the history), so realized PnL ends equal to Bybit's.
+8. Balance: BalanceObserved when total or available changed.
 
 While the ledger is ahead of the exchange (the bot recorded a change less than `settle` ago
-and the exchange row predates it), size differences, absences and re-adoptions wait.
+and the exchange has never shown the position since), size differences, absences and
+re-adoptions wait.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from ledger.events import (
     BalanceObserved,
     FundingRecorded,
     PartialExitRecorded,
+    PnlAmended,
     PositionClosed,
     PositionIncreased,
     PositionMarked,
@@ -60,7 +69,14 @@ from projections.book import Book
 from projections.pnl import price_pnl
 from projections.positions import Position
 
-__all__ = ["Planned", "ReconcilePolicy", "ReconcileResult", "reconcile"]
+__all__ = [
+    "Planned",
+    "ReconcilePolicy",
+    "ReconcileResult",
+    "mark_worth_logging",
+    "reconcile",
+    "settle_coin_of",
+]
 
 Key = tuple[str, Side]
 
@@ -77,21 +93,29 @@ class Planned(NamedTuple):
 class ReconcilePolicy:
     """The knobs of reconciliation.
 
-    absent_fetches_before_close: complete fetches a position must be missing from, with no
-    closed-PnL record, before it is closed with an estimated PnL (Settings'
-    absent_fetches_before_close). settle: how long the ledger may be ahead of the exchange
-    (the bot recorded a trade the exchange does not show yet) before the exchange wins.
+    absent_fetches_before_close / absent_min: how many successful fetches, spanning at least
+    how long, a position must be missing from (with no closed-PnL record) before it is closed
+    with an estimated PnL: several position pushes arrive within milliseconds of a manual
+    close, before Bybit has written its record. settle: how long the ledger may be ahead of the
+    exchange (the bot recorded a trade the exchange does not show yet). mark_interval /
+    mark_move: an unchanged-size position's mark is recorded at most once per mark_interval
+    unless the price moved by more than mark_move (a fraction) since the last recorded one.
     """
 
     absent_fetches_before_close: int = 2
+    absent_min: timedelta = timedelta(seconds=60)
     settle: timedelta = timedelta(seconds=30)
+    mark_interval: timedelta = timedelta(seconds=60)
+    mark_move: Decimal = Decimal("0.005")
     key_prefix: str = "bybit"
 
     def __post_init__(self) -> None:
         if self.absent_fetches_before_close < 1:
             raise ValueError("absent_fetches_before_close must be at least 1")
-        if self.settle < timedelta(0):
-            raise ValueError("settle must not be negative")
+        if self.settle < timedelta(0) or self.absent_min < timedelta(0):
+            raise ValueError("settle and absent_min must not be negative")
+        if self.mark_interval < timedelta(0) or self.mark_move < 0:
+            raise ValueError("mark_interval and mark_move must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +127,7 @@ class ReconcileResult:
     closed: tuple[str, ...]
     absent_counts: Mapping[str, int]
     warnings: tuple[str, ...] = ()
+    absent_since: Mapping[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -124,11 +149,32 @@ class _Work:
 
 
 class _Close(NamedTuple):
-    """How an absent position is closed: partial exits first, then the close."""
+    """How an absent or replaced position is closed: partial exits first, then the close."""
 
     exits: list[Planned]
     close: Planned
     at: datetime
+
+
+def settle_coin_of(symbol: str) -> str | None:
+    """The settle coin of a linear market in any spelling, None when it cannot be told.
+
+    "BTC/USDC:USDC" -> USDC, "BTCUSDT" -> USDT, Bybit's "BTCPERP" -> USDC.
+    """
+    text = symbol.strip().upper()
+    if ":" in text:
+        return text.rsplit(":", 1)[1].split("-", 1)[0]
+    market = market_key(text)
+    if market.endswith("PERP"):
+        return "USDC"
+    for coin in ("USDT", "USDC"):
+        if market.endswith(coin) and len(market) > len(coin):
+            return coin
+    return None
+
+
+def _key_of(position: Position) -> Key:
+    return (market_key(position.symbol), position.side)
 
 
 def reconcile(
@@ -136,13 +182,15 @@ def reconcile(
     snapshot: ExchangeSnapshot,
     absent_counts: Mapping[str, int],
     policy: ReconcilePolicy | None = None,
+    absent_since: Mapping[str, datetime] | None = None,
 ) -> ReconcileResult:
-    """The events that bring `book` in line with `snapshot`, and the new absence counts.
+    """The events that bring `book` in line with `snapshot`, and the new absence state.
 
     Raises MalformedResponse when the snapshot itself is inconsistent (two rows for one
     market and side).
     """
     policy = policy or ReconcilePolicy()
+    since_map = dict(absent_since or {})
     now = snapshot.fetched_at
     prefix = policy.key_prefix
     work = _Work()
@@ -150,7 +198,7 @@ def reconcile(
     matched: dict[Key, Position] = {}
     extras: list[Position] = []
     for position in book.open.values():
-        key = (market_key(position.symbol), position.side)
+        key = _key_of(position)
         if key in matched:
             extras.append(position)
         else:
@@ -164,11 +212,35 @@ def reconcile(
             )
         observed[row.key] = row
 
+    # the same record listed twice, or on two pages, counts once
+    unique: dict[str, ClosedPnlObservation] = {r.fact_key: r for r in snapshot.closed_pnl}
     records: dict[Key, list[ClosedPnlObservation]] = {}
-    for record in sorted(snapshot.closed_pnl, key=lambda r: (r.at, r.order_id)):
-        records.setdefault((record.market_id, record.side), []).append(record)
+    for record in sorted(unique.values(), key=lambda r: (r.at, r.fact_key)):
+        records.setdefault(record.key, []).append(record)
 
-    # 1. adoption: a working view of every position the later rules may touch
+    closes: dict[str, _Close] = {}
+    counts: dict[str, int] = {}
+    since_out: dict[str, datetime] = {}
+
+    # 1. lifecycle: the exchange's position on a known key may be a new one
+    for key, position in list(matched.items()):
+        shown = observed.get(key)
+        if shown is None or not _new_lifecycle(position, shown, records.get(key, []), policy):
+            continue
+        own = [
+            r
+            for r in _unused(position, records.get(key, []), policy)
+            if shown.opened_at is None or r.at <= shown.opened_at
+        ]
+        closes[position.position_id] = _close_replaced(position, own, shown, now, prefix)
+        del matched[key]
+        work.warnings.append(
+            f"{position.position_id}: the exchange's {shown.symbol} {shown.side} is a new "
+            "position (closed and reopened between two syncs): the old one is closed, the new "
+            "one adopted at its own entry price"
+        )
+
+    # 2. adoption: a working view of every position the later rules may touch
     live: dict[Key, Position] = dict(matched)
     adopted_marks: list[Planned] = []
     for key, row in observed.items():
@@ -180,8 +252,8 @@ def reconcile(
                 "exchange; waiting for the exchange to catch up before adopting it"
             )
             continue
-        position_id, adopt_key = _adoption_id(book, row, prefix)
-        opened_at = _adoption_time(book, row, now)
+        opened_at = row.opened_at or now
+        position_id, adopt_key = _adoption_id(book, row, opened_at, prefix)
         event = PositionOpened(
             position_id=position_id,
             symbol=row.symbol,
@@ -199,34 +271,50 @@ def reconcile(
         live[key] = _opened_view(event, opened_at)
         adopted_marks.append(Planned(_mark_event(position_id, row), None, now))
 
-    # 5 (decided before funding, so funding never lands after a close it predates)
-    closes: dict[str, _Close] = {}
-    counts: dict[str, int] = {}
-    for key, position in matched.items():
-        if key in observed:
+    # 6 (decided before funding, so funding never lands after a close it predates)
+    queried = {coin.upper() for coin in snapshot.settle_coins}
+    for position in [*matched.values(), *extras]:
+        key = _key_of(position)
+        if key in observed and matched.get(key) is position:
             continue
-        _absent(position, records.get(key, []), snapshot, absent_counts, policy, counts, closes)
-    for position in extras:
-        # a second ledger position on one market and side: the exchange shows one at most
-        _absent(position, [], snapshot, absent_counts, policy, counts, closes)
+        coin = settle_coin_of(position.symbol)
+        if queried and (coin is None or coin not in queried):
+            work.warnings.append(
+                f"{position.position_id} {position.symbol}: its settle coin was not queried; "
+                "not treated as absent"
+            )
+            continue
+        own = [] if matched.get(key) is not position else records.get(key, [])
+        _absent(
+            position,
+            own,
+            snapshot,
+            absent_counts,
+            since_map,
+            policy,
+            counts,
+            since_out,
+            closes,
+            work,
+        )
 
-    # 2. funding
-    funding_plans = _funding(snapshot.funding, live, book, closes, prefix)
+    # 3. funding
+    closing = {pid: p for pid, p in book.open.items() if pid in closes}
+    funding_plans = _funding(snapshot.funding, live, book, closes, closing, prefix)
 
     for plan in adopted_marks:
         work.add(plan.event, plan.key, plan.occurred_at)
     for plan in funding_plans:
         work.add(plan.event, plan.key, plan.occurred_at)
 
-    # 3 + 4. size and mark of every position the exchange still shows
+    # 4 + 5. size and mark of every position the exchange still shows
     for key, position in matched.items():
         shown = observed.get(key)
         if shown is None:
             continue
-        row = shown
-        sized = _size_change(position, row, records.get(key, []), now, policy, work)
-        if sized or _mark_changed(position, row):
-            work.add(_mark_event(position.position_id, row), None, now)
+        sized = _size_change(position, shown, records.get(key, []), now, policy, work)
+        if sized or _mark_due(position, shown, now, policy):
+            work.add(_mark_event(position.position_id, shown), None, now)
 
     for position_id, close in closes.items():
         for plan in close.exits:
@@ -234,7 +322,10 @@ def reconcile(
         work.add(close.close.event, close.close.key, close.close.occurred_at)
         work.closed.append(position_id)
 
-    # 6. balance
+    # 7. amendments of earlier estimates
+    _amend(book, matched, closes, records, live, policy, work)
+
+    # 8. balance
     balance = snapshot.balance
     if balance is not None and (
         book.balance != balance.total or book.available != balance.available
@@ -256,25 +347,44 @@ def reconcile(
         closed=tuple(work.closed),
         absent_counts=counts,
         warnings=tuple(work.warnings),
+        absent_since=since_out,
     )
 
 
-# -- adoption -------------------------------------------------------------------------------
+# -- lifecycle and adoption -----------------------------------------------------------------
 
 
 def _ms(moment: datetime) -> int:
     return to_micros(moment) // 1000
 
 
-def _adoption_id(book: Book, row: PositionObservation, prefix: str) -> tuple[str, str]:
-    """A position id and idempotency key derived from the exchange position's identity.
+def _new_lifecycle(
+    position: Position,
+    row: PositionObservation,
+    records: list[ClosedPnlObservation],
+    policy: ReconcilePolicy,
+) -> bool:
+    """The exchange's row on this key is a different position than the ledger's."""
+    if row.opened_at is not None:
+        opened_ms = _ms(row.opened_at)
+        if position.exchange_opened_ms is not None:
+            return opened_ms != position.exchange_opened_ms
+        if position.source is Source.EXCHANGE and position.open_time == row.opened_at:
+            return False
+        # never seen with an openTime: a much later one is a reopen after the ledger's open
+        return row.opened_at > _last_change(position) + policy.settle
+    unused = _unused(position, records, policy)
+    return bool(unused) and sum((r.qty for r in unused), ZERO) >= position.qty
 
-    Bybit keeps createdTime for a slot, so a position reopened by hand may share it with one
-    the ledger already closed: the next free generation is used then.
-    """
-    base = (
-        f"{prefix}:adopt:{row.market_id}:{row.position_idx}:{row.side.value}:{_ms(row.created_at)}"
-    )
+
+def _adoption_id(
+    book: Book, row: PositionObservation, opened_at: datetime, prefix: str
+) -> tuple[str, str]:
+    """A position id and idempotency key from the exchange position's identity: its openTime,
+    else the moment the ledger first saw it (createdTime is the slot's, shared by every
+    position ever opened on it). A taken id gets the next free generation."""
+    stamp = f"{_ms(opened_at)}" if row.opened_at is not None else f"seen{_ms(opened_at)}"
+    base = f"{prefix}:adopt:{row.market_id}:{row.position_idx}:{row.side.value}:{stamp}"
     generation = 0
     while True:
         key = base if generation == 0 else f"{base}:{generation}"
@@ -284,31 +394,18 @@ def _adoption_id(book: Book, row: PositionObservation, prefix: str) -> tuple[str
         generation += 1
 
 
-def _adoption_time(book: Book, row: PositionObservation, now: datetime) -> datetime:
-    """Its creation time, unless a ledger position on the same market and side closed after it
-    (Bybit's createdTime then belongs to an earlier position in the same slot)."""
-    for closed in book.closed.values():
-        if (
-            closed.side is row.side
-            and market_key(closed.symbol) == row.market_id
-            and closed.close_time is not None
-            and closed.close_time >= row.created_at
-        ):
-            return now
-    return row.created_at
-
-
 def _ledger_closed_it_recently(
     book: Book, row: PositionObservation, now: datetime, settle: timedelta
 ) -> bool:
-    for closed in book.closed.values():
+    for closed in book.recently_closed(_LOOKBACK):
         if (
             closed.side is row.side
-            and market_key(closed.symbol) == row.market_id
+            and market_key(closed.symbol) == row.key[0]
             and closed.source is not Source.EXCHANGE
             and closed.close_time is not None
             and row.updated_at <= closed.close_time
             and now - closed.close_time < settle
+            and (row.opened_at is None or row.opened_at <= closed.close_time)
         ):
             return True
     return False
@@ -341,6 +438,7 @@ def _mark_event(position_id: str, row: PositionObservation) -> PositionMarked:
         contracts=row.qty,
         initial_margin=row.initial_margin if row.initial_margin else None,
         source=Source.EXCHANGE,
+        exchange_opened_ms=_ms(row.opened_at) if row.opened_at is not None else None,
     )
 
 
@@ -352,11 +450,44 @@ def _mark_changed(position: Position, row: PositionObservation) -> bool:
     return bool(row.initial_margin) and position.real_initial_margin != row.initial_margin
 
 
+def _mark_due(
+    position: Position, row: PositionObservation, now: datetime, policy: ReconcilePolicy
+) -> bool:
+    """Record this mark? Always on first sight (and when openTime is first known); otherwise
+    when something changed and the throttle allows it."""
+    if not position.exchange_seen:
+        return True
+    if row.opened_at is not None and position.exchange_opened_ms is None:
+        return True
+    if not _mark_changed(position, row):
+        return False
+    return mark_worth_logging(position, row.mark_price, now, policy)
+
+
+def mark_worth_logging(
+    position: Position, price: Decimal, now: datetime, policy: ReconcilePolicy
+) -> bool:
+    """The mark throttle: log a new mark once `mark_interval` has passed since the last logged
+    one, or sooner when the price moved more than `mark_move` from it."""
+    if price == position.current_price:
+        return False
+    if position.marked_at is None or now - position.marked_at >= policy.mark_interval:
+        return True
+    last = position.current_price
+    return bool(last) and abs(price - last) / last > policy.mark_move
+
+
 def _last_change(position: Position) -> datetime:
     """When the ledger last changed the position's size."""
     if position.partial_exits:
         return max(position.open_time, position.partial_exits[-1].timestamp)
     return position.open_time
+
+
+def _firm_change(position: Position) -> datetime:
+    """When the ledger last changed the size from a fact (not an estimate)."""
+    firm = [e.timestamp for e in position.partial_exits if not e.pnl_estimated]
+    return max([position.open_time, *firm])
 
 
 def _last_bot_change(position: Position) -> datetime | None:
@@ -374,6 +505,48 @@ def _ledger_ahead(
     if changed is None or now - changed >= settle:
         return False
     return row_time is None or row_time <= changed
+
+
+def _bot_echo(position: Position, record: ClosedPnlObservation, settle: timedelta) -> bool:
+    """Bybit's record of a reduce the bot placed and recorded itself (same size, moments
+    apart): already in the ledger, never evidence of a change made by hand."""
+    return any(
+        e.source is not Source.EXCHANGE
+        and e.qty == record.qty
+        and abs(record.at - e.timestamp) <= settle
+        for e in position.partial_exits
+    )
+
+
+def _unused(
+    position: Position, records: list[ClosedPnlObservation], policy: ReconcilePolicy
+) -> list[ClosedPnlObservation]:
+    """Records of changes the ledger has not booked yet: after its last change from a fact,
+    its own (not from before it opened), not the bot's own reduces echoed back, not already
+    applied, and not the ones still owed to its estimates (the oldest records go to the
+    oldest changes, so those come first)."""
+    owed = sum((e.qty for e in position.estimates), ZERO)
+    fresh: list[ClosedPnlObservation] = []
+    for record in _own_since_firm(position, records, policy):
+        if owed > 0:
+            owed -= record.qty
+            continue
+        fresh.append(record)
+    return fresh
+
+
+def _own_since_firm(
+    position: Position, records: list[ClosedPnlObservation], policy: ReconcilePolicy
+) -> list[ClosedPnlObservation]:
+    after = _firm_change(position)
+    return [
+        r
+        for r in records
+        if r.at > after
+        and r.at >= position.open_time
+        and r.fact_key not in position.amended_refs
+        and not _bot_echo(position, r, policy.settle)
+    ]
 
 
 def _size_change(
@@ -412,12 +585,11 @@ def _size_change(
         )
         return True
     reduced = position.qty - row.qty
-    unused = [r for r in records if r.at > _last_change(position)]
-    explained, rest = _explain(reduced, unused)
+    explained, rest = _explain(reduced, _unused(position, records, policy))
     for record, qty in explained:
         work.add(
             _exit_from_record(position, record, qty, "reduced on the exchange"),
-            f"{prefix}:closed:{record.order_id}",
+            f"{prefix}:closed:{record.fact_key}",
             record.at,
         )
     if rest > 0:
@@ -427,8 +599,12 @@ def _size_change(
                 qty=rest,
                 price=row.mark_price,
                 realized_pnl=price_pnl(position.side, rest, position.entry_price, row.mark_price),
-                reason="reduced on the exchange; no closed-PnL record: PnL estimated from the mark",
+                reason=(
+                    "reduced on the exchange; no closed-PnL record yet: PnL estimated from "
+                    "the mark until Bybit's record amends it"
+                ),
                 source=Source.EXCHANGE,
+                pnl_estimated=True,
             ),
             f"{prefix}:reduce:{position.position_id}:{row.qty}:{_ms(row.updated_at)}",
             row.updated_at,
@@ -439,17 +615,16 @@ def _size_change(
 def _explain(
     qty: Decimal, records: list[ClosedPnlObservation]
 ) -> tuple[list[tuple[ClosedPnlObservation, Decimal]], Decimal]:
-    """The newest records whose sizes add up to qty (oldest first, the oldest clamped), and
-    the quantity no record explains."""
+    """The oldest records whose sizes add up to qty (the last one clamped), and the quantity
+    no record explains."""
     chosen: list[tuple[ClosedPnlObservation, Decimal]] = []
     left = qty
-    for record in reversed(records):
+    for record in records:
         if left <= 0:
             break
         used = min(record.qty, left)
         chosen.append((record, used))
         left -= used
-    chosen.reverse()
     return chosen, max(left, ZERO)
 
 
@@ -459,18 +634,26 @@ def _pnl_and_fee(
     """(realized PnL, fee) of a closed-PnL record, or of a share of it.
 
     Bybit's closedPnl has the opening fee's share already taken off. Where the ledger charged
-    the opening fee itself (the bot recorded it at open), it is added back so it is not
-    counted twice; otherwise it is part of this record's fee.
+    the opening fee itself (the bot recorded it at open), that share is added back so it is
+    not counted twice. With Bybit's openFee the share is at most what Bybit charged; without
+    it (the older rows) it is the ledger's own share for the qty closed, and the fee is what
+    the gross PnL and closedPnl leave apart.
     """
-    open_fee = (record.open_fee or ZERO) * share
-    close_fee = (record.close_fee or ZERO) * share
+    qty = record.qty * share
     pnl = record.closed_pnl * share
-    if position.open_fee <= 0 or position.initial_qty <= 0:
-        return pnl, open_fee + close_fee
-    # only the share of the opening fee the ledger charged for this qty (a lot added by hand
-    # was recorded without its fee, which Bybit's figure then still has to carry)
-    charged = min(open_fee, position.open_fee * (record.qty * share) / position.initial_qty)
-    return pnl + charged, open_fee - charged + close_fee
+    charged = ZERO
+    if position.open_fee > 0 and position.initial_qty > 0:
+        charged = position.open_fee * qty / position.initial_qty
+    if record.open_fee is not None:
+        open_fee = record.open_fee * share
+        charged = min(open_fee, charged)
+        close_fee = (record.close_fee or ZERO) * share
+        return pnl + charged, open_fee - charged + close_fee
+    gross = price_pnl(position.side, qty, record.entry_price, record.exit_price)
+    fee = gross - pnl - charged
+    if record.close_fee is not None:
+        fee = record.close_fee * share
+    return pnl + charged, max(fee, ZERO)
 
 
 def _exit_from_record(
@@ -499,15 +682,20 @@ def _absent(
     records: list[ClosedPnlObservation],
     snapshot: ExchangeSnapshot,
     absent_counts: Mapping[str, int],
+    absent_since: Mapping[str, datetime],
     policy: ReconcilePolicy,
     counts: dict[str, int],
+    since_out: dict[str, datetime],
     closes: dict[str, _Close],
+    work: _Work,
 ) -> None:
     """A ledger position the exchange no longer shows: close it on evidence, or count it."""
     position_id = position.position_id
     if not snapshot.complete:
         if position_id in absent_counts:
             counts[position_id] = absent_counts[position_id]
+            if position_id in absent_since:
+                since_out[position_id] = absent_since[position_id]
         return
     now = snapshot.fetched_at
     if now <= position.open_time:
@@ -515,86 +703,240 @@ def _absent(
     prefix = policy.key_prefix
     # The bot opened or changed it moments ago: the exchange may not show it yet, and a record
     # stamped just after the open may still be the previous trade's, so within `settle` only
-    # records that account for exactly the size held count as evidence.
-    ahead = _ledger_ahead(position, None, now, policy.settle)
-    unused = [r for r in records if r.at > _last_change(position)]
-    if unused and (not ahead or sum((r.qty for r in unused), ZERO) == position.qty):
+    # records that account for exactly the size held count as evidence. Once the exchange has
+    # shown the position, it is no longer young: its absence counts.
+    ahead = not position.exchange_seen and _ledger_ahead(position, None, now, policy.settle)
+    unused = _unused(position, records, policy)
+    total = sum((r.qty for r in unused), ZERO)
+    if unused and total >= position.qty and (not ahead or total == position.qty):
         closes[position_id] = _close_from_records(position, unused, prefix)
         return
     if ahead:
         return
     seen = absent_counts.get(position_id, 0) + 1
-    if seen < policy.absent_fetches_before_close:
+    first = absent_since.get(position_id, now)
+    if seen < policy.absent_fetches_before_close or now - first < policy.absent_min:
         counts[position_id] = seen
+        since_out[position_id] = first
+        # records of part of it are facts already: book them as reduces
+        explained, _ = _explain(position.qty, unused)
+        for record, qty in explained:
+            work.add(
+                _exit_from_record(position, record, qty, "reduced on the exchange"),
+                f"{prefix}:closed:{record.fact_key}",
+                record.at,
+            )
         return
+    exits: list[Planned] = []
+    qty = position.qty
+    explained, _ = _explain(position.qty, unused)
+    for record, used in explained:
+        exits.append(
+            Planned(
+                _exit_from_record(position, record, used, "reduced on the exchange"),
+                f"{prefix}:closed:{record.fact_key}",
+                record.at,
+            )
+        )
+        qty -= used
     price = position.current_price
     event = PositionClosed(
         position_id=position_id,
-        qty=position.qty,
+        qty=qty,
         price=price,
-        realized_pnl=price_pnl(position.side, position.qty, position.entry_price, price),
+        realized_pnl=price_pnl(position.side, qty, position.entry_price, price),
         reason=(
-            f"gone from the exchange in {seen} successful fetches without a closed-PnL record: "
-            "PnL estimated from the last mark"
+            f"gone from the exchange in {seen} successful fetches over "
+            f"{int((now - first).total_seconds())}s without a closed-PnL record: PnL estimated "
+            "from the last mark until Bybit's record amends it"
         ),
         source=Source.EXCHANGE,
         pnl_estimated=True,
     )
-    closes[position_id] = _Close([], Planned(event, f"{prefix}:absent:{position_id}", now), now)
+    closes[position_id] = _Close(exits, Planned(event, f"{prefix}:absent:{position_id}", now), now)
+
+
+def _close_replaced(
+    position: Position,
+    records: list[ClosedPnlObservation],
+    shown: PositionObservation,
+    now: datetime,
+    prefix: str,
+) -> _Close:
+    """The old position of a key the exchange reopened: closed by its records, or estimated at
+    the last mark when they are not written yet (amended when they are)."""
+    total = sum((r.qty for r in records), ZERO)
+    if records and total >= position.qty:
+        return _close_from_records(position, records, prefix)
+    exits: list[Planned] = []
+    qty = position.qty
+    explained, _ = _explain(position.qty, records)
+    for record, used in explained:
+        exits.append(
+            Planned(
+                _exit_from_record(position, record, used, "reduced on the exchange"),
+                f"{prefix}:closed:{record.fact_key}",
+                record.at,
+            )
+        )
+        qty -= used
+    price = position.current_price
+    at = now if shown.opened_at is None else max(shown.opened_at, _last_change(position))
+    event = PositionClosed(
+        position_id=position.position_id,
+        qty=qty,
+        price=price,
+        realized_pnl=price_pnl(position.side, qty, position.entry_price, price),
+        reason=(
+            "closed on the exchange and reopened before this sync; no closed-PnL record yet: "
+            "PnL estimated from the last mark until Bybit's record amends it"
+        ),
+        source=Source.EXCHANGE,
+        pnl_estimated=True,
+    )
+    ref = _ms(shown.opened_at) if shown.opened_at is not None else _ms(now)
+    return _Close(exits, Planned(event, f"{prefix}:replaced:{position.position_id}:{ref}", at), at)
 
 
 def _close_from_records(
     position: Position, records: list[ClosedPnlObservation], prefix: str
 ) -> _Close:
-    explained, rest = _explain(position.qty, records)
-    *earlier, (last, _) = explained
+    """Closed by records that account for its whole size: all but the last are reduces."""
+    explained, _ = _explain(position.qty, records)
+    *earlier, (last, last_qty) = explained
     exits = [
         Planned(
             _exit_from_record(position, record, qty, "reduced on the exchange"),
-            f"{prefix}:closed:{record.order_id}",
+            f"{prefix}:closed:{record.fact_key}",
             record.at,
         )
         for record, qty in earlier
     ]
     remaining = position.qty - sum((qty for _, qty in earlier), ZERO)
-    pnl, fee = _pnl_and_fee(position, last)
-    if rest > 0:
-        pnl += price_pnl(position.side, rest, position.entry_price, last.exit_price)
-    reason = "closed on the exchange"
-    if rest > 0:
-        reason += f"; {rest} had no closed-PnL record: its PnL is estimated at the exit price"
+    share = Decimal(1) if last_qty == last.qty else last_qty / last.qty
+    pnl, fee = _pnl_and_fee(position, last, share)
     event = PositionClosed(
         position_id=position.position_id,
         qty=remaining,
         price=last.exit_price,
         realized_pnl=pnl,
         fee=fee,
-        reason=reason,
+        reason="closed on the exchange",
         source=Source.EXCHANGE,
-        pnl_estimated=rest > 0,
+        pnl_estimated=False,
         exchange_ref=last.order_id,
     )
-    return _Close(exits, Planned(event, f"{prefix}:closed:{last.order_id}", last.at), last.at)
+    return _Close(exits, Planned(event, f"{prefix}:closed:{last.fact_key}", last.at), last.at)
+
+
+# -- amendments -----------------------------------------------------------------------------
+
+# How many of the latest closes are looked at for late funding and late closed-PnL records:
+# both arrive within the fetch window, so their positions closed recently.
+_LOOKBACK = 200
+
+
+def _amend(
+    book: Book,
+    matched: Mapping[Key, Position],
+    closes: Mapping[str, _Close],
+    records: Mapping[Key, list[ClosedPnlObservation]],
+    live: Mapping[Key, Position],
+    policy: ReconcilePolicy,
+    work: _Work,
+) -> None:
+    """Replace estimates with the records that arrived for them since."""
+    candidates: list[Position] = [
+        p for p in matched.values() if p.estimates and p.position_id not in closes
+    ]
+    recent = list(book.recently_closed(_LOOKBACK))
+    candidates += [p for p in recent if p.estimates]
+    if not candidates:
+        return
+    opens: dict[Key, list[datetime]] = {}
+    for p in [*book.open.values(), *recent, *live.values()]:
+        opens.setdefault(_key_of(p), []).append(p.open_time)
+    prefix = policy.key_prefix
+    for position in candidates:
+        key = _key_of(position)
+        later = [t for t in opens.get(key, []) if t > position.open_time]
+        until = min(later, default=None)
+        after = _firm_change(position)
+        estimate_left = sum((e.qty for e in position.estimates), ZERO)
+        estimates = [(e.qty, e.pnl_per_qty) for e in position.estimates]
+        for record in records.get(key, []):
+            if estimate_left <= 0:
+                break
+            ref = f"{prefix}:closed:{record.fact_key}"
+            if (
+                record.at <= after
+                or record.at < position.open_time
+                or (until is not None and record.at >= until)
+                or record.fact_key in position.amended_refs
+                or ref in work.keys
+                or _bot_echo(position, record, policy.settle)
+            ):
+                continue
+            qty = min(record.qty, estimate_left)
+            estimated = ZERO
+            left = qty
+            while left > 0 and estimates:
+                est_qty, per = estimates[0]
+                used = min(left, est_qty)
+                estimated += used * per
+                left -= used
+                if est_qty - used > 0:
+                    estimates[0] = (est_qty - used, per)
+                else:
+                    estimates.pop(0)
+            estimate_left -= qty
+            share = Decimal(1) if qty == record.qty else qty / record.qty
+            pnl, fee = _pnl_and_fee(position, record, share)
+            work.add(
+                PnlAmended(
+                    position_id=position.position_id,
+                    qty=qty,
+                    price=record.exit_price,
+                    realized_pnl=pnl,
+                    estimated_pnl=estimated,
+                    fee=fee,
+                    exchange_ref=record.fact_key,
+                    reason=(
+                        f"Bybit's closed-PnL record (order {record.order_id}) for a reduce or "
+                        "close booked earlier from the mark"
+                    ),
+                ),
+                ref,
+                record.at,
+            )
 
 
 # -- funding --------------------------------------------------------------------------------
 
 
-# How many of the latest closes a late funding row is matched against: it settled inside the
-# fetch window, so its position closed recently.
-_FUNDING_LOOKBACK = 200
-
-
 def _closed_holding(book: Book, row: FundingObservation) -> Position | None:
     """The closed position on the row's market and side that was open when it settled."""
-    for position in book.recently_closed(_FUNDING_LOOKBACK):
+    for position in book.recently_closed(_LOOKBACK):
         closed_at = position.close_time
         if (
             position.side is row.side
-            and market_key(position.symbol) == row.market_id
+            and market_key(position.symbol) == row.key[0]
             and position.open_time <= row.at
             and closed_at is not None
             and row.at <= closed_at
+        ):
+            return position
+    return None
+
+
+def _closing_holding(
+    closing: Mapping[str, Position], closes: Mapping[str, _Close], row: FundingObservation
+) -> Position | None:
+    """A position this very sync closes, that was open when the row settled."""
+    for position in closing.values():
+        if (
+            _key_of(position) == row.key
+            and position.open_time <= row.at <= closes[position.position_id].at
         ):
             return position
     return None
@@ -605,21 +947,23 @@ def _funding(
     live: Mapping[Key, Position],
     book: Book,
     closes: Mapping[str, _Close],
+    closing: Mapping[str, Position],
     prefix: str,
 ) -> list[Planned]:
     """Each settlement on the position it was paid on: the open one (opened before it, not
     closed before it), or a closed one that was open at that moment, since a payment settled
     just before the bot closed reaches the ledger only at the next sync."""
     plans: list[Planned] = []
-    for row in sorted(rows, key=lambda r: (r.at, r.exec_id)):
-        position = live.get((row.market_id, row.side))
+    unique = {r.exec_id: r for r in rows}
+    for row in sorted(unique.values(), key=lambda r: (r.at, r.exec_id)):
+        position = live.get(row.key)
         close = None if position is None else closes.get(position.position_id)
         if (
             position is None
             or row.at < position.open_time
             or (close is not None and row.at > close.at)
         ):
-            position = _closed_holding(book, row)
+            position = _closed_holding(book, row) or _closing_holding(closing, closes, row)
             if position is None:
                 continue
         event = FundingRecorded(

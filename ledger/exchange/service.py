@@ -26,16 +26,24 @@ from ledger.errors import (
     CommandRejected,
     ExchangeAuthError,
     ExchangeError,
+    ExchangeUnavailable,
     SnapshotError,
     StoreError,
 )
-from ledger.events import PositionIncreased, PositionMarked, PositionOpened
+from ledger.events import (
+    ExitAbandoned,
+    ExitIntended,
+    PositionIncreased,
+    PositionMarked,
+    PositionOpened,
+)
 from ledger.exchange.exit_rules import ExitOrder, ExitRule, due_exits, parse_rules
+from ledger.exchange.reconcile import mark_worth_logging
 from ledger.exchange.sync import ExchangeSync, Gateway, WatchingGateway
-from ledger.service import Ledger
+from ledger.service import Ledger, Plan
 from ledger.settings import Settings
-from ledger.values import ZERO
-from projections.positions import Position
+from ledger.values import ZERO, Source, market_key
+from projections.positions import Position, marked
 
 __all__ = ["Backoff", "BotService", "ExitExecutor", "ExitFill"]
 
@@ -116,6 +124,9 @@ class BotService:
         self.stop_reason: str | None = None
         self.running = False
         self._attempted: set[tuple[str, str]] = set()
+        # live marks: how many the ticker stream delivered, how many the throttle logged
+        self.marks_seen = 0
+        self.marks_logged = 0
         self._changed = anyio.Event()
         self._wake = anyio.Event()
         self._group: TaskGroup | None = None
@@ -132,6 +143,7 @@ class BotService:
                     group.start_soon(self._sync_loop, self.gateway)
                     if self.live:
                         group.start_soon(self._watch, self.gateway)
+                        group.start_soon(self._marks_loop, self.gateway)
                 group.start_soon(self._rules_loop)
                 if self.settings.auto_backup_enabled:
                     group.start_soon(self._backup_loop)
@@ -200,6 +212,11 @@ class BotService:
                     log.error("sync could not append (%s): retrying", exc)
                 self.consecutive_failures += 1
                 delay = self.backoff.delay(self.consecutive_failures)
+                wait = exc.retry_after if isinstance(exc, ExchangeUnavailable) else 0.0
+                if wait > delay:
+                    # an IP ban (HTTP 403): retrying sooner would only prolong it
+                    delay = wait
+                    log.warning("%s", exc)
                 self.delays.append(delay)
                 log.info("next sync attempt in %.2fs", delay)
             else:
@@ -224,6 +241,63 @@ class BotService:
             self._stop_fatal(exc)
         except ExchangeError as exc:
             log.warning("live updates unavailable (%s): polling only", exc)
+
+    async def _marks_loop(self, gateway: Gateway) -> None:
+        """Follow the public ticker stream for the open positions' marks.
+
+        The exit rules see every mark (a mark that makes a rule due is logged at once, then the
+        rule fires on it); other marks are logged only when the throttle allows (time since the
+        last logged mark, or a price move), so a live stream does not flood the log.
+        """
+        watch = getattr(gateway, "watch_marks", None)
+        if watch is None or not getattr(gateway, "can_watch_marks", False):
+            log.warning("live marks need a ccxt.pro client (watch_tickers): REST marks only")
+            return
+        failures = 0
+        while True:
+            symbols = sorted({p.symbol for p in self.ledger.book.open.values()})
+            if not symbols:
+                await anyio.sleep(self.fallback_interval)
+                continue
+            try:
+                with anyio.move_on_after(max(self.fallback_interval, 1.0)):
+                    marks = await watch(symbols)
+                    failures = 0
+                    for symbol, price in marks.items():
+                        await self.on_mark(symbol, price)
+            except ExchangeAuthError as exc:
+                self._stop_fatal(exc)
+                return
+            except (ExchangeError, StoreError) as exc:
+                failures += 1
+                log.warning("ticker stream: %s (REST marks meanwhile)", exc)
+                await anyio.sleep(min(self.fallback_interval, 0.05 * 2 ** min(failures, 10)))
+
+    async def on_mark(self, symbol: str, price: Decimal) -> bool:
+        """One live mark for `symbol`; True when it was logged."""
+        self.marks_seen += 1
+        market = market_key(symbol)
+        now = self.sync.clock()
+        policy = self.sync.policy
+        logged = False
+        for position in list(self.ledger.book.open.values()):
+            if market_key(position.symbol) != market:
+                continue
+            event = PositionMarked(
+                position_id=position.position_id, mark_price=price, source=Source.EXCHANGE
+            )
+            view = marked(position, event, now)
+            due = bool(due_exits(view, self.rules))
+            if not due and not mark_worth_logging(position, price, now, policy):
+                continue
+
+            def decide(book: object, event: PositionMarked = event) -> list[Plan]:
+                return [Plan(event)]
+
+            await self.ledger.transact(decide)
+            self.marks_logged += 1
+            logged = True
+        return logged
 
     async def _snapshot(self) -> None:
         try:
@@ -269,16 +343,24 @@ class BotService:
         self._attempted.add((position_id, order.rule))
         fill = ExitFill(qty=order.qty, price=order.price)
         if self.exit_executor is not None:
+            # remembered durably BEFORE the order goes out: a crash after placing it can never
+            # fire the same rule again on the remainder (the sync books the reduce it made)
+            if not await self._intend(order):
+                self._attempted.discard((position_id, order.rule))
+                return False
             try:
                 placed = await self.exit_executor(position, order)
             except ExchangeAuthError as exc:
+                await self._abandon(order, str(exc))
                 self._stop_fatal(exc)
                 return False
             except ExchangeError as exc:
                 log.warning("%s on %s not placed: %s", order.rule, position_id, exc)
+                await self._abandon(order, str(exc))
                 self._attempted.discard((position_id, order.rule))  # retried on the next mark
                 return False
             if placed is None:
+                await self._abandon(order, "the executor placed nothing")
                 return False
             fill = placed
         try:
@@ -304,6 +386,47 @@ class BotService:
             order.roe_pct,
         )
         return True
+
+    async def _intend(self, order: ExitOrder) -> bool:
+        """Append ExitIntended for the order; False when it could not be stored."""
+        event = ExitIntended(
+            position_id=order.position_id,
+            rule=order.rule,
+            qty=order.qty,
+            order_link_id=order.order_link_id,
+        )
+
+        def decide(book: object) -> list[Plan]:
+            return [Plan(event)]
+
+        try:
+            await self.ledger.transact(decide)
+        except StoreError as exc:
+            log.error(
+                "%s on %s not placed: its intent could not be stored: %s",
+                order.rule,
+                order.position_id,
+                exc,
+            )
+            return False
+        return True
+
+    async def _abandon(self, order: ExitOrder, reason: str) -> None:
+        """The intended order was not placed: the rule may fire again."""
+        event = ExitAbandoned(
+            position_id=order.position_id,
+            rule=order.rule,
+            order_link_id=order.order_link_id,
+            reason=reason[:200],
+        )
+
+        def decide(book: object) -> list[Plan]:
+            return [Plan(event)]
+
+        try:
+            await self.ledger.transact(decide)
+        except StoreError as exc:
+            log.error("could not record that %s was not placed: %s", order.rule, exc)
 
     async def _backup_loop(self) -> None:
         interval = self.settings.backup_interval_hours * 3600

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Protocol, TypeVar
 
 import anyio
@@ -43,10 +44,12 @@ log = logging.getLogger("ledger.exchange")
 A = TypeVar("A")
 B = TypeVar("B")
 
-# Bybit's closed-PnL and execution lists answer at most 7 days per query.
-_MAX_WINDOW = timedelta(days=7) - timedelta(minutes=5)
 # How far before the last good sync the next one looks again for records that arrived late.
 _OVERLAP = timedelta(hours=1)
+# How long after a close funding and closed-PnL rows are still fetched for it: a funding row
+# can settle just before a close and be listed only afterwards, and a record of a close by hand
+# is written after the position is gone.
+_RECENT = timedelta(days=1)
 
 
 class Gateway(Protocol):
@@ -94,16 +97,25 @@ class ExchangeSync:
         settings = settings or Settings()
         self.policy = policy or ReconcilePolicy(
             absent_fetches_before_close=settings.absent_fetches_before_close,
+            absent_min=timedelta(seconds=settings.absent_seconds_before_close),
             settle=timedelta(seconds=settings.sync_settle_seconds),
+            mark_interval=timedelta(seconds=settings.mark_min_interval_seconds),
+            mark_move=Decimal(str(settings.mark_min_move_pct)) / 100,
         )
+        self.history_max = timedelta(days=settings.history_max_days)
         self._clock = clock
         self.absent_counts: dict[str, int] = {}
+        self.absent_since: dict[str, datetime] = {}
         self.last_ok: datetime | None = None
         self.stream_up = False
         self.syncs_ok = 0
         self.syncs_failed = 0
         self.last_error: ExchangeError | None = None
         self.lock = anyio.Lock()
+
+    def clock(self) -> datetime:
+        """The sync's notion of now (the ledger's clock unless a test injected one)."""
+        return self._clock()
 
     # -- one sync -------------------------------------------------------------------------
 
@@ -151,21 +163,34 @@ class ExchangeSync:
             complete=True,
             closed_pnl_since=since,
             funding_since=since,
+            settle_coins=tuple(getattr(gateway, "settle_coins", ())),
         )
 
     def _window_start(
         self, book: Book, positions: Sequence[PositionObservation], now: datetime
     ) -> datetime | None:
-        """Where the closed-PnL and funding lists start: the oldest position either side knows,
-        no earlier than 7 days back, nor than an hour before the last good sync."""
+        """Where the closed-PnL and funding lists start, or None when nothing can receive them.
+
+        They are fetched while any position is open on either side, or closed recently, or
+        still carries an estimate awaiting its record. They start at the oldest such position's
+        open (its own rows only: never the years-old createdTime), no earlier than an hour
+        before the last good sync (what the ledger already holds) nor `history_max_days` back;
+        the gateway walks that span 7 days a query, newest first.
+        """
+        recent = [
+            p
+            for p in book.recently_closed(200)
+            if p.estimates or (p.close_time is not None and now - p.close_time < _RECENT)
+        ]
         starts = [p.open_time for p in book.open.values()]
-        starts += [p.created_at for p in positions]
+        starts += [p.open_time for p in recent]
+        starts += [p.opened_at or now for p in positions]
         if not starts:
             return None
-        since = max(min(starts) - timedelta(minutes=1), now - _MAX_WINDOW)
+        since = max(min(starts) - timedelta(minutes=1), now - self.history_max)
         if self.last_ok is not None:
             since = max(since, self.last_ok - _OVERLAP)
-        return since
+        return min(since, now - _OVERLAP)
 
     async def apply(self, ledger: Ledger, snapshot: ExchangeSnapshot) -> SyncOutcome:
         """Reconcile the snapshot against the ledger's current book inside its write
@@ -173,9 +198,10 @@ class ExchangeSync:
         decided: list[tuple[ReconcileResult, int]] = []
         policy = self.policy
         counts = dict(self.absent_counts)
+        since = dict(self.absent_since)
 
         def decider(book: Book) -> list[Plan]:
-            result = reconcile(book, snapshot, counts, policy)
+            result = reconcile(book, snapshot, counts, policy, since)
             decided.append((result, book.last_seq))
             return [Plan(p.event, p.key, p.occurred_at) for p in result.plans]
 
@@ -192,6 +218,7 @@ class ExchangeSync:
         opened = {r.event.position_id for r in fresh if isinstance(r.event, PositionOpened)}
         closed = {r.event.position_id for r in fresh if isinstance(r.event, PositionClosed)}
         self.absent_counts = dict(result.absent_counts)
+        self.absent_since = dict(result.absent_since)
         if snapshot.complete:
             self.last_ok = snapshot.fetched_at
             self.syncs_ok += 1

@@ -79,12 +79,18 @@ def test_balance_fixture_through_ccxt_parse_balance(bybit: ccxt.bybit) -> None:
         c for c in response["result"]["list"][0]["coin"] if c["coin"] == "USDT"
     )  # the USDT row
     assert observed.total == Decimal(coin["walletBalance"]) == Decimal("3322.25896609")
+    # a unified account: Bybit's cross-margin free balance (USD, all collateral), not the
+    # coin's deprecated availableToWithdraw (empty in this January 2025 fixture)
+    assert coin["availableToWithdraw"] == ""
+    account = response["result"]["list"][0]
+    assert account["accountType"] == "UNIFIED"
+    assert observed.available == Decimal(account["totalAvailableBalance"])
+    classic = {**response, "result": {"list": [{**account, "accountType": "CONTRACT"}]}}
     used = (
         Decimal(coin["locked"]) + Decimal(coin["totalPositionIM"]) + Decimal(coin["totalOrderIM"])
     )
-    assert observed.available == Decimal(coin["walletBalance"]) - used
-    # ccxt computes the same free balance (with its string arithmetic)
-    assert Decimal(repr(unified["USDT"]["free"])) == observed.available
+    fallback = balance_from_ccxt({"info": classic}, "USDT")
+    assert fallback.available == Decimal(coin["walletBalance"]) - used
     assert observed.equity == Decimal(coin["equity"])
     assert observed.unrealized_pnl == Decimal(coin["unrealisedPnl"])
     assert observed.at == ms(response["time"])

@@ -121,6 +121,7 @@ def row(
     created: datetime = T0,
     updated: datetime | None = None,
     leverage: str = "10",
+    opened: datetime | None = None,
 ) -> PositionObservation:
     base = symbol[:-4]
     if upnl is None:
@@ -138,6 +139,7 @@ def row(
         leverage=D(leverage),
         created_at=created,
         updated_at=updated or created,
+        opened_at=opened,
     )
 
 
@@ -223,8 +225,18 @@ def test_an_unknown_exchange_position_is_adopted_as_a_fact() -> None:
     )
     assert event.leverage == 10 and event.real_initial_margin == D("60")
     plan = result.plans[0]
-    assert plan.key == f"bybit:adopt:BTCUSDT:0:buy:{int(at(-30).timestamp() * 1000)}"
-    assert plan.occurred_at == at(-30)  # opened when the exchange says it was
+    # without Bybit's openTime: opened when the ledger first saw it, never at createdTime
+    # (the slot's first-ever position, possibly years ago)
+    assert plan.key == f"bybit:adopt:BTCUSDT:0:buy:seen{int(at(0).timestamp() * 1000)}"
+    assert plan.occurred_at == at(0)
+    with_open_time = msgspec.structs.replace(shown, opened_at=at(-3))
+    (plan,) = [
+        p
+        for p in reconcile(Log().book, snap(at(0), [with_open_time]), {}).plans
+        if isinstance(p.event, PositionOpened)
+    ]
+    assert plan.occurred_at == at(-3)
+    assert plan.key == f"bybit:adopt:BTCUSDT:0:buy:{int(at(-3).timestamp() * 1000)}"
     log.apply(result.plans, at(0))
     position = log.book.open[event.position_id]
     assert position.current_price == D("61000") and position.unrealized_pnl == D("10")
@@ -245,7 +257,7 @@ def test_adoption_ignores_the_bots_limits() -> None:
 
 
 def test_adoption_ids_are_deterministic_and_a_reopened_slot_gets_a_new_one() -> None:
-    shown = row(created=at(-10))
+    shown = row(created=at(-10), opened=at(-10))
     first = reconcile(Log().book, snap(at(0), [shown]), {})
     again = reconcile(Log().book, snap(at(5), [shown]), {})
     assert first.plans[0].key == again.plans[0].key and first.opened == again.opened
@@ -259,7 +271,7 @@ def test_adoption_ids_are_deterministic_and_a_reopened_slot_gets_a_new_one() -> 
     reopened = reconcile(log.book, snap(at(60), [shown]), {})
     assert reopened.opened and reopened.opened[0] != pid
     assert reopened.plans[0].key == f"{first.plans[0].key}:1"
-    assert reopened.plans[0].occurred_at == at(60)  # not the old slot's creation time
+    assert reopened.plans[0].occurred_at == at(-10)  # the position's own openTime
 
 
 def test_a_position_the_bot_just_closed_is_not_readopted_until_settled() -> None:
@@ -279,7 +291,8 @@ def test_ledger_symbols_in_any_spelling_match_the_exchange() -> None:
     log = Log()
     log.open(symbol="BTCUSDT")
     result = reconcile(log.book, snap(at(5), [row(created=at(-1), mark="60000", im=None)]), {})
-    assert result.plans == () and result.opened == ()
+    assert result.opened == ()
+    assert [type(e) for e in events(result)] == [PositionMarked]  # first sight: marked once
 
 
 # -- updates ----------------------------------------------------------------------------------
@@ -325,7 +338,8 @@ def test_a_manual_reduce_records_bybits_realized_pnl() -> None:
         D("5.7327"),
         Source.EXCHANGE,
     )
-    assert result.plans[0].key == "bybit:closed:ord-1" and result.plans[0].occurred_at == at(3)
+    assert result.plans[0].key == f"bybit:closed:{record.fact_key}"
+    assert result.plans[0].occurred_at == at(3)
     assert isinstance(result.plans[-1].event, PositionMarked)  # then the new mark
     log.apply(result.plans, at(5))
     position = log.book.open["pos_bot"]
@@ -395,7 +409,8 @@ def test_an_external_close_with_its_closed_pnl_record() -> None:
     )
     assert close.source is Source.EXCHANGE and not close.pnl_estimated
     assert result.closed == ("pos_bot",)
-    assert result.plans[-1].key == "bybit:closed:ord-9" and result.plans[-1].occurred_at == at(7)
+    assert result.plans[-1].key == f"bybit:closed:{record.fact_key}"
+    assert result.plans[-1].occurred_at == at(7)
     log.apply(result.plans, at(8))
     closed = log.book.closed["pos_bot"]
     assert closed.realized_pnl == D("29.3") and closed.close_time == at(7)
@@ -443,13 +458,22 @@ def test_a_reduce_then_a_close_between_two_syncs() -> None:
     assert closed.realized_pnl == D("15.7") and closed.exit_price == D("62000")
 
 
-def test_records_covering_less_than_the_position_estimate_the_rest() -> None:
+def test_records_covering_less_than_the_position_are_reduces_until_the_absence_rule() -> None:
     log = Log()
     log.open()
+    log.apply(reconcile(log.book, snap(at(1), [row(mark="61000", upnl="10")]), {}).plans, at(1))
     record = closed_record("ord-1", at(2), "0.008", "61000", "7.9")
-    (close,) = of_type(reconcile(log.book, snap(at(5), [], [record]), {}), PositionClosed)
-    assert close.pnl_estimated and close.qty == D("0.01")
-    assert close.realized_pnl == D("7.9") + D("0.002") * D(1000)
+    first = reconcile(log.book, snap(at(5), [], [record]), {})
+    assert of_type(first, PositionClosed) == []
+    (reduce,) = of_type(first, PartialExitRecorded)
+    assert reduce.qty == D("0.008") and reduce.realized_pnl == D("7.9")
+    log.apply(first.plans, at(5))
+    second = reconcile(
+        log.book, snap(at(6), [], [record]), first.absent_counts, None, first.absent_since
+    )
+    (close,) = of_type(second, PositionClosed)
+    assert close.pnl_estimated and close.qty == D("0.002")
+    assert close.realized_pnl == D("0.002") * D(1000)  # the last mark, 61000
 
 
 def test_absent_for_n_fetches_closes_with_an_estimated_pnl() -> None:
@@ -458,7 +482,7 @@ def test_absent_for_n_fetches_closes_with_an_estimated_pnl() -> None:
     log.apply(reconcile(log.book, snap(at(1), [row(mark="61000", upnl="10")]), {}).plans, at(1))
     first = reconcile(log.book, snap(at(2), []), {})
     assert first.plans == () and first.absent_counts == {"pos_bot": 1}
-    second = reconcile(log.book, snap(at(3), []), first.absent_counts)
+    second = reconcile(log.book, snap(at(3), []), first.absent_counts, None, first.absent_since)
     (close,) = of_type(second, PositionClosed)
     assert close.pnl_estimated and close.price == D("61000")  # the last mark
     assert close.realized_pnl == D("0.01") * D(1000)
