@@ -84,15 +84,6 @@ SAMPLES: list[AnyEvent] = [
         rule="roe>=50",
     ),
     FundingRecorded(position_id="p1", amount=D("-0.0123"), execution_id="exec-1"),
-    PnlAmended(
-        position_id="p1",
-        qty=D("0.5"),
-        price=D("61000"),
-        realized_pnl=D("9.3345"),
-        estimated_pnl=D("1.00"),
-        fee=D("0.33"),
-        exchange_ref="ord-1:1736265600000:0.5",
-    ),
     ExitIntended(position_id="p1", rule="partial_exit_50_roe", qty=D("0.25"), order_link_id="pl1"),
     ExitAbandoned(
         position_id="p1", rule="partial_exit_50_roe", order_link_id="pl1", reason="x"
@@ -107,6 +98,15 @@ SAMPLES: list[AnyEvent] = [
         source=Source.EXCHANGE,
         pnl_estimated=True,
         exchange_ref="order-9",
+    ),
+    PnlAmended(
+        position_id="p1",
+        qty=D("0.5"),
+        price=D("61000"),
+        realized_pnl=D("9.3345"),
+        estimated_pnl=D("1.00"),
+        fee=D("0.33"),
+        exchange_ref="ord-1:1736265600000:0.5",
     ),
     BalanceObserved(total=D("1000.123456789"), available=D("900"), currency="USDC"),
     HistoryImported(
@@ -149,7 +149,9 @@ def test_every_event_kind_folds_through_a_rebuild() -> None:
     assert "p1" in book.closed
     position = book.closed["p1"]
     assert position.qty == D(6) - D("1.5")
-    assert position.realized_pnl == D("-0.3015") - D("0.05") + D("-14.6") + D("-0.0123") + 0
+    assert position.realized_pnl == (
+        D("-0.3015") - D("0.05") + D("-14.6") + D("-0.0123") + (D("9.3345") - D("1.00"))
+    )
     assert (book.balance, book.available) == (D("1000.123456789"), D(900))
     assert book.imported_files == {"ab" * 32: "positions.json"}
 

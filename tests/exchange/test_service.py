@@ -199,8 +199,8 @@ async def test_exchange_faults_back_off_then_recover(tmp_path: Path) -> None:
         ceilings = [0.01, 0.02, 0.03, 0.03]
         assert len(service.delays) == 4
         assert all(c / 2 <= d <= c for d, c in zip(service.delays, ceilings, strict=True))
-        # four refused, then one sync: a page and the empty page after it (Bybit's cursor is
-        # non-empty on the last page too)
+        # four refused, then the good sync lists each settle coin (USDT, USDC): one short page
+        # each (Bybit's cursor is non-empty on the last page too: a short page is the end)
         assert sum(1 for r in ex.requests if r.path == "/v5/position/list") == 4 + 2
         assert ledger.has_position_for_symbol(BTC)
 
