@@ -85,9 +85,7 @@ SAMPLES: list[AnyEvent] = [
     ),
     FundingRecorded(position_id="p1", amount=D("-0.0123"), execution_id="exec-1"),
     ExitIntended(position_id="p1", rule="partial_exit_50_roe", qty=D("0.25"), order_link_id="pl1"),
-    ExitAbandoned(
-        position_id="p1", rule="partial_exit_50_roe", order_link_id="pl1", reason="x"
-    ),
+    ExitAbandoned(position_id="p1", rule="partial_exit_50_roe", order_link_id="pl1", reason="x"),
     PositionClosed(
         position_id="p1",
         qty=D("4.5"),

@@ -61,9 +61,7 @@ def with_fees(record: ClosedPnlObservation, open_fee: str, close_fee: str) -> Cl
 # -- adoption time ------------------------------------------------------------------------------
 
 
-def test_adoption_uses_open_time_never_the_slots_created_time_and_older_funding_is_not_its_own() -> (
-    None
-):
+def test_adoption_at_open_time_never_the_slots_created_time_older_funding_not_its_own() -> None:
     log = Log()
     sync = Syncer(log)
     short = row(
