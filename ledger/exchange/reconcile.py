@@ -372,9 +372,15 @@ def _new_lifecycle(
         if position.source is Source.EXCHANGE and position.open_time == row.opened_at:
             return False
         # never seen with an openTime: a much later one is a reopen after the ledger's open
-        return row.opened_at > _last_change(position) + policy.settle
+        # (the bot records its open moments after the fill, on its own clock: a little slack)
+        return row.opened_at > _last_change(position) + max(policy.settle, _OPEN_SLACK)
     unused = _unused(position, records, policy)
     return bool(unused) and sum((r.qty for r in unused), ZERO) >= position.qty
+
+
+# How much later than the ledger's record of a bot's open Bybit's openTime may be and still be
+# that open (order latency, clocks apart).
+_OPEN_SLACK = timedelta(seconds=10)
 
 
 def _adoption_id(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -229,9 +229,7 @@ async def test_a_10_day_outage_walks_history_back_window_by_window(tmp_path: Pat
         paid = sum((D(f.exec_fee) for f in fundings), D(0))
         assert position.funding == -paid
         assert position.realized_pnl == early.closed_pnl + late.closed_pnl - paid
-        windows = [
-            r for r in b.ex.requests if r.path == "/v5/position/closed-pnl"
-        ]
+        windows = [r for r in b.ex.requests if r.path == "/v5/position/closed-pnl"]
         assert len(windows) >= 2  # more than 7 days: at least two windows
 
 

@@ -383,3 +383,89 @@ async def test_a_paper_service_without_a_gateway_only_runs_the_rules(tmp_path: P
         closed = ledger.get_position(position.position_id)
         assert closed is not None and not closed.is_open and closed.realized_pnl == D(10)
         assert service.sync.syncs_ok == 0 and service.sync.syncs_failed == 0
+
+
+# -- durable exit intents and live marks --------------------------------------------------------
+
+
+async def test_an_exit_placed_but_not_recorded_never_fires_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    settings = quiet_settings(tmp_path)
+    db = tmp_path / "l.db"
+    placed: list[ExitOrder] = []
+    async with BybitEmulator() as ex:
+        ex.set_mark_price(SOL, "100")
+        ex.open_position(SOL, "buy", "10", "100", leverage=10)
+
+        async def placed_then_garbled(position: Position, order: ExitOrder) -> ExitFill:
+            placed.append(order)
+            ex.reduce_position(position.symbol, position.side.value, order.qty, "106")
+            return ExitFill(qty=D(999), price=D(106))  # a fill the ledger refuses to record
+
+        async with Ledger(db, settings=settings) as ledger:
+            client = make_ccxt_client(ex)
+            client.enableRateLimit = False
+            service = BotService(
+                ledger,
+                ExchangeGateway(client),
+                settings=settings,
+                exit_executor=placed_then_garbled,
+            )
+            async with running(service):
+                with anyio.fail_after(5):
+                    await service.wait_for(lambda s: s.sync.syncs_ok == 1)
+                ex.set_mark_price(SOL, "106")  # ROE 60%
+                service.request_sync()
+                with anyio.fail_after(5):
+                    await service.wait_for(lambda s: len(placed) == 1 and s.sync.syncs_ok >= 2)
+            (position,) = ledger.active_positions()
+            assert position.pending_exits == ("partial_exit_50_roe",)
+            assert placed[0].order_link_id and len(placed[0].order_link_id) <= 36
+        # a new process: the intent is in the log, so the rule is not fired on the remainder
+        again: list[ExitOrder] = []
+
+        async def counting(position: Position, order: ExitOrder) -> ExitFill:
+            again.append(order)
+            return ExitFill(qty=order.qty, price=order.price)
+
+        async with Ledger(db, settings=settings) as ledger:
+            client = make_ccxt_client(ex)
+            client.enableRateLimit = False
+            service = BotService(
+                ledger, ExchangeGateway(client), settings=settings, exit_executor=counting
+            )
+            async with running(service):
+                with anyio.fail_after(5):
+                    await service.wait_for(lambda s: s.sync.syncs_ok == 1)
+                (position,) = ledger.active_positions()
+                await ledger.mark(position.position_id, "108")  # still above 50%
+                service.request_sync()
+                with anyio.fail_after(5):
+                    await service.wait_for(lambda s: s.sync.syncs_ok >= 2)
+            assert again == []
+            (position,) = ledger.active_positions()
+            assert position.qty == D(5)  # the sync booked the reduce it placed, once
+            (record,) = ex.state.closed_pnl
+            assert sum(e.realized_pnl for e in position.partial_exits) == record.closed_pnl
+
+
+async def test_live_marks_are_throttled_but_the_rules_see_every_one(tmp_path: Path) -> None:
+    settings = quiet_settings(tmp_path, mark_min_interval_seconds=3600.0, mark_min_move_pct=1.0)
+    async with Ledger(tmp_path / "l.db", settings=settings) as ledger:
+        position = await ledger.open_position(BTC, "buy", entry_price="100", qty="10", leverage=10)
+        rule = ExitRule(name="exit_25_roe", roe_pct=D(25), fraction=D("0.5"))
+        service = BotService(ledger, settings=settings, rules=[rule])
+        async with running(service):
+            first = ledger.last_seq
+            assert await service.on_mark("BTCUSDT", D("100.5"))  # first mark: logged
+            logged = [await service.on_mark(BTC, D(p)) for p in ("100.6", "100.7", "100.8")]
+            assert logged == [False, False, False]  # within 1% and within the hour
+            assert await service.on_mark(BTC, D("102"))  # a 1.5% move
+            assert ledger.last_seq == first + 2
+            # a 0.49% move the throttle would skip, but ROE reaches 25%: logged, the rule fires
+            assert await service.on_mark(BTC, D("102.5"))
+            with anyio.fail_after(5):
+                await service.wait_for(lambda s: len(s.exits) == 1)
+        assert service.marks_seen == 6 and service.marks_logged == 3
+        assert exits_of(ledger.get_position(position.position_id)) == ["exit_25_roe"]
