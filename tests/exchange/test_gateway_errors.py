@@ -49,7 +49,7 @@ async def test_a_refused_timestamp_is_corrected_once_through_ccxt() -> None:
         client.enableRateLimit = False
         gateway = ExchangeGateway(client, timeout=5.0)
         real = client.private_get_v5_position_list
-        refusals = []
+        refusals: list[object] = []
 
         async def refuse_once(params: object) -> object:
             if not refusals:
@@ -57,7 +57,7 @@ async def test_a_refused_timestamp_is_corrected_once_through_ccxt() -> None:
                 raise ccxt.InvalidNonce(REFUSED)
             return await real(params)
 
-        client.private_get_v5_position_list = refuse_once  # type: ignore[method-assign]
+        client.private_get_v5_position_list = refuse_once
         try:
             (position,) = await gateway.fetch_positions()
         finally:
@@ -76,7 +76,7 @@ async def test_a_clock_still_refused_after_the_correction_says_so() -> None:
         async def always_refused(params: object) -> object:
             raise ccxt.InvalidNonce(REFUSED)
 
-        client.private_get_v5_position_list = always_refused  # type: ignore[method-assign]
+        client.private_get_v5_position_list = always_refused
         try:
             with pytest.raises(ExchangeClockSkew) as caught:
                 await gateway.fetch_positions()
