@@ -297,6 +297,7 @@ class BotService:
             await self.ledger.transact(decide)
             self.marks_logged += 1
             logged = True
+        self._notify()
         return logged
 
     async def _snapshot(self) -> None:

@@ -469,3 +469,25 @@ async def test_live_marks_are_throttled_but_the_rules_see_every_one(tmp_path: Pa
                 await service.wait_for(lambda s: len(s.exits) == 1)
         assert service.marks_seen == 6 and service.marks_logged == 3
         assert exits_of(ledger.get_position(position.position_id)) == ["exit_25_roe"]
+
+
+async def test_live_marks_come_from_the_public_ticker_stream(tmp_path: Path) -> None:
+    settings = quiet_settings(tmp_path, mark_min_interval_seconds=0.0)
+    async with BybitEmulator() as ex, Ledger(tmp_path / "l.db", settings=settings) as ledger:
+        client = make_ccxt_client(ex, pro=True)
+        client.enableRateLimit = False
+        ex.open_position(SOL, "buy", "10", "100")
+        service = BotService(
+            ledger, ExchangeGateway(client), settings=settings, live=True, fallback_interval=0.2
+        )
+        async with running(service):
+            with anyio.fail_after(5):
+                await service.wait_for(lambda s: s.sync.syncs_ok >= 1)
+            with anyio.fail_after(5):
+                await ex.wait_for_subscribers("tickers.SOLUSDT")
+            ex.set_mark_price(SOL, "101.5")  # a ticker push; no position push, no REST sync
+            with anyio.fail_after(5):
+                await service.wait_for(lambda s: s.marks_logged >= 1)
+            (position,) = ledger.active_positions()
+            assert position.current_price == D("101.5")
+            assert service.marks_seen >= 1
