@@ -128,6 +128,8 @@ class ReconcileResult:
     absent_counts: Mapping[str, int]
     warnings: tuple[str, ...] = ()
     absent_since: Mapping[str, datetime] = field(default_factory=dict)
+    # open ledger positions on a settle coin the fetch did not list: the sync cannot see them
+    unseen: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -273,12 +275,14 @@ def reconcile(
 
     # 6 (decided before funding, so funding never lands after a close it predates)
     queried = {coin.upper() for coin in snapshot.settle_coins}
+    unseen: list[str] = []
     for position in [*matched.values(), *extras]:
         key = _key_of(position)
         if key in observed and matched.get(key) is position:
             continue
         coin = settle_coin_of(position.symbol)
         if queried and (coin is None or coin not in queried):
+            unseen.append(position.position_id)
             work.warnings.append(
                 f"{position.position_id} {position.symbol}: its settle coin was not queried; "
                 "not treated as absent"
@@ -348,6 +352,7 @@ def reconcile(
         absent_counts=counts,
         warnings=tuple(work.warnings),
         absent_since=since_out,
+        unseen=tuple(unseen),
     )
 
 

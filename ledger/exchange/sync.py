@@ -224,6 +224,13 @@ class ExchangeSync:
             self.syncs_ok += 1
         for warning in result.warnings:
             log.info("sync: %s", warning)
+        if result.unseen:
+            log.warning(
+                "sync cannot see %d open position(s) (%s): their settle coin is not listed; "
+                "add it to ExchangeGateway(settle_coins=...)",
+                len(result.unseen),
+                ", ".join(result.unseen),
+            )
         newly_opened = [
             p for pid in result.opened if pid in opened if (p := ledger.get_position(pid))
         ]

@@ -282,6 +282,7 @@ def test_a_position_on_a_settle_coin_not_queried_is_never_absent() -> None:
     for k in range(3):
         result = sync(msgspec.structs.replace(only_usdt, fetched_at=at(5 + k)))
         assert result.plans == () and result.absent_counts == {}
+        assert result.unseen == ("pos_bot",)
     both = msgspec.structs.replace(only_usdt, fetched_at=at(9), settle_coins=("USDT", "USDC"))
     sync(both)
     assert sync(msgspec.structs.replace(both, fetched_at=at(10))).closed == ("pos_bot",)
