@@ -16,9 +16,12 @@ from ledger.envelope import Recorded
 from ledger.events import (
     AnyEvent,
     BalanceObserved,
+    ExitAbandoned,
+    ExitIntended,
     FundingRecorded,
     HistoryImported,
     PartialExitRecorded,
+    PnlAmended,
     PositionClosed,
     PositionIncreased,
     PositionMarked,
@@ -60,9 +63,19 @@ def violations(book: Book, record: Recorded, limits: Limits = _DEFAULT_LIMITS) -
         if event.file_sha256 in book.imported_files:
             return f"file {event.file_sha256[:12]}... was already imported"
         return None
+    if isinstance(event, PnlAmended | ExitAbandoned):
+        # a late record amends a position open or already closed; an intended exit may be
+        # abandoned after a sync closed the position meanwhile
+        if event.position_id not in book.open and event.position_id not in book.closed:
+            return f"{type(event).__name__} for unknown position {event.position_id!r}"
+        if isinstance(event, PnlAmended) and (event.qty <= 0 or event.fee < 0):
+            return f"amended qty {event.qty} must be positive and fee {event.fee} not negative"
+        return None
     position, problem = _open_position(book, event.position_id, type(event).__name__)
     if position is None:
         return problem
+    if isinstance(event, ExitIntended):
+        return None if event.qty > 0 else f"intended exit qty {event.qty} must be positive"
     if isinstance(event, PositionMarked):
         return _marked(event)
     if isinstance(event, PartialExitRecorded):

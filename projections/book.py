@@ -29,7 +29,7 @@ from ledger.events import (
     PositionMarked,
     PositionOpened,
 )
-from ledger.values import Side, from_micros, market_key
+from ledger.values import Side, Source, from_micros, market_key
 from projections import positions as fold
 from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary, summarize
@@ -120,7 +120,7 @@ class Book:
             else:
                 was = self.closed.get(event.position_id)
                 if was is None:
-                    self.skipped.append(record.seq)
+                    self.skipped.append(seq)
                     return
                 fixed = fold.amended(was, event)
                 self.closed[event.position_id] = fixed
@@ -129,7 +129,7 @@ class Book:
         elif isinstance(event, ExitIntended | ExitAbandoned):
             position = self.open.get(event.position_id)
             if position is None:
-                self.skipped.append(record.seq)
+                self.skipped.append(seq)
                 return
             if isinstance(event, ExitIntended):
                 self.open[event.position_id] = fold.exit_intended(position, event)
@@ -156,8 +156,9 @@ class Book:
         the next event of their position comes (or at the end): one fold and one datetime per
         run of marks instead of one per mark. Facts at or below last_seq are ignored.
         """
-        # position id -> (its last mark, when, the margin reported before it in the run)
-        pending: dict[str, tuple[PositionMarked, int, Decimal | None]] = {}
+        # position id -> (its last mark, when, the margin reported before it in the run,
+        # and what earlier marks of the run told of the exchange: its openTime, a sighting)
+        pending: dict[str, tuple[PositionMarked, int, Decimal | None, int | None, bool]] = {}
         open_ = self.open
         marked = PositionMarked
         timed = _TIMED
@@ -173,11 +174,14 @@ class Book:
                     continue
                 waiting = pending.get(position_id)
                 if waiting is None:
-                    pending[position_id] = (event, occurred_us, None)
+                    pending[position_id] = (event, occurred_us, None, None, False)
                 else:
                     # `marked` keeps the position's margin when a mark's is None or zero
-                    before = waiting[0].initial_margin or waiting[2]
-                    pending[position_id] = (event, occurred_us, before)
+                    previous = waiting[0]
+                    before = previous.initial_margin or waiting[2]
+                    opened_ms = previous.exchange_opened_ms or waiting[3]
+                    seen = waiting[4] or previous.source is Source.EXCHANGE
+                    pending[position_id] = (event, occurred_us, before, opened_ms, seen)
                 continue
             of = getattr(event, "position_id", None)
             if of is not None and of in pending:
@@ -189,11 +193,22 @@ class Book:
             self.last_seq = last
             self.last_hash = last_hash
 
-    def _fold_mark(self, event: PositionMarked, occurred_us: int, margin: Decimal | None) -> None:
-        """The last mark of a run, after the margin the run reported before it (if any)."""
+    def _fold_mark(
+        self,
+        event: PositionMarked,
+        occurred_us: int,
+        margin: Decimal | None,
+        opened_ms: int | None = None,
+        seen: bool = False,
+    ) -> None:
+        """The last mark of a run, after what the run reported before it (if anything)."""
         position = self.open[event.position_id]
         if margin is not None and not event.initial_margin:
             position = msgspec.structs.replace(position, real_initial_margin=margin)
+        if opened_ms is not None:
+            position = msgspec.structs.replace(position, exchange_opened_ms=opened_ms)
+        if seen and not position.exchange_seen:
+            position = msgspec.structs.replace(position, exchange_seen=True)
         self.open[event.position_id] = fold.marked(position, event, from_micros(occurred_us))
 
     def copy(self) -> Book:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.audit.verification import verify_log
 from ledger.events import FundingRecorded, PositionClosed, PositionIncreased, PositionOpened
 from ledger.exchange.ccxt_client import ExchangeGateway
 from ledger.exchange.emulator import BybitEmulator
@@ -63,6 +64,12 @@ class Bench:
         outcome = await self.sync.sync(self.ledger, self.gateway)
         self.appended += [r.event for r in outcome.appended]
         return [p.position_id for p in outcome.newly_opened], outcome.closed_ids
+
+    async def verify(self) -> None:
+        """`ledger verify` on the log: chain, the rules in order, positions.json."""
+        path = await self.ledger.write_snapshot()
+        report = await verify_log(self.ledger.store, path)  # type: ignore[arg-type]
+        assert report.ok, report.problems
 
     def restart_sync(self) -> None:
         """A new process: the sync's in-memory state (absence counts, last good sync) is gone."""

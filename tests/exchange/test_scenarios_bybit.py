@@ -77,6 +77,7 @@ async def test_back_to_back_syncs_before_the_record_then_the_record_amends(
         assert position.realized_pnl == record.closed_pnl
         kinds = [type(r.event) for r in await b.ledger.history(bot.position_id)]
         assert kinds[-2:] == [PositionClosed, PnlAmended]  # both in the history
+        await b.verify()
 
 
 async def test_a_manual_reduce_seen_before_its_record_is_amended(tmp_path: Path) -> None:
@@ -96,6 +97,7 @@ async def test_a_manual_reduce_seen_before_its_record_is_amended(tmp_path: Path)
         position = b.ledger.get_position(bot.position_id)
         assert position is not None and position.realized_pnl == record.closed_pnl
         assert position.estimates == ()
+        await b.verify()
 
 
 async def test_a_reduce_filled_in_two_rows_with_one_order_id(tmp_path: Path) -> None:
