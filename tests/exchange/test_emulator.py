@@ -620,6 +620,8 @@ async def test_created_time_is_the_slots_first_position_open_time_the_current(
     clock = FakeClock(1_700_000_000_000)
     async with BybitEmulator(clock=clock) as emulator:
         client = connect(emulator)
+        await client.set_leverage(5, BTC)  # touches the slot; no position yet
+        clock.now_ms += 60_000
         first_open = clock.now_ms
         emulator.open_position(BTC, "buy", 1, 100)
         clock.now_ms += 60_000
@@ -849,3 +851,7 @@ async def test_a_403_ip_ban(ex: BybitEmulator, connect: MakeClient) -> None:
         with pytest.raises(RateLimitExceeded, match="403"):  # ccxt's bybit maps 403 so
             await client.fetch_positions()
     assert await client.fetch_positions() == []
+    ex.inject_fault("http_403", count=1, public=True)  # an IP ban refuses public calls too
+    with pytest.raises(RateLimitExceeded, match="403"):
+        await client.fetch_time()
+    assert await client.fetch_time() > 0

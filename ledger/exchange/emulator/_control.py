@@ -195,9 +195,12 @@ class ControlApi:
         self._feeds.push_executions([execution])
         return execution
 
-    def inject_fault(self, kind: FaultKind, count: int = 1, *, path: str | None = None) -> None:
-        """Fail the next `count` private requests, or requests to `path`, with `kind`."""
-        self._faults.inject(kind, count, path=path)
+    def inject_fault(
+        self, kind: FaultKind, count: int = 1, *, path: str | None = None, public: bool = False
+    ) -> None:
+        """Fail the next `count` private requests (with `public`, every request: an IP ban
+        also refuses /v5/market/*), or requests to `path`, with `kind`."""
+        self._faults.inject(kind, count, path=path, public=public)
 
     def clear_faults(self) -> None:
         self._faults.clear()

@@ -41,6 +41,7 @@ class _Fault:
     kind: FaultKind
     remaining: int
     path: str | None
+    public: bool
 
 
 class FaultInjector:
@@ -56,8 +57,11 @@ class FaultInjector:
         self._timeout_seconds = timeout_seconds
         self._faults: list[_Fault] = []
 
-    def inject(self, kind: FaultKind, count: int = 1, *, path: str | None = None) -> None:
-        """Queue `kind` for the next `count` private requests, or requests to `path`.
+    def inject(
+        self, kind: FaultKind, count: int = 1, *, path: str | None = None, public: bool = False
+    ) -> None:
+        """Queue `kind` for the next `count` private requests (every request with `public`,
+        as an IP ban is), or requests to `path`.
 
         Raises ValueError for an unknown kind or a count below 1.
         """
@@ -65,7 +69,7 @@ class FaultInjector:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
         if count < 1:
             raise ValueError("count must be at least 1")
-        self._faults.append(_Fault(kind, count, path))
+        self._faults.append(_Fault(kind, count, path, public))
 
     def clear(self) -> None:
         self._faults.clear()
@@ -73,7 +77,7 @@ class FaultInjector:
     def take(self, path: str, private: bool) -> FaultKind | None:
         """The fault this request gets, if any (consuming one of its count)."""
         for fault in self._faults:
-            if (fault.path == path) if fault.path is not None else private:
+            if (fault.path == path) if fault.path is not None else (private or fault.public):
                 fault.remaining -= 1
                 if fault.remaining == 0:
                     self._faults.remove(fault)

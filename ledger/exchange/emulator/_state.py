@@ -248,7 +248,7 @@ class _Slot:
     open_fee: Decimal  # opening fees not yet charged against a closed-pnl record
     cum_realised_pnl: Decimal
     cur_realised_pnl: Decimal
-    created_ms: int
+    created_ms: int  # 0 until the slot's first position opens
     open_ms: int
     updated_ms: int
     seq: int
@@ -456,7 +456,9 @@ class ExchangeState:
             slot.size = amount
             slot.open_fee = _ZERO
             slot.cur_realised_pnl = _ZERO
-            slot.open_ms = now  # createdTime stays: it is the slot's first-ever position
+            slot.open_ms = now
+            # createdTime is the slot's first-ever position: set once, never reset
+            slot.created_ms = slot.created_ms or now
         else:
             total = slot.size + amount
             slot.avg_price = _q8((slot.size * slot.avg_price + amount * fill) / total)
@@ -802,7 +804,7 @@ class ExchangeState:
                 open_fee=_ZERO,
                 cum_realised_pnl=_ZERO,
                 cur_realised_pnl=_ZERO,
-                created_ms=now,
+                created_ms=0,
                 open_ms=0,
                 updated_ms=now,
                 seq=-1,  # Bybit's seq for a symbol never traded
@@ -834,7 +836,9 @@ class ExchangeState:
             mark_price=self._marks[slot.symbol],
             cum_realised_pnl=slot.cum_realised_pnl,
             cur_realised_pnl=slot.cur_realised_pnl,
-            created_ms=slot.created_ms,
+            # A slot never traded has no first position yet: Bybit's value for it is not
+            # documented; the emulator shows the current time.
+            created_ms=slot.created_ms or self.now_ms(),
             open_ms=slot.open_ms,
             updated_ms=slot.updated_ms,
             seq=slot.seq,
