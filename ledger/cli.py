@@ -52,8 +52,19 @@ from ledger.errors import (
     IntegrityError,
     InvalidValue,
     LedgerError,
+    OutputError,
     StoreUnavailable,
 )
+from ledger.output_paths import (
+    OwnFile,
+    backup_files,
+    check_output,
+    database_files,
+    ledger_files,
+    output_errors,
+    snapshot_file,
+)
+from ledger.private_files import written_aside
 from ledger.service import Ledger
 from ledger.settings import Settings, load_settings
 from ledger.store.sqlite import SQLiteEventStore
@@ -99,6 +110,14 @@ class Context:
 
     def open(self) -> contextlib.AbstractAsyncContextManager[SQLiteEventStore]:
         return open_read_only(self.db, busy_timeout_ms=self.busy_timeout_ms)
+
+    def own_files(self, *, snapshot: bool = True) -> list[OwnFile]:
+        """The files no output may replace (see ledger.output_paths)."""
+        return ledger_files(
+            self.db,
+            snapshot=self.snapshot if snapshot else None,
+            backup_dir=Path(self.settings.backup_dir),
+        )
 
 
 def _context(args: argparse.Namespace) -> Context:
@@ -596,14 +615,13 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
         count = _run(lambda: write_all(sys.stdout))
         sys.stdout.flush()
         return 0
-    partial = out_path.with_name(f".{out_path.name}.partial")
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as handle:
-            count = _run(lambda: write_all(handle))
-        os.replace(partial, out_path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+    target = check_output(out_path, ctx.own_files(), option="--out")
+    with (
+        output_errors(out_path),
+        written_aside(target) as partial,
+        partial.open("w", encoding="utf-8", newline="") as handle,
+    ):
+        count = _run(lambda: write_all(handle))
     ctx.warn(f"wrote {count} {args.what} to {out_path}")
     return 0
 
@@ -649,6 +667,11 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
             f"{source} is this ledger's own snapshot path, which the import would overwrite: "
             "copy it elsewhere first, or pass --snapshot"
         )
+    # the import writes the database and positions.json: neither may land on the other, or
+    # on a backup
+    backups = backup_files(Path(ctx.settings.backup_dir))
+    check_output(ctx.snapshot, [*database_files(ctx.db), *backups], option="--snapshot")
+    check_output(ctx.db, [snapshot_file(ctx.snapshot), *backups], option="--db")
     plan = plan_import(data, source.name, limits=ctx.settings.limits)
     report = plan.report
     if args.strict and report.unreadable:
@@ -727,6 +750,7 @@ def _require_db(ctx: Context) -> None:
 
 def cmd_snapshot(ctx: Context, args: argparse.Namespace) -> int:
     _require_db(ctx)
+    check_output(ctx.snapshot, ctx.own_files(snapshot=False), option="--snapshot")
 
     async def go() -> tuple[Path, int, str]:
         async with ctx.open() as store:
@@ -738,7 +762,8 @@ def cmd_snapshot(ctx: Context, args: argparse.Namespace) -> int:
             path = await ledger.write_snapshot()
             return path, ledger.book.last_seq, ledger.book.last_hash
 
-    path, seq, digest = _run(go)
+    with output_errors(ctx.snapshot):
+        path, seq, digest = _run(go)
     if ctx.as_json:
         ctx.emit_json({"path": str(path), "last_seq": seq, "last_hash": digest})
     else:
@@ -747,13 +772,15 @@ def cmd_snapshot(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_backup(ctx: Context, args: argparse.Namespace) -> int:
+    folder = Path(args.to or ctx.settings.backup_dir)
+    if folder.exists() and not folder.is_dir():  # refused before anything opens the database
+        check_output(folder, ctx.own_files(), option="--to")
+        raise OutputError(folder, "it is a file; --to takes a folder")
+
     async def go() -> tuple[Path, int, str, str | None]:
         async with ctx.open() as store:
             ledger = Ledger(ctx.db, snapshot_path=ctx.snapshot, settings=ctx.settings, store=store)
             target = await ledger.backup(args.to)
-        # a backup is one self-contained file: no -wal / -shm beside it
-        with contextlib.closing(sqlite3.connect(target)) as conn:
-            conn.execute("PRAGMA journal_mode = DELETE")
         async with open_read_only(target, busy_timeout_ms=ctx.busy_timeout_ms) as copy:
             try:
                 stats = await check_chain(copy)
@@ -761,7 +788,8 @@ def cmd_backup(ctx: Context, args: argparse.Namespace) -> int:
                 return target, (await copy.head()).seq, "", str(exc)
             return target, stats.checked, stats.last_hash, None
 
-    target, events, digest, problem = _run(go)
+    with output_errors(folder):
+        target, events, digest, problem = _run(go)
     if ctx.as_json:
         ctx.emit_json(
             {"path": str(target), "events": events, "last_hash": digest, "chain_problem": problem}
@@ -783,6 +811,7 @@ def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
     from ledger.plot import render_equity, require_matplotlib
 
     require_matplotlib()
+    target = check_output(args.out, ctx.own_files(), option="the PNG path")
     bound = _bound(args)
 
     async def go() -> EquityCurve:
@@ -796,7 +825,8 @@ def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
 
     curve = _run(go)
     title = args.title or f"Realized equity · {ctx.db.name}"
-    render_equity(curve, args.out, title=title)
+    with output_errors(args.out), written_aside(target) as partial:
+        render_equity(curve, partial, title=title)
     summary = curve.book.summary()
     message = {
         "path": str(args.out),

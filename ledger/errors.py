@@ -22,6 +22,8 @@ LedgerError
 │   ├── MalformedResponse      an answer that cannot be trusted
 │   └── ExchangeAuthError      the keys were refused: retrying will not help
 ├── ImportRejected             a seed positions.json cannot be imported
+├── OutputError                an output file could not be written; nothing was replaced
+│   └── OutputRefused          the output would land on the ledger's own files
 └── ConfigError                a bad setting in the TOML file or the environment
 """
 
@@ -161,6 +163,25 @@ class ExchangeAuthError(ExchangeError):
 
 class ImportRejected(LedgerError):
     """A seed-format positions.json cannot be imported."""
+
+
+class OutputError(LedgerError):
+    """An output (export, plot, backup, snapshot) could not be written; nothing was replaced."""
+
+    def __init__(self, path: object, why: str) -> None:
+        self.path = path
+        self.why = why
+        super().__init__(f"cannot write {path}: {why}")
+
+
+class OutputRefused(OutputError):
+    """The output path resolves to one of the ledger's own files (database, -wal/-shm,
+    positions.json, a backup): writing it would destroy the ledger's data."""
+
+    def __init__(self, path: object, option: str, own: str) -> None:
+        self.option = option
+        self.own = own
+        super().__init__(path, f"{option} resolves to {own}; choose another path")
 
 
 class ConfigError(LedgerError):

@@ -39,6 +39,13 @@ from ledger.errors import (
     UnknownPosition,
 )
 from ledger.events import AnyEvent, stream_of
+from ledger.output_paths import (
+    BACKUP_GLOB,
+    check_output,
+    database_files,
+    is_one_of,
+    snapshot_file,
+)
 from ledger.rebuild import fold_log
 from ledger.rules import decide
 from ledger.settings import Settings
@@ -853,8 +860,11 @@ class Ledger:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = self._clock().strftime("%Y%m%dT%H%M%S%fZ")
         target = folder / f"ledger-{stamp}.db"
+        own = [*database_files(self.store.path), snapshot_file(self.snapshot_path)]
+        check_output(target, own, option="the backup")
         await self.store.backup_to(target)
-        kept = sorted(folder.glob("ledger-*.db"))
+        # retention never deletes the live database, whatever it is called and wherever it is
+        kept = [p for p in sorted(folder.glob(BACKUP_GLOB)) if not is_one_of(p, own)]
         for old in kept[: -self.settings.backup_retention]:
             old.unlink()
         return target

@@ -42,6 +42,8 @@ LAYERS: dict[str, int] = {
     "ledger.store": 2,
     "ledger.store.*": 2,
     "ledger.snapshot_file": 2,
+    "ledger.private_files": 2,
+    "ledger.output_paths": 2,
     "ledger.settings": 2,
     "ledger.exchange.ccxt_client": 2,
     "ledger.exchange.emulator": 2,

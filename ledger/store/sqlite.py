@@ -19,6 +19,7 @@ from msgspec.structs import astuple
 from ledger.clock import Clock, system_clock
 from ledger.envelope import Fact, Recorded
 from ledger.errors import StoreError, StoreUnavailable
+from ledger.private_files import create_private, written_aside
 from ledger.store._faults import describe, is_busy, unwritable_reason
 from ledger.store.base import (
     ChainReport,
@@ -221,6 +222,7 @@ class SQLiteEventStore(EventStore):
 
     def _connect_writer(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(self.path)  # 0600, and SQLite gives -wal/-shm the same mode
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, cached_statements=64
         )
@@ -481,16 +483,21 @@ class SQLiteEventStore(EventStore):
         return verifier.report()
 
     async def backup_to(self, target: Path) -> None:
-        """A consistent copy of the whole database through SQLite's backup API."""
+        """A consistent copy of the whole database through SQLite's backup API: one
+        self-contained file (no -wal/-shm), mode 0600, written aside and renamed onto target.
+        Raises OSError, sqlite3.Error."""
         source = str(self.path)
 
         def copy() -> None:
-            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-            dst = sqlite3.connect(target)
-            try:
-                src.backup(dst)
-            finally:
-                dst.close()
-                src.close()
+            with written_aside(target) as temp:
+                src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+                dst = sqlite3.connect(temp)
+                try:
+                    src.backup(dst)
+                finally:
+                    dst.close()
+                    src.close()
+                with contextlib.closing(sqlite3.connect(temp)) as conn:
+                    conn.execute("PRAGMA journal_mode = DELETE")
 
         await anyio.to_thread.run_sync(copy)
