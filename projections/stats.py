@@ -59,29 +59,30 @@ class Accumulators(msgspec.Struct, kw_only=True):
 
     def _count(self, position: Position, sign: int) -> None:
         pnl = position.realized_pnl
-        symbol = self.per_symbol.get(position.symbol)
-        if symbol is None:
-            symbol = self.per_symbol[position.symbol] = SymbolStats()
+        before = self.per_symbol.get(position.symbol) or SymbolStats()
         self.closed_trades += sign
-        symbol.closed_trades += sign
         self.closed_realized_pnl += sign * pnl
-        symbol.realized_pnl += sign * pnl
-        symbol.fees += sign * position.fees
-        symbol.funding += sign * position.funding
-        if pnl > 0:
+        won = pnl > 0
+        if won:
             self.wins += sign
-            symbol.wins += sign
             self.gross_profit += sign * pnl
         else:
             self.losses += sign
-            symbol.losses += sign
             self.gross_loss += sign * pnl
+        # a new SymbolStats, never the old one changed: copies share them (see copy)
+        self.per_symbol[position.symbol] = SymbolStats(
+            closed_trades=before.closed_trades + sign,
+            wins=before.wins + (sign if won else 0),
+            losses=before.losses + (0 if won else sign),
+            realized_pnl=before.realized_pnl + sign * pnl,
+            fees=before.fees + sign * position.fees,
+            funding=before.funding + sign * position.funding,
+        )
 
     def copy(self) -> Accumulators:
-        return msgspec.structs.replace(
-            self,
-            per_symbol={k: msgspec.structs.replace(v) for k, v in self.per_symbol.items()},
-        )
+        """An independent copy in O(symbols) dict work: the SymbolStats inside are shared,
+        since the fold replaces them rather than changing them."""
+        return msgspec.structs.replace(self, per_symbol=dict(self.per_symbol))
 
 
 class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ from ledger.envelope import Recorded
 from ledger.store.base import (
     ChainReport,
     ChainVerifier,
+    DuplicateEventId,
     EventStore,
     Head,
     StagedRow,
@@ -60,6 +61,9 @@ class MemoryEventStore(EventStore):
         self.check_writer_thread()
         tx = _MemoryTransaction(self, self._clock())
         result = unit(tx)  # raises: nothing staged is kept
+        taken = [row.event_id for row in tx.rows if row.event_id in self._by_event_id]
+        if taken:  # as the database's UNIQUE(event_id) would refuse the insert
+            raise DuplicateEventId(f"event_id {taken[0]!r} is stored already")
         records = [record_from_row(row) for row in tx.rows]
         for row, record in zip(tx.rows, records, strict=True):
             self._by_event_id[row.event_id] = len(self._rows)

@@ -24,6 +24,7 @@ from ledger.store._faults import describe, is_busy, unwritable_reason
 from ledger.store.base import (
     ChainReport,
     ChainVerifier,
+    DuplicateEventId,
     EventStore,
     Head,
     RowTuple,
@@ -92,8 +93,8 @@ class _SQLiteTransaction(StoreTransaction):
     versions_complete = False
 
     def load_versions(self, streams: Iterable[str]) -> None:
-        known = self.head.stream_versions
-        missing = [stream for stream in dict.fromkeys(streams) if stream not in known]
+        head = self.head
+        missing = [stream for stream in dict.fromkeys(streams) if not head.known(stream)]
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -329,6 +330,8 @@ class SQLiteEventStore(EventStore):
             conn.execute("COMMIT")
         except BaseException as exc:
             _rollback(conn)
+            if isinstance(exc, sqlite3.IntegrityError) and "events.event_id" in str(exc):
+                raise DuplicateEventId(f"an event_id staged here is stored already: {exc}") from exc
             if isinstance(exc, sqlite3.Error | OSError):
                 self._reconnect = True
                 raise StoreError(
