@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         Recorded,
     )
     from ledger.errors import (
+        BookOutOfStep,
         CommandRejected,
         ConfigError,
         DuplicatePosition,
@@ -82,6 +83,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "BotService": "ledger.exchange.service",
     "BybitEmulator": "ledger.exchange.emulator",
+    "BookOutOfStep": "ledger.errors",
     "CommandRejected": "ledger.errors",
     "ConfigError": "ledger.errors",
     "DuplicatePosition": "ledger.errors",
@@ -121,6 +123,7 @@ _WHERE = {
     "load_settings": "ledger.settings",
 }
 __all__ = [
+    "BookOutOfStep",
     "BotService",
     "BybitEmulator",
     "CommandRejected",

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
+from ledger.blocking import ThreadSafePositionManager
 from ledger.envelope import Recorded
 from ledger.errors import BookOutOfStep, StoreError
 from ledger.events import PositionMarked, PositionOpened
@@ -246,3 +247,37 @@ async def test_a_book_that_cannot_take_committed_events_refuses_commands_until_i
         assert ledger.get_position("good-0").current_price == 13  # type: ignore[union-attr]
         assert ledger.last_seq == 3
     assert good_ids(await stored(db_path)) == {"good-0", "good-1"}
+
+
+# -- hand-offs ---------------------------------------------------------------------------------
+
+
+def test_blocking_commands_and_reads_never_go_through_the_ledgers_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ThreadSafePositionManager command goes from the caller's thread to the store's
+    writer thread and back (one hand-off each way), a read happens on the caller's thread:
+    neither waits for the ledger's event loop, which takes no callback meanwhile."""
+    with ThreadSafePositionManager(
+        tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
+    ) as manager:
+        portal = manager._portal
+        assert portal is not None
+        loop_calls: list[str] = []
+        real_call = portal.call
+
+        def counted(*args: Any) -> Any:
+            loop_calls.append(repr(args[0]))
+            return real_call(*args)
+
+        monkeypatch.setattr(portal, "call", counted)
+        pid = manager.thread_safe_create_position(
+            symbol="HOPUSDT", side="buy", entry_price=10.0, position_size=100.0, leverage=2
+        )
+        assert manager.update_position_price(pid, 11.0)
+        assert manager.register_partial_exit(pid, 50.0, 12.0, None, "tp1")
+        assert manager.get_position(pid) is not None
+        assert manager.get_active_positions()
+        assert manager.close_position(pid, "tp", 12.0)
+        assert manager.get_session_summary()["closed_trades"] == 1
+        assert loop_calls == []
