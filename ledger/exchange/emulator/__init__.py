@@ -1,8 +1,7 @@
 """A local Bybit V5 emulator (HTTP and WebSocket) for testing exchange sync against real ccxt."""
 
 from ledger.exchange.emulator._faults import FaultKind
-from ledger.exchange.emulator._server import BybitEmulator, RequestRecord
-from ledger.exchange.emulator._state import (
+from ledger.exchange.emulator._model import (
     INSTRUMENTS,
     ClosedPnl,
     CoinBalance,
@@ -11,6 +10,7 @@ from ledger.exchange.emulator._state import (
     NumberLike,
     Position,
 )
+from ledger.exchange.emulator._server import BybitEmulator, RequestRecord
 
 __all__ = [
     "INSTRUMENTS",

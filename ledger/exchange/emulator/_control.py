@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from ledger.exchange.emulator._faults import FaultInjector, FaultKind
 from ledger.exchange.emulator._feeds import WsFeeds
-from ledger.exchange.emulator._state import (
-    ClosedPnl,
-    ExchangeState,
-    Execution,
-    NumberLike,
-    Position,
-    side_of,
-)
+from ledger.exchange.emulator._model import ClosedPnl, Execution, NumberLike, Position, side_of
+from ledger.exchange.emulator._state import ExchangeState
 
 __all__ = ["ControlApi"]
 

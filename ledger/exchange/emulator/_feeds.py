@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from ledger.exchange.emulator._model import Execution, Position
 from ledger.exchange.emulator._signing import Signing
-from ledger.exchange.emulator._state import ExchangeState, Execution, Position
+from ledger.exchange.emulator._state import ExchangeState
 from ledger.exchange.emulator._wire import (
     Json,
     JsonObject,

@@ -7,7 +7,8 @@ from decimal import Decimal
 from typing import TypeAlias, TypeVar
 from urllib.parse import quote, unquote
 
-from ledger.exchange.emulator._state import ExchangeState, Instrument, Position
+from ledger.exchange.emulator._model import Instrument, Position
+from ledger.exchange.emulator._state import ExchangeState
 from ledger.exchange.emulator._wire import (
     Json,
     JsonObject,

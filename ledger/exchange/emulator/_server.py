@@ -16,9 +16,10 @@ from aiohttp import web
 from ledger.exchange.emulator._control import ControlApi
 from ledger.exchange.emulator._faults import FaultInjector, FaultKind
 from ledger.exchange.emulator._feeds import WsFeeds
+from ledger.exchange.emulator._model import INSTRUMENTS, Instrument, NumberLike
 from ledger.exchange.emulator._routes import ApiError, RestRoutes
 from ledger.exchange.emulator._signing import Signing
-from ledger.exchange.emulator._state import INSTRUMENTS, ExchangeState, Instrument, NumberLike
+from ledger.exchange.emulator._state import ExchangeState
 from ledger.exchange.emulator._wire import error_response
 
 __all__ = ["BybitEmulator", "FaultKind", "RequestRecord"]

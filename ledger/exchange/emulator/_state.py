@@ -1,4 +1,4 @@
-"""In-memory state of the emulated Bybit account: instruments, marks, positions, history."""
+"""In-memory state of the emulated Bybit account: marks, position slots, wallet, history."""
 
 from __future__ import annotations
 
@@ -8,6 +8,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Literal
+
+from ledger.exchange.emulator._model import (
+    INSTRUMENTS,
+    ZERO,
+    ClosedPnl,
+    CoinBalance,
+    Execution,
+    Instrument,
+    NumberLike,
+    Position,
+    PositionSide,
+    opposite,
+    q8,
+    side_of,
+    to_decimal,
+)
 
 __all__ = [
     "INSTRUMENTS",
@@ -23,218 +39,8 @@ __all__ = [
     "to_decimal",
 ]
 
-NumberLike = Decimal | int | str | float
-PositionSide = Literal["Buy", "Sell"]
-
-_E8 = Decimal("0.00000001")
-_ZERO = Decimal(0)
-_MAINTENANCE_RATE = Decimal("0.005")
 _DEFAULT_TAKER_FEE = Decimal("0.00055")
 _WEEK_MS = 7 * 24 * 3600 * 1000
-
-
-def to_decimal(value: NumberLike) -> Decimal:
-    """Convert a control-API number to Decimal; floats go through their shortest repr.
-
-    Raises ValueError for anything that is not a finite number.
-    """
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
-    elif isinstance(value, int | str):
-        result = Decimal(value)
-    else:
-        result = Decimal(repr(value))
-    if not result.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    return result
-
-
-def _q8(value: Decimal) -> Decimal:
-    return value.quantize(_E8, rounding=ROUND_HALF_UP)
-
-
-@dataclass(frozen=True, slots=True)
-class Instrument:
-    """A linear perpetual the emulator lists (USDT-settled, or USDC-settled like BTCPERP)."""
-
-    symbol: str
-    base: str
-    quote: str
-    tick_size: Decimal
-    qty_step: Decimal
-    min_qty: Decimal
-    max_qty: Decimal
-    max_leverage: Decimal
-    price_scale: int
-    launch_ms: int
-    default_mark: Decimal
-    settle: str = ""  # the settle coin; "" means the quote coin
-
-    @property
-    def settle_coin(self) -> str:
-        return self.settle or self.quote
-
-    @property
-    def ccxt_symbol(self) -> str:
-        return f"{self.base}/{self.quote}:{self.settle_coin}"
-
-
-def _instrument(
-    base: str,
-    tick: str,
-    step: str,
-    max_qty: str,
-    max_lev: str,
-    mark: str,
-    launch_ms: int,
-    *,
-    quote: str = "USDT",
-) -> Instrument:
-    tick_size = Decimal(tick)
-    return Instrument(
-        # Bybit names USDC perpetuals BASEPERP (BTCPERP is ccxt's BTC/USDC:USDC).
-        symbol=f"{base}USDT" if quote == "USDT" else f"{base}PERP",
-        base=base,
-        quote=quote,
-        settle=quote,
-        tick_size=tick_size,
-        qty_step=Decimal(step),
-        min_qty=Decimal(step),
-        max_qty=Decimal(max_qty),
-        max_leverage=Decimal(max_lev),
-        price_scale=-int(tick_size.normalize().as_tuple().exponent),
-        launch_ms=launch_ms,
-        default_mark=Decimal(mark),
-    )
-
-
-INSTRUMENTS: tuple[Instrument, ...] = (
-    _instrument("ADA", "0.0001", "1", "2000000", "75", "0.4", 1_650_000_000_000),
-    _instrument("BNB", "0.01", "0.01", "3000", "75", "600", 1_640_000_000_000),
-    _instrument("BTC", "0.10", "0.001", "1190", "100", "60000", 1_585_526_400_000),
-    _instrument("DOGE", "0.00001", "1", "30000000", "75", "0.15", 1_620_000_000_000),
-    _instrument("ETH", "0.01", "0.01", "7240", "100", "3000", 1_615_766_400_000),
-    _instrument("LTC", "0.01", "0.1", "35000", "75", "80", 1_618_000_000_000),
-    _instrument("SOL", "0.010", "0.1", "79770", "100", "150", 1_633_000_000_000),
-    _instrument("XRP", "0.0001", "1", "6500000", "75", "0.5", 1_625_000_000_000),
-    _instrument("BTC", "0.5", "0.001", "1190", "100", "60000", 1_641_000_000_000, quote="USDC"),
-    _instrument("ETH", "0.05", "0.01", "7240", "100", "3000", 1_641_000_000_000, quote="USDC"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A snapshot of one position slot (symbol, positionIdx), flat when size is zero."""
-
-    symbol: str
-    position_idx: int
-    side: PositionSide | None
-    size: Decimal
-    avg_price: Decimal
-    leverage: Decimal
-    mark_price: Decimal
-    cum_realised_pnl: Decimal
-    cur_realised_pnl: Decimal
-    created_ms: int  # the first-ever position on this slot (Bybit's createdTime)
-    open_ms: int  # the current position's open (Bybit's openTime); 0 when flat
-    updated_ms: int
-    seq: int
-    take_profit: Decimal | None = None
-    stop_loss: Decimal | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.size > 0
-
-    @property
-    def position_value(self) -> Decimal:
-        """Value at the entry price, as Bybit reports it (the recorded fixture shows this)."""
-        return _q8(self.size * self.avg_price)
-
-    @property
-    def unrealised_pnl(self) -> Decimal:
-        if self.side is None:
-            return _ZERO
-        diff = self.mark_price - self.avg_price
-        return _q8(diff * self.size if self.side == "Buy" else -diff * self.size)
-
-    @property
-    def position_im(self) -> Decimal:
-        return _q8(self.position_value / self.leverage) if self.leverage else _ZERO
-
-    @property
-    def position_mm(self) -> Decimal:
-        return _q8(self.position_value * _MAINTENANCE_RATE)
-
-
-@dataclass(frozen=True, slots=True)
-class ClosedPnl:
-    """One closed-pnl record, written for every manual reduce or close."""
-
-    symbol: str
-    order_id: str
-    side: PositionSide  # the closing order's side: "Sell" closes a long
-    qty: Decimal
-    closed_size: Decimal
-    avg_entry_price: Decimal
-    avg_exit_price: Decimal
-    closed_pnl: Decimal
-    cum_entry_value: Decimal
-    cum_exit_value: Decimal
-    open_fee: Decimal
-    close_fee: Decimal
-    leverage: Decimal
-    created_ms: int
-    updated_ms: int  # when the record was written: `created_ms` + the configured delay
-    seq: int
-    with_fees: bool = True  # whether the row lists openFee and closeFee
-
-
-@dataclass(frozen=True, slots=True)
-class Execution:
-    """One execution row: a fill (execType Trade) or a funding settlement (Funding)."""
-
-    symbol: str
-    exec_id: str
-    order_id: str
-    side: PositionSide
-    exec_type: Literal["Trade", "Funding"]
-    exec_qty: Decimal
-    exec_price: Decimal
-    exec_value: Decimal
-    exec_fee: Decimal
-    fee_rate: Decimal
-    exec_pnl: Decimal
-    closed_size: Decimal
-    mark_price: Decimal
-    exec_time_ms: int
-    order_qty: Decimal
-    order_price: Decimal
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class CoinBalance:
-    """Wallet state of one coin, with position figures summed over its settled positions."""
-
-    coin: str
-    wallet_balance: Decimal
-    available: Decimal | None  # pinned by set_balance; None means derived
-    unrealised_pnl: Decimal
-    position_im: Decimal
-    position_mm: Decimal
-    cum_realised_pnl: Decimal
-    usd_price: Decimal
-
-    @property
-    def equity(self) -> Decimal:
-        return self.wallet_balance + self.unrealised_pnl
-
-    @property
-    def usd_value(self) -> Decimal:
-        return _q8(self.equity * self.usd_price)
 
 
 @dataclass(slots=True)
@@ -254,19 +60,6 @@ class _Slot:
     seq: int
     take_profit: Decimal | None = None
     stop_loss: Decimal | None = None
-
-
-def side_of(side: str) -> PositionSide:
-    lowered = side.lower()
-    if lowered in ("buy", "long"):
-        return "Buy"
-    if lowered in ("sell", "short"):
-        return "Sell"
-    raise ValueError(f"side must be 'buy' or 'sell', got {side!r}")
-
-
-def _opposite(side: PositionSide) -> PositionSide:
-    return "Sell" if side == "Buy" else "Buy"
 
 
 class ExchangeState:
@@ -362,10 +155,10 @@ class ExchangeState:
                     coin=coin,
                     wallet_balance=wallet,
                     available=self._available.get(coin),
-                    unrealised_pnl=sum((p.unrealised_pnl for p in settled), _ZERO),
-                    position_im=sum((p.position_im for p in settled), _ZERO),
-                    position_mm=sum((p.position_mm for p in settled), _ZERO),
-                    cum_realised_pnl=self._coin_realised.get(coin, _ZERO),
+                    unrealised_pnl=sum((p.unrealised_pnl for p in settled), ZERO),
+                    position_im=sum((p.position_im for p in settled), ZERO),
+                    position_mm=sum((p.position_mm for p in settled), ZERO),
+                    cum_realised_pnl=self._coin_realised.get(coin, ZERO),
                     usd_price=self._usd_price(coin),
                 )
             )
@@ -449,19 +242,19 @@ class ExchangeState:
                 f"{market_id} holds a {slot.side} one-way position; reduce or close it first"
             )
         now = self.now_ms()
-        fee = _q8(amount * fill * self.taker_fee_rate)
+        fee = q8(amount * fill * self.taker_fee_rate)
         if slot.size == 0:
             slot.side = order_side
             slot.avg_price = fill
             slot.size = amount
-            slot.open_fee = _ZERO
-            slot.cur_realised_pnl = _ZERO
+            slot.open_fee = ZERO
+            slot.cur_realised_pnl = ZERO
             slot.open_ms = now
             # createdTime is the slot's first-ever position: set once, never reset
             slot.created_ms = slot.created_ms or now
         else:
             total = slot.size + amount
-            slot.avg_price = _q8((slot.size * slot.avg_price + amount * fill) / total)
+            slot.avg_price = q8((slot.size * slot.avg_price + amount * fill) / total)
             slot.size = total
         if leverage is not None:
             slot.leverage = self._positive(leverage, "leverage")
@@ -476,8 +269,8 @@ class ExchangeState:
             amount,
             fill,
             fee,
-            exec_pnl=_ZERO,
-            closed_size=_ZERO,
+            exec_pnl=ZERO,
+            closed_size=ZERO,
         )
         return self._snapshot(slot), execution
 
@@ -546,15 +339,15 @@ class ExchangeState:
         the newest at `end_ms`, `spacing_ms` apart; positions and the wallet are untouched."""
         market_id = self.symbol_id(symbol)
         instrument = self.instruments[market_id]
-        closing = _opposite(side_of(side))
+        closing = opposite(side_of(side))
         qty = instrument.qty_step
         entry = instrument.default_mark
         exit_price = (
             entry + instrument.tick_size if closing == "Sell" else entry - instrument.tick_size
         )
-        fee_in = _q8(qty * entry * self.taker_fee_rate)
-        fee_out = _q8(qty * exit_price * self.taker_fee_rate)
-        pnl = _q8(instrument.tick_size * qty) - fee_in - fee_out
+        fee_in = q8(qty * entry * self.taker_fee_rate)
+        fee_out = q8(qty * exit_price * self.taker_fee_rate)
+        pnl = q8(instrument.tick_size * qty) - fee_in - fee_out
         records = []
         for n in range(count):
             created = end_ms - (count - 1 - n) * spacing_ms
@@ -567,8 +360,8 @@ class ExchangeState:
                 avg_entry_price=entry,
                 avg_exit_price=exit_price,
                 closed_pnl=pnl,
-                cum_entry_value=_q8(entry * qty),
-                cum_exit_value=_q8(exit_price * qty),
+                cum_entry_value=q8(entry * qty),
+                cum_exit_value=q8(exit_price * qty),
                 open_fee=fee_in,
                 close_fee=fee_out,
                 leverage=Decimal(10),
@@ -610,15 +403,15 @@ class ExchangeState:
                     exec_type="Funding",
                     exec_qty=qty,
                     exec_price=mark,
-                    exec_value=_q8(qty * mark),
+                    exec_value=q8(qty * mark),
                     exec_fee=-credit,
                     fee_rate=Decimal("0.0001"),
-                    exec_pnl=_ZERO,
-                    closed_size=_ZERO,
+                    exec_pnl=ZERO,
+                    closed_size=ZERO,
                     mark_price=mark,
                     exec_time_ms=stamp,
-                    order_qty=_ZERO,
-                    order_price=_ZERO,
+                    order_qty=ZERO,
+                    order_price=ZERO,
                     seq=self._next_seq(),
                 )
             )
@@ -636,10 +429,10 @@ class ExchangeState:
         slot = self._open_slot(market_id, side_of(side))
         credit = to_decimal(amount)
         mark = self._marks[market_id]
-        value = _q8(slot.size * mark)
+        value = q8(slot.size * mark)
         fee = -credit
         rate = (
-            (fee / value).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP) if value else _ZERO
+            (fee / value).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP) if value else ZERO
         )
         self._realise(slot, credit)
         slot.updated_ms = self.now_ms()
@@ -652,8 +445,8 @@ class ExchangeState:
             slot.size,
             mark,
             fee,
-            exec_pnl=_ZERO,
-            closed_size=_ZERO,
+            exec_pnl=ZERO,
+            closed_size=ZERO,
             rate=rate,
         )
         return self._snapshot(slot), execution
@@ -687,10 +480,10 @@ class ExchangeState:
         position_side = slot.side
         entry = slot.avg_price
         direction = 1 if position_side == "Buy" else -1
-        gross = _q8((exit_price - entry) * amount * direction)
-        close_fee = _q8(amount * exit_price * self.taker_fee_rate)
+        gross = q8((exit_price - entry) * amount * direction)
+        close_fee = q8(amount * exit_price * self.taker_fee_rate)
         open_fee_share = (
-            slot.open_fee if amount == slot.size else _q8(slot.open_fee * amount / slot.size)
+            slot.open_fee if amount == slot.size else q8(slot.open_fee * amount / slot.size)
         )
         slot.open_fee -= open_fee_share
         now = self.now_ms()
@@ -699,13 +492,13 @@ class ExchangeState:
         self._realise(slot, gross - close_fee)
         if slot.size == 0:
             slot.side = None
-            slot.avg_price = _ZERO
-            slot.open_fee = _ZERO
+            slot.avg_price = ZERO
+            slot.open_fee = ZERO
             slot.open_ms = 0
             slot.take_profit = slot.stop_loss = None  # Bybit cancels a closed position's TP/SL
         slot.updated_ms = now
         slot.seq = self._next_seq()
-        closing_side = _opposite(position_side)
+        closing_side = opposite(position_side)
         execution = self._execution(
             slot,
             closing_side,
@@ -726,8 +519,8 @@ class ExchangeState:
             avg_entry_price=entry,
             avg_exit_price=exit_price,
             closed_pnl=gross - close_fee - open_fee_share,
-            cum_entry_value=_q8(entry * amount),
-            cum_exit_value=_q8(exit_price * amount),
+            cum_entry_value=q8(entry * amount),
+            cum_exit_value=q8(exit_price * amount),
             open_fee=open_fee_share,
             close_fee=close_fee,
             leverage=leverage,
@@ -762,15 +555,15 @@ class ExchangeState:
             exec_type=exec_type,
             exec_qty=qty,
             exec_price=price,
-            exec_value=_q8(qty * price),
+            exec_value=q8(qty * price),
             exec_fee=fee,
             fee_rate=self.taker_fee_rate if rate is None else rate,
             exec_pnl=exec_pnl,
             closed_size=closed_size,
             mark_price=self._marks[slot.symbol],
             exec_time_ms=slot.updated_ms,
-            order_qty=qty if exec_type == "Trade" else _ZERO,
-            order_price=price if exec_type == "Trade" else _ZERO,
+            order_qty=qty if exec_type == "Trade" else ZERO,
+            order_price=price if exec_type == "Trade" else ZERO,
             seq=slot.seq,
         )
         self.executions.append(execution)
@@ -780,8 +573,8 @@ class ExchangeState:
         slot.cum_realised_pnl += amount
         slot.cur_realised_pnl += amount
         coin = self.settle_coin(slot.symbol)
-        self._wallet[coin] = self._wallet.get(coin, _ZERO) + amount
-        self._coin_realised[coin] = self._coin_realised.get(coin, _ZERO) + amount
+        self._wallet[coin] = self._wallet.get(coin, ZERO) + amount
+        self._coin_realised[coin] = self._coin_realised.get(coin, ZERO) + amount
 
     def _open_slot(self, market_id: str, side: PositionSide) -> _Slot:
         for idx in self._indices():
@@ -798,12 +591,12 @@ class ExchangeState:
                 symbol=market_id,
                 position_idx=idx,
                 side=None,
-                size=_ZERO,
-                avg_price=_ZERO,
+                size=ZERO,
+                avg_price=ZERO,
                 leverage=Decimal(10),
-                open_fee=_ZERO,
-                cum_realised_pnl=_ZERO,
-                cur_realised_pnl=_ZERO,
+                open_fee=ZERO,
+                cum_realised_pnl=ZERO,
+                cur_realised_pnl=ZERO,
                 created_ms=0,
                 open_ms=0,
                 updated_ms=now,
@@ -850,7 +643,7 @@ class ExchangeState:
         if coin in ("USDT", "USDC", "USD"):
             return Decimal(1)
         mark = self._marks.get(f"{coin}USDT")
-        return mark if mark is not None else _ZERO
+        return mark if mark is not None else ZERO
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -9,7 +9,7 @@ from typing import TypeAlias
 
 from aiohttp import web
 
-from ledger.exchange.emulator._state import (
+from ledger.exchange.emulator._model import (
     ClosedPnl,
     CoinBalance,
     Execution,
