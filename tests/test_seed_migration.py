@@ -258,12 +258,14 @@ async def test_a_seed_file_beside_a_log_with_events_is_moved_aside(
     assert any(str(kept) in w and "not imported" in w for w in warnings), warnings
 
 
-UNREADABLE: dict[str, Callable[[], bytes]] = {
-    "truncated example": lambda: SEED_EXAMPLE.encode()[: len(SEED_EXAMPLE) // 2],
-    "not JSON": lambda: b"\x00\xffpositions",
-    "a JSON list": lambda: b"[1, 2, 3]",
-    "a JSON object of something else": lambda: b'{"orders": []}',
-    "deeply nested": lambda: b"[" * 100_000 + b"]" * 100_000,
+UNREADABLE: dict[str, Callable[[Path], bytes]] = {
+    "truncated example": lambda _: SEED_EXAMPLE.encode()[: len(SEED_EXAMPLE) // 2],
+    # the seed's own writer killed half way (its temp file renamed by hand, say)
+    "truncated seed file": lambda folder: seed_file_from_code(folder)[:1000],
+    "not JSON": lambda _: b"\x00\xffpositions",
+    "a JSON list": lambda _: b"[1, 2, 3]",
+    "a JSON object of something else": lambda _: b'{"orders": []}',
+    "deeply nested": lambda _: b"[" * 100_000 + b"]" * 100_000,
 }
 
 
@@ -274,7 +276,7 @@ async def test_an_unreadable_file_is_moved_aside_with_a_warning(
 ) -> None:
     db = tmp_path / "ledger.db"
     head = await build_log(db) if log_has_events else 0
-    original = UNREADABLE[content]()
+    original = UNREADABLE[content](tmp_path)
     (tmp_path / "positions.json").write_bytes(original)
     caplog.set_level(logging.WARNING, logger="ledger")
     async with Ledger(db, settings=QUIET) as ledger:
