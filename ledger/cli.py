@@ -10,7 +10,10 @@ and refuse a log that fails unless --force is given. The check runs in the same 
 fold, and nothing is printed before the pass ends; `export --out` writes aside and renames only
 when complete, while export to stdout and snapshot check in a pass of their own first. Their
 figures come from the log itself, never from positions.json (a cache). Read-only commands open
-the database read-only and write nothing.
+the database read-only and write nothing, also for a user who cannot write its folder
+(ledger.store.read_only). Outputs (export --out, plot, backup, snapshot, import's
+positions.json) never land on the ledger's own files (ledger.output_paths), are created 0600
+and written aside then renamed (ledger.private_files); a failed write is one OutputError line.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import logging
 import os
 import sqlite3
 import sys
@@ -554,6 +558,8 @@ def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
                 f"OK: {snap.path} matches the log at seq {snap.last_seq} "
                 f"({behind} events behind the head)"
             )
+        elif snap.status == "unreadable":
+            ctx.say(f"note: cannot read {snap.path} ({snap.detail}): positions.json not checked")
         else:
             ctx.say(f"note: no snapshot at {snap.path}")
         return 0
@@ -748,9 +754,40 @@ def _require_db(ctx: Context) -> None:
         raise StoreUnavailable(f"no ledger database at {ctx.db}")
 
 
+class _DropLogsOf(logging.Filter):
+    def __init__(self, function: str) -> None:
+        super().__init__()
+        self.function = function
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != self.function
+
+
+@contextlib.contextmanager
+def _reported_here(function: str) -> Iterator[None]:
+    """Leave out the ledger's own log lines from function: the command reports that error
+    itself, in its one line."""
+    logger = logging.getLogger("ledger")
+    drop = _DropLogsOf(function)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def cmd_snapshot(ctx: Context, args: argparse.Namespace) -> int:
     _require_db(ctx)
     check_output(ctx.snapshot, ctx.own_files(snapshot=False), option="--snapshot")
+    for folder, why in (
+        (ctx.snapshot.resolve().parent, "positions.json is written there"),
+        (ctx.db.resolve().parent, "snapshot opens the ledger for writing"),
+    ):
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(
+                ctx.snapshot,
+                f"permission denied: {folder} is not writable for this user, and {why}",
+            )
 
     async def go() -> tuple[Path, int, str]:
         async with ctx.open() as store:
@@ -762,7 +799,7 @@ def cmd_snapshot(ctx: Context, args: argparse.Namespace) -> int:
             path = await ledger.write_snapshot()
             return path, ledger.book.last_seq, ledger.book.last_hash
 
-    with output_errors(ctx.snapshot):
+    with output_errors(ctx.snapshot), _reported_here("write_snapshot"):
         path, seq, digest = _run(go)
     if ctx.as_json:
         ctx.emit_json({"path": str(path), "last_seq": seq, "last_hash": digest})
@@ -788,8 +825,11 @@ def cmd_backup(ctx: Context, args: argparse.Namespace) -> int:
                 return target, (await copy.head()).seq, "", str(exc)
             return target, stats.checked, stats.last_hash, None
 
-    with output_errors(folder):
-        target, events, digest, problem = _run(go)
+    try:
+        with output_errors(folder):
+            target, events, digest, problem = _run(go)
+    except sqlite3.Error as exc:  # the copy failed: a full disk is "database or disk is full"
+        raise OutputError(folder, f"the copy failed: {exc}; no backup was written") from exc
     if ctx.as_json:
         ctx.emit_json(
             {"path": str(target), "events": events, "last_hash": digest, "chain_problem": problem}
@@ -855,6 +895,14 @@ def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with ctx.open() as store:
+            opened = store.read_only_open
+            if not args.once and opened is not None and opened.unlocked is not None:
+                raise StoreUnavailable(
+                    f"cannot follow {ctx.db}: its folder is not writable for this user and no "
+                    "ledger process has it open, so SQLite has no lock index to share; "
+                    "`ledger watch --once` shows it now, and following works while the "
+                    "ledger runs"
+                )
             return await watch(
                 store,
                 ctx.snapshot,

@@ -116,4 +116,4 @@ def output_errors(target: Path) -> Iterator[None]:
         name = os.fsdecode(exc.filename) if exc.filename is not None else ""
         if name and not Path(name).name.startswith(f".{target.name}."):  # not our temp file
             why = f"{why} ({name})"
-        raise OutputError(target, f"{why}; nothing was written there") from exc
+        raise OutputError(target, f"{why}; nothing was replaced") from exc

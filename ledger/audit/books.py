@@ -84,7 +84,10 @@ async def load_book(store: SQLiteEventStore, snapshot_path: Path) -> Replayed:
 
 async def trusted_snapshot(store: SQLiteEventStore, snapshot_path: Path) -> Book | None:
     """positions.json's book when its last seq and hash are the log's, else None."""
-    raw = await anyio.to_thread.run_sync(read_file, snapshot_path)
+    try:
+        raw = await anyio.to_thread.run_sync(read_file, snapshot_path)
+    except OSError:  # unreadable for this user: the log alone tells the same
+        return None
     if raw is None:
         return None
     try:

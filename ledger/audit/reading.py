@@ -64,9 +64,18 @@ async def open_read_only(
         raise
     try:
         yield store
+    except Exception as exc:
+        if store.read_only_open is not None:  # read without locks: a torn read shows here
+            try:
+                store.read_only_open.check_unchanged()
+            except StoreUnavailable as torn:
+                raise torn from exc
+        raise
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()
+    if store.read_only_open is not None:
+        store.read_only_open.check_unchanged()
 
 
 # -- the cheap chain check -----------------------------------------------------------------

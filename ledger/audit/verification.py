@@ -29,7 +29,7 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
 
 class SnapshotCheck(msgspec.Struct, kw_only=True):
     path: str
-    status: str  # "matches", "missing", "mismatch", "not checked"
+    status: str  # "matches", "missing", "mismatch", "not checked", "unreadable"
     last_seq: int | None = None
     detail: str = ""
 
@@ -157,7 +157,12 @@ async def verify_log(
     violations_count = 0
     checked = 0
     snap = SnapshotCheck(path=str(snapshot_path), status="missing")
-    raw = await anyio.to_thread.run_sync(read_file, snapshot_path)
+    try:
+        raw = await anyio.to_thread.run_sync(read_file, snapshot_path)
+    except OSError as exc:  # an auditor may read the log and not positions.json, a cache
+        raw = None
+        snap.status = "unreadable"
+        snap.detail = exc.strerror or str(exc)
     under_test = None if raw is None else _SnapshotUnderTest(snapshot_path, raw)
     if under_test is not None:
         snap.status = "not checked"

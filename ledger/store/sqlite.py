@@ -34,6 +34,7 @@ from ledger.store.base import (
     record_from_row,
     records_from_rows,
 )
+from ledger.store.read_only import ReadOnlyOpen, read_only_open
 from ledger.values import to_micros
 
 # 'PLDG': marks the file as a position-ledger log so a foreign database is refused.
@@ -159,6 +160,8 @@ class SQLiteEventStore(EventStore):
         # uncommitted rows (WAL lets readers and the writer work at once).
         self._reader: aiosqlite.Connection | None = None
         self._head = Head()
+        # how a read-only store was opened (see ledger.store.read_only), once it is
+        self.read_only_open: ReadOnlyOpen | None = None
 
     async def open(self) -> None:
         """Connect, create the schema if new, load the head; raises StoreUnavailable.
@@ -172,9 +175,14 @@ class SQLiteEventStore(EventStore):
             if not self._read_only:
                 writer = self._start_writer(f"ledger-writer:{self.path.name}")
                 await writer.call(lambda: self._patiently(self._open_writer))
-            self._reader = await aiosqlite.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+            else:  # also for a user who cannot write the folder
+                self.read_only_open = read_only_open(self.path)
+            reader_uri = (
+                f"file:{self.path}?mode=ro"
+                if self.read_only_open is None
+                else self.read_only_open.uri
             )
+            self._reader = await aiosqlite.connect(reader_uri, uri=True, isolation_level=None)
             await self._reader.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             if self._read_only:
                 app_id, tables = await self._retry_async(self._identity)
@@ -489,18 +497,25 @@ class SQLiteEventStore(EventStore):
         """A consistent copy of the whole database through SQLite's backup API: one
         self-contained file (no -wal/-shm), mode 0600, written aside and renamed onto target.
         Raises OSError, sqlite3.Error."""
-        source = str(self.path)
+        source = read_only_open(self.path)  # also for a user who cannot write the folder
 
         def copy() -> None:
             with written_aside(target) as temp:
-                src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-                dst = sqlite3.connect(temp)
                 try:
-                    src.backup(dst)
-                finally:
-                    dst.close()
-                    src.close()
-                with contextlib.closing(sqlite3.connect(temp)) as conn:
-                    conn.execute("PRAGMA journal_mode = DELETE")
+                    src = sqlite3.connect(source.uri, uri=True)
+                    dst = sqlite3.connect(temp)
+                    try:
+                        src.backup(dst)
+                    finally:
+                        dst.close()
+                        src.close()
+                    with contextlib.closing(sqlite3.connect(temp)) as conn:
+                        conn.execute("PRAGMA journal_mode = DELETE")
+                    source.check_unchanged()
+                except BaseException:
+                    for suffix in ("-journal", "-wal", "-shm"):  # the copy's, if SQLite left any
+                        with contextlib.suppress(FileNotFoundError):
+                            temp.with_name(temp.name + suffix).unlink()
+                    raise
 
         await anyio.to_thread.run_sync(copy)
