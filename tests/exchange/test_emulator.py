@@ -35,40 +35,6 @@ DAY_MS = 24 * 3600 * 1000
 Client = Any  # ccxt ships no type information
 MakeClient = Callable[..., Client]
 
-# Field names of the rows in the recorded Bybit responses (shared/fixtures/bybit), less
-# the nextPageCursor that ccxt copies into the first row.
-FIXTURE_POSITION_FIELDS = {
-    "symbol", "leverage", "autoAddMargin", "avgPrice", "liqPrice", "riskLimitValue",
-    "takeProfit", "positionValue", "isReduceOnly", "tpslMode", "riskId", "trailingStop",
-    "unrealisedPnl", "markPrice", "adlRankIndicator", "cumRealisedPnl", "positionMM",
-    "createdTime", "positionIdx", "positionIM", "seq", "updatedTime", "side", "bustPrice",
-    "positionBalance", "leverageSysUpdatedTime", "size", "positionStatus",
-    "mmrSysUpdatedTime", "stopLoss", "tradeMode",
-}  # fmt: skip
-FIXTURE_CLOSED_PNL_FIELDS = {
-    "symbol", "orderType", "leverage", "updatedTime", "side", "orderId", "closedPnl",
-    "avgEntryPrice", "qty", "cumEntryValue", "createdTime", "orderPrice", "closedSize",
-    "avgExitPrice", "execType", "fillCount", "cumExitValue",
-}  # fmt: skip
-FIXTURE_EXECUTION_FIELDS = {
-    "symbol", "orderType", "underlyingPrice", "orderLinkId", "orderId", "stopOrderType",
-    "execTime", "feeCurrency", "createType", "feeRate", "tradeIv", "blockTradeId",
-    "markPrice", "execPrice", "markIv", "orderQty", "orderPrice", "execValue", "closedSize",
-    "execType", "seq", "side", "indexPrice", "leavesQty", "isMaker", "execFee", "execId",
-    "marketUnit", "execQty",
-}  # fmt: skip
-FIXTURE_ACCOUNT_FIELDS = {
-    "totalEquity", "accountIMRate", "totalMarginBalance", "totalInitialMargin",
-    "accountType", "totalAvailableBalance", "accountMMRate", "totalPerpUPL",
-    "totalWalletBalance", "accountLTV", "totalMaintenanceMargin", "coin",
-}  # fmt: skip
-FIXTURE_COIN_FIELDS = {
-    "availableToBorrow", "bonus", "accruedInterest", "availableToWithdraw", "totalOrderIM",
-    "equity", "totalPositionMM", "usdValue", "unrealisedPnl", "collateralSwitch",
-    "spotHedgingQty", "borrowAmount", "totalPositionIM", "walletBalance", "cumRealisedPnl",
-    "locked", "marginCollateral", "coin",
-}  # fmt: skip
-
 
 class FakeClock:
     def __init__(self, now_ms: int) -> None:
@@ -369,30 +335,6 @@ async def test_history_endpoints_page_by_cursor(ex: BybitEmulator, connect: Make
             if not cursor:
                 break
         assert len(ids) == len(set(ids)) == total, path
-
-
-async def test_rows_carry_the_recorded_fixture_fields(
-    ex: BybitEmulator, connect: MakeClient
-) -> None:
-    client = connect()
-    ex.open_position("LTC/USDT:USDT", "buy", "1.2", 64)
-    ex.pay_funding("LTCUSDT", "buy", "-0.01")
-    ex.reduce_position("LTCUSDT", "buy", "0.2", 70)
-    linear = {"category": "linear"}
-    positions = await client.private_get_v5_position_list({**linear, "symbol": "LTCUSDT"})
-    closed = await client.private_get_v5_position_closed_pnl(linear)
-    executions = await client.private_get_v5_execution_list(linear)
-    wallet = await client.private_get_v5_account_wallet_balance({"accountType": "UNIFIED"})
-    for response in (positions, closed, executions, wallet):
-        assert (response["retCode"], response["retMsg"], response["retExtInfo"]) == (0, "OK", {})
-        assert isinstance(response["time"], int)
-    assert set(positions["result"]["list"][0]) >= FIXTURE_POSITION_FIELDS
-    assert set(closed["result"]["list"][0]) >= FIXTURE_CLOSED_PNL_FIELDS
-    assert all(set(row) >= FIXTURE_EXECUTION_FIELDS for row in executions["result"]["list"])
-    account = wallet["result"]["list"][0]
-    assert set(account) >= FIXTURE_ACCOUNT_FIELDS
-    assert set(account["coin"][0]) >= FIXTURE_COIN_FIELDS
-    assert isinstance(positions["result"]["list"][0]["size"], str)
 
 
 # -- faults and authentication --------------------------------------------------------
@@ -855,3 +797,27 @@ async def test_a_403_ip_ban(ex: BybitEmulator, connect: MakeClient) -> None:
     with pytest.raises(RateLimitExceeded, match="403"):
         await client.fetch_time()
     assert await client.fetch_time() > 0
+
+
+async def test_a_close_and_reopen_by_hand_shows_a_new_open_time_and_a_record(
+    connect: MakeClient,
+) -> None:
+    clock = FakeClock(1_700_000_000_000)
+    async with BybitEmulator(clock=clock) as emulator:
+        client = connect(emulator)
+        emulator.open_position(BTC, "buy", "0.01", 60000)
+        [before] = await _position_rows(client, "BTCUSDT")
+        clock.now_ms += 5_000
+        emulator.pay_funding(BTC, "buy", "-0.2")  # settled just before the close
+        record = emulator.close_position(BTC, "buy", 61000)
+        clock.now_ms += 5_000
+        emulator.open_position(BTC, "buy", "0.01", 62000)  # same size, another position
+        [after] = await _position_rows(client, "BTCUSDT")
+        assert (after["size"], after["createdTime"]) == (before["size"], before["createdTime"])
+        assert after["openTime"] == before["openTime"] + 10_000
+        assert after["avgPrice"] == "62000" and after["curRealisedPnl"] != before["curRealisedPnl"]
+        linear = {"category": "linear"}
+        [row] = (await client.private_get_v5_position_closed_pnl(linear))["result"]["list"]
+        assert (row["orderId"], row["avgExitPrice"]) == (record.order_id, "61000")
+        funding = await client.private_get_v5_execution_list({**linear, "execType": "Funding"})
+        assert [f["execFee"] for f in funding["result"]["list"]] == ["0.2"]
