@@ -82,16 +82,22 @@ def is_one_of(path: Path, own: Iterable[OwnFile]) -> bool:
     return any(_same(resolved, file.path) for file in own)
 
 
+def refuse_own(target: Path, own: Iterable[OwnFile], *, option: str) -> Path:
+    """target with symlinks and `..` resolved; raises OutputRefused when it is one of own."""
+    resolved = target.resolve()
+    for file in own:
+        if _same(resolved, file.path):
+            raise OutputRefused(target, option, file.what)
+    return resolved
+
+
 def check_output(target: Path, own: Iterable[OwnFile], *, option: str) -> Path:
     """target with symlinks and `..` resolved, where the output is to be written (through a
     symlink to a file, the file is replaced and the link kept).
 
     Raises OutputRefused when it is one of own, OutputError when it is a folder or another
     kind of file that renaming over would destroy (a device, a FIFO, a socket)."""
-    resolved = target.resolve()
-    for file in own:
-        if _same(resolved, file.path):
-            raise OutputRefused(target, option, file.what)
+    resolved = refuse_own(target, own, option=option)
     try:
         mode = resolved.stat().st_mode
     except FileNotFoundError:

@@ -44,6 +44,7 @@ from ledger.output_paths import (
     check_output,
     database_files,
     is_one_of,
+    refuse_own,
     snapshot_file,
 )
 from ledger.rebuild import fold_log
@@ -148,6 +149,9 @@ class Ledger:
             busy_timeout_ms=self.settings.busy_timeout_ms,
             clock=clock,
         )
+        if isinstance(self.store, SQLiteEventStore):
+            # positions.json written (or a foreign file moved aside) there would take the log
+            refuse_own(self.snapshot_path, database_files(self.store.path), option="snapshot_path")
         self._clock = clock
         self._limits = self.settings.limits
         self._book = Book()

@@ -225,3 +225,22 @@ def test_a_refusal_comes_before_the_database_is_opened(known: Known) -> None:
     args = ["export", "--db", str(known.db), "--what", "events", "--out", str(known.db)]
     assert main(args) == 2
     assert not Path(f"{known.db}-wal").exists() and not Path(f"{known.db}-shm").exists()
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_backup_to_a_ledger_file_is_refused_and_nothing_changes(
+    in_ledger_dir: Known, target: str, spelling: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`backup --to` takes a folder; one of the ledger's files given there is refused."""
+    known = in_ledger_dir
+    path = aim(known, target, spelling)
+    before = tree(known.dir)
+    capsys.readouterr()
+
+    code = main(["backup", "--db", str(known.db), "--to", path])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "--to resolves to" in err
+    assert tree(known.dir) == before
