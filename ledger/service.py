@@ -577,7 +577,7 @@ class Ledger:
             return
         if self._subscribers:
             call(self._wake_subscribers)
-        if self._snapshot_due():
+        if not self._snapshot_running and self._snapshot_due():
             call(self._start_background_snapshot)
 
     def _wake_subscribers(self) -> None:
