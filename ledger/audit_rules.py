@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import msgspec
 
-from ledger.commands import Limits
+from ledger.commands import DEFAULT_LIMITS, Limits
 from ledger.envelope import Recorded
 from ledger.events import (
     AnyEvent,
@@ -26,19 +26,21 @@ from ledger.events import (
     PositionIncreased,
     PositionMarked,
     PositionOpened,
+    RulesConfigured,
     stream_of,
 )
-from ledger.values import Source
+from ledger.values import Source, exact
 from projections.book import Book
+from projections.pnl import settle_exit
 from projections.positions import Position
 
-# The rules let an exit overshoot what is left by this fraction (notional-to-qty rounding).
-_DUST = Decimal("1e-18")
-_DEFAULT_LIMITS = Limits()
 
-
-def violations(book: Book, record: Recorded, limits: Limits = _DEFAULT_LIMITS) -> str | None:
+@exact
+def violations(book: Book, record: Recorded, limits: Limits = DEFAULT_LIMITS) -> str | None:
     """What is wrong with applying record to book, in words, or None when the rules allow it.
+
+    Limits are the ones the log itself recorded (RulesConfigured) before this event; `limits`
+    (by default the format's DEFAULT_LIMITS) applies where the log has recorded none.
 
     Checks: the record's stream is its event's, every Decimal is finite, sizes and prices are
     positive, fees are not negative, leverage is within limits, a position is opened once and
@@ -54,7 +56,13 @@ def violations(book: Book, record: Recorded, limits: Limits = _DEFAULT_LIMITS) -
     if bad is not None:
         return f"{bad} is not a finite number"
     if isinstance(event, PositionOpened):
-        return _opened(book, event, limits)
+        return _opened(book, event, _limits_of(book, limits))
+    if isinstance(event, RulesConfigured):
+        if not 1 <= event.min_leverage <= event.max_leverage:
+            return f"leverage limits [{event.min_leverage}, {event.max_leverage}] are not a range"
+        if event.max_concurrent_positions < 0:
+            return f"negative max_concurrent_positions {event.max_concurrent_positions}"
+        return None
     if isinstance(event, BalanceObserved):
         if event.total < 0 or event.available < 0:
             return f"negative balance total={event.total} available={event.available}"
@@ -87,6 +95,17 @@ def violations(book: Book, record: Recorded, limits: Limits = _DEFAULT_LIMITS) -
     if isinstance(event, FundingRecorded):
         return None
     return f"unknown event type {type(event).__name__}"  # pragma: no cover - union is closed
+
+
+def _limits_of(book: Book, fallback: Limits) -> Limits:
+    recorded = book.rules
+    if recorded is None:
+        return fallback
+    return Limits(
+        max_concurrent_positions=recorded.max_concurrent_positions,
+        min_leverage=recorded.min_leverage,
+        max_leverage=recorded.max_leverage,
+    )
 
 
 _NUMBER_FIELDS: dict[type[object], tuple[str, ...]] = {}
@@ -162,7 +181,7 @@ def _partly_exited(position: Position, event: PartialExitRecorded) -> str | None
         return f"exit price {event.price} is not positive"
     if event.fee < 0:
         return f"negative fee {event.fee}"
-    if event.qty - position.qty > position.qty * _DUST:
+    if settle_exit(event.qty, position.qty, position.initial_qty) is None:
         return f"exit of qty {event.qty} exceeds the {position.qty} left"
     return None
 
@@ -174,7 +193,7 @@ def _closed(position: Position, event: PositionClosed) -> str | None:
         return f"negative close qty {event.qty}"
     if event.fee < 0:
         return f"negative fee {event.fee}"
-    if event.qty - position.qty > position.qty * _DUST:
+    if event.qty and settle_exit(event.qty, position.qty, position.initial_qty) is None:
         return f"close of qty {event.qty} exceeds the {position.qty} left"
     return None
 

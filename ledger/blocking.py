@@ -46,6 +46,7 @@ from ledger.values import (
     optional_decimal,
     parse_time,
     positive,
+    text,
     to_decimal,
     utc,
 )
@@ -246,7 +247,7 @@ class ThreadSafePositionManager:
             leverage = int(leverage)
         command = OpenPosition(
             position_id=position_id,
-            symbol=str(kwargs["symbol"]),
+            symbol=text("symbol", kwargs["symbol"]),
             side=Side.parse(kwargs["side"]),
             qty=qty_from_notional(positive("position_size", kwargs["position_size"]), entry),
             entry_price=entry,

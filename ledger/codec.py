@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
+from ledger.errors import InvalidValue
 from ledger.events import AnyEvent
 
 SCHEMA_VERSION = 1
@@ -28,6 +30,34 @@ def encode_event(event: AnyEvent) -> bytes:
 # The current schema's decoder, for hot loops that check the version themselves:
 # msgspec decodes the JSON straight into the event struct, Decimal fields included.
 decode_current: Callable[[bytes], AnyEvent] = _decoder.decode
+
+
+def ensure_decodable(event: AnyEvent) -> bytes:
+    """The event's body, once it is shown to decode back to the same event; raises InvalidValue.
+
+    The structural guarantee that nothing appended can brick the log: a field of the wrong
+    type (None or an int where a str belongs, a bool for a number, an int too big for the
+    decoder), a non-finite number, an object the encoder cannot write, all fail here, before
+    anything is staged. The check is the decoder itself, so it cannot drift from it.
+    """
+    try:
+        body = _encoder.encode(event)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidValue(event_type(event), event, f"cannot be encoded: {exc}") from None
+    try:
+        back = _decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        raise InvalidValue(event_type(event), event, f"would not decode: {exc}") from None
+    # equal, not byte-identical: an int where a Decimal belongs reads back as the same number
+    if type(back) is not type(event) or back != event:
+        raise InvalidValue(event_type(event), event, "does not read back as written")
+    for name in event.__struct_fields__:
+        value = getattr(event, name)
+        if isinstance(value, Decimal) and not value.is_finite():
+            raise InvalidValue(name, value, "must be finite")
+        if isinstance(value, float):  # money is never a float in the log
+            raise InvalidValue(name, value, "a float: convert it once, at the edge")
+    return body
 
 
 def decode_event(body: bytes, schema_version: int = SCHEMA_VERSION) -> AnyEvent:

@@ -81,6 +81,13 @@ class RecordFunding(Command, frozen=True, kw_only=True):
     position_id: str
     amount: Decimal
     execution_id: str
+    source: Source = Source.EXCHANGE
+
+
+def funding_key(execution_id: str, venue: str = "bybit") -> str:
+    """The idempotency key of a funding payment: the exchange sync's own format, so the bot
+    and the sync recording the same settlement store it once."""
+    return f"{venue}:funding:{execution_id}"
 
 
 class ObserveBalance(Command, frozen=True, kw_only=True):
@@ -94,6 +101,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     min_leverage: int = 1
     max_leverage: int = 100
 
+
+# The limits a log that records none (RulesConfigured) was written under. Part of the log's
+# format: changing them would misjudge older logs.
+DEFAULT_LIMITS = Limits()
 
 AnyCommand = (
     OpenPosition

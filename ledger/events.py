@@ -159,6 +159,15 @@ class HistoryImported(Event, frozen=True, kw_only=True):
     closed_positions: int
 
 
+class RulesConfigured(Event, frozen=True, kw_only=True):
+    """The limits the ledger decides the bot's commands by, recorded when first used or
+    changed, so an audit judges each later event by the limits it was written under."""
+
+    max_concurrent_positions: int
+    min_leverage: int
+    max_leverage: int
+
+
 AnyEvent = (
     PositionOpened
     | PositionIncreased
@@ -171,6 +180,7 @@ AnyEvent = (
     | PnlAmended
     | ExitIntended
     | ExitAbandoned
+    | RulesConfigured
 )
 
 POSITION_EVENTS: tuple[type[Event], ...] = (
@@ -188,6 +198,6 @@ POSITION_EVENTS: tuple[type[Event], ...] = (
 
 def stream_of(event: AnyEvent) -> str:
     """The stream an event belongs to: its position, or the account."""
-    if isinstance(event, BalanceObserved | HistoryImported):
+    if isinstance(event, BalanceObserved | HistoryImported | RulesConfigured):
         return ACCOUNT_STREAM
     return event.position_id

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from decimal import Decimal
 
+import msgspec
+
 from ledger.commands import (
+    DEFAULT_LIMITS,
     AnyCommand,
     ClosePosition,
+    Command,
     IncreasePosition,
     Limits,
     MarkPosition,
@@ -33,21 +39,36 @@ from ledger.events import (
     PositionIncreased,
     PositionMarked,
     PositionOpened,
+    RulesConfigured,
 )
-from ledger.values import ZERO, non_negative, positive, to_decimal
+from ledger.values import (
+    LEDGER_CONTEXT,
+    ZERO,
+    Side,
+    Source,
+    bounded,
+    exact,
+    non_negative,
+    positive,
+    to_decimal,
+)
 from projections.book import Book
-from projections.pnl import price_pnl, qty_from_notional
+from projections.pnl import price_pnl, qty_from_notional, settle_exit
 from projections.positions import Position
 
-# An exit that overshoots what is left by less than this fraction is rounding from a
-# notional-to-qty division, not a real overshoot: it exits exactly what is left.
-_DUST = Decimal("1e-18")
+_C = LEDGER_CONTEXT
 
 
+@exact
 def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
-    """The events a command produces against the book; raises a CommandRejected subclass."""
+    """The events a command produces against the book; raises a CommandRejected subclass.
+
+    Runs in the ledger's decimal context. Every field of the command is type-checked first
+    (check_command), so a command built by hand is held to the same boundary as the API's.
+    """
+    check_command(command)
     if isinstance(command, OpenPosition):
-        return [_open(book, command, limits)]
+        return [*rules_record(book, limits), _open(book, command, limits)]
     if isinstance(command, MarkPosition):
         return [_mark(book, command)]
     if isinstance(command, RecordPartialExit):
@@ -60,7 +81,8 @@ def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
             FundingRecorded(
                 position_id=command.position_id,
                 amount=to_decimal("amount", command.amount),
-                execution_id=command.execution_id,
+                execution_id=_nonempty("execution_id", command.execution_id),
+                source=command.source,
             )
         ]
     if isinstance(command, IncreasePosition):
@@ -74,6 +96,86 @@ def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
             )
         ]
     raise InvalidValue("command", type(command).__name__, "unknown command")
+
+
+def rules_record(book: Book, limits: Limits) -> list[AnyEvent]:
+    """A RulesConfigured event when the limits in force differ from the last ones the log
+    recorded, so `verify` judges the log by its own limits. A log that records none was
+    written under DEFAULT_LIMITS (5 positions, leverage 1..100), so those are recorded only
+    when they come back after other limits."""
+    check_command(limits)
+    if limits.min_leverage < 1 or limits.max_leverage < limits.min_leverage:
+        raise InvalidValue("limits", limits, "need 1 <= min_leverage <= max_leverage")
+    if limits.max_concurrent_positions < 0:
+        raise InvalidValue("limits", limits, "max_concurrent_positions must not be negative")
+    recorded = book.rules
+    # a log that records none was written under the defaults (the format's documented ones)
+    last = (
+        DEFAULT_LIMITS
+        if recorded is None
+        else Limits(
+            max_concurrent_positions=recorded.max_concurrent_positions,
+            min_leverage=recorded.min_leverage,
+            max_leverage=recorded.max_leverage,
+        )
+    )
+    if last == limits:
+        return []
+    return [
+        RulesConfigured(
+            max_concurrent_positions=limits.max_concurrent_positions,
+            min_leverage=limits.min_leverage,
+            max_leverage=limits.max_leverage,
+        )
+    ]
+
+
+# -- the type check at the boundary -------------------------------------------------------
+
+_FIELD_TYPES: dict[type[object], tuple[tuple[str, object], ...]] = {}
+
+
+def check_command(command: Command | Limits) -> None:
+    """Every field holds its declared type: str is str, Decimal a finite Decimal within the
+    bounds, int an int (never a bool), enums their enum; None only where the field allows it.
+    Raises InvalidValue naming the first field that does not."""
+    cls = type(command)
+    fields = _FIELD_TYPES.get(cls)
+    if fields is None:
+        fields = tuple((f.name, f.type) for f in msgspec.structs.fields(cls))
+        _FIELD_TYPES[cls] = fields
+    for name, declared in fields:
+        _check_field(name, declared, getattr(command, name))
+
+
+def _check_field(name: str, declared: object, value: object) -> None:
+    allowed = typing.get_args(declared) if isinstance(declared, types.UnionType) else (declared,)
+    if value is None:
+        if type(None) not in allowed:
+            raise InvalidValue(name, value, "is required")
+        return
+    for kind in allowed:
+        if kind is Decimal and isinstance(value, Decimal):
+            if not value.is_finite():
+                raise InvalidValue(name, value, "must be finite")
+            bounded(name, value)
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is str and isinstance(value, str):
+            return
+        if (kind is Side or kind is Source) and isinstance(value, kind):
+            return
+    expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise InvalidValue(name, value, f"expected {expected}, got {type(value).__name__}")
+
+
+def _nonempty(field: str, value: str) -> str:
+    if not value.strip():
+        raise InvalidValue(field, value, "must not be empty")
+    return value
 
 
 def _open_position(book: Book, position_id: str) -> Position:
@@ -92,6 +194,10 @@ def _optional(field: str, value: Decimal | None) -> Decimal | None:
 def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
     if not command.symbol.strip():
         raise InvalidValue("symbol", command.symbol, "must not be empty")
+    if not command.position_id.strip():
+        raise InvalidValue("position_id", command.position_id, "must not be empty")
+    if not 0 <= command.position_idx <= 2:
+        raise InvalidValue("position_idx", command.position_idx, "must be 0, 1 or 2")
     if command.position_id in book.open or command.position_id in book.closed:
         raise InvalidValue("position_id", command.position_id, "already used")
     qty = positive("qty", command.qty)
@@ -151,16 +257,18 @@ def _partial_exit(book: Book, command: RecordPartialExit) -> list[AnyEvent]:
         qty = positive("qty", command.qty)
     else:
         # converted here, against the entry price of the book the exit is decided on
-        qty = qty_from_notional(positive("exit_size", command.notional), position.entry_price)
+        notional = positive("exit_size", command.notional)
+        qty = bounded("qty", qty_from_notional(notional, position.entry_price))
     price = positive("price", command.price)
     fee = non_negative("fee", command.fee)
-    if qty > position.qty:
-        if qty - position.qty > position.qty * _DUST:
-            raise ExitExceedsPosition(command.position_id, qty, position.qty)
-        qty = position.qty
+    # the dust rule: a remainder or an overshoot within 1e-9 of the opening qty exits all
+    settled = settle_exit(qty, position.qty, position.initial_qty)
+    if settled is None:
+        raise ExitExceedsPosition(command.position_id, qty, position.qty)
+    qty = settled
     realized = command.realized_pnl
     if realized is None:
-        realized = price_pnl(position.side, qty, position.entry_price, price) - fee
+        realized = _C.subtract(price_pnl(position.side, qty, position.entry_price, price), fee)
     else:
         realized = to_decimal("realized_pnl", realized)
     exit_event = PartialExitRecorded(
@@ -196,7 +304,9 @@ def _close(book: Book, command: ClosePosition) -> PositionClosed:
     fee = non_negative("fee", command.fee)
     realized = command.realized_pnl
     if realized is None:
-        realized = price_pnl(position.side, position.qty, position.entry_price, price) - fee
+        realized = _C.subtract(
+            price_pnl(position.side, position.qty, position.entry_price, price), fee
+        )
     else:
         realized = to_decimal("realized_pnl", realized)
     return PositionClosed(
@@ -218,7 +328,10 @@ def _increase(book: Book, command: IncreasePosition) -> PositionIncreased:
     price = positive("price", command.price)
     new_entry = command.new_entry_price
     if new_entry is None:
-        new_entry = (position.qty * position.entry_price + qty * price) / (position.qty + qty)
+        new_entry = _C.divide(
+            _C.add(_C.multiply(position.qty, position.entry_price), _C.multiply(qty, price)),
+            _C.add(position.qty, qty),
+        )
     return PositionIncreased(
         position_id=command.position_id,
         qty=qty,

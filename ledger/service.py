@@ -19,13 +19,16 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ledger.clock import Clock, system_clock
+from ledger.codec import ensure_decodable
 from ledger.commands import (
     AnyCommand,
     ClosePosition,
     MarkPosition,
     ObserveBalance,
     OpenPosition,
+    RecordFunding,
     RecordPartialExit,
+    funding_key,
 )
 from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
 from ledger.errors import (
@@ -48,13 +51,24 @@ from ledger.output_paths import (
     snapshot_file,
 )
 from ledger.rebuild import fold_log
-from ledger.rules import decide
+from ledger.rules import check_command, decide
 from ledger.settings import Settings
 from ledger.snapshot_file import file_identity, move_aside, read_file, write_atomic
 from ledger.store.base import EventStore, StoreTransaction
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import Completion, GroupCommit
-from ledger.values import Side, optional_decimal, positive, to_decimal
+from ledger.values import (
+    Side,
+    Source,
+    aware_time,
+    identifier,
+    ledger_context,
+    optional_decimal,
+    optional_text,
+    positive,
+    text,
+    to_decimal,
+)
 from projections.book import Book
 from projections.pnl import qty_from_notional
 from projections.positions import Position
@@ -400,7 +414,7 @@ class Ledger:
         records are returned in their place. A caller cancelled after submitting may still
         have its job committed. Raises LedgerError, StoreError.
         """
-        job = _Job(decider, blocking=False)
+        job = _Job(_checked(decider), blocking=False)
         self._submit(job)
         await job.done.wait()
         return job.outcome()
@@ -414,7 +428,7 @@ class Ledger:
         """
         if self._jobs is not None and self.store.writer.on_thread:
             raise StoreUnavailable("a decider cannot wait for another write")
-        job = _Job(decider, blocking=True)
+        job = _Job(_checked(decider), blocking=True)
         self._submit(job)
         job.done.wait_blocking()
         return job.outcome()
@@ -434,6 +448,7 @@ class Ledger:
         return self.transact_blocking(self._decider(command))
 
     def _decider(self, command: AnyCommand) -> Decider:
+        check_command(command)  # a wrong type is refused here, before it is queued
         limits = self._limits
         return lambda book: [Plan(e) for e in decide(book, command, limits)]
 
@@ -679,7 +694,7 @@ class Ledger:
         """
         entry = positive("entry_price", entry_price)
         command = OpenPosition(
-            position_id=position_id or new_position_id(),
+            position_id=new_position_id() if position_id is None else position_id,
             symbol=symbol,
             side=Side.parse(side),
             qty=_qty(qty, notional, entry, "qty", "notional"),
@@ -767,6 +782,31 @@ class Ledger:
         )
         return self._position(position_id)
 
+    async def record_funding(
+        self, position_id: str, amount: Number, *, execution_id: str
+    ) -> Position:
+        """Record a funding payment (positive received, negative paid) on a position.
+
+        Idempotent by execution_id, as the sync's funding is, and under the same key: the
+        same payment recorded twice, or by the bot and then by the sync, counts once.
+        Raises UnknownPosition, PositionAlreadyClosed, InvalidValue.
+        """
+        command = RecordFunding(
+            position_id=identifier("position_id", position_id),
+            amount=to_decimal("amount", amount),
+            execution_id=identifier("execution_id", execution_id),
+            source=Source.BOT,
+        )
+        check_command(command)
+        limits = self._limits
+        key = funding_key(command.execution_id)
+
+        def plan(book: Book) -> list[Plan]:
+            return [Plan(event, key=key) for event in decide(book, command, limits)]
+
+        await self.transact(plan)
+        return self._position(command.position_id)
+
     async def observe_balance(self, total: Number, available: Number) -> None:
         """Record the account balance; raises InvalidValue."""
         await self.execute(
@@ -820,7 +860,12 @@ class Ledger:
         return await self.store.read(stream=position_id)
 
     async def as_of(self, *, seq: int | None = None, time: datetime | None = None) -> Book:
-        """The book as it stood at a seq or an occurred_at time, folded from the log alone."""
+        """The book as it stood at a seq or an occurred_at time, folded from the log alone.
+
+        A naive time is UTC, as everywhere; raises InvalidValue for what is not a time.
+        """
+        if time is not None:
+            time = aware_time("time", time)
         return await fold_log(self.store, to_seq=seq, until=time)
 
     async def refresh(self) -> int:
@@ -896,14 +941,14 @@ def partial_exit_command(
 ) -> RecordPartialExit:
     """A partial exit; raises InvalidValue."""
     return RecordPartialExit(
-        position_id=position_id,
+        position_id=identifier("position_id", position_id),
         qty=None if qty is None else positive("qty", qty),
         notional=None if notional is None else positive("exit_size", notional),
         price=positive("price", price),
         realized_pnl=optional_decimal("realized_pnl", realized_pnl),
         fee=to_decimal("fee", fee),
-        reason=reason,
-        rule=rule,
+        reason=text("reason", reason),
+        rule=optional_text("rule", rule),
     )
 
 
@@ -917,11 +962,11 @@ def close_command(
 ) -> ClosePosition:
     """A close; raises InvalidValue."""
     return ClosePosition(
-        position_id=position_id,
+        position_id=identifier("position_id", position_id),
         price=optional_decimal("price", price),
         realized_pnl=optional_decimal("realized_pnl", realized_pnl),
         fee=to_decimal("fee", fee),
-        reason=reason,
+        reason=text("reason", reason),
     )
 
 
@@ -934,7 +979,7 @@ def mark_command(
 ) -> MarkPosition:
     """A new mark price; raises InvalidValue."""
     return MarkPosition(
-        position_id=position_id,
+        position_id=identifier("position_id", position_id),
         mark_price=positive("price", price),
         unrealized_pnl=optional_decimal("unrealized_pnl", unrealized_pnl),
         initial_margin=optional_decimal("initial_margin", initial_margin),
@@ -953,6 +998,21 @@ def _loop_caller() -> Callable[[Callable[[], None]], None] | None:
             loop.call_soon_threadsafe(fn)
 
     return call
+
+
+def _checked(decider: Decider) -> Decider:
+    """The decider run in the ledger's decimal context, each planned event shown to decode
+    (ledger.codec.ensure_decodable) before the writer stages it: a job that would append an
+    undecodable body fails alone with InvalidValue, and the log stays readable."""
+
+    def run(book: Book) -> Sequence[Plan]:
+        with ledger_context():
+            planned = list(decider(book))
+        for plan in planned:
+            ensure_decodable(plan.event)
+        return planned
+
+    return run
 
 
 def _qty(

@@ -2,13 +2,56 @@
 
 from __future__ import annotations
 
+import decimal
 import enum
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import wraps
+from typing import ParamSpec, TypeVar
 
 from ledger.errors import InvalidValue
 
 ZERO = Decimal(0)
+
+# The ledger's own arithmetic: 28 significant digits, banker's rounding, and the signals that
+# mean a bug (not rounding) trapped. Every fold, rule and parse runs in it, whatever context
+# the caller set: a bot with prec=6 or a trapped Inexact must get the same events and figures.
+LEDGER_CONTEXT = decimal.Context(
+    prec=28,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emin=-999_999,
+    Emax=999_999,
+    capitals=1,
+    clamp=0,
+    flags=[],
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+
+# Sane bounds for any number a caller hands the ledger (prices, sizes, money): inside them no
+# sum, product or quotient the ledger makes can overflow, underflow or lose a whole digit.
+MAX_MAGNITUDE = Decimal("1e15")
+MIN_MAGNITUDE = Decimal("1e-12")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def ledger_context() -> AbstractContextManager[decimal.Context]:
+    """`with ledger_context():` runs the block in the ledger's decimal context."""
+    return decimal.localcontext(LEDGER_CONTEXT)
+
+
+def exact(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run fn in the ledger's decimal context (an entry point of ledger arithmetic)."""
+
+    @wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with decimal.localcontext(LEDGER_CONTEXT):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 class Side(enum.StrEnum):
@@ -18,7 +61,9 @@ class Side(enum.StrEnum):
     @classmethod
     def parse(cls, raw: object) -> Side:
         """Accept 'buy'/'sell', 'long'/'short' in any case; raises InvalidValue."""
-        text = str(raw).strip().lower()
+        if not isinstance(raw, str):
+            raise InvalidValue("side", raw, f"expected 'buy' or 'sell', got {type(raw).__name__}")
+        text = raw.strip().lower()
         aliases = {"buy": cls.BUY, "long": cls.BUY, "sell": cls.SELL, "short": cls.SELL}
         if text not in aliases:
             raise InvalidValue("side", raw, "expected 'buy' or 'sell'")
@@ -67,7 +112,52 @@ def to_decimal(field: str, raw: object) -> Decimal:
         raise InvalidValue(field, raw, f"expected a number, got {type(raw).__name__}")
     if not value.is_finite():
         raise InvalidValue(field, raw, "must be finite")
+    return bounded(field, value, raw)
+
+
+def bounded(field: str, value: Decimal, raw: object = None) -> Decimal:
+    """value itself when zero or within [1e-12, 1e15] in magnitude; raises InvalidValue.
+
+    copy_abs and comparisons are exact: nothing here depends on any decimal context.
+    """
+    size = value.copy_abs()
+    if size > MAX_MAGNITUDE:
+        raise InvalidValue(field, value if raw is None else raw, "magnitude above 1e15")
+    if size and size < MIN_MAGNITUDE:
+        raise InvalidValue(field, value if raw is None else raw, "non-zero below 1e-12")
     return value
+
+
+def text(field: str, raw: object) -> str:
+    """A str (reasons, symbols, names); anything else, None included, raises InvalidValue."""
+    if not isinstance(raw, str):
+        raise InvalidValue(field, raw, f"expected a string, got {type(raw).__name__}")
+    return raw
+
+
+def optional_text(field: str, raw: object) -> str | None:
+    return None if raw is None else text(field, raw)
+
+
+def identifier(field: str, raw: object) -> str:
+    """A non-empty str id (position ids, execution ids); raises InvalidValue."""
+    value = text(field, raw)
+    if not value.strip():
+        raise InvalidValue(field, raw, "must not be empty")
+    return value
+
+
+def integer(field: str, raw: object) -> int:
+    """An int (not a bool, which is an int subclass); raises InvalidValue."""
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise InvalidValue(field, raw, f"expected an integer, got {type(raw).__name__}")
+    return raw
+
+
+def flag(field: str, raw: object) -> bool:
+    if not isinstance(raw, bool):
+        raise InvalidValue(field, raw, f"expected True or False, got {type(raw).__name__}")
+    return raw
 
 
 def positive(field: str, raw: object) -> Decimal:
@@ -91,22 +181,51 @@ def optional_decimal(field: str, raw: object) -> Decimal | None:
     return None if raw is None else to_decimal(field, raw)
 
 
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
 def utc(moment: datetime) -> datetime:
-    """An aware UTC datetime; naive input is taken as UTC."""
-    if moment.tzinfo is None:
+    """An aware UTC datetime; naive input is taken as UTC.
+
+    A moment past the ends of datetime's range once moved to UTC (9999-12-31T23:59:59-14:00,
+    0001-01-01T00:00:00+14:00) is clamped to the end it passed: as a bound it means "all".
+    """
+    if moment.tzinfo is None or moment.utcoffset() is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        offset = moment.utcoffset()
+        return _LATEST if offset is not None and offset < timedelta(0) else _EARLIEST
 
 
-def parse_time(raw: str) -> datetime:
+def parse_time(raw: str, field: str = "time") -> datetime:
     """ISO 8601 with or without a zone (UTC when none); raises InvalidValue."""
+    if not isinstance(raw, str):
+        raise InvalidValue(field, raw, f"expected an ISO 8601 string, got {type(raw).__name__}")
     text = raw.strip()
-    if text.endswith("Z"):
+    if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
         return utc(datetime.fromisoformat(text))
     except ValueError:
-        raise InvalidValue("time", raw, "expected ISO 8601, e.g. 2025-01-07T17:00:00") from None
+        raise InvalidValue(field, raw, "expected ISO 8601, e.g. 2025-01-07T17:00:00") from None
+
+
+def aware_time(field: str, raw: object) -> datetime:
+    """A moment from an aware datetime or an ISO 8601 string (zone-less text is UTC).
+
+    A naive datetime object is refused: it is the caller's local time or UTC, and only the
+    caller knows which. Raises InvalidValue.
+    """
+    if isinstance(raw, datetime):
+        if raw.tzinfo is None or raw.utcoffset() is None:
+            raise InvalidValue(field, raw, "a naive datetime: give an aware one (e.g. UTC)")
+        return utc(raw)
+    if isinstance(raw, str):
+        return parse_time(raw, field)
+    raise InvalidValue(field, raw, f"expected a datetime or ISO 8601, got {type(raw).__name__}")
 
 
 def from_millis(ms: int | str) -> datetime:

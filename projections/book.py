@@ -28,8 +28,9 @@ from ledger.events import (
     PositionIncreased,
     PositionMarked,
     PositionOpened,
+    RulesConfigured,
 )
-from ledger.values import Side, Source, from_micros, market_key
+from ledger.values import LEDGER_CONTEXT, Side, Source, from_micros, market_key
 from projections import positions as fold
 from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary, summarize
@@ -45,6 +46,8 @@ class Book:
         self.available: Decimal | None = None
         self.acc = Accumulators()
         self.imported_files: MutableMapping[str, str] = {}
+        # the limits the log last recorded (None: written before limits were recorded)
+        self.rules: RulesConfigured | None = None
         self.last_seq = 0
         self.last_hash = GENESIS_HASH
         self.skipped: list[int] = []
@@ -75,7 +78,7 @@ class Book:
                 self.skipped.append(seq)
                 return
             self.open[event.position_id] = fold.opened(event, at)
-            self.acc.realize(-event.fee)
+            self.acc.realize(event.fee.copy_negate())
         elif isinstance(event, PartialExitRecorded):
             position = self.open.get(event.position_id)
             if position is None:
@@ -112,7 +115,7 @@ class Book:
                 self.skipped.append(seq)
                 return
             self.open[event.position_id] = fold.increased(position, event)
-            self.acc.realize(-event.fee)
+            self.acc.realize(event.fee.copy_negate())
         elif isinstance(event, PnlAmended):
             still_open = self.open.get(event.position_id)
             if still_open is not None:
@@ -125,7 +128,7 @@ class Book:
                 fixed = fold.amended(was, event)
                 self.closed[event.position_id] = fixed
                 self.acc.amend_close(was, fixed)
-            self.acc.realize(event.realized_pnl - event.estimated_pnl)
+            self.acc.realize(LEDGER_CONTEXT.subtract(event.realized_pnl, event.estimated_pnl))
         elif isinstance(event, ExitIntended | ExitAbandoned):
             position = self.open.get(event.position_id)
             if position is None:
@@ -140,6 +143,8 @@ class Book:
             self.available = event.available
         elif isinstance(event, HistoryImported):
             self.imported_files[event.file_sha256] = event.file_name
+        elif isinstance(event, RulesConfigured):
+            self.rules = event
 
     def apply_all(self, records: Iterable[Recorded]) -> None:
         for record in records:
@@ -220,6 +225,7 @@ class Book:
         other.available = self.available
         other.acc = self.acc.copy()
         other.imported_files = dict(self.imported_files)
+        other.rules = self.rules
         other.last_seq = self.last_seq
         other.last_hash = self.last_hash
         other.skipped = list(self.skipped)
@@ -238,6 +244,7 @@ class Book:
         other.available = self.available
         other.acc = self.acc.copy()
         other.imported_files = ChainMap({}, self.imported_files)
+        other.rules = self.rules
         other.last_seq = self.last_seq
         other.last_hash = self.last_hash
         return other

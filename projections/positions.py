@@ -24,8 +24,11 @@ from ledger.events import (
     PositionMarked,
     PositionOpened,
 )
-from ledger.values import ZERO, Side, Source
+from ledger.values import LEDGER_CONTEXT, ZERO, Side, Source
 from projections.pnl import initial_margin, notional, price_pnl, roe_pct
+
+# Folds do their arithmetic through the ledger's context object, never the caller's context.
+_C = LEDGER_CONTEXT
 
 
 class Status(enum.StrEnum):
@@ -131,7 +134,7 @@ def opened(event: PositionOpened, at: datetime) -> Position:
         real_initial_margin=event.real_initial_margin,
         qty=event.qty,
         initial_qty=event.qty,
-        realized_pnl=-event.fee,
+        realized_pnl=_C.minus(event.fee),
         fees=event.fee,
         open_fee=event.fee,
         source=event.source,
@@ -158,15 +161,15 @@ def marked(position: Position, event: PositionMarked, at: datetime) -> Position:
 
 
 def increased(position: Position, event: PositionIncreased) -> Position:
-    qty = position.qty + event.qty
+    qty = _C.add(position.qty, event.qty)
     margin = position.real_initial_margin
     if margin is not None:
-        margin += notional(event.qty, event.price) / position.leverage
+        margin = _C.add(margin, _C.divide(notional(event.qty, event.price), position.leverage))
     unrealized = price_pnl(position.side, qty, event.new_entry_price, position.current_price)
     return msgspec.structs.replace(
         position,
         qty=qty,
-        initial_qty=position.initial_qty + event.qty,
+        initial_qty=_C.add(position.initial_qty, event.qty),
         entry_price=event.new_entry_price,
         position_size=notional(qty, event.new_entry_price),
         real_initial_margin=margin,
@@ -174,19 +177,19 @@ def increased(position: Position, event: PositionIncreased) -> Position:
         roe_percentage=roe_pct(
             unrealized, initial_margin(qty, event.new_entry_price, position.leverage, margin)
         ),
-        realized_pnl=position.realized_pnl - event.fee,
-        fees=position.fees + event.fee,
-        open_fee=position.open_fee + event.fee,
+        realized_pnl=_C.subtract(position.realized_pnl, event.fee),
+        fees=_C.add(position.fees, event.fee),
+        open_fee=_C.add(position.open_fee, event.fee),
     )
 
 
 def partly_exited(position: Position, event: PartialExitRecorded, at: datetime) -> Position:
-    remaining = position.qty - event.qty
-    left = remaining / position.qty if position.qty else ZERO
+    remaining = _C.subtract(position.qty, event.qty)
+    left = _C.divide(remaining, position.qty) if position.qty else ZERO
     margin = position.real_initial_margin
     if margin is not None:
-        margin *= left
-    unrealized = position.unrealized_pnl * left
+        margin = _C.multiply(margin, left)
+    unrealized = _C.multiply(position.unrealized_pnl, left)
     record = PartialExit(
         timestamp=at,
         size=notional(event.qty, position.entry_price),
@@ -203,7 +206,7 @@ def partly_exited(position: Position, event: PartialExitRecorded, at: datetime) 
     if event.pnl_estimated and event.qty > 0:
         estimates = (
             *estimates,
-            Estimate(qty=event.qty, pnl_per_qty=event.realized_pnl / event.qty),
+            Estimate(qty=event.qty, pnl_per_qty=_C.divide(event.realized_pnl, event.qty)),
         )
     pending = position.pending_exits
     if event.rule is not None and event.rule in pending:
@@ -218,8 +221,8 @@ def partly_exited(position: Position, event: PartialExitRecorded, at: datetime) 
             unrealized,
             initial_margin(remaining, position.entry_price, position.leverage, margin),
         ),
-        realized_pnl=position.realized_pnl + event.realized_pnl,
-        fees=position.fees + event.fee,
+        realized_pnl=_C.add(position.realized_pnl, event.realized_pnl),
+        fees=_C.add(position.fees, event.fee),
         partial_exits=(*position.partial_exits, record),
         estimates=estimates,
         pending_exits=pending,
@@ -229,14 +232,14 @@ def partly_exited(position: Position, event: PartialExitRecorded, at: datetime) 
 def funded(position: Position, event: FundingRecorded) -> Position:
     return msgspec.structs.replace(
         position,
-        realized_pnl=position.realized_pnl + event.amount,
-        funding=position.funding + event.amount,
+        realized_pnl=_C.add(position.realized_pnl, event.amount),
+        funding=_C.add(position.funding, event.amount),
     )
 
 
 def closed(position: Position, event: PositionClosed, at: datetime) -> Position:
     """Closed: unrealized becomes zero and roe_percentage is the realized ROE on opening margin."""
-    realized = position.realized_pnl + event.realized_pnl
+    realized = _C.add(position.realized_pnl, event.realized_pnl)
     opening_margin = initial_margin(
         position.initial_qty, position.entry_price, position.leverage, None
     )
@@ -250,12 +253,12 @@ def closed(position: Position, event: PositionClosed, at: datetime) -> Position:
         unrealized_pnl=ZERO,
         roe_percentage=roe_pct(realized, opening_margin),
         realized_pnl=realized,
-        fees=position.fees + event.fee,
+        fees=_C.add(position.fees, event.fee),
         pnl_estimated=event.pnl_estimated,
         estimates=(
             (
                 *position.estimates,
-                Estimate(qty=event.qty, pnl_per_qty=event.realized_pnl / event.qty),
+                Estimate(qty=event.qty, pnl_per_qty=_C.divide(event.realized_pnl, event.qty)),
             )
             if event.pnl_estimated and event.qty > 0
             else position.estimates
@@ -271,21 +274,23 @@ def amended(position: Position, event: PnlAmended) -> Position:
     estimates: list[Estimate] = []
     for estimate in position.estimates:
         used = min(left, estimate.qty)
-        left -= used
-        if estimate.qty - used > 0:
-            estimates.append(Estimate(qty=estimate.qty - used, pnl_per_qty=estimate.pnl_per_qty))
+        left = _C.subtract(left, used)
+        rest = _C.subtract(estimate.qty, used)
+        if rest > 0:
+            estimates.append(Estimate(qty=rest, pnl_per_qty=estimate.pnl_per_qty))
     still = bool(estimates)
+    realized = _C.subtract(_C.add(position.realized_pnl, event.realized_pnl), event.estimated_pnl)
     return msgspec.structs.replace(
         position,
-        realized_pnl=position.realized_pnl + event.realized_pnl - event.estimated_pnl,
-        fees=position.fees + event.fee,
+        realized_pnl=realized,
+        fees=_C.add(position.fees, event.fee),
         estimates=tuple(estimates),
         amended_refs=(*position.amended_refs, event.exchange_ref),
         pnl_estimated=position.pnl_estimated and still,
         exit_price=event.price if position.exit_price is not None else None,
         roe_percentage=(
             roe_pct(
-                position.realized_pnl + event.realized_pnl - event.estimated_pnl,
+                realized,
                 initial_margin(position.initial_qty, position.entry_price, position.leverage, None),
             )
             if position.status is Status.CLOSED

@@ -14,6 +14,7 @@ from decimal import Decimal
 import msgspec
 
 from ledger.errors import SnapshotError
+from ledger.events import RulesConfigured
 from projections.book import Book
 from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary
@@ -22,7 +23,7 @@ FORMAT_VERSION = 1
 # The version of the folds (positions, stats, book) a snapshot was computed with. Raise it
 # whenever their results change for the same events: older snapshots are then rebuilt from
 # the log instead of carrying the old arithmetic forward.
-PROJECTION_VERSION = 2
+PROJECTION_VERSION = 3
 
 
 class SnapshotFile(msgspec.Struct, kw_only=True):
@@ -38,6 +39,7 @@ class SnapshotFile(msgspec.Struct, kw_only=True):
     available_balance: Decimal | None = None
     accumulators: Accumulators = msgspec.field(default_factory=Accumulators)
     imported_files: dict[str, str] = msgspec.field(default_factory=dict)
+    rules: RulesConfigured | None = None
     # sha256 of the file's own bytes with this field (the last key) zeroed: a hand-edited
     # figure is caught even where last_seq and last_hash were left alone.
     content_sha256: str = "0" * 64
@@ -62,6 +64,7 @@ def encode_snapshot(book: Book, saved_at: datetime) -> bytes:
         available_balance=book.available,
         accumulators=book.acc,
         imported_files=dict(book.imported_files),
+        rules=book.rules,
     )
     unsigned = msgspec.json.format(_encoder.encode(document), indent=2)
     return _sign(unsigned, hashlib.sha256(unsigned).hexdigest())
@@ -156,6 +159,7 @@ def _decode(data: bytes) -> Book:
     book.available = document.available_balance
     book.acc = document.accumulators
     book.imported_files = dict(document.imported_files)
+    book.rules = document.rules
     book.last_seq = document.last_seq
     book.last_hash = document.last_hash
     return book

@@ -10,8 +10,11 @@ from decimal import Decimal
 
 import msgspec
 
-from ledger.values import ZERO
+from ledger.values import LEDGER_CONTEXT, ZERO, exact
 from projections.positions import Position
+
+# Sums go through the ledger's context object, never the caller's context.
+_C = LEDGER_CONTEXT
 
 
 class SymbolStats(msgspec.Struct, kw_only=True):
@@ -41,10 +44,10 @@ class Accumulators(msgspec.Struct, kw_only=True):
         """A realized cash flow moves equity; track its peak and the deepest fall from it."""
         if not amount:
             return
-        self.equity += amount
+        self.equity = _C.add(self.equity, amount)
         if self.equity > self.peak_equity:
             self.peak_equity = self.equity
-        drawdown = self.peak_equity - self.equity
+        drawdown = _C.subtract(self.peak_equity, self.equity)
         if drawdown > self.max_drawdown:
             self.max_drawdown = drawdown
 
@@ -58,25 +61,27 @@ class Accumulators(msgspec.Struct, kw_only=True):
         self._count(after, 1)
 
     def _count(self, position: Position, sign: int) -> None:
-        pnl = position.realized_pnl
+        pnl = position.realized_pnl if sign > 0 else _C.minus(position.realized_pnl)
+        fees = position.fees if sign > 0 else _C.minus(position.fees)
+        funding = position.funding if sign > 0 else _C.minus(position.funding)
         before = self.per_symbol.get(position.symbol) or SymbolStats()
         self.closed_trades += sign
-        self.closed_realized_pnl += sign * pnl
-        won = pnl > 0
+        self.closed_realized_pnl = _C.add(self.closed_realized_pnl, pnl)
+        won = position.realized_pnl > 0
         if won:
             self.wins += sign
-            self.gross_profit += sign * pnl
+            self.gross_profit = _C.add(self.gross_profit, pnl)
         else:
             self.losses += sign
-            self.gross_loss += sign * pnl
+            self.gross_loss = _C.add(self.gross_loss, pnl)
         # a new SymbolStats, never the old one changed: copies share them (see copy)
         self.per_symbol[position.symbol] = SymbolStats(
             closed_trades=before.closed_trades + sign,
             wins=before.wins + (sign if won else 0),
             losses=before.losses + (0 if won else sign),
-            realized_pnl=before.realized_pnl + sign * pnl,
-            fees=before.fees + sign * position.fees,
-            funding=before.funding + sign * position.funding,
+            realized_pnl=_C.add(before.realized_pnl, pnl),
+            fees=_C.add(before.fees, fees),
+            funding=_C.add(before.funding, funding),
         )
 
     def copy(self) -> Accumulators:
@@ -111,6 +116,7 @@ class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
     per_symbol: dict[str, SymbolStats]
 
 
+@exact
 def summarize(
     acc: Accumulators,
     open_positions: list[Position],

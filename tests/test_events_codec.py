@@ -30,6 +30,7 @@ from ledger.events import (
     PositionIncreased,
     PositionMarked,
     PositionOpened,
+    RulesConfigured,
     stream_of,
 )
 from ledger.store.sqlite import SQLiteEventStore
@@ -110,6 +111,7 @@ SAMPLES: list[AnyEvent] = [
     HistoryImported(
         file_sha256="ab" * 32, file_name="positions.json", open_positions=2, closed_positions=40
     ),
+    RulesConfigured(max_concurrent_positions=10, min_leverage=2, max_leverage=50),
 ]
 
 

@@ -53,7 +53,9 @@ BAD_NUMBERS: list[object] = [
     True,
     [1],
 ]
-BAD_LEVERAGE: list[object] = [0, -3, 101, 1000, True, False, 2.5, 5.0, "5"]
+BAD_LEVERAGE: list[object] = [0, -3, 101, 1000]
+# not an int at all: a wrong type, refused at the boundary as InvalidValue
+NOT_LEVERAGE: list[object] = [True, False, 2.5, 5.0, "5", None]
 
 
 @pytest.fixture
@@ -195,6 +197,16 @@ async def test_leverage_out_of_range_is_refused(ledger: Ledger, leverage: object
     )
     assert isinstance(error, LeverageOutOfRange)
     assert (error.minimum, error.maximum) == (1, 100)
+
+
+@pytest.mark.parametrize("leverage", NOT_LEVERAGE, ids=repr)
+async def test_leverage_of_the_wrong_type_is_invalid(ledger: Ledger, leverage: object) -> None:
+    error = await refused(
+        ledger,
+        InvalidValue,
+        lambda: ledger.open_position(SOL, "buy", entry_price=100, leverage=leverage, qty=1),  # type: ignore[arg-type]
+    )
+    assert isinstance(error, InvalidValue) and error.field == "leverage"
 
 
 @pytest.mark.parametrize("leverage", [1, 100])
@@ -436,8 +448,8 @@ def create(manager: ThreadSafePositionManager, symbol: str = SOL, side: str = "b
         (InvalidValue, {"leverage": None}),
         (LeverageOutOfRange, {"leverage": 0}),
         (LeverageOutOfRange, {"leverage": 101}),
-        (LeverageOutOfRange, {"leverage": True}),
-        (LeverageOutOfRange, {"leverage": 2.5}),
+        (InvalidValue, {"leverage": True}),
+        (InvalidValue, {"leverage": 2.5}),
     ],
     ids=repr,
 )

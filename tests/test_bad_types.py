@@ -1,0 +1,406 @@
+"""Every command x every field x every wrong type: a typed InvalidValue, nothing appended, and
+a log that another process still opens, decodes and verifies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ledger.blocking import ThreadSafePositionManager
+from ledger.codec import ensure_decodable
+from ledger.commands import (
+    ClosePosition,
+    IncreasePosition,
+    MarkPosition,
+    ObserveBalance,
+    OpenPosition,
+    RecordFunding,
+    RecordPartialExit,
+)
+from ledger.errors import InvalidValue
+from ledger.events import PositionClosed, PositionOpened
+from ledger.service import Ledger
+from ledger.values import Side
+
+ROOT = Path(__file__).resolve().parents[1]
+NAIVE = datetime(2025, 1, 7, 17, 0)
+NOT_STR: list[object] = [None, 5, 1.5, True, b"BTCUSDT", ["x"], {"a": 1}, object(), NAIVE]
+NOT_OPTIONAL_STR: list[object] = [v for v in NOT_STR if v is not None]
+NOT_NUMBER: list[object] = [
+    None, True, False, "abc", "", [1], {"x": 1}, object(), NAIVE, b"1", float("nan"), 1j,
+]  # fmt: skip
+NOT_OPTIONAL_NUMBER: list[object] = [v for v in NOT_NUMBER if v is not None]
+NOT_INT: list[object] = [None, True, 5.5, "5", Decimal("5.5"), [5], object()]
+
+Call = Callable[[Ledger, str, object], Awaitable[object]]
+
+# (command name, field, wrong values, how to call it with that field wrong)
+ASYNC_CASES: list[tuple[str, list[object], Call]] = []
+
+
+def _case(name: str, values: list[object], call: Call) -> None:
+    ASYNC_CASES.append((name, values, call))
+
+
+def _open(**wrong: object) -> Call:
+    def call(ledger: Ledger, pid: str, bad: object) -> Awaitable[object]:
+        args: dict[str, object] = {
+            "symbol": "ETHUSDT",
+            "side": "buy",
+            "entry_price": 10,
+            "leverage": 2,
+            "qty": 1,
+        }
+        field = next(iter(wrong))
+        args[field] = bad
+        return ledger.open_position(**args)  # type: ignore[arg-type]
+
+    return call
+
+
+for field, values in {
+    "symbol": NOT_STR,
+    "side": [*NOT_STR, "up"],
+    "entry_price": NOT_NUMBER,
+    "leverage": NOT_INT,
+    "qty": NOT_OPTIONAL_NUMBER,
+    "fee": NOT_NUMBER,
+    "confidence": NOT_OPTIONAL_NUMBER,
+    "open_reason": NOT_STR,
+    "atr": NOT_OPTIONAL_NUMBER,
+    "adx": NOT_OPTIONAL_NUMBER,
+    "volatility": NOT_OPTIONAL_NUMBER,
+    "real_initial_margin": NOT_OPTIONAL_NUMBER,
+    "position_id": NOT_OPTIONAL_STR,
+}.items():
+    _case(f"open_position.{field}", values, _open(**{field: None}))
+
+
+def _exit(field: str) -> Call:
+    def call(ledger: Ledger, pid: str, bad: object) -> Awaitable[object]:
+        args: dict[str, object] = {"position_id": pid, "price": 11, "qty": "0.1"}
+        args[field] = bad
+        return ledger.register_partial_exit(**args)  # type: ignore[arg-type]
+
+    return call
+
+
+for field, values in {
+    "position_id": NOT_STR,
+    "price": NOT_NUMBER,
+    "qty": NOT_OPTIONAL_NUMBER,
+    "realized_pnl": NOT_OPTIONAL_NUMBER,
+    "fee": NOT_NUMBER,
+    "reason": NOT_STR,
+    "rule": NOT_OPTIONAL_STR,
+}.items():
+    _case(f"register_partial_exit.{field}", values, _exit(field))
+
+
+def _close(field: str) -> Call:
+    def call(ledger: Ledger, pid: str, bad: object) -> Awaitable[object]:
+        args: dict[str, object] = {"position_id": pid, "price": 11}
+        args[field] = bad
+        return ledger.close_position(**args)  # type: ignore[arg-type]
+
+    return call
+
+
+for field, values in {
+    "position_id": NOT_STR,
+    "reason": NOT_STR,
+    "price": NOT_OPTIONAL_NUMBER,
+    "realized_pnl": NOT_OPTIONAL_NUMBER,
+    "fee": NOT_NUMBER,
+}.items():
+    _case(f"close_position.{field}", values, _close(field))
+
+
+def _mark(field: str) -> Call:
+    def call(ledger: Ledger, pid: str, bad: object) -> Awaitable[object]:
+        args: dict[str, object] = {"position_id": pid, "price": 11}
+        args[field] = bad
+        return ledger.mark(**args)  # type: ignore[arg-type]
+
+    return call
+
+
+for field, values in {
+    "position_id": NOT_STR,
+    "price": NOT_NUMBER,
+    "unrealized_pnl": NOT_OPTIONAL_NUMBER,
+    "initial_margin": NOT_OPTIONAL_NUMBER,
+}.items():
+    _case(f"mark.{field}", values, _mark(field))
+
+
+def _funding(field: str) -> Call:
+    def call(ledger: Ledger, pid: str, bad: object) -> Awaitable[object]:
+        args: dict[str, object] = {"position_id": pid, "amount": "0.1", "execution_id": "e"}
+        args[field] = bad
+        return ledger.record_funding(**args)  # type: ignore[arg-type]
+
+    return call
+
+
+for field, values in {
+    "position_id": NOT_STR,
+    "amount": NOT_NUMBER,
+    "execution_id": [*NOT_STR, "", "  "],
+}.items():
+    _case(f"record_funding.{field}", values, _funding(field))
+
+
+def _balance(field: str) -> Call:
+    def call(ledger: Ledger, pid: str, bad: object) -> Awaitable[object]:
+        args: dict[str, object] = {"total": 10, "available": 5}
+        args[field] = bad
+        return ledger.observe_balance(**args)  # type: ignore[arg-type]
+
+    return call
+
+
+for field in ("total", "available"):
+    _case(f"observe_balance.{field}", NOT_NUMBER, _balance(field))
+
+
+# Commands built by hand and handed to execute(): the same boundary, field by field.
+def _command(build: Callable[[str, object], object]) -> Call:
+    def call(ledger: Ledger, pid: str, bad: object) -> Awaitable[object]:
+        return ledger.execute(build(pid, bad))  # type: ignore[arg-type]
+
+    return call
+
+
+COMMANDS: dict[str, tuple[type[object], dict[str, object]]] = {
+    "OpenPosition": (
+        OpenPosition,
+        {
+            "position_id": "new",
+            "symbol": "ETHUSDT",
+            "side": Side.BUY,
+            "qty": Decimal(1),
+            "entry_price": Decimal(10),
+            "leverage": 2,
+        },
+    ),
+    "IncreasePosition": (IncreasePosition, {"qty": Decimal(1), "price": Decimal(10)}),
+    "MarkPosition": (MarkPosition, {"mark_price": Decimal(10)}),
+    "RecordPartialExit": (RecordPartialExit, {"qty": Decimal("0.1"), "price": Decimal(10)}),
+    "ClosePosition": (ClosePosition, {"price": Decimal(10)}),
+    "RecordFunding": (RecordFunding, {"amount": Decimal(1), "execution_id": "x"}),
+    "ObserveBalance": (ObserveBalance, {"total": Decimal(1), "available": Decimal(1)}),
+}
+
+
+def _wrong_for(annotation: object) -> list[object]:
+    text = str(annotation)
+    optional = "None" in text
+    if "Decimal" in text:
+        return [v for v in NOT_NUMBER if not (optional and v is None)] + [1, 1.5, "1"]
+    if "bool" in text:
+        return [None, 1, "yes"]
+    if "int" in text:
+        return NOT_INT
+    return [v for v in NOT_STR if not (optional and v is None)]
+
+
+def _hand_built() -> None:
+    import msgspec
+
+    for name, (cls, base) in COMMANDS.items():
+        for info in msgspec.structs.fields(cls):  # type: ignore[arg-type]
+            if info.name == "position_id" and name != "OpenPosition":
+                values = NOT_STR
+            else:
+                values = _wrong_for(info.type)
+
+            def build(pid: str, bad: object, cls: type = cls, base: dict[str, object] = base,
+                      field: str = info.name, name: str = name) -> object:  # fmt: skip
+                args = dict(base)
+                if name != "OpenPosition" and name != "ObserveBalance":
+                    args.setdefault("position_id", pid)
+                args[field] = bad
+                return cls(**args)
+
+            _case(f"execute({name}).{info.name}", values, _command(build))
+
+
+_hand_built()
+
+
+async def _exercise(db_path: Path) -> int:
+    refused = 0
+    async with Ledger(db_path) as ledger:
+        pos = await ledger.open_position("BTCUSDT", "buy", entry_price=10, qty=1, leverage=2)
+        head = ledger.last_seq
+        for name, values, call in ASYNC_CASES:
+            for bad in values:
+                with pytest.raises(InvalidValue):
+                    await call(ledger, pos.position_id, bad)
+                    pytest.fail(f"{name}={bad!r} was accepted")
+                assert ledger.last_seq == head, f"{name}={bad!r} appended"
+                refused += 1
+        # the ledger still works after all that
+        await ledger.close_position(pos.position_id, reason="done", price=12)
+    return refused
+
+
+def _open_in_another_process(db_path: Path) -> None:
+    script = (
+        "import sys, anyio\n"
+        "from ledger.store.sqlite import SQLiteEventStore\n"
+        "async def main():\n"
+        "    store = SQLiteEventStore(sys.argv[1])\n"
+        "    await store.open()\n"
+        "    n = 0\n"
+        "    async for page in store.iterate():\n"
+        "        n += len(page)\n"
+        "    await store.close()\n"
+        "    print(n)\n"
+        "anyio.run(main)\n"
+    )
+    read = subprocess.run(
+        [sys.executable, "-c", script, str(db_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert read.returncode == 0, read.stderr
+    assert int(read.stdout) >= 2
+    verify = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "--db", str(db_path), "verify"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.anyio
+async def test_every_command_field_refuses_every_wrong_type_and_the_log_still_opens(
+    db_path: Path,
+) -> None:
+    refused = await _exercise(db_path)
+    assert refused > 300
+    _open_in_another_process(db_path)
+
+
+def test_the_blocking_api_refuses_wrong_types_and_the_log_still_opens(tmp_path: Path) -> None:
+    snapshot = tmp_path / "positions.json"
+    with ThreadSafePositionManager(snapshot) as manager:
+        base: dict[str, object] = {
+            "symbol": "ETHUSDT",
+            "side": "buy",
+            "entry_price": 10.0,
+            "position_size": 100.0,
+            "leverage": 2,
+        }
+        pid = manager.thread_safe_create_position(**{**base, "symbol": "BTCUSDT"})
+        head = manager.ledger.last_seq
+        create_fields = {
+            "symbol": NOT_STR,
+            "side": NOT_STR,
+            "entry_price": NOT_NUMBER,
+            "position_size": NOT_NUMBER,
+            "leverage": [None, True, 5.5, "5", [5], object()],
+            "confidence": NOT_OPTIONAL_NUMBER,
+            "open_reason": NOT_OPTIONAL_STR,
+            "atr": NOT_OPTIONAL_NUMBER,
+            "adx": NOT_OPTIONAL_NUMBER,
+            "volatility": NOT_OPTIONAL_NUMBER,
+            "real_initial_margin": NOT_OPTIONAL_NUMBER,
+            "current_price": NOT_OPTIONAL_NUMBER,
+            "position_id": NOT_OPTIONAL_STR,
+            "fee": NOT_NUMBER,
+        }
+        calls: list[tuple[str, object, Callable[[], object]]] = []
+        for field, values in create_fields.items():
+            for bad in values:
+
+                def create(f: str = field, b: object = bad) -> object:
+                    return manager.thread_safe_create_position(**{**base, f: b})
+
+                calls.append((f"create.{field}", bad, create))
+        for bad in NOT_STR:
+            calls.append(("close.reason", bad, lambda b=bad: manager.close_position(pid, b)))  # type: ignore[misc]
+            calls.append(("close.id", bad, lambda b=bad: manager.close_position(b, "x")))  # type: ignore[misc]
+            calls.append(
+                (
+                    "exit.reason",
+                    bad,
+                    lambda b=bad: manager.register_partial_exit(pid, 10.0, 11.0, None, b),  # type: ignore[misc]
+                )
+            )
+            calls.append(
+                ("mark.id", bad, lambda b=bad: manager.update_position_price(b, 11.0))  # type: ignore[misc]
+            )
+        for bad in NOT_OPTIONAL_NUMBER:
+            calls.append(
+                ("close.price", bad, lambda b=bad: manager.close_position(pid, "x", b))  # type: ignore[misc]
+            )
+            calls.append(
+                (
+                    "exit.size",
+                    bad,
+                    lambda b=bad: manager.register_partial_exit(pid, b, 11.0, None, "x"),  # type: ignore[misc]
+                )
+            )
+            calls.append(
+                (
+                    "exit.price",
+                    bad,
+                    lambda b=bad: manager.register_partial_exit(pid, 10.0, b, None, "x"),  # type: ignore[misc]
+                )
+            )
+            calls.append(
+                (
+                    "exit.pnl",
+                    bad,
+                    lambda b=bad: manager.register_partial_exit(pid, 10.0, 11.0, b, "x"),  # type: ignore[misc]
+                )
+            )
+            calls.append(
+                ("mark.price", bad, lambda b=bad: manager.update_position_price(pid, b))  # type: ignore[misc]
+            )
+        for name, bad, call in calls:
+            with pytest.raises(InvalidValue):
+                call()
+                pytest.fail(f"{name}={bad!r} was accepted")
+            assert manager.ledger.last_seq == head, f"{name}={bad!r} appended"
+        assert manager.close_position(pid, "done", 12.0)
+    _open_in_another_process(tmp_path / "ledger.db")
+
+
+def test_ensure_decodable_refuses_what_would_not_read_back() -> None:
+    good = PositionOpened(
+        position_id="p", symbol="X", side=Side.BUY, qty=Decimal(1), entry_price=Decimal(1),
+        leverage=2,
+    )  # fmt: skip
+    assert ensure_decodable(good)
+    import msgspec
+
+    bad_values: list[dict[str, object]] = [
+        {"symbol": None},
+        {"symbol": 5},
+        {"qty": True},
+        {"qty": Decimal("NaN")},
+        {"qty": Decimal("Infinity")},
+        {"open_reason": object()},
+        {"leverage": "2"},
+        {"side": "sideways"},
+        {"qty": 1.5},
+    ]
+    for change in bad_values:
+        with pytest.raises(InvalidValue):
+            ensure_decodable(msgspec.structs.replace(good, **change))
+    close = PositionClosed(position_id="p", qty=Decimal(1), price=Decimal(1), realized_pnl=0)  # type: ignore[arg-type]
+    ensure_decodable(close)  # an int where a Decimal belongs reads back as the same number
