@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from ledger.audit_rules import violations
-from ledger.commands import Limits
+from ledger.commands import DEFAULT_LIMITS, Limits
 from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import ImportRejected, InvalidValue
 from ledger.events import (
@@ -37,13 +37,16 @@ from ledger.events import (
     PositionClosed,
     PositionMarked,
     PositionOpened,
+    RulesConfigured,
     stream_of,
 )
+from ledger.rules import rules_record
 from ledger.service import Ledger, Plan
 from ledger.values import (
     ZERO,
     Side,
     Source,
+    exact,
     non_negative,
     optional_decimal,
     parse_time,
@@ -98,6 +101,8 @@ class ImportPlan(msgspec.Struct, kw_only=True):
     plans: list[Plan]
     report: ImportReport
     summary: SessionSummary
+    # the limits the file was read under: recorded in the log with it when not the defaults
+    limits: Limits = DEFAULT_LIMITS
 
 
 class _Bad(Exception):
@@ -134,6 +139,7 @@ def file_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@exact
 def plan_import(
     data: bytes,
     file_name: str,
@@ -149,6 +155,8 @@ def plan_import(
         document = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ImportRejected(f"{file_name} is not JSON: {exc}") from None
+    except RecursionError:  # msgspec's own depth limit, not a crash: the file is no seed file
+        raise ImportRejected(f"{file_name} is nested too deeply to be a seed file") from None
     if not isinstance(document, dict):
         raise ImportRejected(f"{file_name} is not a seed positions.json (not a JSON object)")
     if "format_version" in document and "last_seq" in document:
@@ -225,7 +233,7 @@ def plan_import(
     report.events = len(plans)
     report.figures = _figures(stats, seed, summary, len(report.unreadable))
     report.self_consistent = all(f.consistent is not False for f in report.figures)
-    return ImportPlan(plans=plans, report=report, summary=summary)
+    return ImportPlan(plans=plans, report=report, summary=summary, limits=limits)
 
 
 def refusal(book: Book, sha: str) -> str | None:
@@ -251,9 +259,10 @@ async def import_seed(ledger: Ledger, plan: ImportPlan) -> ImportReport:
         why = refusal(book, report.file_sha256)
         if why is not None:
             raise ImportRejected(why)
-        return plan.plans
+        return [Plan(event) for event in rules_record(book, plan.limits)] + plan.plans
 
     records = await ledger.transact(refuse_or_plan)
+    records = [r for r in records if not isinstance(r.event, RulesConfigured)]
     report.first_seq = records[0].seq
     report.last_seq = records[-1].seq
     return report

@@ -36,6 +36,7 @@ from ledger.events import (
     PositionIncreased,
     PositionMarked,
     PositionOpened,
+    RulesConfigured,
 )
 from ledger.store.sqlite import SQLiteEventStore
 from projections.book import Book
@@ -125,6 +126,11 @@ def describe(record: Recorded, book: Book | None = None, *, live: bool = False) 
         return (
             f"imported {event.file_name}: {event.open_positions} open, "
             f"{event.closed_positions} closed"
+        )
+    if isinstance(event, RulesConfigured):
+        return (
+            f"limits: {event.max_concurrent_positions} positions, "
+            f"leverage {event.min_leverage}..{event.max_leverage}"
         )
     return type(event).__name__  # pragma: no cover - the union is closed
 
