@@ -42,13 +42,12 @@ from ledger.settings import Settings, load_settings
 from ledger.values import (
     Side,
     Source,
+    aware_time,
     non_negative,
     optional_decimal,
-    parse_time,
     positive,
     text,
     to_decimal,
-    utc,
 )
 from projections.book import Book
 from projections.pnl import initial_margin, price_pnl, qty_from_notional, roe_pct
@@ -541,14 +540,7 @@ def _optional_time(field: str, raw: object) -> datetime | None:
     InvalidValue."""
     if raw is None:
         return None
-    if isinstance(raw, datetime):
-        return utc(raw)
-    if isinstance(raw, str):
-        try:
-            return parse_time(raw)
-        except InvalidValue:
-            raise InvalidValue(field, raw, "expected ISO 8601, e.g. 2025-01-07T17:00:00") from None
-    raise InvalidValue(field, raw, "expected an ISO 8601 string or a datetime")
+    return aware_time(field, raw)
 
 
 # How far ahead of this machine's clock a caller's open_time may be (an exchange's fill time,

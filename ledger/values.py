@@ -214,14 +214,13 @@ def parse_time(raw: str, field: str = "time") -> datetime:
 
 
 def aware_time(field: str, raw: object) -> datetime:
-    """A moment from an aware datetime or an ISO 8601 string (zone-less text is UTC).
+    """An aware UTC moment from a datetime or an ISO 8601 string; raises InvalidValue.
 
-    A naive datetime object is refused: it is the caller's local time or UTC, and only the
-    caller knows which. Raises InvalidValue.
+    The one rule for naive times, everywhere (API, CLI, seed files): a datetime or text
+    without a zone is UTC, as the seed's own files are read. A moment past either end of the
+    calendar once in UTC is clamped to that end.
     """
     if isinstance(raw, datetime):
-        if raw.tzinfo is None or raw.utcoffset() is None:
-            raise InvalidValue(field, raw, "a naive datetime: give an aware one (e.g. UTC)")
         return utc(raw)
     if isinstance(raw, str):
         return parse_time(raw, field)

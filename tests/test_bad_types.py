@@ -321,6 +321,7 @@ def test_the_blocking_api_refuses_wrong_types_and_the_log_still_opens(tmp_path: 
             "current_price": NOT_OPTIONAL_NUMBER,
             "position_id": NOT_OPTIONAL_STR,
             "fee": NOT_NUMBER,
+            "open_time": [5, 1.5, True, b"2025", "not a time", "2025-13-01", [1], object()],
         }
         calls: list[tuple[str, object, Callable[[], object]]] = []
         for field, values in create_fields.items():

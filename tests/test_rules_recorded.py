@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -160,9 +160,11 @@ def test_times_past_the_ends_clamp_to_them() -> None:
     assert utc(datetime(2025, 1, 7, 17)) == datetime(2025, 1, 7, 17, tzinfo=UTC)
 
 
-def test_a_naive_datetime_object_is_refused_and_zoneless_text_is_utc() -> None:
-    with pytest.raises(InvalidValue):
-        aware_time("time", datetime(2025, 1, 7, 17))
+def test_naive_datetimes_and_zoneless_text_are_utc_alike() -> None:
+    seventeen = datetime(2025, 1, 7, 17, tzinfo=UTC)
+    assert aware_time("time", datetime(2025, 1, 7, 17)) == seventeen
+    plus_one = timezone(timedelta(hours=1))
+    assert aware_time("time", datetime(2025, 1, 7, 18, tzinfo=plus_one)) == seventeen
     for bad in (None, 5, 1.5, b"2025-01-07", "not a time", "2025-13-01"):
         with pytest.raises(InvalidValue):
             aware_time("time", bad)
@@ -170,11 +172,12 @@ def test_a_naive_datetime_object_is_refused_and_zoneless_text_is_utc() -> None:
 
 
 @pytest.mark.anyio
-async def test_as_of_refuses_a_naive_datetime(db_path: Path) -> None:
+async def test_as_of_takes_naive_as_utc_and_any_calendar_end(db_path: Path) -> None:
     async with Ledger(db_path) as ledger:
         await ledger.open_position("BTCUSDT", "buy", entry_price=10, qty=1, leverage=2)
+        assert (await ledger.as_of(time=datetime(2000, 1, 7))).last_seq == 0
         with pytest.raises(InvalidValue):
-            await ledger.as_of(time=datetime(2025, 1, 7))
+            await ledger.as_of(time="yesterday")  # type: ignore[arg-type]
         everything = await ledger.as_of(time=parse_time("9999-12-31T23:59:59-14:00"))
         nothing = await ledger.as_of(time=parse_time("0001-01-01T00:00:00+14:00"))
     assert everything.last_seq == 1 and nothing.last_seq == 0
