@@ -32,6 +32,11 @@ def encode_event(event: AnyEvent) -> bytes:
 decode_current: Callable[[bytes], AnyEvent] = _decoder.decode
 
 
+# Decimal exponents an event may carry (commands are held to 1e-12..1e15; derived figures such
+# as PnL may go further): inside them no fold can overflow or underflow LEDGER_CONTEXT.
+_SAFE_LOW, _SAFE_HIGH = -100, 30
+
+
 def ensure_decodable(event: AnyEvent) -> bytes:
     """The event's body, once it is shown to decode back to the same event; raises InvalidValue.
 
@@ -55,6 +60,9 @@ def ensure_decodable(event: AnyEvent) -> bytes:
         value = getattr(event, name)
         if isinstance(value, Decimal) and not value.is_finite():
             raise InvalidValue(name, value, "must be finite")
+        if isinstance(value, Decimal) and value and not _SAFE_LOW <= value.adjusted() <= _SAFE_HIGH:
+            # far outside anything real: folding it could overflow or underflow the context
+            raise InvalidValue(name, value, "outside the range the ledger can fold")
         if isinstance(value, float):  # money is never a float in the log
             raise InvalidValue(name, value, "a float: convert it once, at the edge")
     return body

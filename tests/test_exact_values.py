@@ -9,6 +9,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
@@ -257,3 +258,63 @@ def test_settings_limits_default_is_the_recorded_default() -> None:
     from ledger.commands import DEFAULT_LIMITS
 
     assert Settings().limits == DEFAULT_LIMITS
+
+
+async def test_a_number_that_would_overflow_a_fold_fails_alone_in_its_group(
+    db_path: Path,
+) -> None:
+    """qty 9e999999 is refused as InvalidValue before anything is decided, whether it comes
+    through the API, a hand-built command or a raw decider, while the ten valid commands
+    queued beside it in the same group commit are stored."""
+    from ledger.commands import OpenPosition
+    from ledger.events import PositionOpened
+    from ledger.service import Plan
+    from ledger.values import Side
+
+    huge = Decimal("9e999999")
+
+    def raw_decider(book: object) -> list[Plan]:
+        event = PositionOpened(
+            position_id="raw", symbol="RAWUSDT", side=Side.BUY, qty=huge,
+            entry_price=Decimal(10), leverage=2,
+        )  # fmt: skip
+        return [Plan(event)]
+
+    poisoned = OpenPosition(
+        position_id="cmd", symbol="CMDUSDT", side=Side.BUY, qty=huge,
+        entry_price=Decimal(10), leverage=2,
+    )  # fmt: skip
+    async with Ledger(db_path, settings=Settings(max_concurrent_positions=20)) as ledger:
+        outcomes: dict[str, object] = {}
+
+        async def run(name: str, job: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await job()
+                outcomes[name] = "ok"
+            except InvalidValue as exc:
+                outcomes[name] = exc
+
+        async with anyio.create_task_group() as group:
+            for n in range(10):
+                group.start_soon(
+                    run,
+                    f"valid{n}",
+                    lambda n=n: ledger.open_position(
+                        f"V{n}USDT", "buy", entry_price=10, qty=1, leverage=2
+                    ),
+                )
+            group.start_soon(
+                run,
+                "api",
+                lambda: ledger.open_position(
+                    "BADUSDT", "buy", entry_price=10, qty=huge, leverage=2
+                ),
+            )
+            group.start_soon(run, "command", lambda: ledger.execute(poisoned))
+            group.start_soon(run, "raw", lambda: ledger.transact(raw_decider))
+        assert [outcomes[f"valid{n}"] for n in range(10)] == ["ok"] * 10
+        for name in ("api", "command", "raw"):
+            assert isinstance(outcomes[name], InvalidValue), name
+        assert len(ledger.active_positions()) == 10
+        opened = sum(1 for n in range(10) if ledger.has_position_for_symbol(f"V{n}USDT"))
+        assert opened == 10
