@@ -265,6 +265,7 @@ class Book:
         other.available = self.available
         other.acc = self.acc.copy()
         other.imported_files = _layered(self.imported_files)
+        other.rules = self.rules
         other.last_seq = self.last_seq
         other.last_hash = self.last_hash
         other.skipped = list(self.skipped)
