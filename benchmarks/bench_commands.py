@@ -94,7 +94,8 @@ def test_commands_ledger(
                 await led.close_position(pid, price=_CLOSE, reason="take_profit")
 
         benchmark.pedantic(lambda: portal.call(one_round), rounds=scale.single_rounds)
-        assert led.last_seq == 3 * _cycles(scale) * scale.single_rounds
+        # + the RulesConfigured a ledger under non-default limits records once
+        assert led.last_seq == 3 * _cycles(scale) * scale.single_rounds + 1
     _describe(benchmark, scale, "Ledger", "sequential-ledger-vs-eventsourcing")
 
 
@@ -119,5 +120,5 @@ def test_commands_blocking_manager(benchmark: Benchmark, scale: Scale, tmp_path:
                 assert manager.close_position(pid, "take_profit", float(_CLOSE))
 
         benchmark.pedantic(one_round, rounds=scale.single_rounds)
-        assert manager.ledger.last_seq == 3 * _cycles(scale) * scale.single_rounds
+        assert manager.ledger.last_seq == 3 * _cycles(scale) * scale.single_rounds + 1
     _describe(benchmark, scale, "ThreadSafePositionManager", "sequential-blocking-vs-eventsourcing")
