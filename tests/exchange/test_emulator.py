@@ -737,7 +737,7 @@ async def test_a_clock_skew_beyond_the_window_is_refused_with_10002(
 ) -> None:
     client = connect()
     await _warm(client)
-    ex.set_clock_skew(-1500)  # the client's clock runs 1.5 s ahead of the server
+    ex.set_clock_skew(-3000)  # the client clock 3 s ahead (refused while a request takes < 2 s)
     with pytest.raises(InvalidNonce, match="10002"):
         await client.fetch_positions()
     ex.set_clock_skew(0)
@@ -753,9 +753,9 @@ async def test_ccxt_corrects_a_skewed_clock_through_the_server_time(
     await client.load_markets()
     assert await client.fetch_positions() == []
     client.options["timeDifference"] = 0
-    ex.set_clock_skew(4000)  # the client 4 s behind: within the 5 s recv_window
+    ex.set_clock_skew(2000)  # the client 2 s behind: within the 5 s recv_window
     assert await client.fetch_positions() == []
-    ex.set_clock_skew(6000)  # 6 s behind: older than recv_window
+    ex.set_clock_skew(8000)  # 8 s behind: older than recv_window, however slow the request
     with pytest.raises(InvalidNonce):
         await client.fetch_positions()
 
