@@ -214,6 +214,7 @@ class ExchangeGateway:
         # the end of history windows ("now"); the emulator's tests pass its virtual clock
         self.clock_ms = clock_ms
         self.clock_corrected = False
+        self._clock_lock = anyio.Lock()
         self.requests = 0
         self._secrets = _register_secrets(client)
 
@@ -234,12 +235,13 @@ class ExchangeGateway:
         except ExchangeError:
             raise
         except ccxt.InvalidNonce as exc:
-            if self.clock_corrected:
-                raise _translate(what, exc, self._secrets, self.ban_wait) from exc
             first = exc
         except (ccxt.BaseError, TimeoutError, *_PARSE_ERRORS) as exc:
             raise _translate(what, exc, self._secrets, self.ban_wait) from exc
-        await self._correct_clock(what, first)
+        # calls running side by side may all be refused: one corrects, each retries once
+        async with self._clock_lock:
+            if not self.clock_corrected:
+                await self._correct_clock(what, first)
         try:
             return await self._once(call)
         except ExchangeError:

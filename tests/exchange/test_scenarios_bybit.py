@@ -1,7 +1,7 @@
 """Scenarios that need the emulator to behave as Bybit's docs say (research/bybit-v5-facts.md):
 a years-old createdTime plus openTime, closed-PnL rows written late or without fees, one order
 filled in several rows, USDC perpetuals under settleCoin=USDC, several pushes per order action
-(a clock ahead of Bybit's and a ban: test_gateway_errors.py). Through unmodified ccxt, on one
+a clock ahead of Bybit's (10002), an IP ban (HTTP 403). Through unmodified ccxt, on one
 controlled clock; money checked against Bybit's own rows.
 """
 
@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from ledger.errors import ExchangeBanned
 from ledger.events import FundingRecorded, PnlAmended, PositionClosed, PositionOpened
+from ledger.exchange.ccxt_client import ExchangeGateway
+from ledger.exchange.emulator import BybitEmulator
+from ledger.exchange.emulator.client import make_ccxt_client
+from ledger.exchange.sync import ExchangeSync
+from ledger.service import Ledger
 from ledger.values import from_millis
 from tests.exchange.test_scenarios import START_MS, bench
 
@@ -156,3 +162,37 @@ async def test_closed_pnl_rows_without_fees_count_the_opening_fee_once(tmp_path:
         # Bybit's closedPnl already carries the opening fee the bot recorded at open
         assert position.realized_pnl == record.closed_pnl
         assert [e for e in b.appended if isinstance(e, FundingRecorded)] == []
+
+
+async def test_a_clock_one_second_fast_is_corrected_once_through_ccxt(tmp_path: Path) -> None:
+    # the emulator's real clock: Bybit's timestamp rule is checked (a custom clock skips it)
+    async with BybitEmulator() as ex, Ledger(tmp_path / "l.db") as ledger:
+        ex.open_position(BTC, "buy", "0.01", "60000")
+        ex.set_clock_skew(-1000)  # Bybit 1 s behind this machine: every signature is refused
+        client = make_ccxt_client(ex)
+        client.enableRateLimit = False
+        gateway = ExchangeGateway(client, timeout=5.0)
+        try:
+            opened, _ = await ExchangeSync().sync_once(ledger, gateway)
+        finally:
+            await gateway.close()
+        assert len(opened) == 1 and gateway.clock_corrected
+        assert sum(1 for r in ex.requests if r.path == "/v5/market/time") >= 1
+
+
+async def test_an_http_403_ban_changes_nothing_and_says_to_wait(tmp_path: Path) -> None:
+    async with bench(tmp_path) as b:
+        b.ex.open_position(BTC, "buy", "0.01", "60000")
+        await b.run()
+        head = b.ledger.last_seq
+        b.clock.advance(60)
+        b.ex.close_position(BTC, "buy", "61000")
+        b.ex.inject_fault("http_403", path="/v5/position/list")
+        with pytest.raises(ExchangeBanned) as caught:
+            await b.run()
+        assert caught.value.retry_after >= 600
+        assert "403" in str(caught.value) and "10 minutes" in str(caught.value)
+        assert b.ledger.last_seq == head and b.ledger.active_positions()
+        b.clock.advance(600)
+        _, closed = await b.run()  # after the wait, the close is booked
+        assert len(closed) == 1
