@@ -22,8 +22,7 @@ from pathlib import Path
 import anyio
 
 from ledger.exchange.ccxt_client import ExchangeGateway
-from ledger.exchange.emulator import BybitEmulator
-from ledger.exchange.emulator._state import INSTRUMENTS, Instrument
+from ledger.exchange.emulator import INSTRUMENTS, BybitEmulator, Instrument
 from ledger.exchange.emulator.client import make_ccxt_client
 from ledger.exchange.sync import ExchangeSync
 from ledger.service import Ledger
