@@ -335,7 +335,14 @@ class Ledger:
             # another process sharing the log got there first (checked inside the write
             # transaction): it imported this very file, or appended something else
             if report.file_sha256 in self._book.imported_files:
-                log.info("%s was imported by another process meanwhile", self.snapshot_path)
+                # the original is kept by whichever process still finds it in place, before
+                # either writes its snapshot over the path
+                where = await self._move_aside("seed", None, unless_changed_from=raw)
+                log.info(
+                    "%s was imported by another process meanwhile; kept as %s",
+                    self.snapshot_path,
+                    where,
+                )
             else:
                 await self._move_aside(
                     "seed",
@@ -359,7 +366,7 @@ class Ledger:
             f"; {skipped} record(s) could not be read (`ledger import --dry-run` lists them)"
             if skipped
             else "",
-            where,
+            where or "positions.seed-<stamp>.json by another process sharing the log",
         )
         await self._snapshot_quietly()
 
