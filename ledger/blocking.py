@@ -43,6 +43,7 @@ from ledger.values import (
     Side,
     Source,
     aware_time,
+    identifier,
     non_negative,
     optional_decimal,
     positive,
@@ -50,7 +51,7 @@ from ledger.values import (
     to_decimal,
 )
 from projections.book import Book
-from projections.pnl import initial_margin, price_pnl, qty_from_notional, roe_pct
+from projections.pnl import dust_of, initial_margin, price_pnl, qty_from_notional, roe_pct
 from projections.positions import Position
 from projections.stats import SessionSummary
 
@@ -333,6 +334,8 @@ class ThreadSafePositionManager:
         position_size USD at price (the entry price becomes the average). False if unknown
         or closed. Raises InvalidValue (a negative size, a bad price).
         """
+        identifier("position_id", position_id)
+        text("reason", reason)
         size = non_negative("new_size", new_size)
         given = None if price is None else positive("price", price)
         limits = self.settings.limits
@@ -345,7 +348,11 @@ class ThreadSafePositionManager:
                 return [Plan(e) for e in decide(book, probe, limits)]
             at = position.current_price if given is None else given
             change = size - position.position_size
-            if change == 0:
+            # the dust rule: a change worth less than dust of the opening qty is a float's
+            # rounding of the size the caller read back, not a trade
+            if abs(qty_from_notional(change, position.entry_price)) <= dust_of(
+                position.initial_qty
+            ):
                 return []
             if change < 0:
                 command: RecordPartialExit | IncreasePosition = RecordPartialExit(

@@ -372,6 +372,29 @@ def test_the_blocking_api_refuses_wrong_types_and_the_log_still_opens(tmp_path: 
             calls.append(
                 ("mark.price", bad, lambda b=bad: manager.update_position_price(pid, b))  # type: ignore[misc]
             )
+        for bad in NOT_STR:
+            calls.append(
+                ("resize.id", bad, lambda b=bad: manager.update_position_size(b, 50.0))  # type: ignore[misc]
+            )
+            calls.append(
+                (
+                    "resize.reason",
+                    bad,
+                    lambda b=bad: manager.update_position_size(pid, 50.0, reason=b),  # type: ignore[misc]
+                )
+            )
+        for bad in NOT_NUMBER:
+            calls.append(
+                ("resize.size", bad, lambda b=bad: manager.update_position_size(pid, b))  # type: ignore[misc]
+            )
+        for bad in NOT_OPTIONAL_NUMBER:
+            calls.append(
+                (
+                    "resize.price",
+                    bad,
+                    lambda b=bad: manager.update_position_size(pid, 50.0, b),  # type: ignore[misc]
+                )
+            )
         for name, bad, call in calls:
             with pytest.raises(InvalidValue):
                 call()

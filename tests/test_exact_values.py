@@ -318,3 +318,24 @@ async def test_a_number_that_would_overflow_a_fold_fails_alone_in_its_group(
         assert len(ledger.active_positions()) == 10
         opened = sum(1 for n in range(10) if ledger.has_position_for_symbol(f"V{n}USDT"))
         assert opened == 10
+
+
+def test_resizing_to_the_size_read_back_is_no_trade_and_to_zero_closes(tmp_path: Path) -> None:
+    with ThreadSafePositionManager(tmp_path / "positions.json") as manager:
+        pid = manager.thread_safe_create_position(
+            symbol="SOLUSDT", side="sell", entry_price=7.0, position_size=100.0, leverage=3
+        )
+        head = manager.ledger.last_seq
+        seen = manager.get_position(pid)
+        assert seen is not None
+        # the float the seed API hands back, given back: a rounding of the size, not a trade
+        assert manager.update_position_size(pid, float(seen.position_size) * (1 + 1e-15))
+        assert manager.ledger.last_seq == head
+        assert manager.update_position_size(pid, float(seen.position_size) * 0.5, 6.5)
+        assert manager.update_position_size(pid, 0.0, 6.0)
+        assert manager.get_position(pid) is None
+        closed = manager.exact.get_closed_positions()[0]
+        # reference: 100/7 coins short from 7, half closed at 6.5, the rest at 6
+        half = Fraction(100, 7) / 2
+        expected = half * Fraction(1, 2) + half * 1
+        assert abs(Fraction(closed.realized_pnl) - expected) < Fraction(1, 10**20)
