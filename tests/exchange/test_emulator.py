@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -821,3 +823,19 @@ async def test_a_close_and_reopen_by_hand_shows_a_new_open_time_and_a_record(
         assert (row["orderId"], row["avgExitPrice"]) == (record.order_id, "61000")
         funding = await client.private_get_v5_execution_list({**linear, "execType": "Funding"})
         assert [f["execFee"] for f in funding["result"]["list"]] == ["0.2"]
+
+
+def test_docs_name_every_constructor_argument_and_control_call() -> None:
+    """docs/emulator.md documents every constructor argument and every public method."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "emulator.md").read_text()
+    arguments = [name for name in inspect.signature(BybitEmulator).parameters]
+    missing = [name for name in arguments if f"| `{name}` |" not in docs]
+    assert not missing, f"constructor arguments not documented: {missing}"
+    methods = [
+        name
+        for name, member in inspect.getmembers(BybitEmulator)
+        if not name.startswith("_") and (callable(member) or isinstance(member, property))
+    ]
+    assert len(methods) > 20
+    undocumented = [name for name in methods if f"ex.{name}" not in docs]
+    assert not undocumented, f"control calls not documented: {undocumented}"
