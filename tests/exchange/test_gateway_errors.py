@@ -119,7 +119,7 @@ async def test_the_service_waits_out_a_ban_and_says_why(
         )
         with caplog.at_level(logging.WARNING, logger="ledger.service"):
             async with running(service):
-                with anyio.fail_after(5):
+                with anyio.fail_after(20):
                     await service.wait_for(lambda s: s.sync.syncs_failed >= 1)
                 await anyio.sleep(0.1)  # far longer than the backoff alone would wait
         assert gateway.calls == 1

@@ -413,11 +413,11 @@ async def test_an_exit_placed_but_not_recorded_never_fires_again_after_a_restart
                 exit_executor=placed_then_garbled,
             )
             async with running(service):
-                with anyio.fail_after(5):
+                with anyio.fail_after(20):
                     await service.wait_for(lambda s: s.sync.syncs_ok == 1)
                 ex.set_mark_price(SOL, "106")  # ROE 60%
                 service.request_sync()
-                with anyio.fail_after(5):
+                with anyio.fail_after(20):
                     await service.wait_for(lambda s: len(placed) == 1 and s.sync.syncs_ok >= 2)
             (position,) = ledger.active_positions()
             assert position.pending_exits == ("partial_exit_50_roe",)
@@ -436,12 +436,12 @@ async def test_an_exit_placed_but_not_recorded_never_fires_again_after_a_restart
                 ledger, ExchangeGateway(client), settings=settings, exit_executor=counting
             )
             async with running(service):
-                with anyio.fail_after(5):
+                with anyio.fail_after(20):
                     await service.wait_for(lambda s: s.sync.syncs_ok == 1)
                 (position,) = ledger.active_positions()
                 await ledger.mark(position.position_id, "108")  # still above 50%
                 service.request_sync()
-                with anyio.fail_after(5):
+                with anyio.fail_after(20):
                     await service.wait_for(lambda s: s.sync.syncs_ok >= 2)
             assert again == []
             (position,) = ledger.active_positions()
@@ -465,7 +465,7 @@ async def test_live_marks_are_throttled_but_the_rules_see_every_one(tmp_path: Pa
             assert ledger.last_seq == first + 2
             # a 0.49% move the throttle would skip, but ROE reaches 25%: logged, the rule fires
             assert await service.on_mark(BTC, D("102.5"))
-            with anyio.fail_after(5):
+            with anyio.fail_after(20):
                 await service.wait_for(lambda s: len(s.exits) == 1)
         assert service.marks_seen == 6 and service.marks_logged == 3
         assert exits_of(ledger.get_position(position.position_id)) == ["exit_25_roe"]
@@ -481,12 +481,12 @@ async def test_live_marks_come_from_the_public_ticker_stream(tmp_path: Path) -> 
             ledger, ExchangeGateway(client), settings=settings, live=True, fallback_interval=0.2
         )
         async with running(service):
-            with anyio.fail_after(5):
+            with anyio.fail_after(20):
                 await service.wait_for(lambda s: s.sync.syncs_ok >= 1)
-            with anyio.fail_after(5):
+            with anyio.fail_after(20):
                 await ex.wait_for_subscribers("tickers.SOLUSDT")
             ex.set_mark_price(SOL, "101.5")  # a ticker push; no position push, no REST sync
-            with anyio.fail_after(5):
+            with anyio.fail_after(20):
                 await service.wait_for(lambda s: s.marks_logged >= 1)
             (position,) = ledger.active_positions()
             assert position.current_price == D("101.5")
