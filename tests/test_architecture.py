@@ -78,6 +78,7 @@ THIRD_PARTY_FROM_LAYER: dict[str, int] = {
 # ... or, for drivers that must stay behind one adapter, the only modules that may.
 THIRD_PARTY_ONLY_IN: dict[str, tuple[str, ...]] = {
     "aiosqlite": ("ledger.store.sqlite",),
+    "psycopg": ("ledger.store.postgres",),
     "ccxt": ("ledger.exchange.ccxt_client", "ledger.exchange.emulator.client"),
 }
 # Standard-library modules that do I/O (files, network, processes, threads, the clock):

@@ -1,4 +1,4 @@
-"""The event store contract, written once and run on every backend (memory, SQLite).
+"""The event store contract, written once and run on every backend (memory, SQLite, PostgreSQL).
 
 Backend-specific checks (durability pragmas, reopening, foreign files, read-only, group commit
 sharing real transactions) follow the shared suite.
@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import anyio
 import msgspec
+import psycopg
 import pytest
 
 from ledger.codec import encode_event
@@ -25,6 +26,7 @@ from ledger.errors import IntegrityError, StoreError, StoreUnavailable, VersionC
 from ledger.events import AnyEvent, BalanceObserved, PositionMarked, PositionOpened, stream_of
 from ledger.store.base import EventStore, StagedRow, StoreTransaction
 from ledger.store.memory import MemoryEventStore
+from ledger.store.postgres import TABLE, PostgresEventStore
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side, to_micros
 from tests.strategies import T0
@@ -181,6 +183,53 @@ class SQLiteBackend(Backend):
         )
 
 
+class PostgresBackend(Backend):
+    """Tampering goes through a plain psycopg connection, straight into the table."""
+
+    name = "postgres"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.store = PostgresEventStore(url, clock=fixed_clock)
+
+    def _edit(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        with psycopg.connect(self.url) as conn, conn.transaction():
+            for query, params in statements:
+                conn.execute(query, params)
+
+    def _row(self, seq: int) -> tuple[object, ...]:
+        with psycopg.connect(self.url) as conn:
+            row = conn.execute(
+                "SELECT stream, version, event_id, type, schema_version, occurred_us,"
+                f" recorded_us, body, hash FROM {TABLE} WHERE seq = %s",
+                (seq,),
+            ).fetchone()
+            assert row is not None
+            return tuple(row)
+
+    async def replace_body(self, seq: int, body: bytes) -> None:
+        self._edit((f"UPDATE {TABLE} SET body = %s WHERE seq = %s", (body, seq)))
+
+    async def delete(self, seq: int) -> None:
+        self._edit((f"DELETE FROM {TABLE} WHERE seq = %s", (seq,)))
+
+    async def insert_at(self, seq: int, row: StagedRow) -> None:
+        self._edit(
+            (f"UPDATE {TABLE} SET seq = -seq WHERE seq >= %s", (seq,)),
+            (f"UPDATE {TABLE} SET seq = 1 - seq WHERE seq < 0", ()),
+            (f"INSERT INTO {TABLE} VALUES ({','.join(['%s'] * 10)})", (seq, *_columns(row))),
+        )
+
+    async def swap(self, a: int, b: int) -> None:
+        row_a, row_b = self._row(a), self._row(b)
+        insert = f"INSERT INTO {TABLE} VALUES ({','.join(['%s'] * 10)})"
+        self._edit(
+            (f"DELETE FROM {TABLE} WHERE seq IN (%s, %s)", (a, b)),
+            (insert, (a, *row_b)),
+            (insert, (b, *row_a)),
+        )
+
+
 def _columns(row: StagedRow) -> tuple[object, ...]:
     return (
         row.stream,
@@ -195,9 +244,15 @@ def _columns(row: StagedRow) -> tuple[object, ...]:
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def backend(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[Backend]:
-    chosen: Backend = MemoryBackend() if request.param == "memory" else SQLiteBackend(db_path)
+    chosen: Backend
+    if request.param == "memory":
+        chosen = MemoryBackend()
+    elif request.param == "sqlite":
+        chosen = SQLiteBackend(db_path)
+    else:
+        chosen = PostgresBackend(request.getfixturevalue("pg_url"))
     await chosen.store.open()
     try:
         yield chosen

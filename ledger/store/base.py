@@ -36,9 +36,11 @@ from __future__ import annotations
 import abc
 from collections import ChainMap
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import TypeVar
 
+import anyio
 import msgspec
 
 from ledger.codec import SCHEMA_VERSION, decode_current, decode_event, encode_event, event_type
@@ -444,6 +446,24 @@ class StoreTransaction(abc.ABC):
         return record
 
 
+class Waiter(abc.ABC):
+    """Wakes a follower of the log when something may have been appended."""
+
+    @abc.abstractmethod
+    async def wait(self, timeout: float) -> None:
+        """Return at the next commit or after timeout seconds, whichever is first."""
+
+
+class _Sleeper(Waiter):
+    async def wait(self, timeout: float) -> None:
+        await anyio.sleep(timeout)
+
+
+@asynccontextmanager
+async def _polling() -> AsyncIterator[Waiter]:
+    yield _Sleeper()
+
+
 class _PendingAppend:
     __slots__ = ("batch", "done", "error", "expected", "result")
 
@@ -599,6 +619,40 @@ class EventStore(abc.ABC):
         finally:
             for pending in group:
                 pending.done.set()
+
+    @abc.abstractmethod
+    def iterate_rows(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        stream: str | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[list[StagedRow]]:
+        """Raw stored rows in seq order (what `verify` checks and `copy` moves)."""
+
+    async def import_rows(self, rows: Sequence[StagedRow]) -> None:
+        """Append rows copied verbatim from another log, keeping their seq, ids and hashes.
+
+        Raises IntegrityError (appending nothing) unless they continue this log's chain.
+        """
+
+        def unit(tx: StoreTransaction) -> None:
+            check = ChainVerifier(track_versions=False)
+            check.seq, check.hash = tx.head.seq, tx.head.hash
+            for row in rows:
+                check.feed(row)
+            tx.rows.extend(rows)
+            for row in rows:
+                tx.head.seq, tx.head.hash = row.seq, row.hash
+                tx.head.stream_versions[row.stream] = row.version
+
+        await self.transact(unit)
+
+    def follow(self) -> AbstractAsyncContextManager[Waiter]:
+        """Something to wait on for the next commit; stores that cannot tell just poll."""
+        return _polling()
 
     @abc.abstractmethod
     def iterate(

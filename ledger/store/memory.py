@@ -101,6 +101,26 @@ class MemoryEventStore(EventStore):
         if page:
             yield page
 
+    async def iterate_rows(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        stream: str | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[list[StagedRow]]:
+        last = len(self._rows) if to_seq is None else min(to_seq, len(self._rows))
+        until_us = None if until is None else to_micros(until)
+        rows = [
+            row
+            for row in self._rows[max(after_seq, 0) : last]
+            if (stream is None or row.stream == stream)
+            and (until_us is None or row.occurred_us <= until_us)
+        ]
+        for start in range(0, len(rows), page_size):
+            yield rows[start : start + page_size]
+
     async def head(self) -> Head:
         return self._head.copy()
 
