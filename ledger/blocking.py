@@ -39,6 +39,7 @@ from ledger.service import (
     partial_exit_command,
 )
 from ledger.settings import Settings, load_settings
+from ledger.store.factory import Location, is_url
 from ledger.values import (
     Side,
     Source,
@@ -100,7 +101,9 @@ class ThreadSafePositionManager:
         if db_path is None and self.settings.db_path != defaults.db_path:
             db_path = self.settings.db_path
         self.file_path = Path(file_path)
-        self.db_path = Path(db_path or self.file_path.with_name("ledger.db"))
+        location = db_path or self.file_path.with_name("ledger.db")
+        # a SQLite file or a postgresql:// URL shared by a fleet (see ledger.store.factory)
+        self.db_path: Location = location if is_url(location) else Path(location)
         self._trading = _TradingLock()
         self._portal: BlockingPortal | None = None
         self._ledger: Ledger | None = None

@@ -71,7 +71,8 @@ from ledger.output_paths import (
 from ledger.private_files import written_aside
 from ledger.service import Ledger
 from ledger.settings import Settings, load_settings
-from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.base import EventStore
+from ledger.store.factory import Location, copy_log, describe, is_url, make_store
 from ledger.values import parse_time
 from ledger.watch import num, pct, short_time, table, usd
 from projections.book import Book
@@ -90,11 +91,23 @@ class Context:
     """What every command needs: settings, paths, and where to print."""
 
     settings: Settings
-    db: Path
+    db: Location  # a SQLite file or a postgresql:// URL
     snapshot: Path
     out: Console
     err: Console
     as_json: bool
+
+    @property
+    def shown(self) -> str:
+        """The ledger's location as it may be printed (a URL's password is never shown)."""
+        return describe(self.db)
+
+    def db_exists(self) -> bool:
+        """Whether the ledger is there already (a server is asked when the store opens)."""
+        if is_url(self.db):
+            return True
+        path = Path(self.db)
+        return path.exists() and path.stat().st_size > 0
 
     @property
     def busy_timeout_ms(self) -> int:
@@ -112,13 +125,18 @@ class Context:
         sys.stdout.write(data.decode() + "\n")
         sys.stdout.flush()
 
-    def open(self) -> contextlib.AbstractAsyncContextManager[SQLiteEventStore]:
+    def open(self) -> contextlib.AbstractAsyncContextManager[EventStore]:
         return open_read_only(self.db, busy_timeout_ms=self.busy_timeout_ms)
+
+    @property
+    def db_file(self) -> Path | None:
+        """The ledger's file, or None for a PostgreSQL ledger."""
+        return None if is_url(self.db) else Path(self.db)
 
     def own_files(self, *, snapshot: bool = True) -> list[OwnFile]:
         """The files no output may replace (see ledger.output_paths)."""
         return ledger_files(
-            self.db,
+            self.db_file,
             snapshot=self.snapshot if snapshot else None,
             backup_dir=Path(self.settings.backup_dir),
         )
@@ -126,11 +144,12 @@ class Context:
 
 def _context(args: argparse.Namespace) -> Context:
     settings = load_settings(args.config)
-    db = Path(args.db) if args.db is not None else Path(settings.db_path)
+    raw = args.db if args.db is not None else settings.db_path
+    db: Location = raw if is_url(raw) else Path(raw)
     if args.snapshot is not None:
         snapshot = Path(args.snapshot)
-    elif args.db is not None:
-        snapshot = db.with_name("positions.json")  # as Ledger(db_path) does
+    elif args.db is not None and not is_url(raw):
+        snapshot = Path(db).with_name("positions.json")  # as Ledger(db_path) does
     else:
         snapshot = Path(settings.positions_file)
     # piped or redirected: wide enough that no table wraps (a terminal sets its own width)
@@ -158,7 +177,7 @@ def _bound(args: argparse.Namespace) -> Bound:
 
 async def _replay(
     ctx: Context,
-    store: SQLiteEventStore,
+    store: EventStore,
     *,
     bound: Bound,
     force: bool,
@@ -429,7 +448,7 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
 
     position, rows = _run(go)
     if position is None:
-        ctx.warn(f"error: no position {args.position_id!r} in {ctx.db}")
+        ctx.warn(f"error: no position {args.position_id!r} in {ctx.shown}")
         return 1
     if ctx.as_json:
         ctx.emit_json({"position": position, "events": rows})
@@ -675,8 +694,11 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
     # the import writes the database and positions.json: neither may land on the other, or
     # on a backup
     backups = backup_files(Path(ctx.settings.backup_dir))
-    check_output(ctx.snapshot, [*database_files(ctx.db), *backups], option="--snapshot")
-    check_output(ctx.db, [snapshot_file(ctx.snapshot), *backups], option="--db")
+    db_file = ctx.db_file
+    db_files = database_files(db_file) if db_file is not None else []
+    check_output(ctx.snapshot, [*db_files, *backups], option="--snapshot")
+    if db_file is not None:
+        check_output(db_file, [snapshot_file(ctx.snapshot), *backups], option="--db")
     plan = plan_import(data, source.name, limits=ctx.settings.limits)
     report = plan.report
     if args.strict and report.unreadable:
@@ -685,7 +707,7 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
             f"{len(report.unreadable)} records cannot be interpreted (--strict); first: "
             f"{first.where}: {first.reason}"
         )
-    exists = ctx.db.exists() and ctx.db.stat().st_size > 0
+    exists = ctx.db_exists()
 
     async def check_target() -> None:
         if not exists:
@@ -711,7 +733,7 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
     verb = "Would import" if args.dry_run else "Imported"
     seqs = "" if args.dry_run else f" as seq {report.first_seq}..{report.last_seq}"
     ctx.say(
-        f"{verb} {report.file_name} (sha256 {report.file_sha256[:16]}) into {ctx.db}{seqs}: "
+        f"{verb} {report.file_name} (sha256 {report.file_sha256[:16]}) into {ctx.shown}{seqs}: "
         f"{report.open_positions} open and {report.closed_positions} closed positions, "
         f"{report.partial_exits} partial exits, {report.events} events"
     )
@@ -749,8 +771,8 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _require_db(ctx: Context) -> None:
-    if not ctx.db.exists():
-        raise StoreUnavailable(f"no ledger database at {ctx.db}")
+    if not ctx.db_exists():
+        raise StoreUnavailable(f"no ledger database at {ctx.shown}")
 
 
 class _DropLogsOf(logging.Filter):
@@ -834,11 +856,39 @@ def cmd_backup(ctx: Context, args: argparse.Namespace) -> int:
             {"path": str(target), "events": events, "last_hash": digest, "chain_problem": problem}
         )
     else:
-        ctx.say(f"backed up {ctx.db} to {target}: {events} events")
+        ctx.say(f"backed up {ctx.shown} to {target}: {events} events")
         if problem is None:
             ctx.say(f"the copy's chain checks out (head {digest[:16]})")
     if problem is not None:
         ctx.warn(f"warning: the copy (and so the original) fails: {problem}")
+    return 0
+
+
+def cmd_copy(ctx: Context, args: argparse.Namespace) -> int:
+    """Copy SRC to DST row for row; both ends then verify to the same head hash."""
+    source: Location = args.source if is_url(args.source) else Path(args.source)
+    target: Location = args.target if is_url(args.target) else Path(args.target)
+
+    async def go() -> tuple[int, str, int]:
+        async with open_read_only(source, busy_timeout_ms=ctx.busy_timeout_ms) as src:
+            store = make_store(target, busy_timeout_ms=ctx.busy_timeout_ms)
+            await store.open()
+            try:
+                before = (await store.head()).seq
+                await copy_log(src, store)
+                report = await store.verify_chain()
+            finally:
+                await store.close()
+            return report.last_seq, report.last_hash, before
+
+    last_seq, last_hash, before = _run(go)
+    if ctx.as_json:
+        ctx.emit_json({"copied": last_seq - before, "last_seq": last_seq, "last_hash": last_hash})
+    else:
+        ctx.say(
+            f"copied {last_seq - before} events from {describe(source)} to {describe(target)}:"
+            f" head seq {last_seq}, hash {last_hash}"
+        )
     return 0
 
 
@@ -863,7 +913,7 @@ def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
             return await equity_curve(store, bound=bound, check=not args.force)
 
     curve = _run(go)
-    title = args.title or f"Realized equity · {ctx.db.name}"
+    title = args.title or f"Realized equity · {Path(ctx.shown).name}"
     with output_errors(args.out), written_aside(target) as partial:
         render_equity(curve, partial, title=title)
     summary = curve.book.summary()
@@ -931,7 +981,7 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
         client = bybit_from_env(args.testnet, pro=live)  # ConfigError when the keys are unset
         async with Ledger(ctx.db, snapshot_path=ctx.snapshot, settings=ctx.settings) as ledger:
             network = "testnet" if args.testnet else "mainnet"
-            ctx.warn(f"syncing {ctx.db} with Bybit {network} (live={live}); Ctrl-C stops")
+            ctx.warn(f"syncing {ctx.shown} with Bybit {network} (live={live}); Ctrl-C stops")
             service = BotService(ledger, ExchangeGateway(client), live=live, handle_signals=True)
             await service.run()  # raises ExchangeAuthError when the keys are refused
             ctx.warn(f"stopped: {service.stop_reason or 'done'}")
@@ -1029,6 +1079,9 @@ exit status: 0 when everything checks out, 1 naming the first bad seq.""",
     "backup": """examples:
   ledger backup
   ledger backup --to /mnt/backups/ledger""",
+    "copy": """examples:
+  ledger copy data/ledger.db postgresql://ledger@db.internal/fleet
+  ledger copy postgresql://auditor@replica.internal/fleet audit-2025-01-07.db""",
     "plot": """examples:
   ledger plot equity.png
   ledger plot equity-jan7.png --as-of 2025-01-07T23:59:59""",
@@ -1044,9 +1097,10 @@ def _common(json_flag: bool, force_flag: bool) -> argparse.ArgumentParser:
     group = parent.add_argument_group("ledger location")
     group.add_argument(
         "--db",
-        type=Path,
+        type=str,
         default=argparse.SUPPRESS,
-        help="the ledger database (default: db_path from the settings, data/ledger.db)",
+        help="the ledger: a SQLite file or a postgresql:// URL (default: db_path from the"
+        " settings, data/ledger.db)",
     )
     group.add_argument(
         "--snapshot",
@@ -1094,7 +1148,7 @@ def build_parser() -> argparse.ArgumentParser:
 --db, --snapshot and --config may come before COMMAND as well as after it.
 run `ledger COMMAND --help` for each command's options and examples.""",
     )
-    parser.add_argument("--db", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--db", type=str, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--snapshot", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=_version())
@@ -1161,9 +1215,14 @@ run `ledger COMMAND --help` for each command's options and examples.""",
     p = add("snapshot", "write positions.json for the log's head now", force=True)
     p.set_defaults(handler=cmd_snapshot)
 
-    p = add("backup", "a consistent copy of the database (SQLite backup API)")
+    p = add("backup", "a consistent SQLite copy of the log (for PostgreSQL: the audit file)")
     p.add_argument("--to", type=Path, metavar="DIR", help="folder (default: backup_dir setting)")
     p.set_defaults(handler=cmd_backup)
+
+    p = add("copy", "copy a log between backends keeping seq, event ids and hashes")
+    p.add_argument("source", metavar="SRC", help="a SQLite file or a postgresql:// URL")
+    p.add_argument("target", metavar="DST", help="an empty (or older copy of the) ledger")
+    p.set_defaults(handler=cmd_copy)
 
     p = add("plot", "realized equity over time as a PNG (needs matplotlib)", force=True)
     p.add_argument("out", type=Path, metavar="PNG")

@@ -48,14 +48,14 @@ def backup_files(backup_dir: Path) -> list[OwnFile]:
 
 
 def ledger_files(
-    db: Path,
+    db: Path | None,
     *,
     snapshot: Path | None = None,
     backup_dir: Path | None = None,
 ) -> list[OwnFile]:
     """Every file an output must not replace: the database's, positions.json, and each backup
     in backup_dir."""
-    files = database_files(db)
+    files = database_files(db) if db is not None else []  # None: a server's ledger
     if snapshot is not None:
         files.append(snapshot_file(snapshot))
     if backup_dir is not None:

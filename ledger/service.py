@@ -54,8 +54,8 @@ from ledger.rebuild import fold_log
 from ledger.rules import check_command, decide
 from ledger.settings import Settings
 from ledger.snapshot_file import file_identity, move_aside, read_file, write_atomic
-from ledger.store.base import EventStore, StoreTransaction
-from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.base import EventStore, StoreTransaction, Waiter
+from ledger.store.factory import Location, backup_to_sqlite, is_url, make_store
 from ledger.store.writer import Completion, GroupCommit
 from ledger.values import (
     Side,
@@ -149,15 +149,17 @@ class Ledger:
         clock: Clock = system_clock,
     ) -> None:
         self.settings = settings or Settings()
-        self.db_path = Path(db_path or self.settings.db_path)
+        location = db_path or self.settings.db_path
+        # a SQLite file, or a postgresql:// URL (see ledger.store.factory)
+        self.db_path: Location = location if is_url(location) else Path(location)
         if snapshot_path is None:
             snapshot_path = (
-                self.db_path.with_name("positions.json")
-                if db_path is not None
+                Path(self.db_path).with_name("positions.json")
+                if db_path is not None and not is_url(db_path)
                 else self.settings.positions_file
             )
         self.snapshot_path = Path(snapshot_path)
-        self.store = store or SQLiteEventStore(
+        self.store = store or make_store(
             self.db_path,
             synchronous=self.settings.synchronous,
             busy_timeout_ms=self.settings.busy_timeout_ms,
@@ -890,35 +892,36 @@ class Ledger:
     ) -> AsyncIterator[Recorded]:
         """Every event after from_seq: first from the log, then live as they are committed.
 
-        Appends in this process wake the subscriber at once; appends by other processes on the
-        same database are picked up within poll_interval. Reading is on the subscriber's own
-        task, so a slow or failing subscriber never holds up an append.
+        Appends in this process wake the subscriber at once; appends by other processes wake
+        it through the store (PostgreSQL: LISTEN/NOTIFY) or are picked up within
+        poll_interval (the backstop everywhere). Reading is on the subscriber's own task, so a
+        slow or failing subscriber never holds up an append.
         """
         seq = from_seq
         self._subscribers += 1
         try:
-            while True:
-                appended = self._appended
-                async for page in self.store.iterate(after_seq=seq):
-                    for record in page:
-                        yield record
-                        seq = record.seq
-                with anyio.move_on_after(poll_interval):
-                    await appended.wait()
+            async with self.store.follow() as waiter:
+                while True:
+                    appended = self._appended
+                    async for page in self.store.iterate(after_seq=seq):
+                        for record in page:
+                            yield record
+                            seq = record.seq
+                    await _first_wake(appended, waiter, poll_interval)
         finally:
             self._subscribers -= 1
 
     async def backup(self, to: str | Path | None = None) -> Path:
-        """A consistent copy of the log through SQLite's backup API, keeping the newest N."""
-        if not isinstance(self.store, SQLiteEventStore):
-            raise StoreUnavailable("backups need the SQLite store")
+        """A consistent SQLite copy of the log (the portable audit file), keeping the newest N."""
         folder = Path(to or self.settings.backup_dir)
         folder.mkdir(parents=True, exist_ok=True)
         stamp = self._clock().strftime("%Y%m%dT%H%M%S%fZ")
         target = folder / f"ledger-{stamp}.db"
-        own = [*database_files(self.store.path), snapshot_file(self.snapshot_path)]
+        # a PostgreSQL ledger has no file here: only the snapshot must not be overwritten
+        db_files = [] if is_url(self.db_path) else database_files(Path(self.db_path))
+        own = [*db_files, snapshot_file(self.snapshot_path)]
         check_output(target, own, option="the backup")
-        await self.store.backup_to(target)
+        await backup_to_sqlite(self.store, target)
         # retention never deletes the live database, whatever it is called and wherever it is
         kept = [p for p in sorted(folder.glob(BACKUP_GLOB)) if not is_one_of(p, own)]
         for old in kept[: -self.settings.backup_retention]:
@@ -1020,6 +1023,23 @@ def _checked(decider: Decider) -> Decider:
         return planned
 
     return run
+
+
+async def _first_wake(appended: anyio.Event, waiter: Waiter, timeout: float) -> None:
+    """Return at a local append, a commit the store reports, or after timeout."""
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as group:
+
+            async def local() -> None:
+                await appended.wait()
+                group.cancel_scope.cancel()
+
+            async def remote() -> None:
+                await waiter.wait(timeout)
+                group.cancel_scope.cancel()
+
+            group.start_soon(local)
+            group.start_soon(remote)
 
 
 def _qty(

@@ -38,7 +38,7 @@ from ledger.events import (
     PositionOpened,
     RulesConfigured,
 )
-from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.base import EventStore
 from projections.book import Book
 
 
@@ -148,7 +148,7 @@ def dashboard(
     book: Book,
     recent: Iterable[tuple[Recorded, str]],
     *,
-    db_path: Path,
+    db_path: str,
     last_at: datetime | None,
 ) -> RenderableType:
     """The whole screen: header, open positions, latest events, session summary."""
@@ -204,7 +204,7 @@ def dashboard(
 
 
 async def watch(
-    store: SQLiteEventStore,
+    store: EventStore,
     snapshot_path: Path,
     *,
     console: Console,
@@ -226,7 +226,7 @@ async def watch(
         maxlen=recent_count,
     )
     last_at = loaded.at
-    db_path = store.path
+    db_path = store.location
 
     def screen() -> RenderableType:
         return dashboard(book, recent, db_path=db_path, last_at=last_at)

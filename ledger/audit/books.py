@@ -13,7 +13,7 @@ from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import SnapshotError
 from ledger.events import PositionOpened
 from ledger.snapshot_file import read_file
-from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.base import EventStore
 from projections.book import Book
 from projections.snapshot import decode_snapshot
 
@@ -44,7 +44,7 @@ class Replayed(msgspec.Struct, kw_only=True):
 
 
 async def book_at(
-    store: SQLiteEventStore,
+    store: EventStore,
     *,
     bound: Bound = HEAD,
     check: bool = True,
@@ -65,7 +65,7 @@ async def book_at(
     return Replayed(book=book, at=None if last is None else last.occurred_at, checked=check)
 
 
-async def load_book(store: SQLiteEventStore, snapshot_path: Path) -> Replayed:
+async def load_book(store: EventStore, snapshot_path: Path) -> Replayed:
     """The head's book: positions.json + the tail when its seq and hash match the log, else a
     fold of the whole log. Unchecked (a fast start, for `watch` and `--force`); writes nothing.
     """
@@ -82,7 +82,7 @@ async def load_book(store: SQLiteEventStore, snapshot_path: Path) -> Replayed:
     return Replayed(book=book, at=at, checked=False, from_snapshot=from_snapshot)
 
 
-async def trusted_snapshot(store: SQLiteEventStore, snapshot_path: Path) -> Book | None:
+async def trusted_snapshot(store: EventStore, snapshot_path: Path) -> Book | None:
     """positions.json's book when its last seq and hash are the log's, else None."""
     try:
         raw = await anyio.to_thread.run_sync(read_file, snapshot_path)

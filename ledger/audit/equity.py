@@ -9,7 +9,7 @@ import msgspec
 
 from ledger.audit.reading import HEAD, Bound, scan
 from ledger.events import PositionClosed
-from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.base import EventStore
 from ledger.values import ZERO
 from projections.book import Book
 
@@ -38,7 +38,7 @@ class EquityCurve(msgspec.Struct, kw_only=True):
 
 
 async def equity_curve(
-    store: SQLiteEventStore, *, bound: Bound = HEAD, check: bool = True
+    store: EventStore, *, bound: Bound = HEAD, check: bool = True
 ) -> EquityCurve:
     book = Book()
     points: list[EquityPoint] = []

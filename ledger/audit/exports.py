@@ -13,7 +13,7 @@ import msgspec
 from ledger.audit.reading import Progress, scan
 from ledger.envelope import Recorded
 from ledger.events import AnyEvent, PositionClosed
-from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.base import EventStore
 from ledger.values import ZERO, to_micros
 from projections.book import Book
 from projections.positions import Position
@@ -83,7 +83,7 @@ def trade_of(position: Position, close: PositionClosed, seq: int) -> Trade:
 
 
 async def trades(
-    store: SQLiteEventStore,
+    store: EventStore,
     *,
     check: bool = False,
     progress: Progress | None = None,

@@ -15,7 +15,7 @@ from ledger.events import (
     PositionMarked,
     PositionOpened,
 )
-from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.base import EventStore
 from ledger.values import ZERO
 from projections.book import Book
 from projections.positions import Position
@@ -50,9 +50,7 @@ def _price_qty_reason(event: AnyEvent) -> tuple[Decimal | None, Decimal | None, 
     return None, None, ""
 
 
-async def history(
-    store: SQLiteEventStore, position_id: str
-) -> tuple[Position | None, list[HistoryRow]]:
+async def history(store: EventStore, position_id: str) -> tuple[Position | None, list[HistoryRow]]:
     """Every event of one position in order, with running size and realized PnL so far."""
     book = Book()
     rows: list[HistoryRow] = []

@@ -13,7 +13,8 @@ import msgspec
 
 from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import IntegrityError, StoreUnavailable
-from ledger.store.base import ChainVerifier, Head, StagedRow, record_from_row
+from ledger.store.base import ChainVerifier, EventStore, Head, StagedRow, record_from_row
+from ledger.store.factory import Location, is_url, make_store
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import to_micros
 
@@ -49,12 +50,18 @@ class AuditStore(SQLiteEventStore):
 
 @asynccontextmanager
 async def open_read_only(
-    db_path: Path, *, busy_timeout_ms: int = 10_000
-) -> AsyncIterator[SQLiteEventStore]:
-    """The log opened read-only; raises StoreUnavailable (missing, locked, corrupt, foreign)."""
-    if db_path.is_dir():
-        raise StoreUnavailable(f"{db_path} is a directory, not a ledger database")
-    store = AuditStore(db_path, busy_timeout_ms=busy_timeout_ms)
+    db_path: Location, *, busy_timeout_ms: int = 10_000
+) -> AsyncIterator[EventStore]:
+    """The log opened read-only (a SQLite file, or a PostgreSQL URL: a primary or a hot
+    standby); raises StoreUnavailable (missing, locked, corrupt, foreign)."""
+    store: EventStore
+    if is_url(db_path):
+        store = make_store(db_path, read_only=True, busy_timeout_ms=busy_timeout_ms)
+    else:
+        path = Path(db_path)
+        if path.is_dir():
+            raise StoreUnavailable(f"{path} is a directory, not a ledger database")
+        store = AuditStore(path, busy_timeout_ms=busy_timeout_ms)
     try:
         await store.open()
     except BaseException:
@@ -110,7 +117,7 @@ class ScanStats(msgspec.Struct, kw_only=True):
 
 
 async def scan(
-    store: SQLiteEventStore,
+    store: EventStore,
     *,
     bound: Bound = HEAD,
     check: bool = True,
@@ -156,7 +163,7 @@ async def scan(
             progress(len(rows))
 
 
-async def check_chain(store: SQLiteEventStore, *, progress: Progress | None = None) -> ScanStats:
+async def check_chain(store: EventStore, *, progress: Progress | None = None) -> ScanStats:
     """The cheap check over the whole log; raises IntegrityError at the first bad row."""
     stats = ScanStats()
     async for _ in scan(store, check=True, stats=stats, progress=progress):

@@ -15,8 +15,7 @@ from ledger.audit_rules import violations
 from ledger.commands import Limits
 from ledger.errors import IntegrityError, SnapshotError
 from ledger.snapshot_file import read_file
-from ledger.store.base import ChainVerifier
-from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.base import ChainVerifier, EventStore
 from projections.book import Book
 from projections.snapshot import decode_snapshot, encode_snapshot
 
@@ -138,7 +137,7 @@ class _SnapshotUnderTest:
 
 
 async def verify_log(
-    store: SQLiteEventStore,
+    store: EventStore,
     snapshot_path: Path,
     *,
     limits: Limits | None = None,

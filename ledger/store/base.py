@@ -650,6 +650,11 @@ class EventStore(abc.ABC):
 
         await self.transact(unit)
 
+    @property
+    def location(self) -> str:
+        """Where the log is, as it may be shown (never with a password)."""
+        return type(self).__name__
+
     def follow(self) -> AbstractAsyncContextManager[Waiter]:
         """Something to wait on for the next commit; stores that cannot tell just poll."""
         return _polling()

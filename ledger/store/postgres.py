@@ -168,7 +168,7 @@ class PostgresEventStore(EventStore):
     ) -> None:
         super().__init__()
         self.url = url
-        self.location = scrub(url)
+        self._location = scrub(url)
         self._secrets = _secrets(url)
         self._read_only = read_only
         self._lock_timeout_ms = lock_timeout_ms
@@ -179,6 +179,10 @@ class PostgresEventStore(EventStore):
         self._lock = anyio.Lock()
         self._head = Head()
         self._schema = "public"
+
+    @property
+    def location(self) -> str:
+        return self._location
 
     # -- connections ----------------------------------------------------------------------
 
@@ -395,6 +399,10 @@ class PostgresEventStore(EventStore):
 
     async def head(self) -> Head:
         conn = self._reading()
+        if self._read_only:
+            # as the SQLite audit view: seq and hash alone (the versions only a writer needs
+            # cost a scan of every stream)
+            return await self._run(self._last_sync)
 
         def read() -> Head:
             # one statement, so one snapshot answers both
@@ -409,6 +417,14 @@ class PostgresEventStore(EventStore):
             return Head(int(row[0]), str(row[1]), {str(k): int(v) for k, v in row[2].items()})
 
         return await self._run(read)
+
+    def _last_sync(self) -> Head:
+        row = (
+            self._reading()
+            .execute(f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1")
+            .fetchone()
+        )
+        return Head() if row is None else Head(int(row[0]), str(row[1]))
 
     async def hash_at(self, seq: int) -> str | None:
         conn = self._reading()

@@ -163,6 +163,10 @@ class SQLiteEventStore(EventStore):
         # how a read-only store was opened (see ledger.store.read_only), once it is
         self.read_only_open: ReadOnlyOpen | None = None
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     async def open(self) -> None:
         """Connect, create the schema if new, load the head; raises StoreUnavailable.
 
