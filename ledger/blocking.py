@@ -92,8 +92,11 @@ class ThreadSafePositionManager:
         *,
         db_path: str | Path | None = None,
         settings: Settings | None = None,
+        account: str | None = None,
     ) -> None:
         self.settings = settings or load_settings()
+        # this bot's account in a shared ledger (default: the `account` setting)
+        self.account = account or self.settings.account
         defaults = Settings()
         if file_path is None:
             configured = self.settings.positions_file != defaults.positions_file
@@ -127,7 +130,10 @@ class ThreadSafePositionManager:
                 async with (
                     BlockingPortal() as portal,
                     Ledger(
-                        self.db_path, snapshot_path=self.file_path, settings=self.settings
+                        self.db_path,
+                        snapshot_path=self.file_path,
+                        settings=self.settings,
+                        account=self.account,
                     ) as ledger,
                 ):
                     self._portal, self._ledger = portal, ledger
@@ -264,6 +270,7 @@ class ThreadSafePositionManager:
             real_initial_margin=optional_decimal(
                 "real_initial_margin", kwargs.get("real_initial_margin")
             ),
+            account=self.account,
         )
         mark = _first_mark(command, kwargs)
         limits = self.settings.limits

@@ -77,6 +77,7 @@ from ledger.values import parse_time
 from ledger.watch import num, pct, short_time, table, usd
 from projections.book import Book
 from projections.positions import Position
+from projections.stats import Accumulators
 
 T = TypeVar("T")
 
@@ -235,19 +236,23 @@ def cmd_stats(ctx: Context, args: argparse.Namespace) -> int:
 
     replayed, head_seq = _run(go)
     book = replayed.book
-    summary = book.summary()
-    symbols = _symbol_rows(book)
+    if args.by == "account":
+        return _stats_by_account(ctx, replayed, head_seq)
+    summary = book.summary(args.account)
+    symbols = _symbol_rows(book, args.account)
     if ctx.as_json:
         ctx.emit_json(
             {
                 "as_of": _as_of_json(replayed, head_seq),
                 "symbol": args.symbol,
+                "account": args.account,
                 "summary": summary,
                 "symbols": symbols,
             }
         )
         return 0
     scope = f" for {args.symbol}" if args.symbol else ""
+    scope += f" of account {args.account}" if args.account else ""
     ctx.say(f"Session{scope} {_where(replayed)} (head seq {head_seq})")
     table = _table("Summary", ["figure", "value"], right=["value"])
     pf = "n/a" if summary.profit_factor is None else f"{summary.profit_factor:.2f}"
@@ -308,11 +313,40 @@ class SymbolRow(msgspec.Struct, kw_only=True):
     funding: Decimal
 
 
-def _symbol_rows(book: Book) -> list[SymbolRow]:
+def _stats_by_account(ctx: Context, replayed: Replayed, head_seq: int) -> int:
+    """`stats --by account`: one summary per account, and the fleet's."""
+    book = replayed.book
+    summaries = {name: book.summary(name) for name in book.account_names()}
+    fleet = book.summary()
+    if ctx.as_json:
+        as_of = _as_of_json(replayed, head_seq)
+        ctx.emit_json({"as_of": as_of, "accounts": summaries, "fleet": fleet})
+        return 0
+    ctx.say(f"Session by account {_where(replayed)} (head seq {head_seq})")
+    columns = ["account", "open", "closed", "W/L", "realized", "unrealized", "total PnL"]
+    columns += ["balance"]
+    table = _table("Accounts", columns, right=columns[1:])
+    for name, s in [*summaries.items(), ("(fleet)", fleet)]:
+        table.add_row(
+            name,
+            str(s.active_positions),
+            str(s.closed_trades),
+            f"{s.wins}/{s.losses}",
+            usd(s.total_realized_pnl),
+            usd(s.unrealized_pnl),
+            usd(s.total_pnl),
+            usd(s.balance),
+        )
+    ctx.out.print(table)
+    return 0
+
+
+def _symbol_rows(book: Book, account: str | None = None) -> list[SymbolRow]:
     """Closed figures per symbol from the statistics, plus what is open on each."""
     rows: dict[str, SymbolRow] = {}
     zero = Decimal(0)
-    for name, s in book.acc.per_symbol.items():
+    acc = book.acc if account is None else book.accounts.get(account, Accumulators())
+    for name, s in acc.per_symbol.items():
         rows[name] = SymbolRow(
             symbol=name,
             open=0,
@@ -326,6 +360,8 @@ def _symbol_rows(book: Book) -> list[SymbolRow]:
             funding=s.funding,
         )
     for p in book.open.values():
+        if account is not None and p.account != account:
+            continue
         row = rows.get(p.symbol)
         if row is None:
             row = rows[p.symbol] = SymbolRow(
@@ -354,9 +390,13 @@ def _symbol_rows(book: Book) -> list[SymbolRow]:
 def _select(book: Book, args: argparse.Namespace) -> tuple[list[Position], list[Position]]:
     want_open = not args.closed
     want_closed = not args.open
-    symbol = args.symbol
-    opened = [p for p in book.open.values() if symbol is None or p.symbol == symbol]
-    closed = [p for p in book.closed.values() if symbol is None or p.symbol == symbol]
+    symbol, account = args.symbol, args.account
+
+    def wanted(p: Position) -> bool:
+        return (symbol is None or p.symbol == symbol) and (account is None or p.account == account)
+
+    opened = [p for p in book.open.values() if wanted(p)]
+    closed = [p for p in book.closed.values() if wanted(p)]
     closed.sort(key=lambda p: p.close_time or p.open_time, reverse=True)
     opened.sort(key=lambda p: p.open_time, reverse=True)
     if args.limit is not None:
@@ -1170,6 +1210,8 @@ run `ledger COMMAND --help` for each command's options and examples.""",
     p = add("stats", "the session summary and a per-symbol table", force=True)
     _at_point(p, required=False)
     p.add_argument("--symbol", help="only positions on this symbol")
+    p.add_argument("--account", help="one account's figures (default: the whole ledger)")
+    p.add_argument("--by", choices=["account"], help="one summary per account")
     p.set_defaults(handler=cmd_stats)
 
     p = add("positions", "a table of positions", force=True)
@@ -1178,6 +1220,7 @@ run `ledger COMMAND --help` for each command's options and examples.""",
     which.add_argument("--closed", action="store_true", help="only closed positions")
     p.add_argument("--symbol", help="only positions on this symbol")
     p.add_argument("--limit", type=_positive_int, metavar="N", help="the N most recent of each")
+    p.add_argument("--account", help="only this account's positions")
     p.set_defaults(handler=cmd_positions)
 
     p = add("history", "every event of one position, with running size and PnL")

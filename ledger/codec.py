@@ -9,9 +9,10 @@ from typing import Any
 import msgspec
 
 from ledger.errors import InvalidValue
-from ledger.events import AnyEvent
+from ledger.events import DEFAULT_ACCOUNT, AnyEvent
 
-SCHEMA_VERSION = 1
+# 2: PositionOpened and BalanceObserved carry the account
+SCHEMA_VERSION = 2
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
@@ -19,7 +20,17 @@ _raw_decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[s
 
 # (event type, stored schema version) -> function turning that version's dict into the next one.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def _into_default_account(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 knew one account: its positions and balances are the default account's."""
+    return {**raw, "account": raw.get("account", DEFAULT_ACCOUNT)}
+
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("PositionOpened", 1): _into_default_account,
+    ("BalanceObserved", 1): _into_default_account,
+}
 
 
 def encode_event(event: AnyEvent) -> bytes:

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import msgspec
 
+from ledger.events import DEFAULT_ACCOUNT
 from ledger.values import ZERO, Side, Source
 
 
@@ -32,6 +33,8 @@ class OpenPosition(Command, frozen=True, kw_only=True):
     # Limits guard the bot's own decisions; a position that already exists on the exchange
     # is a fact and is recorded even past them.
     enforce_limits: bool = True
+    # the bot or exchange sub-account the position belongs to; the limits apply per account
+    account: str = DEFAULT_ACCOUNT
 
 
 class IncreasePosition(Command, frozen=True, kw_only=True):
@@ -94,6 +97,7 @@ class ObserveBalance(Command, frozen=True, kw_only=True):
     total: Decimal
     available: Decimal
     currency: str = "USDT"
+    account: str = DEFAULT_ACCOUNT
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):

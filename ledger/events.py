@@ -14,6 +14,9 @@ import msgspec
 from ledger.values import ZERO, Side, Source
 
 ACCOUNT_STREAM = "account"
+# the account (a bot, or an exchange sub-account) of a ledger that names none; events written
+# before accounts existed (schema version 1) are upcast to it
+DEFAULT_ACCOUNT = "default"
 
 
 # gc=False: immutable leaves that can never be part of a reference cycle, so the cyclic GC
@@ -40,6 +43,7 @@ class PositionOpened(Event, frozen=True, kw_only=True):
     atr: Decimal | None = None
     adx: Decimal | None = None
     volatility: Decimal | None = None
+    account: str = DEFAULT_ACCOUNT
 
 
 class PositionIncreased(Event, frozen=True, kw_only=True):
@@ -148,6 +152,7 @@ class BalanceObserved(Event, frozen=True, kw_only=True):
     available: Decimal
     currency: str = "USDT"
     source: Source = Source.EXCHANGE
+    account: str = DEFAULT_ACCOUNT
 
 
 class HistoryImported(Event, frozen=True, kw_only=True):

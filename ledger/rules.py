@@ -93,6 +93,7 @@ def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
                 total=non_negative("total", command.total),
                 available=non_negative("available", command.available),
                 currency=command.currency,
+                account=command.account,
             )
         ]
     raise InvalidValue("command", type(command).__name__, "unknown command")
@@ -209,12 +210,14 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
         or not limits.min_leverage <= leverage <= limits.max_leverage
     ):
         raise LeverageOutOfRange(leverage, limits.min_leverage, limits.max_leverage)
-    if command.enforce_limits:
-        existing = book.open_for(command.symbol, command.side)
+    if command.enforce_limits:  # per account: bots sharing a ledger do not limit each other
+        account = command.account
+        existing = book.open_for(command.symbol, command.side, account=account)
         if existing is not None:
             raise DuplicatePosition(command.symbol, command.side.value, existing.position_id)
-        if len(book.open) >= limits.max_concurrent_positions:
-            raise TooManyOpenPositions(limits.max_concurrent_positions, len(book.open))
+        count = book.open_count(account)
+        if count >= limits.max_concurrent_positions:
+            raise TooManyOpenPositions(limits.max_concurrent_positions, count)
     margin = command.real_initial_margin
     return PositionOpened(
         position_id=command.position_id,
@@ -232,6 +235,7 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
         atr=_optional("atr", command.atr),
         adx=_optional("adx", command.adx),
         volatility=_optional("volatility", command.volatility),
+        account=command.account,
     )
 
 

@@ -52,7 +52,7 @@ from ledger.output_paths import (
 )
 from ledger.rebuild import fold_log
 from ledger.rules import check_command, decide
-from ledger.settings import Settings
+from ledger.settings import ALL_ACCOUNTS, Settings
 from ledger.snapshot_file import file_identity, move_aside, read_file, write_atomic
 from ledger.store.base import EventStore, StoreTransaction, Waiter
 from ledger.store.factory import Location, backup_to_sqlite, is_url, make_store
@@ -147,8 +147,14 @@ class Ledger:
         settings: Settings | None = None,
         store: EventStore | None = None,
         clock: Clock = system_clock,
+        account: str | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        # what this ledger writes as, and what its reads default to; ALL_ACCOUNTS ("*") in
+        # a read means the whole fleet
+        self.account = account or self.settings.account
+        if not self.account.strip() or self.account == ALL_ACCOUNTS:
+            raise InvalidValue("account", self.account, "must name one account")
         location = db_path or self.settings.db_path
         # a SQLite file, or a postgresql:// URL (see ledger.store.factory)
         self.db_path: Location = location if is_url(location) else Path(location)
@@ -165,9 +171,10 @@ class Ledger:
             busy_timeout_ms=self.settings.busy_timeout_ms,
             clock=clock,
         )
-        if isinstance(self.store, SQLiteEventStore):
+        if not is_url(self.db_path):
             # positions.json written (or a foreign file moved aside) there would take the log
-            refuse_own(self.snapshot_path, database_files(self.store.path), option="snapshot_path")
+            files = database_files(Path(self.db_path))
+            refuse_own(self.snapshot_path, files, option="snapshot_path")
         self._clock = clock
         self._limits = self.settings.limits
         self._book = Book()
@@ -716,6 +723,7 @@ class Ledger:
             adx=optional_decimal("adx", adx),
             volatility=optional_decimal("volatility", volatility),
             real_initial_margin=optional_decimal("real_initial_margin", real_initial_margin),
+            account=self.account,
         )
         await self.execute(command)
         return self._position(command.position_id)
@@ -820,7 +828,9 @@ class Ledger:
         """Record the account balance; raises InvalidValue."""
         await self.execute(
             ObserveBalance(
-                total=to_decimal("total", total), available=to_decimal("available", available)
+                total=to_decimal("total", total),
+                available=to_decimal("available", available),
+                account=self.account,
             )
         )
 
@@ -845,22 +855,34 @@ class Ledger:
         """An open or closed position by id."""
         return self._book.get(position_id)
 
+    def _which(self, account: str | None) -> str | None:
+        """None (every account) for ALL_ACCOUNTS, this ledger's own account by default."""
+        chosen = account or self.account
+        return None if chosen == ALL_ACCOUNTS else chosen
+
     def get_position_for_symbol(
-        self, symbol: str, side: Side | str | None = None
+        self, symbol: str, side: Side | str | None = None, *, account: str | None = None
     ) -> Position | None:
-        return self._book.open_for(symbol, None if side is None else Side.parse(side))
+        """An open position on symbol (and side) of this ledger's account (or the one given)."""
+        return self._book.open_for(
+            symbol, None if side is None else Side.parse(side), account=self._which(account)
+        )
 
     def has_position_for_symbol(self, symbol: str, side: Side | str | None = None) -> bool:
         return self.get_position_for_symbol(symbol, side) is not None
 
-    def active_positions(self) -> list[Position]:
-        return list(self._book.open.values())
+    def active_positions(self, account: str | None = None) -> list[Position]:
+        """Open positions of this ledger's account, of another, or of all ("*")."""
+        which = self._which(account)
+        return [p for p in self._book.open.values() if which is None or p.account == which]
 
-    def closed_positions(self) -> list[Position]:
-        return list(self._book.closed.values())
+    def closed_positions(self, account: str | None = None) -> list[Position]:
+        which = self._which(account)
+        return [p for p in self._book.closed.values() if which is None or p.account == which]
 
-    def session_summary(self) -> SessionSummary:
-        return self._book.summary()
+    def session_summary(self, account: str | None = None) -> SessionSummary:
+        """The summary of this ledger's account, of another, or of the fleet ("*")."""
+        return self._book.summary(self._which(account))
 
     # -- reads from the log ---------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from ledger.commands import Limits
 from ledger.errors import ConfigError
 
 ENV_PREFIX = "POSITION_LEDGER_"
+# what `account=` takes to mean every account of the ledger (never an account's own name)
+ALL_ACCOUNTS = "*"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 DEFAULT_CONFIG_FILE = "position-ledger.toml"
 
@@ -22,6 +24,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Every knob, with the seed's defaults where the seed had one."""
 
     db_path: str = "data/ledger.db"
+    # the bot or exchange sub-account this process writes as (a fleet shares one ledger)
+    account: str = "default"
     positions_file: str = "data/positions.json"
     position_sync_interval: float = 60.0
     max_concurrent_positions: int = 5
@@ -70,6 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "mark_min_move_pct": self.mark_min_move_pct >= 0,
             "history_max_days": self.history_max_days >= 1,
             "ban_wait_seconds": self.ban_wait_seconds >= 0,
+            "account": bool(self.account.strip()) and self.account != ALL_ACCOUNTS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -45,6 +45,9 @@ class Book:
         self.balance: Decimal | None = None
         self.available: Decimal | None = None
         self.acc = Accumulators()
+        # the same sums per account, and each account's last balance
+        self.accounts: dict[str, Accumulators] = {}
+        self.balances: dict[str, tuple[Decimal, Decimal]] = {}
         self.imported_files: MutableMapping[str, str] = {}
         # the limits the log last recorded (None: written before limits were recorded)
         self.rules: RulesConfigured | None = None
@@ -77,15 +80,16 @@ class Book:
             if event.position_id in self.open or event.position_id in self.closed:
                 self.skipped.append(seq)
                 return
-            self.open[event.position_id] = fold.opened(event, at)
-            self.acc.realize(event.fee.copy_negate())
+            started = fold.opened(event, at)
+            self.open[event.position_id] = started
+            self._realize(started.account, event.fee.copy_negate())
         elif isinstance(event, PartialExitRecorded):
             position = self.open.get(event.position_id)
             if position is None:
                 self.skipped.append(seq)
                 return
             self.open[event.position_id] = fold.partly_exited(position, event, at)
-            self.acc.realize(event.realized_pnl)
+            self._realize(position.account, event.realized_pnl)
         elif isinstance(event, PositionClosed):
             position = self.open.pop(event.position_id, None)
             if position is None:
@@ -93,8 +97,9 @@ class Book:
                 return
             done = fold.closed(position, event, at)
             self.closed[event.position_id] = done
-            self.acc.realize(event.realized_pnl)
+            self._realize(done.account, event.realized_pnl)
             self.acc.record_close(done)
+            self._account(done.account).record_close(done)
         elif isinstance(event, FundingRecorded):
             position = self.open.get(event.position_id)
             if position is not None:
@@ -108,18 +113,21 @@ class Book:
                 amended = fold.funded(closed, event)
                 self.closed[event.position_id] = amended
                 self.acc.amend_close(closed, amended)
-            self.acc.realize(event.amount)
+                self._account(closed.account).amend_close(closed, amended)
+                position = closed
+            self._realize(position.account, event.amount)
         elif isinstance(event, PositionIncreased):
             position = self.open.get(event.position_id)
             if position is None:
                 self.skipped.append(seq)
                 return
             self.open[event.position_id] = fold.increased(position, event)
-            self.acc.realize(event.fee.copy_negate())
+            self._realize(position.account, event.fee.copy_negate())
         elif isinstance(event, PnlAmended):
             still_open = self.open.get(event.position_id)
             if still_open is not None:
                 self.open[event.position_id] = fold.amended(still_open, event)
+                owner = still_open.account
             else:
                 was = self.closed.get(event.position_id)
                 if was is None:
@@ -128,7 +136,9 @@ class Book:
                 fixed = fold.amended(was, event)
                 self.closed[event.position_id] = fixed
                 self.acc.amend_close(was, fixed)
-            self.acc.realize(LEDGER_CONTEXT.subtract(event.realized_pnl, event.estimated_pnl))
+                self._account(was.account).amend_close(was, fixed)
+                owner = was.account
+            self._realize(owner, LEDGER_CONTEXT.subtract(event.realized_pnl, event.estimated_pnl))
         elif isinstance(event, ExitIntended | ExitAbandoned):
             position = self.open.get(event.position_id)
             if position is None:
@@ -141,10 +151,21 @@ class Book:
         elif isinstance(event, BalanceObserved):
             self.balance = event.total
             self.available = event.available
+            self.balances[event.account] = (event.total, event.available)
         elif isinstance(event, HistoryImported):
             self.imported_files[event.file_sha256] = event.file_name
         elif isinstance(event, RulesConfigured):
             self.rules = event
+
+    def _account(self, account: str) -> Accumulators:
+        acc = self.accounts.get(account)
+        if acc is None:
+            acc = self.accounts[account] = Accumulators()
+        return acc
+
+    def _realize(self, account: str, amount: Decimal) -> None:
+        self.acc.realize(amount)
+        self._account(account).realize(amount)
 
     def apply_all(self, records: Iterable[Recorded]) -> None:
         for record in records:
@@ -224,6 +245,8 @@ class Book:
         other.balance = self.balance
         other.available = self.available
         other.acc = self.acc.copy()
+        other.accounts = {name: acc.copy() for name, acc in self.accounts.items()}
+        other.balances = dict(self.balances)
         other.imported_files = dict(self.imported_files)
         other.rules = self.rules
         other.last_seq = self.last_seq
@@ -243,6 +266,8 @@ class Book:
         other.balance = self.balance
         other.available = self.available
         other.acc = self.acc.copy()
+        other.accounts = {name: acc.copy() for name, acc in self.accounts.items()}
+        other.balances = dict(self.balances)
         other.imported_files = ChainMap({}, self.imported_files)
         other.rules = self.rules
         other.last_seq = self.last_seq
@@ -290,16 +315,57 @@ class Book:
         """An open or closed position by id."""
         return self.open.get(position_id) or self.closed.get(position_id)
 
-    def open_for(self, symbol: str, side: Side | None = None) -> Position | None:
-        """The first open position on symbol, in any spelling (and side, when given)."""
+    def open_for(
+        self, symbol: str, side: Side | None = None, *, account: str | None = None
+    ) -> Position | None:
+        """The first open position on symbol, in any spelling (and side and account, when
+        given)."""
         market = market_key(symbol)
         for position in self.open.values():
-            if market_key(position.symbol) == market and (side is None or position.side is side):
+            if (
+                market_key(position.symbol) == market
+                and (side is None or position.side is side)
+                and (account is None or position.account == account)
+            ):
                 return position
         return None
 
-    def summary(self) -> SessionSummary:
-        return summarize(self.acc, list(self.open.values()), self.balance, self.available)
+    def only(self, account: str) -> Book:
+        """A fork holding one account's positions and balance alone: what that account's
+        exchange sync reconciles (it must never adopt or close another account's)."""
+        other = self.fork()
+        other.open = {k: p for k, p in self.open.items() if p.account == account}
+        other.closed = {k: p for k, p in self.closed.items() if p.account == account}
+        balance = self.balances.get(account)
+        other.balance, other.available = balance if balance is not None else (None, None)
+        return other
+
+    def open_count(self, account: str | None = None) -> int:
+        """Open positions, of one account or of all."""
+        if account is None:
+            return len(self.open)
+        return sum(1 for position in self.open.values() if position.account == account)
+
+    def account_names(self) -> list[str]:
+        """Every account with a position or a balance, sorted."""
+        names = {p.account for p in self.open.values()} | set(self.accounts) | set(self.balances)
+        return sorted(names)
+
+    def summary(self, account: str | None = None) -> SessionSummary:
+        """The session summary of one account, or of the whole fleet (account=None)."""
+        if account is None:
+            if len(self.balances) > 1:  # several accounts: the fleet's money is their sum
+                total = sum((b[0] for b in self.balances.values()), Decimal(0))
+                available = sum((b[1] for b in self.balances.values()), Decimal(0))
+                return summarize(self.acc, list(self.open.values()), total, available)
+            return summarize(self.acc, list(self.open.values()), self.balance, self.available)
+        balance = self.balances.get(account)
+        return summarize(
+            self.accounts.get(account) or Accumulators(),
+            [p for p in self.open.values() if p.account == account],
+            None if balance is None else balance[0],
+            None if balance is None else balance[1],
+        )
 
 
 def _flat_layers(mapping: MutableMapping[str, Position]) -> list[MutableMapping[str, Position]]:

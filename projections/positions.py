@@ -14,6 +14,7 @@ from decimal import Decimal
 import msgspec
 
 from ledger.events import (
+    DEFAULT_ACCOUNT,
     ExitAbandoned,
     ExitIntended,
     FundingRecorded,
@@ -103,6 +104,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     estimates: tuple[Estimate, ...] = ()
     amended_refs: tuple[str, ...] = ()
     pending_exits: tuple[str, ...] = ()
+    account: str = DEFAULT_ACCOUNT
 
     @property
     def is_open(self) -> bool:
@@ -139,6 +141,7 @@ def opened(event: PositionOpened, at: datetime) -> Position:
         open_fee=event.fee,
         source=event.source,
         position_idx=event.position_idx,
+        account=event.account,
     )
 
 

@@ -23,7 +23,7 @@ FORMAT_VERSION = 1
 # The version of the folds (positions, stats, book) a snapshot was computed with. Raise it
 # whenever their results change for the same events: older snapshots are then rebuilt from
 # the log instead of carrying the old arithmetic forward.
-PROJECTION_VERSION = 3
+PROJECTION_VERSION = 4  # 4: sums and balances per account
 
 
 class SnapshotFile(msgspec.Struct, kw_only=True):
@@ -40,6 +40,8 @@ class SnapshotFile(msgspec.Struct, kw_only=True):
     accumulators: Accumulators = msgspec.field(default_factory=Accumulators)
     imported_files: dict[str, str] = msgspec.field(default_factory=dict)
     rules: RulesConfigured | None = None
+    account_accumulators: dict[str, Accumulators] = msgspec.field(default_factory=dict)
+    account_balances: dict[str, tuple[Decimal, Decimal]] = msgspec.field(default_factory=dict)
     # sha256 of the file's own bytes with this field (the last key) zeroed: a hand-edited
     # figure is caught even where last_seq and last_hash were left alone.
     content_sha256: str = "0" * 64
@@ -65,6 +67,8 @@ def encode_snapshot(book: Book, saved_at: datetime) -> bytes:
         accumulators=book.acc,
         imported_files=dict(book.imported_files),
         rules=book.rules,
+        account_accumulators=book.accounts,
+        account_balances=book.balances,
     )
     unsigned = msgspec.json.format(_encoder.encode(document), indent=2)
     return _sign(unsigned, hashlib.sha256(unsigned).hexdigest())
@@ -158,6 +162,8 @@ def _decode(data: bytes) -> Book:
     book.balance = document.balance
     book.available = document.available_balance
     book.acc = document.accumulators
+    book.accounts = dict(document.account_accumulators)
+    book.balances = dict(document.account_balances)
     book.imported_files = dict(document.imported_files)
     book.rules = document.rules
     book.last_seq = document.last_seq

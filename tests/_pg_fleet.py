@@ -25,7 +25,7 @@ from ledger.values import Side
 def _settings(folder: Path, name: str) -> Settings:
     return Settings(
         positions_file=str(folder / f"positions-{name}.json"),
-        max_concurrent_positions=100,
+        max_concurrent_positions=1,  # per account: each account holds one at a time
         snapshot_every_events=1_000_000,
         snapshot_every_seconds=3600,
     )
@@ -37,13 +37,20 @@ def _ack(fd: int, records: list[Recorded]) -> None:
 
 
 async def bot(url: str, name: str, cycles: int, acks: Path, folder: Path) -> None:
+    """Two accounts in one process (a bot trading two exchange sub-accounts)."""
     fd = os.open(acks, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    settings = _settings(folder, name)
-    async with Ledger(url, snapshot_path=settings.positions_file, settings=settings) as ledger:
+    a_settings, b_settings = _settings(folder, f"{name}-a"), _settings(folder, f"{name}-b")
+    async with (
+        Ledger(url, snapshot_path=a_settings.positions_file, settings=a_settings,
+               account=f"{name}-a") as first,
+        Ledger(url, snapshot_path=b_settings.positions_file, settings=b_settings,
+               account=f"{name}-b") as second,
+    ):  # fmt: skip
         for cycle in range(cycles):
-            for account in ("a", "b"):
-                position_id = f"{name}-{account}-{cycle}"
-                symbol = f"{name.upper()}{account.upper()}/USDT:USDT"
+            for ledger in (first, second):
+                position_id = f"{ledger.account}-{cycle}"
+                # the same market for both accounts: the rules hold per account
+                symbol = f"{name.upper()}/USDT:USDT"
                 steps: list[AnyCommand] = [
                     OpenPosition(
                         position_id=position_id,
@@ -52,6 +59,7 @@ async def bot(url: str, name: str, cycles: int, acks: Path, folder: Path) -> Non
                         qty=Decimal("2"),
                         entry_price=Decimal("100"),
                         leverage=5,
+                        account=ledger.account,
                     ),
                     RecordPartialExit(
                         position_id=position_id, qty=Decimal("0.5"), price=Decimal("101")

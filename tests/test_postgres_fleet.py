@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import anyio
@@ -113,9 +114,20 @@ def _run_fleet(url: str, folder: Path, *, kill_one: bool) -> None:
     # each surviving bot's positions all went open -> partial exit -> closed
     book = anyio.run(_book, url)
     for index in range(1 if kill_one else 0, BOTS):  # the victim's last cycle may be open
-        mine = [p for p in book.closed.values() if p.position_id.startswith(f"bot{index}-")]
-        assert len(mine) == CYCLES * 2
-        assert not [p for p in book.open.values() if p.position_id.startswith(f"bot{index}-")]
+        for account in (f"bot{index}-a", f"bot{index}-b"):
+            summary = book.summary(account)
+            assert (summary.closed_trades, summary.active_positions) == (CYCLES, 0)
+            # each cycle: 0.5 exited at +1 and 1.5 closed at -0.5 (buy) or the reverse (sell)
+            by_hand = sum(
+                (
+                    Decimal("0.5") * 1 + Decimal("1.5") * Decimal("-0.5")
+                    if cycle % 2
+                    else Decimal("0.5") * -1 + Decimal("1.5") * Decimal("0.5")
+                    for cycle in range(CYCLES)
+                ),
+                Decimal(0),
+            )
+            assert summary.total_realized_pnl == by_hand
 
 
 async def _book(url: str) -> Book:

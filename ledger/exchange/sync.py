@@ -17,12 +17,13 @@ from decimal import Decimal
 from typing import Protocol, TypeVar
 
 import anyio
+import msgspec
 from anyio.abc import TaskStatus
 
 from ledger.clock import Clock, system_clock
 from ledger.envelope import Recorded
 from ledger.errors import ExchangeAuthError, ExchangeError
-from ledger.events import PositionClosed, PositionOpened
+from ledger.events import AnyEvent, BalanceObserved, PositionClosed, PositionOpened
 from ledger.exchange.observations import (
     BalanceObservation,
     ClosedPnlObservation,
@@ -200,10 +201,14 @@ class ExchangeSync:
         counts = dict(self.absent_counts)
         since = dict(self.absent_since)
 
+        account = ledger.account
+
         def decider(book: Book) -> list[Plan]:
-            result = reconcile(book, snapshot, counts, policy, since)
+            # this bot's account alone: another bot's positions in a shared ledger are not
+            # on this bot's exchange account, and must never be closed or adopted from here
+            result = reconcile(book.only(account), snapshot, counts, policy, since)
             decided.append((result, book.last_seq))
-            return [Plan(p.event, p.key, p.occurred_at) for p in result.plans]
+            return [Plan(_owned(p.event, account), p.key, p.occurred_at) for p in result.plans]
 
         try:
             with anyio.CancelScope(shield=True):
@@ -366,3 +371,10 @@ def _first_exchange_error(group: BaseExceptionGroup[BaseException]) -> BaseExcep
         if isinstance(leaf, ExchangeAuthError):
             return leaf
     return leaves[0]
+
+
+def _owned(event: AnyEvent, account: str) -> AnyEvent:
+    """The event as this bot's account's: adopted positions and balances carry it."""
+    if isinstance(event, PositionOpened | BalanceObserved) and event.account != account:
+        return msgspec.structs.replace(event, account=account)
+    return event
