@@ -1,0 +1,319 @@
+"""PostgreSQL beside SQLite, in the same run, as ratios (a throwaway server is started).
+
+- sequential commands: one Ledger, open / partial exit / close cycles, one at a time;
+- 8 writer processes on one ledger, each running the same cycles (started together by a
+  barrier; throughput = all commands / the slowest writer's time);
+- the eventsourcing library's PostgreSQL recorder doing the same number of one-event appends
+  (optional dependency: skipped with a message when it is not installed);
+- subscriber lag: commit to delivery through `Ledger.subscribe` in another Ledger (PostgreSQL:
+  LISTEN/NOTIFY; SQLite: polling), p50 and p99;
+- rebuild: a Ledger starting without a snapshot folds the whole log from PostgreSQL, beside a
+  raw psycopg SELECT scan of the same rows (the scale's log: 1M events under BENCH_SCALE=full).
+
+Run alone for the table: `python -m benchmarks.bench_postgres` (BENCH_SCALE as for the rest).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from benchmarks._data import EventMix, Scale, build_log, current_scale, take
+from ledger.commands import AnyCommand, ClosePosition, OpenPosition, RecordPartialExit
+from ledger.service import Ledger
+from ledger.settings import Settings
+from ledger.store.factory import copy_log
+from ledger.store.postgres import TABLE, PostgresEventStore
+from ledger.store.sqlite import SQLiteEventStore
+from ledger.values import Side
+from tests.conftest import with_schema
+from tests.pg_server import Server, running_server
+
+GROUP = "postgres"
+WRITERS = 8
+
+
+def _settings(folder: Path, name: str) -> Settings:
+    return Settings(
+        positions_file=str(folder / f"positions-{name}.json"),
+        max_concurrent_positions=1000,
+        snapshot_every_events=10_000_000,
+        snapshot_every_seconds=3600,
+    )
+
+
+def _cycle(prefix: str, i: int) -> list[AnyCommand]:
+    position_id = f"{prefix}-{i}"
+    return [
+        OpenPosition(
+            position_id=position_id,
+            symbol=f"{prefix.upper()}{i}/USDT:USDT",
+            side=Side.BUY,
+            qty=Decimal(2),
+            entry_price=Decimal(100),
+            leverage=5,
+        ),
+        RecordPartialExit(position_id=position_id, qty=Decimal(1), price=Decimal(101)),
+        ClosePosition(position_id=position_id, price=Decimal(99)),
+    ]
+
+
+async def _commands(location: str, folder: Path, prefix: str, cycles: int) -> float:
+    """Seconds for `cycles` open / partial exit / close cycles, one command at a time."""
+    settings = _settings(folder, prefix)
+    async with Ledger(location, snapshot_path=settings.positions_file, settings=settings) as ledger:
+        started = time.perf_counter()
+        for i in range(cycles):
+            for command in _cycle(prefix, i):
+                await ledger.execute(command)
+        return time.perf_counter() - started
+
+
+def _writer(
+    location: str, folder: str, name: str, cycles: int, barrier: Barrier, out: Queue[float]
+) -> None:
+    async def run() -> float:
+        settings = _settings(Path(folder), name)
+        snapshot = settings.positions_file
+        async with Ledger(location, snapshot_path=snapshot, settings=settings) as ledger:
+            barrier.wait()
+            started = time.perf_counter()
+            for i in range(cycles):
+                for command in _cycle(name, i):
+                    await ledger.execute(command)
+            return time.perf_counter() - started
+
+    out.put(anyio.run(run))
+
+
+def _concurrent(location: str, folder: Path, cycles: int) -> float:
+    """Seconds the slowest of WRITERS processes took for its cycles (started together)."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(WRITERS)
+    out: Queue[float] = context.Queue()
+    workers = [
+        context.Process(target=_writer, args=(location, str(folder), f"w{n}", cycles, barrier, out))
+        for n in range(WRITERS)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        return max(out.get(timeout=600) for _ in workers)
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+
+
+async def _lag(location: str, folder: Path, count: int, poll: float) -> list[float]:
+    """Seconds from an append's commit (its return) to delivery in another Ledger."""
+    committed: dict[int, float] = {}
+    lags: list[float] = []
+    mine, theirs = _settings(folder, "lag-writer"), _settings(folder, "lag-reader")
+    async with (
+        Ledger(location, snapshot_path=mine.positions_file, settings=mine) as writer,
+        Ledger(location, snapshot_path=theirs.positions_file, settings=theirs) as reader,
+    ):
+        start = reader.last_seq
+
+        async def follow() -> None:
+            async for record in reader.subscribe(start, poll_interval=poll):
+                arrived = time.perf_counter()
+                while record.seq not in committed:  # delivered before the append returned
+                    await anyio.sleep(0)
+                lags.append(max(0.0, arrived - committed[record.seq]))
+                if len(lags) == count:
+                    return
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            for i in range(count):
+                (record,) = await writer.execute(_cycle("lag", i)[0])
+                committed[record.seq] = time.perf_counter()
+                await anyio.sleep(0.005)  # spaced: each delivery is measured on its own
+    return lags
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _eventsourcing(url: str, count: int) -> float | None:
+    """Seconds for `count` one-event appends through eventsourcing's PostgreSQL recorder."""
+    try:
+        from eventsourcing.persistence import StoredEvent  # type: ignore[import-not-found]
+        from eventsourcing.postgres import (  # type: ignore[import-not-found]
+            PostgresApplicationRecorder,
+            PostgresDatastore,
+        )
+    except ImportError:
+        return None
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    datastore = PostgresDatastore(
+        dbname=str(info.get("dbname", "postgres")),
+        host=str(info.get("host", "127.0.0.1")),
+        port=str(info.get("port", "5432")),
+        user=str(info.get("user", "postgres")),
+        password=str(info.get("password", "")),
+    )
+    recorder = PostgresApplicationRecorder(datastore, events_table_name="es_bench_events")
+    recorder.create_table()
+    import uuid
+
+    started = time.perf_counter()
+    for i in range(count):
+        recorder.insert_events(
+            [
+                StoredEvent(
+                    originator_id=uuid.uuid4(),
+                    originator_version=1,
+                    topic="bench:Opened",
+                    state=json.dumps({"i": i}).encode(),
+                )
+            ]
+        )
+    return time.perf_counter() - started
+
+
+async def _rebuild(url: str, folder: Path) -> float:
+    settings = Settings(positions_file=str(folder / "rebuild-positions.json"))
+    started = time.perf_counter()
+    async with Ledger(url, settings=settings, snapshot_path=folder / "absent.json") as ledger:
+        assert ledger.rebuilt_on_start
+        return time.perf_counter() - started
+
+
+def _raw_scan(url: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    rows = 0
+    with psycopg.connect(url) as conn, conn.cursor(name="scan") as cursor:
+        cursor.itersize = 5000
+        cursor.execute(f"SELECT * FROM {TABLE} ORDER BY seq")
+        for _ in cursor:
+            rows += 1
+    return time.perf_counter() - started, rows
+
+
+async def _load(url: str, sqlite_log: Path) -> None:
+    source = SQLiteEventStore(sqlite_log, read_only=True)
+    target = PostgresEventStore(url)
+    await source.open()
+    await target.open()
+    try:
+        await copy_log(source, target)
+    finally:
+        await source.close()
+        await target.close()
+
+
+def _fresh_schema(base_url: str, name: str) -> str:
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        conn.execute(f"CREATE SCHEMA {name}")
+    return with_schema(base_url, name)
+
+
+def measure(server: Server, scale: Scale, folder: Path) -> dict[str, Any]:
+    """Every figure of this module, as a dict (ratios are PostgreSQL / SQLite)."""
+    base = server.url()
+    cycles = max(2, scale.commands // 3)
+    per_writer = max(2, scale.commands // (3 * WRITERS) * 2)
+    figures: dict[str, Any] = {"scale": scale.name, "commands": cycles * 3}
+    # 1. sequential commands
+    pg = anyio.run(_commands, _fresh_schema(base, "seq_bench"), folder, "s", cycles)
+    lite = anyio.run(_commands, str(folder / "seq.db"), folder, "s", cycles)
+    figures["sequential"] = {
+        "postgres_cmd_s": cycles * 3 / pg,
+        "sqlite_cmd_s": cycles * 3 / lite,
+        "ratio": lite / pg,
+    }
+    # 2. 8 writer processes
+    total = WRITERS * per_writer * 3
+    pg = _concurrent(_fresh_schema(base, "conc_bench"), folder, per_writer)
+    lite = _concurrent(str(folder / "conc.db"), folder, per_writer)
+    figures["concurrent_8_processes"] = {
+        "commands": total,
+        "postgres_cmd_s": total / pg,
+        "sqlite_cmd_s": total / lite,
+        "ratio": lite / pg,
+    }
+    # 3. the eventsourcing library's recorder, one-event appends
+    es = _eventsourcing(_fresh_schema(base, "es_bench"), cycles * 3)
+    if es is None:
+        figures["eventsourcing"] = "skipped: the eventsourcing package is not installed"
+    else:
+        ledger_rate = figures["sequential"]["postgres_cmd_s"]
+        figures["eventsourcing"] = {
+            "appends_s": cycles * 3 / es,
+            # a ledger command is decided, chained and folded; theirs is a bare insert
+            "ledger_cmd_s_over_their_appends_s": ledger_rate / (cycles * 3 / es),
+        }
+    # 4. subscriber lag
+    count = max(20, min(200, scale.commands))
+    pg_lag = anyio.run(_lag, _fresh_schema(base, "lag_bench"), folder, count, 1.0)
+    lite_lag = anyio.run(_lag, str(folder / "lag.db"), folder, count, 0.25)
+    figures["subscriber_lag_ms"] = {
+        "postgres_notify_p50": 1000 * statistics.median(pg_lag),
+        "postgres_notify_p99": 1000 * _percentile(pg_lag, 0.99),
+        "sqlite_poll_0.25s_p50": 1000 * statistics.median(lite_lag),
+        "sqlite_poll_0.25s_p99": 1000 * _percentile(lite_lag, 0.99),
+    }
+    # 5. rebuild from PostgreSQL vs a raw scan
+    log = folder / f"log-{scale.log_events}.db"
+    if not log.exists():
+        anyio.run(build_log, log, take(EventMix(seed=20240101), scale.log_events))
+    url = _fresh_schema(base, "rebuild_bench")
+    anyio.run(_load, url, log)
+    raw, rows = _raw_scan(url)
+    fold = anyio.run(_rebuild, url, folder)
+    figures["rebuild"] = {
+        "events": rows,
+        "fold_s": fold,
+        "raw_select_s": raw,
+        "ratio_fold_to_raw": fold / raw,
+    }
+    return figures
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with running_server() as started:
+        yield started
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_postgres_beside_sqlite(
+    benchmark: Any, server: Server, scale: Scale, tmp_path: Path
+) -> None:
+    figures = benchmark.pedantic(lambda: measure(server, scale, tmp_path), rounds=1)
+    benchmark.extra_info.update(figures)
+    assert figures["rebuild"]["events"] == scale.log_events
+    print(json.dumps(figures, indent=2))
+
+
+def main() -> None:
+    scale = current_scale()
+    with running_server() as server, tempfile.TemporaryDirectory() as folder:
+        figures = measure(server, scale, Path(folder))
+    json.dump(figures, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    main()
