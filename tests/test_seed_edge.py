@@ -41,7 +41,7 @@ def manager(tmp_path: Path) -> Iterator[ThreadSafePositionManager]:
         yield opened
 
 
-def stored_bodies(db: Path) -> list[dict[str, Any]]:
+def stored_bodies(db: str | Path) -> list[dict[str, Any]]:
     """The event bodies as stored (Decimals are JSON strings), read with the stdlib driver."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
