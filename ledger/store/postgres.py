@@ -36,17 +36,19 @@ import psycopg
 from psycopg import sql
 
 from ledger.clock import Clock, system_clock
-from ledger.envelope import Recorded
+from ledger.envelope import Fact, Recorded
 from ledger.errors import StoreError, StoreUnavailable
 from ledger.store.base import (
     ChainReport,
     ChainVerifier,
     EventStore,
+    FactRow,
     Head,
     RowTuple,
     StagedRow,
     StoreTransaction,
     Waiter,
+    facts_from_rows,
     record_from_row,
     records_from_rows,
 )
@@ -117,6 +119,14 @@ def _as_tuple(row: StagedRow) -> tuple[object, ...]:
         row.body,
         row.hash,
     )
+
+
+_FACT_COLUMNS = "seq, occurred_us, schema_version, body"  # see FactRow
+
+
+def _fact_row(row: tuple[Any, ...]) -> FactRow:
+    seq, occurred, schema, body = row
+    return (seq, occurred, schema, bytes(body))
 
 
 def _row_tuple(row: tuple[Any, ...]) -> RowTuple:
@@ -348,6 +358,20 @@ class PostgresEventStore(EventStore):
         async for rows in self._pages(after_seq, to_seq, until, stream, page_size):
             yield records_from_rows(rows)
 
+    async def iterate_facts(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[list[Fact]]:
+        # the four columns a fold reads (see FactRow), not the ten of a record
+        async for rows in self._pages(
+            after_seq, to_seq, until, None, page_size, columns=_FACT_COLUMNS, convert=_fact_row
+        ):
+            yield facts_from_rows(rows)  # type: ignore[arg-type]
+
     async def iterate_rows(
         self,
         *,
@@ -368,6 +392,9 @@ class PostgresEventStore(EventStore):
         until: datetime | None,
         stream: str | None,
         page_size: int,
+        *,
+        columns: str = _COLUMNS,
+        convert: Callable[[tuple[Any, ...]], Any] | None = None,
     ) -> AsyncIterator[list[RowTuple]]:
         where = ["seq > %s"]
         extra: list[object] = []
@@ -380,12 +407,12 @@ class PostgresEventStore(EventStore):
         if stream is not None:
             where.append("stream = %s")
             extra.append(stream)
-        query = f"SELECT {_COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
+        query = f"SELECT {columns} FROM {TABLE} WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
         conn = self._reading()
 
         def page(cursor: int) -> list[RowTuple]:
             rows = conn.execute(query, (cursor, *extra, page_size)).fetchall()
-            return [_row_tuple(row) for row in rows]
+            return [(convert or _row_tuple)(row) for row in rows]
 
         cursor = after_seq
         while True:
