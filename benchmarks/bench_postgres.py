@@ -156,8 +156,8 @@ def _percentile(values: list[float], q: float) -> float:
 def _eventsourcing(url: str, count: int) -> float | None:
     """Seconds for `count` one-event appends through eventsourcing's PostgreSQL recorder."""
     try:
-        from eventsourcing.persistence import StoredEvent  # type: ignore[import-not-found]
-        from eventsourcing.postgres import (  # type: ignore[import-not-found]
+        from eventsourcing.persistence import StoredEvent
+        from eventsourcing.postgres import (
             PostgresApplicationRecorder,
             PostgresDatastore,
         )

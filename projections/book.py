@@ -289,6 +289,8 @@ class Book:
         other.balance = self.balance
         other.available = self.available
         other.acc = self.acc.copy()
+        other.accounts = {name: acc.copy() for name, acc in self.accounts.items()}
+        other.balances = dict(self.balances)
         other.imported_files = _layered(self.imported_files)
         other.rules = self.rules
         other.last_seq = self.last_seq

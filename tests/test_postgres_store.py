@@ -3,15 +3,17 @@ lock, reopening, read-only use, LISTEN/NOTIFY wake-ups and passwords kept out of
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 import anyio
 import psycopg
 import pytest
 
-from ledger.envelope import NewEvent
+from ledger.envelope import NewEvent, Recorded
 from ledger.errors import StoreUnavailable
 from ledger.events import PositionMarked, PositionOpened, stream_of
+from ledger.store.base import StoreTransaction
 from ledger.store.postgres import TABLE, PostgresEventStore, scrub
 from ledger.values import Side
 from tests.strategies import T0
@@ -98,14 +100,24 @@ async def test_a_writer_waits_for_the_lock_and_follows_the_commit_it_waited_for(
             ).fetchone()
             return int(row[0]) if row else 0
 
+    entered, release = threading.Event(), threading.Event()
+    staged: list[Recorded] = []
+
+    def holding_the_lock(tx: StoreTransaction) -> None:  # on first's writer thread
+        staged.extend(tx.stage([marked("a", 50_500, "from-first")]))
+        entered.set()
+        release.wait(60)
+
     try:
         with anyio.fail_after(60):
-            async with anyio.create_task_group() as group, first.write() as tx:
-                staged = tx.stage([marked("a", 50_500, "from-first")])
+            async with anyio.create_task_group() as group:
+                group.start_soon(first.transact, holding_the_lock)
+                await anyio.to_thread.run_sync(entered.wait, 60)
                 group.start_soon(second_append)
                 # the second writer is blocked on the table lock, not racing past it
                 while await anyio.to_thread.run_sync(lock_waiters) == 0:
                     await anyio.sleep(0.01)
+                release.set()
         assert staged[0].seq == 2
         assert results == [3]  # after the commit it waited for, never before it
         records = await second.read(stream="a")
@@ -129,8 +141,8 @@ async def test_reopen_continues_the_chain_and_sees_other_writers(pg_url: str) ->
         head = await again.head()
         assert (head.seq, head.hash, head.stream_versions) == (2, before[-1].hash, {"p1": 2})
         await other.append([marked("p1", 2, "theirs")])
-        async with again.write() as tx:
-            assert [r.event_id for r in tx.tail] == ["theirs"]
+        tail = await again.transact(lambda tx: [r.event_id for r in tx.tail])
+        assert tail == ["theirs"]
         (mine,) = await again.append([marked("p1", 3, "mine")])
         assert (mine.seq, mine.version) == (4, 4)
         (duplicate,) = await again.append([opened("p1")])

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -144,21 +143,24 @@ class _PostgresTransaction(StoreTransaction):
         self._store = store
         self._store_versions = head.stream_versions
 
-    async def load_versions(self, streams: Iterable[str]) -> None:
+    def load_versions(self, streams: Iterable[str]) -> None:
         known = self.head.stream_versions
         missing = [stream for stream in dict.fromkeys(streams) if stream not in known]
         if missing:
-            found = await self._store._run(self._store._versions_sync, missing)
+            found = self._store._versions_sync(missing)
             # committed facts read under the table lock: valid for the store whatever this
             # transaction does, so they go into the store's own cache
             for stream in missing:
                 self._store_versions[stream] = found.get(stream, 0)
 
-    async def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+    def committed_after(self, seq: int) -> list[Recorded]:
+        return records_from_rows(self._store._after_sync(seq))
+
+    def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
         found = {i: self._staged_ids[i] for i in event_ids if i in self._staged_ids}
         wanted = [i for i in dict.fromkeys(event_ids) if i not in found]
         if wanted:
-            rows = await self._store._run(self._store._by_event_ids_sync, wanted)
+            rows = self._store._by_event_ids_sync(wanted)
             for row in rows:
                 record = record_from_row(StagedRow(*row))
                 found[record.event_id] = record
@@ -183,10 +185,9 @@ class PostgresEventStore(EventStore):
         self._read_only = read_only
         self._lock_timeout_ms = lock_timeout_ms
         self._clock = clock
-        self._writer: psycopg.Connection[tuple[Any, ...]] | None = None
+        # the writer's connection lives on the store's writer thread (see run_transaction)
+        self._writer_conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._reader: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._writer_lock = threading.Lock()
-        self._lock = anyio.Lock()
         self._head = Head()
         self._schema = "public"
 
@@ -220,7 +221,11 @@ class PostgresEventStore(EventStore):
     async def open(self) -> None:
         """Connect, create the table if new, load the head; raises StoreUnavailable."""
         try:
-            await anyio.to_thread.run_sync(self._open_sync)
+            await anyio.to_thread.run_sync(self._open_reader)
+            # read-only too: an append then fails on the writer thread, saying why
+            writer = self._start_writer(f"ledger-writer:{self._schema}")
+            if not self._read_only:
+                await writer.call(self._open_writer)
         except psycopg.Error as exc:
             with anyio.CancelScope(shield=True):
                 await self.close()
@@ -230,7 +235,7 @@ class PostgresEventStore(EventStore):
                 await self.close()
             raise
 
-    def _open_sync(self) -> None:
+    def _open_reader(self) -> None:
         self._reader = self._connect(autocommit=True)
         row = self._reader.execute(
             "SELECT current_schema(), to_regclass(%s) IS NOT NULL", (TABLE,)
@@ -238,35 +243,49 @@ class PostgresEventStore(EventStore):
         if row is None or row[0] is None:
             raise StoreUnavailable(f"{self.location}: no schema to keep the ledger in")
         self._schema, exists = str(row[0]), bool(row[1])
-        if self._read_only:
-            if not exists:
-                raise StoreUnavailable(f"no ledger at {self.location}")
-            return
-        self._writer = self._connect(autocommit=False)
-        with self._writer.transaction():
-            self._writer.execute(f"SET LOCAL lock_timeout = {int(self._lock_timeout_ms)}")
-            if not exists:
-                self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK_KEY,))
-                self._writer.execute(_SCHEMA)
-        last = self._reader.execute(
-            f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
+        if self._read_only and not exists:
+            raise StoreUnavailable(f"no ledger at {self.location}")
+
+    def _connect_writer(self) -> psycopg.Connection[tuple[Any, ...]]:
+        conn = self._connect(autocommit=False)
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = {int(self._lock_timeout_ms)}")
+                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
+                if not (exists and exists[0]):
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK_KEY,))
+                    conn.execute(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_writer(self) -> None:
+        conn = self._writer_conn = self._connect_writer()
+        last = conn.execute(f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1").fetchone()
+        conn.rollback()  # no transaction left open between writes
         # stream versions are loaded as streams are written
         self._head = Head() if last is None else Head(int(last[0]), str(last[1]))
 
     async def close(self) -> None:
-        for name in ("_reader", "_writer"):
-            conn = getattr(self, name)
+        """Finish queued writes, then close both connections. Idempotent."""
+        writer = self._writer
+        if writer is not None:
+            conn, self._writer_conn = self._writer_conn, None
             if conn is not None:
-                setattr(self, name, None)
-                await anyio.to_thread.run_sync(conn.close)
+                with contextlib.suppress(StoreUnavailable):
+                    await writer.call(conn.close)  # queued after every pending write
+            self._stop_writer()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await anyio.to_thread.run_sync(reader.close)
 
     def _writing(self) -> psycopg.Connection[tuple[Any, ...]]:
-        if self._writer is None:
+        if self._writer_conn is None:
             if self._read_only:
                 raise StoreUnavailable(f"{self.location} is open read-only")
             raise StoreUnavailable("the store is not open")
-        return self._writer
+        return self._writer_conn
 
     def _reading(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._reader is None:
@@ -318,31 +337,51 @@ class PostgresEventStore(EventStore):
             conn.commit()
 
     def _rollback_sync(self) -> None:
-        conn = self._writer
+        conn = self._writer_conn
         if conn is not None and not conn.closed:
             conn.rollback()
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[StoreTransaction]:
-        self._writing()
-        async with self._lock:
+    def _after_sync(self, seq: int) -> list[RowTuple]:
+        rows = (
+            self._writing()
+            .execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE seq > %s ORDER BY seq", (seq,))
+            .fetchall()
+        )
+        return [_row_tuple(row) for row in rows]
+
+    def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:
+        """The whole transaction on the writer thread: two round trips around `unit`."""
+        if self._read_only:
+            raise StoreUnavailable(f"{self.location} is open read-only")
+        self.check_writer_thread()
+        conn = self._writing()
+        if conn.broken or conn.closed:  # the server went away once: a fresh connection
             try:
-                tail_rows = await self._run(self._begin_sync, self._head.seq)
-                tail = records_from_rows(tail_rows)
-                for record in tail:
-                    self._head.seq = record.seq
-                    self._head.hash = record.hash
-                    self._head.stream_versions[record.stream] = record.version
-                tx = _PostgresTransaction(self, self._head, tail, self._clock())
-                yield tx
-                await self._run(self._commit_sync, tx.rows)
-                tx.head.publish(self._head)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    # a broken connection has rolled back already
-                    with contextlib.suppress(psycopg.Error):
-                        await anyio.to_thread.run_sync(self._rollback_sync)
-                raise
+                conn = self._writer_conn = self._connect_writer()
+            except psycopg.Error as exc:
+                raise StoreUnavailable(self._say("cannot reconnect to", exc)) from None
+        try:
+            tail = records_from_rows(self._begin_sync(self._head.seq))
+            head = self._head
+            for record in tail:  # committed by others: seen, whatever happens next
+                head.seq = record.seq
+                head.hash = record.hash
+                head.stream_versions[record.stream] = record.version
+            tx = _PostgresTransaction(self, head, tail, self._clock())
+            result = unit(tx)
+            self._commit_sync(tx.rows)
+        except BaseException as exc:
+            with contextlib.suppress(psycopg.Error):  # a broken connection rolled back already
+                self._rollback_sync()
+            if isinstance(exc, psycopg.OperationalError):
+                why = self._say("append failed, nothing of it was stored; lost", exc)
+                raise StoreUnavailable(why) from None
+            if isinstance(exc, psycopg.Error):
+                why = self._say("append failed, nothing of it was stored, on", exc)
+                raise StoreError(why) from None
+            raise
+        tx.head.publish(head)
+        return result
 
     # -- reads ------------------------------------------------------------------------------
 
