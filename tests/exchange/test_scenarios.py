@@ -68,7 +68,7 @@ class Bench:
     async def verify(self) -> None:
         """`ledger verify` on the log: chain, the rules in order, positions.json."""
         path = await self.ledger.write_snapshot()
-        report = await verify_log(self.ledger.store, path)  # type: ignore[arg-type]
+        report = await verify_log(self.ledger.store, path)
         assert report.ok, report.problems
 
     def restart_sync(self) -> None:
