@@ -646,7 +646,7 @@ class EventStore(abc.ABC):
             tx.rows.extend(rows)
             for row in rows:
                 tx.head.seq, tx.head.hash = row.seq, row.hash
-                tx.head.stream_versions[row.stream] = row.version
+                tx.head.own[row.stream] = row.version
 
         await self.transact(unit)
 

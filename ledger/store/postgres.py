@@ -40,6 +40,7 @@ from ledger.errors import StoreError, StoreUnavailable
 from ledger.store.base import (
     ChainReport,
     ChainVerifier,
+    DuplicateEventId,
     EventStore,
     FactRow,
     Head,
@@ -144,8 +145,8 @@ class _PostgresTransaction(StoreTransaction):
         self._store_versions = head.stream_versions
 
     def load_versions(self, streams: Iterable[str]) -> None:
-        known = self.head.stream_versions
-        missing = [stream for stream in dict.fromkeys(streams) if stream not in known]
+        head = self.head
+        missing = [stream for stream in dict.fromkeys(streams) if not head.known(stream)]
         if missing:
             found = self._store._versions_sync(missing)
             # committed facts read under the table lock: valid for the store whatever this
@@ -373,6 +374,10 @@ class PostgresEventStore(EventStore):
         except BaseException as exc:
             with contextlib.suppress(psycopg.Error):  # a broken connection rolled back already
                 self._rollback_sync()
+            if isinstance(exc, psycopg.errors.UniqueViolation) and "event_id" in str(
+                exc.diag.constraint_name or ""
+            ):  # a stored id staged without asking: the caller stages again, asking
+                raise DuplicateEventId(self._say("an event_id is stored already in", exc)) from None
             if isinstance(exc, psycopg.OperationalError):
                 why = self._say("append failed, nothing of it was stored; lost", exc)
                 raise StoreUnavailable(why) from None
