@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from ledger.blocking import ThreadSafePositionManager
 from ledger.service import Ledger
 from ledger.settings import Settings, load_settings
 from ledger.store.postgres import PostgresEventStore
-from tests.cli.conftest import Known, RunCli
+from tests.cli.conftest import Known, RunCli, child_env
 
 
 def _head_hash(run: RunCli, db: str | Path) -> tuple[int, str]:
@@ -156,3 +158,33 @@ def test_blocking_manager_and_the_db_path_setting_take_a_url(pg_url: str, tmp_pa
             await store.close()
 
     assert anyio.run(count) == 1
+
+
+def test_watch_on_a_postgres_ledger_is_woken_by_notify(
+    known: Known, pg_url: str, cli: RunCli, tmp_path: Path
+) -> None:
+    """`ledger watch` polling once an hour still shows another writer's commit at once."""
+    assert cli("copy", known.db, pg_url).returncode == 0
+    command = [sys.executable, "-m", "ledger.cli", "--db", pg_url, "--snapshot", "absent.json"]
+    command += ["watch", "--plain", "--interval", "3600", "--max-events", "1"]
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline()
+            assert f"from seq {known.head_seq}" in ready, ready
+
+            async def mark() -> None:
+                settings = Settings(positions_file=str(tmp_path / "writer.json"))
+                async with Ledger(pg_url, settings=settings) as ledger:
+                    await ledger.mark("pos_sol", 120)
+
+            anyio.run(mark)
+            line = proc.stdout.readline()
+            assert line.startswith(f"{known.head_seq + 1} ") and "@ 120" in line, line
+            assert proc.wait(timeout=30) == 0  # --max-events 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
