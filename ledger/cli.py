@@ -842,7 +842,11 @@ def cmd_snapshot(ctx: Context, args: argparse.Namespace) -> int:
     check_output(ctx.snapshot, ctx.own_files(snapshot=False), option="--snapshot")
     for folder, why in (
         (ctx.snapshot.resolve().parent, "positions.json is written there"),
-        (ctx.db.resolve().parent, "snapshot opens the ledger for writing"),
+        *(
+            [(ctx.db_file.resolve().parent, "snapshot opens the ledger for writing")]
+            if ctx.db_file is not None
+            else []
+        ),
     ):
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(
@@ -987,7 +991,7 @@ def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
             opened = store.read_only_open
             if not args.once and opened is not None and opened.unlocked is not None:
                 raise StoreUnavailable(
-                    f"cannot follow {ctx.db}: its folder is not writable for this user and no "
+                    f"cannot follow {ctx.shown}: its folder is not writable for this user and no "
                     "ledger process has it open, so SQLite has no lock index to share; "
                     "`ledger watch --once` shows it now, and following works while the "
                     "ledger runs"

@@ -52,6 +52,7 @@ from ledger.errors import (
     StoreUnavailable,
     VersionConflict,
 )
+from ledger.store.read_only import ReadOnlyOpen
 from ledger.store.writer import Completion, GroupCommit, WriterThread
 from ledger.values import from_micros, to_micros
 
@@ -486,6 +487,10 @@ class EventStore(abc.ABC):
     write transaction on that thread. Everything else here (group commit, the async and
     blocking entries) is built on those two and shared by every backend.
     """
+
+    # how a read-only SQLite view was opened when it reads without locks (torn reads are
+    # checked through it, see ledger.store.read_only); None for every other store
+    read_only_open: ReadOnlyOpen | None = None
 
     def __init__(self) -> None:
         self._writer: WriterThread | None = None
