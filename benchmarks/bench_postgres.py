@@ -37,7 +37,7 @@ from benchmarks._data import EventMix, Scale, build_log, current_scale, take
 from ledger.commands import AnyCommand, ClosePosition, OpenPosition, RecordPartialExit
 from ledger.service import Ledger
 from ledger.settings import Settings
-from ledger.store.factory import copy_log
+from ledger.store.factory import copy_log, is_url
 from ledger.store.postgres import TABLE, PostgresEventStore
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
@@ -75,7 +75,7 @@ def _cycle(prefix: str, i: int) -> list[AnyCommand]:
 
 async def _commands(location: str, folder: Path, prefix: str, cycles: int) -> float:
     """Seconds for `cycles` open / partial exit / close cycles, one command at a time."""
-    settings = _settings(folder, prefix)
+    settings = _settings(folder, f"{prefix}-{'pg' if is_url(location) else 'lite'}")
     async with Ledger(location, snapshot_path=settings.positions_file, settings=settings) as ledger:
         started = time.perf_counter()
         for i in range(cycles):
@@ -88,7 +88,7 @@ def _writer(
     location: str, folder: str, name: str, cycles: int, barrier: Barrier, out: Queue[float]
 ) -> None:
     async def run() -> float:
-        settings = _settings(Path(folder), name)
+        settings = _settings(Path(folder), f"{name}-{'pg' if is_url(location) else 'lite'}")
         snapshot = settings.positions_file
         async with Ledger(location, snapshot_path=snapshot, settings=settings) as ledger:
             barrier.wait()
@@ -123,7 +123,10 @@ async def _lag(location: str, folder: Path, count: int, poll: float) -> list[flo
     """Seconds from an append's commit (its return) to delivery in another Ledger."""
     committed: dict[int, float] = {}
     lags: list[float] = []
-    mine, theirs = _settings(folder, "lag-writer"), _settings(folder, "lag-reader")
+    target = [0]  # the last seq to wait for, once the writer is done
+    seen = [0]
+    tag = "pg" if is_url(location) else "lite"
+    mine, theirs = _settings(folder, f"lag-writer-{tag}"), _settings(folder, f"lag-reader-{tag}")
     async with (
         Ledger(location, snapshot_path=mine.positions_file, settings=mine) as writer,
         Ledger(location, snapshot_path=theirs.positions_file, settings=theirs) as reader,
@@ -136,15 +139,22 @@ async def _lag(location: str, folder: Path, count: int, poll: float) -> list[flo
                 while record.seq not in committed:  # delivered before the append returned
                     await anyio.sleep(0)
                 lags.append(max(0.0, arrived - committed[record.seq]))
-                if len(lags) == count:
+                seen[0] = record.seq
+                if target[0] and record.seq >= target[0]:
                     return
 
         async with anyio.create_task_group() as group:
             group.start_soon(follow)
             for i in range(count):
-                (record,) = await writer.execute(_cycle("lag", i)[0])
-                committed[record.seq] = time.perf_counter()
+                # the first command may record the rules too: every record of it counts
+                records = await writer.execute(_cycle("lag", i)[0])
+                now = time.perf_counter()
+                for record in records:
+                    committed[record.seq] = now
                 await anyio.sleep(0.005)  # spaced: each delivery is measured on its own
+            target[0] = max(committed)
+            if seen[0] >= target[0]:
+                group.cancel_scope.cancel()
     return lags
 
 
