@@ -46,6 +46,7 @@ decode_current: Callable[[bytes], AnyEvent] = _decoder.decode
 # Decimal exponents an event may carry (commands are held to 1e-12..1e15; derived figures such
 # as PnL may go further): inside them no fold can overflow or underflow LEDGER_CONTEXT.
 _SAFE_LOW, _SAFE_HIGH = -100, 30
+_NUMBER_FIELDS: dict[type[object], tuple[str, ...]] = {}
 
 
 def ensure_decodable(event: AnyEvent) -> bytes:
@@ -67,7 +68,12 @@ def ensure_decodable(event: AnyEvent) -> bytes:
     # equal, not byte-identical: an int where a Decimal belongs reads back as the same number
     if type(back) is not type(event) or back != event:
         raise InvalidValue(event_type(event), event, "does not read back as written")
-    for name in event.__struct_fields__:
+    cls = type(event)
+    names = _NUMBER_FIELDS.get(cls)
+    if names is None:  # the Decimal-typed fields, once per event type
+        names = tuple(f.name for f in msgspec.structs.fields(cls) if "Decimal" in str(f.type))
+        _NUMBER_FIELDS[cls] = names
+    for name in names:
         value = getattr(event, name)
         if isinstance(value, Decimal) and not value.is_finite():
             raise InvalidValue(name, value, "must be finite")
