@@ -75,6 +75,16 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def _close_writer(conn: sqlite3.Connection) -> None:
+    """Checkpoint what the WAL holds into the database, then close. The checkpoint is
+    PASSIVE (it never waits for another process) and a failed one is harmless: the WAL stays
+    and the next opener replays it."""
+    with contextlib.suppress(sqlite3.Error):
+        _rollback(conn)
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    conn.close()
+
+
 def _staged(row: sqlite3.Row | tuple[object, ...]) -> StagedRow:
     return StagedRow(*row)
 
@@ -298,17 +308,22 @@ class SQLiteEventStore(EventStore):
         return self._reader
 
     async def close(self) -> None:
-        """Finish queued writes, then close both connections. Idempotent."""
+        """Finish queued writes, then close both connections, the writer's last. Idempotent.
+
+        The reader closes first: SQLite checkpoints the WAL and removes `-wal` and `-shm`
+        only when the last connection to the file closes and can write it, and the reader is
+        read-only. Another process still using the file keeps them, as it must.
+        """
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
         writer = self._writer
         if writer is not None:
             conn, self._conn = self._conn, None
             if conn is not None:
                 with contextlib.suppress(StoreUnavailable):
-                    await writer.call(conn.close)  # queued after every pending write
+                    await writer.call(lambda: _close_writer(conn))  # after every pending write
             self._stop_writer()  # its queue is empty by now: the join is immediate
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await reader.close()
 
     def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:
         if self._read_only:
