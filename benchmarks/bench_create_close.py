@@ -1,10 +1,15 @@
 """One create + close with 1k and 10k closed positions in history: the Ledger vs the seed.
 
-The Ledger appends two events to its SQLite log (two durable commits, synchronous=FULL) and
-never rewrites history, so its cost should stay flat as history grows; the seed rewrites the
-whole positions.json (every closed position) on each of the two changes, so its cost grows
-with history. Both start from the same history: the seed's copy is converted from the book
-the Ledger folds.
+The Ledger appends two events to its SQLite log (two commits) and never rewrites history, so
+its cost should stay flat as history grows; the seed rewrites the whole positions.json (every
+closed position) on each of the two changes, so its cost grows with history. Both start from
+the same history: the seed's copy is converted from the book the Ledger folds.
+
+Each comparison is between the same durability (issue 9 §5):
+- survives a power loss: the Ledger at synchronous=FULL (an fsync per commit) against the seed
+  with an fsync of its JSON and of the folder before and after the rename;
+- survives a process crash only: the Ledger at synchronous=NORMAL (WAL, no fsync per commit)
+  against the seed as written (temp file + rename, no fsync).
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from anyio.from_thread import BlockingPortal
 from benchmarks._data import Benchmark, Compare, Scale, describe, fold_file
 from benchmarks.seed_baseline import SeedPositionManager, ThreadSafePosition
 from ledger.service import Ledger
+from ledger.settings import Settings
+from ledger.store.sqlite import Synchronous
 from projections.positions import Position
 
 GROUP = "create-close"
 _HISTORY = ["small", "large"]
+_SYNCS = ["FULL", "NORMAL"]
 
 
 def _size(scale: Scale, history: str) -> int:
@@ -31,26 +39,48 @@ def _size(scale: Scale, history: str) -> int:
     return small if history == "small" else large
 
 
-def _ledger_case(n: int) -> str:
-    return f"Ledger (SQLite), {n:,} closed"
+def _ledger_case(n: int, synchronous: str) -> str:
+    return f"Ledger (SQLite, {synchronous}), {n:,} closed"
 
 
-def _seed_case(n: int) -> str:
-    return f"seed (rewrite JSON), {n:,} closed"
+def _seed_case(n: int, *, durable: bool) -> str:
+    return f"seed (rewrite JSON{' + fsync' if durable else ''}), {n:,} closed"
+
+
+_POWER_LOSS = "same durability: both survive a power loss (FULL commit / JSON and folder fsynced)"
+_CRASH = "same durability: both survive a process crash only (NORMAL in WAL / rename, no fsync)"
 
 
 def _compare(scale: Scale, case: str) -> list[Compare]:
     small, large = scale.histories
-    if case == _ledger_case(small):
-        return [Compare(_seed_case(small))]
-    if case == _ledger_case(large):
-        return [
-            Compare(_ledger_case(small), max_ratio=1.5, target="flat as history grows"),
-            Compare(_seed_case(large)),
-        ]
-    if case == _seed_case(large):
-        return [Compare(_seed_case(small))]
-    return []
+    compares: list[Compare] = []
+    for n in (small, large):
+        if case == _ledger_case(n, "FULL"):
+            compares.append(
+                Compare(
+                    _seed_case(n, durable=True),
+                    max_ratio=0.001 if n == large else None,
+                    target=_POWER_LOSS,
+                    target_id="create-close-vs-seed" if n == large else "",
+                )
+            )
+        if case == _ledger_case(n, "NORMAL"):
+            compares.append(
+                Compare(
+                    _seed_case(n, durable=False),
+                    max_ratio=0.001 if n == large else None,
+                    target=_CRASH,
+                    target_id="create-close-vs-seed-as-written" if n == large else "",
+                )
+            )
+    if case == _ledger_case(large, "FULL"):
+        compares.append(
+            Compare(_ledger_case(small, "FULL"), max_ratio=1.5, target="flat as history grows")
+        )
+    for durable in (False, True):
+        if case == _seed_case(large, durable=durable):
+            compares.append(Compare(_seed_case(small, durable=durable)))
+    return compares
 
 
 def _describe(benchmark: Benchmark, scale: Scale, case: str) -> None:
@@ -116,6 +146,7 @@ async def _create_close(ledger: Ledger, i: int) -> None:
 
 
 @pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("synchronous", _SYNCS)
 @pytest.mark.parametrize("history", _HISTORY)
 def test_create_close_ledger(
     benchmark: Benchmark,
@@ -124,12 +155,14 @@ def test_create_close_ledger(
     history_db: Callable[[int], Path],
     tmp_path: Path,
     history: str,
+    synchronous: Synchronous,
 ) -> None:
     n = _size(scale, history)
     db = tmp_path / "ledger.db"
     shutil.copyfile(history_db(n), db)
     rounds = itertools.count()
-    with portal.wrap_async_context_manager(Ledger(db)) as ledger:
+    ledger_ = Ledger(db, settings=Settings(synchronous=synchronous))
+    with portal.wrap_async_context_manager(ledger_) as ledger:
         closed_before = len(ledger.closed_positions())
         assert closed_before == n
         benchmark.pedantic(
@@ -137,10 +170,11 @@ def test_create_close_ledger(
             rounds=scale.create_close_rounds,
         )
         assert len(ledger.closed_positions()) > closed_before and not ledger.active_positions()
-    _describe(benchmark, scale, _ledger_case(n))
+    _describe(benchmark, scale, _ledger_case(n, synchronous))
 
 
 @pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("durable", [False, True], ids=["as-written", "fsync"])
 @pytest.mark.parametrize("history", _HISTORY)
 def test_create_close_seed(
     benchmark: Benchmark,
@@ -149,12 +183,13 @@ def test_create_close_seed(
     history_db: Callable[[int], Path],
     tmp_path: Path,
     history: str,
+    durable: bool,
 ) -> None:
     n = _size(scale, history)
     book = portal.call(fold_file, history_db(n))
     closed = [_seed_position(p) for p in book.closed.values()]
     assert len(closed) == n
-    manager = SeedPositionManager(tmp_path / "positions.json")
+    manager = SeedPositionManager(tmp_path / "positions.json", durable=durable)
     manager.restore(closed)
     rounds = itertools.count()
 
@@ -179,4 +214,4 @@ def test_create_close_seed(
 
     benchmark.pedantic(create_close, rounds=scale.seed_rounds)
     assert manager.get_session_summary()["closed_trades"] > n
-    _describe(benchmark, scale, _seed_case(n))
+    _describe(benchmark, scale, _seed_case(n, durable=durable))

@@ -3,7 +3,10 @@
 As in /work/shared/seed/08-position-management.md: positions are mutable dataclasses of floats
 held in memory (open ones in a dict, closed ones in a list) under one threading.Lock, and every
 change rewrites the whole positions.json with `json.dump(..., indent=2, default=str)` into a
-temp file that then replaces the old one (no fsync, as in the seed).
+temp file that then replaces the old one (no fsync, as in the seed: the rename survives a
+process crash, not a power loss). `durable=True` adds what power-loss durability takes, the
+same guarantee as the ledger's synchronous=FULL commit: fsync the temp file before the rename
+and the folder after it.
 
 Two departures, both so it can be measured: `_save_to_file` computes the session summary
 without taking the lock again (the seed's `get_session_summary` takes the non-reentrant lock
@@ -14,6 +17,7 @@ instead of being logged and swallowed.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -50,8 +54,11 @@ class ThreadSafePosition:
 class SeedPositionManager:
     """The seed's ThreadSafePositionManager: every change rewrites the whole JSON file."""
 
-    def __init__(self, file_path: Path, *, balance: float = 10_000.0) -> None:
+    def __init__(
+        self, file_path: Path, *, balance: float = 10_000.0, durable: bool = False
+    ) -> None:
         self._lock = threading.Lock()
+        self._durable = durable
         self._open_positions: dict[str, ThreadSafePosition] = {}
         self._closed_positions: list[ThreadSafePosition] = []
         self._current_balance = balance
@@ -153,7 +160,16 @@ class SeedPositionManager:
         temp_file = self.file_path.with_suffix(".tmp")
         with open(temp_file, "w") as f:
             json.dump(data, f, indent=2, default=str)
+            if self._durable:
+                f.flush()
+                os.fsync(f.fileno())
         temp_file.replace(self.file_path)
+        if self._durable:  # the rename itself is durable once the folder is
+            folder = os.open(self.file_path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
 
     def _load_from_file(self) -> None:
         if not self.file_path.exists():
