@@ -12,6 +12,7 @@ from ledger.events import AnyEvent
 GENESIS_HASH = "0" * 64
 
 _header_encoder = msgspec.json.Encoder()
+_sha256 = hashlib.sha256
 
 
 class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,11 +56,21 @@ def chain_hash(
     body: bytes,
 ) -> str:
     """sha256(prev_hash || header || body): altering, dropping or moving a row breaks it."""
-    header = _header_encoder.encode(
-        [seq, stream, version, event_id, occurred_us, recorded_us, schema_version]
+    return chain_digest(
+        prev_hash,
+        _header_encoder.encode(
+            [seq, stream, version, event_id, occurred_us, recorded_us, schema_version]
+        ),
+        body,
     )
-    digest = hashlib.sha256(prev_hash.encode("ascii"))
-    digest.update(header)
-    digest.update(b"\n")
-    digest.update(body)
-    return digest.hexdigest()
+
+
+# The header's JSON as `chain_hash` makes it, for hot loops that build the list themselves:
+# [seq, stream, version, event_id, occurred_us, recorded_us, schema_version].
+encode_header = _header_encoder.encode
+
+
+def chain_digest(prev_hash: str, header: bytes, body: bytes) -> str:
+    """`chain_hash` over an encoded header: one buffer hashed in one call (staging makes one
+    per event; three `update` calls cost more than the join for bodies this small)."""
+    return _sha256(b"".join((prev_hash.encode("ascii"), header, b"\n", body))).hexdigest()

@@ -44,7 +44,15 @@ import anyio
 import msgspec
 
 from ledger.codec import SCHEMA_VERSION, decode_current, decode_event, encode_event, event_type
-from ledger.envelope import GENESIS_HASH, Fact, NewEvent, Recorded, chain_hash
+from ledger.envelope import (
+    GENESIS_HASH,
+    Fact,
+    NewEvent,
+    Recorded,
+    chain_digest,
+    chain_hash,
+    encode_header,
+)
 from ledger.errors import (
     IntegrityError,
     LedgerError,
@@ -383,68 +391,73 @@ class StoreTransaction(abc.ABC):
                     raise VersionConflict(stream, expected, actual)
         # Everything that can fail on bad input happens before head or rows change.
         prepared = [(new, encode_event(new.event), to_micros(new.occurred_at)) for new in batch]
-        records: list[Recorded] = []
-        for new, body, occurred_us in prepared:
-            already = self._staged_ids.get(new.event_id)
-            if already is not None:
-                records.append(already)
-                continue
-            records.append(self._stage_one(new, body, occurred_us))
-        return records
-
-    def _stage_one(self, new: NewEvent, body: bytes, occurred_us: int) -> Recorded:
+        # One pass, locals only: this loop is most of a 1,000-event append's Python time.
         head = self.head
-        stream = new.stream
-        version = head.own.get(stream)
-        if version is None:
-            version = head.base.get(stream)
-            if version is None:
-                if not self.versions_complete:
-                    raise StoreError(f"stream {stream!r}: load_versions() before staging to it")
-                version = 0
-        version += 1
-        seq = head.seq + 1
-        digest = chain_hash(
-            head.hash,
-            seq=seq,
-            stream=new.stream,
-            version=version,
-            event_id=new.event_id,
-            occurred_us=occurred_us,
-            recorded_us=self.recorded_us,
-            schema_version=SCHEMA_VERSION,
-            body=body,
-        )
-        self.rows.append(
-            StagedRow(
-                seq,
-                new.stream,
-                version,
-                new.event_id,
-                event_type(new.event),
-                SCHEMA_VERSION,
-                occurred_us,
-                self.recorded_us,
-                body,
-                digest,
-            )
-        )
-        head.seq = seq
-        head.hash = digest
-        head.own[stream] = version
-        record = Recorded(
-            seq=seq,
-            stream=new.stream,
-            version=version,
-            event_id=new.event_id,
-            occurred_at=new.occurred_at,
-            recorded_at=self.recorded_at,
-            schema_version=SCHEMA_VERSION,
-            event=new.event,
-            hash=digest,
-        )
-        self._staged_ids[new.event_id] = record
-        return record
+        own, base = head.own, head.base
+        staged_ids = self._staged_ids
+        rows = self.rows
+        recorded_us, recorded_at = self.recorded_us, self.recorded_at
+        seq, digest = head.seq, head.hash
+        records: list[Recorded] = []
+        try:
+            for new, body, occurred_us in prepared:
+                event_id = new.event_id
+                already = staged_ids.get(event_id)
+                if already is not None:
+                    records.append(already)
+                    continue
+                stream = new.stream
+                version = own.get(stream)
+                if version is None:
+                    version = base.get(stream)
+                    if version is None:
+                        if not self.versions_complete:
+                            raise StoreError(
+                                f"stream {stream!r}: load_versions() before staging to it"
+                            )
+                        version = 0
+                version += 1
+                seq += 1
+                digest = chain_digest(
+                    digest,
+                    encode_header(
+                        [seq, stream, version, event_id, occurred_us, recorded_us, SCHEMA_VERSION]
+                    ),
+                    body,
+                )
+                event = new.event
+                rows.append(
+                    StagedRow(
+                        seq,
+                        stream,
+                        version,
+                        event_id,
+                        type(event).__name__,  # event_type(), inlined
+                        SCHEMA_VERSION,
+                        occurred_us,
+                        recorded_us,
+                        body,
+                        digest,
+                    )
+                )
+                own[stream] = version
+                record = Recorded(
+                    seq=seq,
+                    stream=stream,
+                    version=version,
+                    event_id=event_id,
+                    occurred_at=new.occurred_at,
+                    recorded_at=recorded_at,
+                    schema_version=SCHEMA_VERSION,
+                    event=event,
+                    hash=digest,
+                )
+                staged_ids[event_id] = record
+                records.append(record)
+        finally:  # what was staged stays staged, in step with the head (as one at a time did)
+            head.seq = seq
+            head.hash = digest
+        return records
 
 
 class Waiter(abc.ABC):
