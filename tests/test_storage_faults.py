@@ -29,6 +29,7 @@ from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from tests._fault_workers import open_after_kill
+from tests.unprivileged import open_this_project
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = Settings(snapshot_every_events=10**9, snapshot_every_seconds=10**6)
@@ -173,6 +174,7 @@ def test_a_folder_the_user_may_not_write_is_named_and_nothing_is_created() -> No
         folder = outer / "root-owned"
         folder.mkdir(mode=0o755)
         nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+        open_this_project(ROOT)
         probe = subprocess.run([*nobody, "touch", str(folder / "x")], capture_output=True)
         if probe.returncode == 0 or b"Permission denied" not in probe.stderr:
             why = probe.stderr.decode().strip() or "the unprivileged user could write"

@@ -26,6 +26,7 @@ import pytest
 from ledger.errors import StoreUnavailable
 from ledger.store.read_only import ReadOnlyOpen, file_identity
 from tests.cli.conftest import ROOT, Known, build_known, child_env
+from tests.unprivileged import open_this_project
 
 NOBODY = 65534
 
@@ -43,6 +44,7 @@ def _interpreter() -> tuple[str | None, str]:
     None and why not (the venv's may live under a folder only root may enter)."""
     if os.geteuid() != 0:
         return None, "the tests are not root, so they cannot start a child as another uid"
+    open_this_project(ROOT)
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     why = "no interpreter found"
     for exe in dict.fromkeys(
