@@ -76,7 +76,10 @@ def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
     if isinstance(command, ClosePosition):
         return [_close(book, command)]
     if isinstance(command, RecordFunding):
-        _open_position(book, command.position_id)
+        # a closed position may still be paid: funding settled while it was open can be
+        # reported after the close (the fold amends the closed position and the stats)
+        if book.get(command.position_id) is None:
+            raise UnknownPosition(command.position_id)
         return [
             FundingRecorded(
                 position_id=command.position_id,

@@ -805,8 +805,9 @@ class Ledger:
         """Record a funding payment (positive received, negative paid) on a position.
 
         Idempotent by execution_id, as the sync's funding is, and under the same key: the
-        same payment recorded twice, or by the bot and then by the sync, counts once.
-        Raises UnknownPosition, PositionAlreadyClosed, InvalidValue.
+        same payment recorded twice, or by the bot and then by the sync, counts once, also
+        after the position closed (funding settled while it was open may be reported after
+        the close: it amends the closed position). Raises UnknownPosition, InvalidValue.
         """
         command = RecordFunding(
             position_id=identifier("position_id", position_id),

@@ -15,7 +15,7 @@ import pytest
 
 from ledger.blocking import ThreadSafePositionManager
 from ledger.codec import encode_event
-from ledger.errors import ExitExceedsPosition, InvalidValue, PositionAlreadyClosed
+from ledger.errors import ExitExceedsPosition, InvalidValue, UnknownPosition
 from ledger.events import FundingRecorded, PartialExitRecorded, PositionClosed
 from ledger.service import Ledger
 from ledger.settings import Settings
@@ -227,14 +227,24 @@ async def test_funding_the_bot_records_is_idempotent_by_execution_id(db_path: Pa
             "exec-1",
             "exec-2",
         ]
-        await ledger.close_position(pos.position_id, price=100)
-        with pytest.raises(PositionAlreadyClosed):
-            await ledger.record_funding(pos.position_id, "1", execution_id="exec-3")
+        done = await ledger.close_position(pos.position_id, price=100)
+        # a retry after the close is still the same payment, counted once
+        retried = await ledger.record_funding(pos.position_id, "0.05", execution_id="exec-2")
+        assert retried.funding == done.funding == Decimal("-0.20")
+        assert retried.realized_pnl == done.realized_pnl
+        # funding settled while open and reported after the close amends the closed position
+        late = await ledger.record_funding(pos.position_id, "-0.5", execution_id="exec-3")
+        assert late.funding == Decimal("-0.70")
+        assert late.realized_pnl == done.realized_pnl - Decimal("0.5")
+        assert ledger.session_summary().total_realized_pnl == late.realized_pnl
+        with pytest.raises(UnknownPosition):
+            await ledger.record_funding("pos_nobody", "1", execution_id="exec-4")
     async with Ledger(db_path) as reopened:  # the key holds across processes' restarts too
         head = reopened.last_seq
         await reopened.open_position("ETHUSDT", "buy", entry_price=1, qty=1, leverage=2)
         closed = [r.event for r in await reopened.history(pos.position_id)]
-        assert isinstance(closed[-1], PositionClosed)
+        assert isinstance(closed[-2], PositionClosed)
+        assert isinstance(closed[-1], FundingRecorded) and closed[-1].execution_id == "exec-3"
         assert reopened.last_seq == head + 1
 
 
