@@ -91,6 +91,9 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     open_fee: Decimal = ZERO
     funding: Decimal = ZERO
     exit_price: Decimal | None = None
+    # the realized PnL the close itself booked (None while open): what a correction from
+    # Bybit's record of that close compares with
+    close_pnl: Decimal | None = None
     status: Status = Status.OPEN
     source: Source = Source.BOT
     position_idx: int = 0
@@ -253,6 +256,7 @@ def closed(position: Position, event: PositionClosed, at: datetime) -> Position:
         close_reason=event.reason,
         current_price=event.price,
         exit_price=event.price,
+        close_pnl=event.realized_pnl,
         unrealized_pnl=ZERO,
         roe_percentage=roe_pct(realized, opening_margin),
         realized_pnl=realized,
@@ -290,7 +294,13 @@ def amended(position: Position, event: PnlAmended) -> Position:
         estimates=tuple(estimates),
         amended_refs=(*position.amended_refs, event.exchange_ref),
         pnl_estimated=position.pnl_estimated and still,
-        exit_price=event.price if position.exit_price is not None else None,
+        # only an amendment of the (estimated) close moves the exit price; a correction of an
+        # earlier reduce's record leaves it
+        exit_price=(
+            event.price
+            if position.exit_price is not None and left < event.qty
+            else position.exit_price
+        ),
         roe_percentage=(
             roe_pct(
                 realized,

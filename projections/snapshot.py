@@ -23,7 +23,7 @@ FORMAT_VERSION = 1
 # The version of the folds (positions, stats, book) a snapshot was computed with. Raise it
 # whenever their results change for the same events: older snapshots are then rebuilt from
 # the log instead of carrying the old arithmetic forward.
-PROJECTION_VERSION = 4  # 4: sums and balances per account
+PROJECTION_VERSION = 5  # 4: sums and balances per account; 5: a close keeps its own PnL
 
 
 class SnapshotFile(msgspec.Struct, kw_only=True):

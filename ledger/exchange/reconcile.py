@@ -29,6 +29,9 @@ The rules, in the order they are applied (facts from research/bybit-v5-facts.md)
    coin was not queried is never absent.
 7. Amend: a record that arrives after an estimated reduce or close replaces the estimate with
    PnlAmended (the estimate stays in the history), so realized PnL ends equal to Bybit's.
+   Bybit's record of a reduce or close the bot recorded itself corrects the bot's figure the
+   same way when its PnL differs (Bybit books the gross PnL rounded to 8 decimals, the bot
+   computed it exactly from the prices): the wallet holds Bybit's figure, so must the ledger.
 8. Balance: BalanceObserved when total or available changed.
 
 While the ledger is ahead of the exchange (the bot recorded a change less than `settle` ago
@@ -326,8 +329,9 @@ def reconcile(
         work.add(close.close.event, close.close.key, close.close.occurred_at)
         work.closed.append(position_id)
 
-    # 7. amendments of earlier estimates
+    # 7. amendments of earlier estimates, and corrections of the bot's own figures
     _amend(book, matched, closes, records, live, policy, work)
+    _correct(book, matched, closes, records, policy, work)
 
     # 8. balance
     balance = snapshot.balance
@@ -918,6 +922,69 @@ def _amend(
                     ),
                 ),
                 ref,
+                record.at,
+            )
+
+
+def _correct(
+    book: Book,
+    matched: Mapping[Key, Position],
+    closes: Mapping[str, _Close],
+    records: Mapping[Key, list[ClosedPnlObservation]],
+    policy: ReconcilePolicy,
+    work: _Work,
+) -> None:
+    """PnlAmended for each Bybit record of a reduce or close the bot recorded itself whose PnL
+    differs from the bot's: realized PnL ends equal to what the exchange booked.
+
+    A record is the bot's when it has the same size as a bot exit (or as the bot's close) and
+    is stamped within `settle` of it, the rule the sync already uses to ignore these echoes.
+    Positions still holding estimates are left to the amendments of rule 7.
+    """
+    candidates = [p for p in matched.values() if p.position_id not in closes]
+    candidates += list(book.recently_closed(_LOOKBACK))
+    prefix = policy.key_prefix
+    for position in candidates:
+        if position.estimates or position.pnl_estimated:
+            continue
+        own = [r for r in records.get(_key_of(position), []) if r.at >= position.open_time]
+        booked = [
+            (e.qty, e.timestamp, e.realized_pnl)
+            for e in position.partial_exits
+            if e.source is not Source.EXCHANGE
+        ]
+        if position.close_time is not None and position.close_pnl is not None:
+            booked.append((position.qty, position.close_time, position.close_pnl))
+        for qty, at, pnl in booked:
+            # each booking takes the nearest record of its size, corrected before or not, so
+            # a record already applied is never paired with another booking of the same size
+            near = [r for r in own if r.qty == qty and abs(r.at - at) <= policy.settle]
+            if not near:
+                continue
+            record = min(near, key=lambda r: (abs(r.at - at), r.fact_key))
+            own.remove(record)
+            if (
+                record.fact_key in position.amended_refs
+                or f"{prefix}:closed:{record.fact_key}" in work.keys
+            ):
+                continue
+            exchange_pnl, _ = _pnl_and_fee(position, record)
+            if exchange_pnl == pnl:
+                continue
+            work.add(
+                PnlAmended(
+                    position_id=position.position_id,
+                    qty=qty,
+                    price=record.exit_price,
+                    realized_pnl=exchange_pnl,
+                    estimated_pnl=pnl,
+                    exchange_ref=record.fact_key,
+                    reason=(
+                        f"Bybit's closed-PnL record (order {record.order_id}) books "
+                        f"{exchange_pnl} for a reduce or close the bot booked at {pnl}"
+                    ),
+                ),
+                f"{prefix}:closed:{record.fact_key}",
                 record.at,
             )
 
