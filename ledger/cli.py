@@ -46,11 +46,13 @@ from rich.progress import (
 from rich.table import Table
 
 from ledger.audit.books import Replayed, book_at, load_book
+from ledger.audit.checkpoints import Checkpoints, sidecar_path
 from ledger.audit.equity import equity_curve
 from ledger.audit.exports import TRADE_COLUMNS, EventColumns, iso, trade_cells, trades
 from ledger.audit.history import history
 from ledger.audit.reading import HEAD, Bound, ScanStats, check_chain, open_read_only, scan
 from ledger.audit.verification import VerifyReport, verify_log
+from ledger.audit.vouched import Origin, chain_origin, vouched_book
 from ledger.errors import (
     ImportRejected,
     IntegrityError,
@@ -142,6 +144,13 @@ class Context:
             backup_dir=Path(self.settings.backup_dir),
         )
 
+    @property
+    def checkpoints(self) -> Checkpoints:
+        """The audit's checkpoints and verified point, beside the log."""
+        # beside a SQLite file; a server's ledger (a URL) has no folder of its own to keep them
+        path = None if is_url(self.db) else sidecar_path(Path(self.db))
+        return Checkpoints(path, every=self.settings.checkpoint_every_events)
+
 
 def _context(args: argparse.Namespace) -> Context:
     settings = load_settings(args.config)
@@ -184,9 +193,11 @@ async def _replay(
     force: bool,
     symbol: str | None = None,
 ) -> Replayed:
-    """The book at bound, folded from the log alone (never from positions.json, which is a
-    cache): chain-checked, or with --force unchecked and skipping rows that do not decode."""
-    head = await store.head()
+    """The book at bound, from a state the log vouches for plus the tail, the chain checked
+    from the last verified point (ledger.audit.vouched). With --force: folded from the log
+    alone, unchecked, skipping rows that do not decode. For one symbol: folded from the log
+    alone, chain-checked (a checkpoint holds every symbol's statistics together)."""
+    head = await store.end()
     if bound.seq is not None and bound.seq > head.seq:
         raise InvalidValue("--seq", bound.seq, f"past the end of the log (seq {head.seq})")
     if force:
@@ -199,13 +210,33 @@ async def _replay(
                 f"(first seq {stats.undecodable[0]})"
             )
         return replayed
-    return await book_at(store, bound=bound, check=True, symbol=symbol, stats=ScanStats())
+    if symbol is not None:
+        return await book_at(store, bound=bound, check=True, symbol=symbol, stats=ScanStats())
+    book, origin = await vouched_book(
+        store, ctx.checkpoints, snapshot_path=ctx.snapshot, bound=bound, head_seq=head.seq
+    )
+    for note in origin.notes:
+        ctx.warn(f"note: {note}")
+    return Replayed(book=book, at=await _time_of(store, book.last_seq), checked=True, origin=origin)
+
+
+async def _time_of(store: EventStore, seq: int) -> datetime | None:
+    """When the event at seq occurred (None for seq 0)."""
+    if seq == 0:
+        return None
+    records = await store.read(after_seq=seq - 1, to_seq=seq)
+    return records[0].occurred_at if records else None
 
 
 def _where(replayed: Replayed) -> str:
     book = replayed.book
     when = f" · {short_time(replayed.at)}" if replayed.at else ""
-    checked = "chain verified" if replayed.checked else "chain NOT checked (--force)"
+    if replayed.origin is not None:
+        checked = replayed.origin.describe()
+    elif replayed.checked:
+        checked = "folded from the log's start, whole chain checked"
+    else:
+        checked = "chain NOT checked (--force)"
     return f"as of seq {book.last_seq}{when} · {checked}"
 
 
@@ -220,6 +251,7 @@ def _as_of_json(replayed: Replayed, head_seq: int) -> dict[str, object]:
         "time": replayed.at,
         "head_seq": head_seq,
         "chain_checked": replayed.checked,
+        "origin": replayed.origin,
     }
 
 
@@ -232,7 +264,7 @@ def cmd_stats(ctx: Context, args: argparse.Namespace) -> int:
             replayed = await _replay(
                 ctx, store, bound=_bound(args), force=args.force, symbol=args.symbol
             )
-            return replayed, (await store.head()).seq
+            return replayed, (await store.end()).seq
 
     replayed, head_seq = _run(go)
     book = replayed.book
@@ -482,16 +514,22 @@ def cmd_positions(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
-    async def go() -> tuple[Position | None, list[Any]]:
+    async def go() -> tuple[Position | None, list[Any], Origin]:
         async with ctx.open() as store:
-            return await history(store, args.position_id)
+            head = await store.end()
+            # the position's rows are read by stream; the chain is checked like every read's
+            origin = await chain_origin(store, ctx.checkpoints, head.seq)
+            position, rows = await history(store, args.position_id)
+            return position, rows, origin
 
-    position, rows = _run(go)
+    position, rows, origin = _run(go)
+    for note in origin.notes:
+        ctx.warn(f"note: {note}")
     if position is None:
         ctx.warn(f"error: no position {args.position_id!r} in {ctx.shown}")
         return 1
     if ctx.as_json:
-        ctx.emit_json({"position": position, "events": rows})
+        ctx.emit_json({"position": position, "events": rows, "checked": origin})
         return 0
     status = "open" if position.is_open else f"closed {short_time(position.close_time)}"
     ctx.say(
@@ -499,6 +537,7 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
         f"entry {num(position.entry_price)} x{position.leverage} · {status} · "
         f"realized {usd(position.realized_pnl)}"
     )
+    ctx.say(f"{len(rows)} events of the position, read by stream · {origin.chain()}")
     columns = ["seq", "time (UTC)", "event", "price", "qty", "size after", "PnL"]
     columns += ["realized so far", "reason", "source"]
     table = _table(
@@ -530,7 +569,7 @@ def cmd_replay(ctx: Context, args: argparse.Namespace) -> int:
     async def go() -> tuple[Replayed, int]:
         async with ctx.open() as store:
             replayed = await _replay(ctx, store, bound=_bound(args), force=args.force)
-            return replayed, (await store.head()).seq
+            return replayed, (await store.end()).seq
 
     replayed, head_seq = _run(go)
     book = replayed.book
@@ -590,10 +629,12 @@ def _progress(
 def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
     async def go() -> VerifyReport:
         async with ctx.open() as store:
-            total = (await store.head()).seq
+            total = (await store.end()).seq
             with _progress(ctx, True, "verifying", total) as advance:
                 # judged by the limits the log recorded, never the auditor's own settings
-                return await verify_log(store, ctx.snapshot, progress=advance)
+                return await verify_log(
+                    store, ctx.snapshot, progress=advance, checkpoints=ctx.checkpoints
+                )
 
     report = _run(go)
     if ctx.as_json:
@@ -620,6 +661,7 @@ def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
             ctx.say(f"note: cannot read {snap.path} ({snap.detail}): positions.json not checked")
         else:
             ctx.say(f"note: no snapshot at {snap.path}")
+        _say_recorded(ctx, report)
         return 0
     first = report.problems[0]
     ctx.say(f"FAIL at seq {first.seq}: {first.what}")
@@ -629,7 +671,20 @@ def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
         ctx.say(f"{report.rule_violations} rule violations in all")
     checked = "" if first.kind == "chain" else f" ({report.events} events checked)"
     ctx.say(f"verification failed{checked}")
+    _say_recorded(ctx, report)
     return 1
+
+
+def _say_recorded(ctx: Context, report: VerifyReport) -> None:
+    if not report.recorded_in:
+        return
+    saved = len(report.checkpoints_saved)
+    ctx.say(
+        f"recorded seq {report.last_seq} as the point the chain is verified to, in "
+        f"{report.recorded_in}"
+        + (f" ({saved} checkpoints written)" if saved else "")
+        + ": stats, positions, history, replay and watch check the chain from there on"
+    )
 
 
 # -- export --------------------------------------------------------------------------------
@@ -645,7 +700,7 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
 
     async def write_all(handle: IO[str]) -> int:
         async with ctx.open() as store:
-            total = (await store.head()).seq
+            total = (await store.end()).seq
             to_file = out_path is not None
             # A file is written aside and renamed only when complete, so the chain is checked
             # in the same pass; stdout cannot take back what it printed, so it gets a pass of
@@ -887,7 +942,7 @@ def cmd_backup(ctx: Context, args: argparse.Namespace) -> int:
             try:
                 stats = await check_chain(copy)
             except IntegrityError as exc:
-                return target, (await copy.head()).seq, "", str(exc)
+                return target, (await copy.end()).seq, "", str(exc)
             return target, stats.checked, stats.last_hash, None
 
     try:
@@ -949,7 +1004,7 @@ def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
 
     async def go() -> EquityCurve:
         async with ctx.open() as store:
-            head = await store.head()
+            head = await store.end()
             if bound.seq is not None and bound.seq > head.seq:
                 raise InvalidValue("--seq", bound.seq, f"past the end of the log (seq {head.seq})")
             if args.force:
@@ -999,6 +1054,8 @@ def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
             return await watch(
                 store,
                 ctx.snapshot,
+                checkpoints=ctx.checkpoints,
+                where=str(ctx.db),
                 console=ctx.out,
                 interval=args.interval,
                 once=args.once,

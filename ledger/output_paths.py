@@ -53,9 +53,13 @@ def ledger_files(
     snapshot: Path | None = None,
     backup_dir: Path | None = None,
 ) -> list[OwnFile]:
-    """Every file an output must not replace: the database's, positions.json, and each backup
-    in backup_dir."""
+    """Every file an output must not replace: the database's, the audit's checkpoints,
+    positions.json, and each backup in backup_dir."""
     files = database_files(db) if db is not None else []  # None: a server's ledger
+    if db is not None:  # the audit's checkpoints (ledger.audit.checkpoints.sidecar_path)
+        files.extend(
+            database_files(db.with_name(db.name + ".checkpoints"), "the audit's checkpoints")
+        )
     if snapshot is not None:
         files.append(snapshot_file(snapshot))
     if backup_dir is not None:

@@ -37,6 +37,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     backup_retention: int = 7
     snapshot_every_events: int = 1000
     snapshot_every_seconds: float = 60.0
+    # the audit commands keep a book every this many events beside the log (replay's start)
+    checkpoint_every_events: int = 100_000
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     busy_timeout_ms: int = 10_000
     absent_fetches_before_close: int = 2
@@ -66,6 +68,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "backup_retention": self.backup_retention >= 1,
             "snapshot_every_events": self.snapshot_every_events >= 1,
             "snapshot_every_seconds": self.snapshot_every_seconds > 0,
+            "checkpoint_every_events": self.checkpoint_every_events >= 1,
             "busy_timeout_ms": self.busy_timeout_ms >= 0,
             "absent_fetches_before_close": self.absent_fetches_before_close >= 1,
             "sync_settle_seconds": self.sync_settle_seconds >= 0,

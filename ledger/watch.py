@@ -23,9 +23,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ledger.audit.books import load_book
+from ledger.audit.checkpoints import Checkpoints
 from ledger.audit.exports import iso
 from ledger.audit.follow import follow
+from ledger.audit.reading import HEAD
+from ledger.audit.vouched import vouched_book
 from ledger.envelope import Recorded
 from ledger.events import (
     BalanceObserved,
@@ -148,16 +150,18 @@ def dashboard(
     book: Book,
     recent: Iterable[tuple[Recorded, str]],
     *,
-    db_path: str,
+    where: str,
     last_at: datetime | None,
+    checked: str = "",
 ) -> RenderableType:
     """The whole screen: header, open positions, latest events, session summary."""
     now = datetime.now(UTC).replace(microsecond=0)
     header = Text.assemble(
         ("position-ledger ", "bold"),
-        f"{db_path} · seq {book.last_seq}",
+        f"{where} · seq {book.last_seq}",
         f" · last event {short_time(last_at)}" if last_at else "",
         f" · drawn {iso(now)}",
+        f"\nstarted {checked}" if checked else "",
     )
     numbers = ["qty", "entry", "mark", "uPnL", "ROE", "realized"]
     positions = table(
@@ -207,6 +211,8 @@ async def watch(
     store: EventStore,
     snapshot_path: Path,
     *,
+    checkpoints: Checkpoints,
+    where: str,
     console: Console,
     interval: float = 0.25,
     once: bool = False,
@@ -216,8 +222,13 @@ async def watch(
     recent_count: int = 10,
 ) -> int:
     """Follow the log until Ctrl-C, SIGTERM, max_seconds or max_events; returns an exit code."""
-    loaded = await load_book(store, snapshot_path)
-    book = loaded.book
+    # a state the log vouches for plus the tail, the chain checked from the verified point
+    head = await store.end()
+    book, origin = await vouched_book(
+        store, checkpoints, snapshot_path=snapshot_path, bound=HEAD, head_seq=head.seq
+    )
+    for note in origin.notes:
+        console.print(f"note: {note}", soft_wrap=True, markup=False)
     recent: deque[tuple[Recorded, str]] = deque(
         (
             (record, describe(record, book))
@@ -225,11 +236,11 @@ async def watch(
         ),
         maxlen=recent_count,
     )
-    last_at = loaded.at
-    db_path = store.location
+    last_at = recent[-1][0].occurred_at if recent else None
+    checked = origin.describe()
 
     def screen() -> RenderableType:
-        return dashboard(book, recent, db_path=db_path, last_at=last_at)
+        return dashboard(book, recent, where=where, last_at=last_at, checked=checked)
 
     if once:
         console.print(screen())
@@ -253,10 +264,12 @@ async def watch(
                             break
             else:
                 console.print(
-                    f"watching {db_path} from seq {book.last_seq} "
+                    f"watching {where} from seq {book.last_seq} "
                     f"({summary_line(book)}); Ctrl-C to stop",
                     soft_wrap=True,
+                    markup=False,
                 )
+                console.print(f"started {checked}", soft_wrap=True, markup=False)
                 async for page in updates:
                     for record in page:
                         book.apply(record)

@@ -1,6 +1,8 @@
 """Read-only views of a ledger for auditors: books as of a point, histories, verification, exports.
 
-Everything here opens the log read-only and writes nothing: not the database, not positions.json.
+Everything here opens the log read-only and writes neither the database nor positions.json: only
+its own cache beside the log (`ledger.audit.checkpoints`: books every K events, and the point
+`verify` last checked the chain to), from which the read commands start (`ledger.audit.vouched`).
 
 Two levels of checking:
 - `ChainVerifier(track_versions=False)` (cheap, constant memory, run by the commands that

@@ -9,6 +9,7 @@ import anyio
 import msgspec
 
 from ledger.audit.reading import HEAD, Bound, ScanStats, scan
+from ledger.audit.vouched import Origin
 from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import SnapshotError
 from ledger.events import PositionOpened
@@ -41,6 +42,7 @@ class Replayed(msgspec.Struct, kw_only=True):
     at: datetime | None
     checked: bool
     from_snapshot: bool = False
+    origin: Origin | None = None  # a vouched book: where it came from, what was checked
 
 
 async def book_at(

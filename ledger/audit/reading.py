@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -13,7 +12,7 @@ import msgspec
 
 from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import IntegrityError, StoreUnavailable
-from ledger.store.base import ChainVerifier, EventStore, Head, StagedRow, record_from_row
+from ledger.store.base import ChainVerifier, EventStore, StagedRow, record_from_row
 from ledger.store.factory import Location, is_url, make_store
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import to_micros
@@ -25,35 +24,15 @@ Progress = Callable[[int], None]
 # -- opening -------------------------------------------------------------------------------
 
 
-class AuditStore(SQLiteEventStore):
-    """The SQLite store opened read-only, with a head that leaves out the stream versions.
-
-    `SQLiteEventStore.head()` groups the whole table by stream to return every stream's
-    version, which only a writer needs; on a read-only view that costs memory in proportion to
-    the number of positions, at open and at every call. Here the head is seq and hash alone.
-    """
-
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 10_000) -> None:
-        super().__init__(path, read_only=True, busy_timeout_ms=busy_timeout_ms)
-
-    async def head(self) -> Head:
-        try:
-            row = await (
-                await self._reading().execute(
-                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-                )
-            ).fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
-        return Head() if row is None else Head(int(row[0]), str(row[1]))
-
-
 @asynccontextmanager
 async def open_read_only(
     db_path: Location, *, busy_timeout_ms: int = 10_000
 ) -> AsyncIterator[EventStore]:
     """The log opened read-only (a SQLite file, or a PostgreSQL URL: a primary or a hot
-    standby); raises StoreUnavailable (missing, locked, corrupt, foreign)."""
+    standby); raises StoreUnavailable (missing, locked, corrupt, foreign).
+
+    The one place the audit names a backend; everything else speaks the store contract (and
+    asks for `end()`, not `head()`: a reader needs no stream versions)."""
     store: EventStore
     if is_url(db_path):
         store = make_store(db_path, read_only=True, busy_timeout_ms=busy_timeout_ms)
@@ -61,7 +40,7 @@ async def open_read_only(
         path = Path(db_path)
         if path.is_dir():
             raise StoreUnavailable(f"{path} is a directory, not a ledger database")
-        store = AuditStore(path, busy_timeout_ms=busy_timeout_ms)
+        store = SQLiteEventStore(path, read_only=True, busy_timeout_ms=busy_timeout_ms)
     try:
         await store.open()
     except BaseException:

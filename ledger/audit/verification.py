@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from ledger.audit.checkpoints import Checkpoints, Mark
 from ledger.audit.reading import PAGE_SIZE, Progress
 from ledger.audit_rules import violations
 from ledger.commands import Limits
@@ -43,6 +44,9 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     rule_violations: int
     problems: list[Problem]
     snapshot: SnapshotCheck
+    # where this run was recorded as the verified point ("" if not: a failed run, no sidecar)
+    recorded_in: str = ""
+    checkpoints_saved: list[int] = msgspec.field(default_factory=list)
 
 
 _MAX_RULE_PROBLEMS = 20
@@ -142,12 +146,15 @@ async def verify_log(
     *,
     limits: Limits | None = None,
     progress: Progress | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> VerifyReport:
     """Chain, seq, stream versions, decoding, the ledger's rules in order, positions.json.
 
     The chain part stops at the first bad row (what follows cannot be trusted); rule
     violations are all counted, the first few listed. positions.json is compared, field by
-    field, with the fold at its own last_seq.
+    field, with the fold at its own last_seq. With checkpoints, the fold leaves a checkpoint
+    at every K-th seq where none matching the log is kept, and a run that finds nothing wrong
+    is recorded as the verified point the read commands check the chain from.
     """
     limits = limits or Limits()
     verifier = ChainVerifier()
@@ -184,6 +191,12 @@ async def verify_log(
         what = f"positions.json at seq {under_test.seq}: {why}"
         problems.append(Problem(seq=under_test.seq or 0, kind="snapshot", what=what))
 
+    kept: dict[int, str] = {}
+    saved: list[int] = []
+    if checkpoints is not None:
+        kept = {s.seq: s.hash for s in await anyio.to_thread.run_sync(checkpoints.stored)}
+    max_occurred_us = 0
+
     chain_ok = True
     if snap_seq == 0:
         check_snapshot()
@@ -191,6 +204,7 @@ async def verify_log(
         async for rows in store.iterate_rows(page_size=PAGE_SIZE):
             for row in rows:
                 record = verifier.feed(row)
+                max_occurred_us = max(max_occurred_us, row.occurred_us)
                 why = violations(book, record, limits)
                 checked += 1
                 if why is not None:
@@ -200,6 +214,13 @@ async def verify_log(
                 book.apply(record)
                 if record.seq == snap_seq:
                     check_snapshot()
+                if (
+                    checkpoints is not None
+                    and checkpoints.due(record.seq)
+                    and kept.get(record.seq) != record.hash
+                    and await anyio.to_thread.run_sync(checkpoints.save, book, max_occurred_us)
+                ):
+                    saved.append(record.seq)
             if progress is not None:
                 progress(len(rows))
     except IntegrityError as exc:
@@ -219,6 +240,13 @@ async def verify_log(
             )
         )
     problems.sort(key=lambda p: (p.kind != "chain", p.seq))
+    recorded_in = ""
+    # the point recorded is the chain's: every row up to it is whole, in place and decodes.
+    # Rule violations and a stale positions.json are reported, but leave the chain as it is.
+    if chain_ok and checkpoints is not None and checkpoints.path is not None:
+        mark = Mark(report.last_seq, report.last_hash)
+        if await anyio.to_thread.run_sync(checkpoints.record_verified, mark, datetime.now(UTC)):
+            recorded_in = str(checkpoints.path)
     return VerifyReport(
         ok=not problems,
         events=report.events,
@@ -229,4 +257,6 @@ async def verify_log(
         rule_violations=violations_count,
         problems=problems,
         snapshot=snap,
+        recorded_in=recorded_in,
+        checkpoints_saved=saved,
     )

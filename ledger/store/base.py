@@ -707,6 +707,12 @@ class EventStore(abc.ABC):
         ):
             yield [(r.seq, to_micros(r.occurred_at), r.event) for r in page]
 
+    async def end(self) -> Head:
+        """Where the committed log ends now: seq and hash only (no stream versions, which
+        only a writer needs and which cost a read per stream)."""
+        head = await self.head()
+        return Head(head.seq, head.hash)
+
     async def read(
         self,
         *,

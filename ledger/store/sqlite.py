@@ -484,6 +484,17 @@ class SQLiteEventStore(EventStore):
                 if ahead.done() and not ahead.cancelled():
                     ahead.exception()  # retrieved, so asyncio does not log it
 
+    async def end(self) -> Head:
+        try:
+            row = await (
+                await self._reading().execute(
+                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                )
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
+        return Head() if row is None else Head(int(row[0]), str(row[1]))
+
     async def head(self) -> Head:
         conn = self._reading()
         try:
