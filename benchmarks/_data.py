@@ -169,7 +169,12 @@ SCALES: dict[str, Scale] = {
     "default": _DEFAULT,
     # the default sizes with a 1M-event log, folded and started fewer times
     "full": replace(
-        _DEFAULT, name="full", log_events=1_000_000, rebuild_rounds=3, startup_rounds=3
+        _DEFAULT,
+        name="full",
+        log_events=1_000_000,
+        rebuild_rounds=3,
+        startup_rounds=3,
+        audit_rounds=3,
     ),
 }
 
