@@ -265,11 +265,10 @@ async def watch(
             else:
                 console.print(
                     f"watching {where} from seq {book.last_seq} "
-                    f"({summary_line(book)}); Ctrl-C to stop",
+                    f"({summary_line(book)}); Ctrl-C to stop · started {checked}",
                     soft_wrap=True,
                     markup=False,
                 )
-                console.print(f"started {checked}", soft_wrap=True, markup=False)
                 async for page in updates:
                     for record in page:
                         book.apply(record)
