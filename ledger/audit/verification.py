@@ -243,7 +243,7 @@ async def verify_log(
     recorded_in = ""
     # the point recorded is the chain's: every row up to it is whole, in place and decodes.
     # Rule violations and a stale positions.json are reported, but leave the chain as it is.
-    if chain_ok and checkpoints is not None and checkpoints.path is not None:
+    if chain_ok and report.last_seq and checkpoints is not None and checkpoints.path is not None:
         mark = Mark(report.last_seq, report.last_hash)
         if await anyio.to_thread.run_sync(checkpoints.record_verified, mark, datetime.now(UTC)):
             recorded_in = str(checkpoints.path)

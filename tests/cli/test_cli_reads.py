@@ -63,7 +63,8 @@ def test_stats_table_prints_rounded_usd(cli: RunCli, known: Known) -> None:
     assert run.returncode == 0, run.stderr
     assert f"{known.expected['total_pnl']:,.2f}" in run.stdout
     assert "1,000.00" in run.stdout
-    assert "as of seq 12 · 2025-01-07T18:50:00Z · chain verified" in run.stdout
+    assert "as of seq 12 · 2025-01-07T18:50:00Z · from positions.json at seq 12" in run.stdout
+    assert "chain checked seq 1..12" in run.stdout
 
 
 def test_stats_as_of_a_time_and_a_seq_agree(cli: RunCli, known: Known) -> None:

@@ -161,9 +161,14 @@ def test_force_uses_a_tampered_log_and_says_so(cli: RunCli, known: Known) -> Non
     assert replay.returncode == 0 and json.loads(replay.stdout)["as_of"]["seq"] == 4
 
 
-def test_history_still_reads_a_tampered_log(cli: RunCli, known: Known) -> None:
+def test_history_refuses_a_tampered_log_unless_forced(cli: RunCli, known: Known) -> None:
     change_a_price(known)
-    assert cli("history", "pos_sol", "--db", known.db).returncode == 0
+    refused = cli("history", "pos_sol", "--db", known.db)
+    assert refused.returncode == 1 and "hash" in refused.stderr, refused.stderr
+    forced = cli("history", "pos_sol", "--db", known.db, "--force")
+    assert forced.returncode == 0
+    assert "--force: the log's chain was not checked" in forced.stderr
+    assert "chain NOT checked (--force)" in forced.stdout
 
 
 def test_export_to_a_file_leaves_nothing_when_refused(
