@@ -1056,7 +1056,8 @@ def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with ctx.open() as store:
-            opened = store.read_only_open
+            # a SQLite file opened without locks has this; other stores have no such state
+            opened = getattr(store, "read_only_open", None)
             if not args.once and opened is not None and opened.unlocked is not None:
                 raise StoreUnavailable(
                     f"cannot follow {ctx.shown}: its folder is not writable for this user and no "
