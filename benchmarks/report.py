@@ -5,8 +5,8 @@
 
 Scales (BENCH_SCALE): smoke runs each benchmark once on tiny data (scripts/test, with
 --benchmark-disable, a few seconds); default (scripts/bench) folds a 100k-event log and takes
-about a minute; full folds and starts up a 1M-event log: rebuild + startup alone take ~5 min
-on 2 vCPUs (the 1M rebuild is ~10-20 s a round), the whole suite ~6 min.
+a few minutes; full folds, starts up and audits a 1M-event log (a copy of it is verified for
+the audit reads): about 20 minutes on a busy 2-core machine.
 
 Columns: the group, the case, its median time per round, its rate (events, commands or
 start-ups per second), the case it is compared with, the time ratio (this case's median over
