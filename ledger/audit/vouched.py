@@ -113,7 +113,11 @@ async def _start(
     candidates: list[tuple[int, str, str, Stored | None]] = []
     raw: bytes | None = None
     if snapshot_path is not None and until_us is None:  # positions.json keeps no times
-        raw = await anyio.to_thread.run_sync(read_file, snapshot_path)
+        try:
+            raw = await anyio.to_thread.run_sync(read_file, snapshot_path)
+        except OSError as exc:  # unreadable for this user: a cache, the log tells the same
+            notes.append(f"positions.json not used: cannot read it ({exc.strerror or exc})")
+            raw = None
         mark = None if raw is None else written_by_ledger(raw)
         if mark is not None and mark[0] <= to_seq:
             candidates.append((mark[0], mark[1], "positions.json", None))
