@@ -152,8 +152,9 @@ async def verify_log(
 
     The chain part stops at the first bad row (what follows cannot be trusted); rule
     violations are all counted, the first few listed. positions.json is compared, field by
-    field, with the fold at its own last_seq. With checkpoints, the fold leaves a checkpoint
-    at every K-th seq where none matching the log is kept, and a run that finds nothing wrong
+    field, with the fold at its own last_seq. With checkpoints, the fold writes the checkpoint
+    at every K-th seq afresh (one kept there is replaced, figures and all: a checkpoint edited
+    to keep its seq and hash does not outlive a verify), and when the chain is whole its head
     is recorded as the verified point the read commands check the chain from.
     """
     limits = limits or Limits()
@@ -191,10 +192,7 @@ async def verify_log(
         what = f"positions.json at seq {under_test.seq}: {why}"
         problems.append(Problem(seq=under_test.seq or 0, kind="snapshot", what=what))
 
-    kept: dict[int, str] = {}
     saved: list[int] = []
-    if checkpoints is not None:
-        kept = {s.seq: s.hash for s in await anyio.to_thread.run_sync(checkpoints.stored)}
     max_occurred_us = 0
 
     chain_ok = True
@@ -217,7 +215,6 @@ async def verify_log(
                 if (
                     checkpoints is not None
                     and checkpoints.due(record.seq)
-                    and kept.get(record.seq) != record.hash
                     and await anyio.to_thread.run_sync(checkpoints.save, book, max_occurred_us)
                 ):
                     saved.append(record.seq)

@@ -138,6 +138,23 @@ def test_a_checkpoint_not_matching_the_log_is_not_used_and_is_rebuilt(
     assert stored_checkpoints(verified)[8] == log_hash(verified, 8)  # rebuilt on the way
 
 
+def test_verify_rewrites_a_checkpoint_edited_to_keep_its_seq_and_hash(
+    cli: RunCli, verified: Known
+) -> None:
+    sidecar = sidecar_path(verified.db)
+    with sqlite3.connect(sidecar) as conn:
+        before = conn.execute("SELECT book FROM checkpoints WHERE seq = 8").fetchone()[0]
+        conn.execute("UPDATE checkpoints SET book = ? WHERE seq = 8", (b"forged",))
+    ledger(cli, verified, "verify")
+    with sqlite3.connect(sidecar) as conn:
+        after = conn.execute("SELECT book FROM checkpoints WHERE seq = 8").fetchone()[0]
+    assert after != b"forged"
+    assert (
+        zlib.decompress(after).split(b'"last_saved"')[0]
+        == zlib.decompress(before).split(b'"last_saved"')[0]
+    )
+
+
 def test_a_damaged_checkpoint_is_not_used(cli: RunCli, verified: Known) -> None:
     with sqlite3.connect(sidecar_path(verified.db)) as conn:
         book = zlib.decompress(
