@@ -54,7 +54,10 @@ def test_copy_sqlite_to_postgres_and_back_keeps_seq_ids_and_hashes(
         cli("--db", db, "stats", "--json", "--snapshot", "absent.json") for db in (known.db, pg_url)
     ]
     assert all(s.returncode == 0 for s in stats), [s.stderr for s in stats]
-    assert json.loads(stats[0].stdout) == json.loads(stats[1].stdout)
+    figures = [json.loads(s.stdout) for s in stats]
+    for figure in figures:  # where each started differs: a SQLite file keeps checkpoints beside it
+        figure["as_of"].pop("origin")
+    assert figures[0] == figures[1]
     # running the copy again brings nothing new and changes nothing
     twice = cli("copy", known.db, pg_url, "--json")
     assert twice.returncode == 0, twice.stderr
