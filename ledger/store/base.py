@@ -157,6 +157,10 @@ class ChainVerifier:
                 expected_seq,
                 f"seq gap: seq {expected_seq} is missing (the next row is seq {row.seq})",
             )
+        if type(row.body) is not bytes:
+            # SQLite keeps whatever type a hand edit gives it; the other columns of a wrong
+            # type only change the header, so the hash below refuses them
+            raise IntegrityError(row.seq, f"body is {type(row.body).__name__}, not bytes")
         if self._track_versions:
             expected_version = self.stream_versions.get(row.stream, 0) + 1
             if row.version != expected_version:

@@ -240,3 +240,14 @@ def test_an_empty_log_verifies(cli: RunCli, tmp_path: Path) -> None:
         "OK: the log is empty (0 events)",
         f"OK: {tmp_path / 'positions.json'} matches the log at seq 0 (0 events behind the head)",
     ]
+
+
+def test_a_body_stored_as_text_is_named_not_a_traceback(cli: RunCli, known: Known) -> None:
+    """SQLite keeps a hand edit's TEXT in the BLOB column; verify names the row."""
+    seq = known.seqs["exit_sol_1"]
+    edit(known.db, "UPDATE events SET body = ? WHERE seq = ?", body(known.db, seq).decode(), seq)
+    result = cli("verify", "--db", known.db)
+    said = result.stdout + result.stderr
+    assert result.returncode == 1, said
+    assert f"seq {seq}" in said and "body is str" in said, said
+    assert "Traceback" not in said

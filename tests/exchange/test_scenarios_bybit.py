@@ -168,7 +168,10 @@ async def test_a_clock_one_second_fast_is_corrected_once_through_ccxt(tmp_path: 
     # the emulator's real clock: Bybit's timestamp rule is checked (a custom clock skips it)
     async with BybitEmulator() as ex, Ledger(tmp_path / "l.db") as ledger:
         ex.open_position(BTC, "buy", "0.01", "60000")
-        ex.set_clock_skew(-1000)  # Bybit 1 s behind this machine: every signature is refused
+        # Bybit 2 s behind this machine: every signature is refused. At exactly 1 s the
+        # request's own transit (a millisecond or more on a loaded machine) brings the
+        # timestamp back inside Bybit's window, and the test would not see the refusal.
+        ex.set_clock_skew(-2000)
         client = make_ccxt_client(ex)
         client.enableRateLimit = False
         gateway = ExchangeGateway(client, timeout=5.0)
