@@ -294,3 +294,23 @@ def test_an_owner_only_shm_gets_one_line_naming_it(audited: tuple[Known, Path]) 
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1
     assert "cannot read" in run.stderr and "ledger.db-shm: permission denied" in run.stderr
+
+
+def test_the_readme_s_chmod_is_all_an_auditor_needs_after_the_ledger_stopped() -> None:
+    """The owner's ledger stopped as it does (no checkpoint by hand); the owner shares the
+    database and positions.json with `chmod o+r`, as the README says: the auditor reads it."""
+    home = shared_folder("ledger-stopped-", 0o755)
+    out = shared_folder("ledger-out-", 0o777)
+    try:
+        known = anyio.run(build_known, home)
+        for path in (known.db, known.snapshot):
+            path.chmod(path.stat().st_mode | 0o004)
+        run = as_auditor("stats", "--json", "--db", known.db, cwd=out)
+        assert run.returncode == 0, run.stderr
+        summary = json.loads(run.stdout)["summary"]
+        assert Decimal(summary["total_realized_pnl"]) == known.expected["total_realized"]
+        verify = as_auditor("verify", "--db", known.db, cwd=out)
+        assert verify.returncode == 0, verify.stderr
+    finally:
+        shutil.rmtree(home)
+        shutil.rmtree(out)
