@@ -6,8 +6,8 @@ connection must find it or create it. A user who can read the files but not writ
 
 - the folder writable (by this user): `mode=ro`; SQLite creates -shm as needed.
 - -shm present and readable: `mode=ro`; SQLite (3.22+) reads through a private copy of it.
-- neither -wal nor -shm present: no connection has the database open, and every committed
-  event is in the main file. It is read with `immutable=1` (no locks, no -shm); a writer that
+- no -wal, or an empty one (and no readable -shm): every committed event is in the main
+  file. It is read with `immutable=1` (no locks, no -shm); a writer that
   starts meanwhile appends to a new -wal and leaves the main file alone until it checkpoints,
   so the file's identity, size and mtime are noted and checked again when the read ends:
   a change means the read may be torn, and it is refused (`check_unchanged`).
@@ -76,12 +76,15 @@ def read_only_open(path: Path) -> ReadOnlyOpen:
     shm = real.with_name(real.name + "-shm")
     if os.access(folder, os.W_OK | os.X_OK):
         return ReadOnlyOpen(path, _uri(path, "mode=ro"))
-    if shm.exists():
+    wal_holds_events = wal.exists() and wal.stat().st_size > 0
+    # an empty -wal holds nothing the main file does not: its -shm is not needed (the owner's
+    # own read-only command leaves both behind, with the owner's mode, before sharing the file)
+    if shm.exists() and (wal_holds_events or os.access(shm, os.R_OK)):
         _readable(shm)
         if wal.exists():
             _readable(wal)
         return ReadOnlyOpen(path, _uri(path, "mode=ro"))
-    if wal.exists() and wal.stat().st_size > 0:
+    if wal_holds_events:
         raise StoreUnavailable(
             f"cannot read {path} read-only: {wal.name} holds events but {shm.name} is missing "
             f"and {folder} is not writable for this user; opening the ledger once as a user "

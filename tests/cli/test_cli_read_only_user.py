@@ -283,14 +283,27 @@ def test_an_unreadable_positions_json_is_left_out_not_fatal(
 
 
 def test_an_owner_only_shm_gets_one_line_naming_it(audited: tuple[Known, Path]) -> None:
-    """The owner's ledger left its -wal/-shm (0600, as created): the auditor may read the
-    database but not the index SQLite must read with it."""
+    """The owner's running ledger holds events in its -wal, and its -wal/-shm are 0600 (the
+    database was shared after they were created): the auditor may read the database but not
+    the index SQLite must read the -wal with."""
     known, out = audited
-    with contextlib.closing(sqlite3.connect(known.db)) as conn:
-        conn.execute("SELECT count(*) FROM events").fetchone()
-        for suffix in ("-wal", "-shm"):
-            Path(f"{known.db}{suffix}").chmod(0o600)
-        run = as_auditor("stats", "--db", known.db, cwd=out)
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(known.db)],
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            assert holder.stdout.readline().strip() == "ready"
+            assert Path(f"{known.db}-wal").stat().st_size > 0
+            for suffix in ("-wal", "-shm"):
+                Path(f"{known.db}{suffix}").chmod(0o600)
+            run = as_auditor("stats", "--db", known.db, cwd=out)
+        finally:
+            holder.stdin.close()
+    assert holder.returncode == 0
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1
     assert "cannot read" in run.stderr and "ledger.db-shm: permission denied" in run.stderr
@@ -314,3 +327,29 @@ def test_the_readme_s_chmod_is_all_an_auditor_needs_after_the_ledger_stopped() -
     finally:
         shutil.rmtree(home)
         shutil.rmtree(out)
+
+
+def test_an_owner_s_own_read_only_command_does_not_lock_the_auditor_out(
+    audited: tuple[Known, Path],
+) -> None:
+    """The owner runs `ledger verify` (as the migration steps say) before sharing the files:
+    the -wal/-shm its read-only connection leaves behind are the owner's alone, but they hold
+    nothing the database file does not, so the auditor still reads every event."""
+    known, out = audited
+    for path in (known.db, known.snapshot):
+        path.chmod(0o600)  # shared only after the owner's own audit
+    owner = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "verify", "--db", str(known.db)],
+        cwd=out,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert owner.returncode == 0, owner.stderr
+    for path in (known.db, known.snapshot):
+        path.chmod(0o644)
+    run = as_auditor("stats", "--json", "--db", known.db, cwd=out)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)["summary"]
+    assert Decimal(summary["total_realized_pnl"]) == known.expected["total_realized"]
