@@ -68,6 +68,7 @@ from ledger.values import (
     positive,
     text,
     to_decimal,
+    utc,
 )
 from projections.book import Book
 from projections.pnl import qty_from_notional
@@ -1035,15 +1036,15 @@ def _loop_caller() -> Callable[[Callable[[], None]], None] | None:
 
 def _checked(decider: Decider) -> Decider:
     """The decider run in the ledger's decimal context, each planned event shown to decode
-    (ledger.codec.ensure_decodable) before the writer stages it: a job that would append an
-    undecodable body fails alone with InvalidValue, and the log stays readable."""
+    (ledger.codec.ensure_decodable) before the writer stages it, its key a non-empty str and
+    its time a datetime (naive is UTC): a job that would append an undecodable body, or an
+    envelope whose hash would not match the row stored (an int key is stored as text), fails
+    alone with InvalidValue, and the log stays readable."""
 
     def run(book: Book) -> Sequence[Plan]:
         with ledger_context():
             planned = list(decider(book))
-        for plan in planned:
-            ensure_decodable(plan.event)
-        return planned
+        return [_checked_plan(plan) for plan in planned]
 
     return run
 
@@ -1063,6 +1064,17 @@ async def _first_wake(appended: anyio.Event, waiter: Waiter, timeout: float) -> 
 
             group.start_soon(local)
             group.start_soon(remote)
+
+
+def _checked_plan(plan: object) -> Plan:
+    if not isinstance(plan, Plan):
+        raise InvalidValue("plan", plan, f"a decider returns Plans, got {type(plan).__name__}")
+    ensure_decodable(plan.event)
+    key = None if plan.key is None else identifier("key", plan.key)
+    when = plan.occurred_at
+    if when is not None and not isinstance(when, datetime):
+        raise InvalidValue("occurred_at", when, f"expected a datetime, got {type(when).__name__}")
+    return Plan(plan.event, key, None if when is None else utc(when))
 
 
 def _qty(
