@@ -141,7 +141,9 @@ class ThreadSafePositionManager:
                     ready.set()
                     await self._stop.wait()
             except BaseException as exc:
-                self._failure = exc
+                # the portal's task group wraps what opening the ledger raised: the caller
+                # gets the ledger's own typed error (`except LedgerError:` must catch it)
+                self._failure = _sole_error(exc)
                 raise
             finally:
                 ready.set()
@@ -546,6 +548,13 @@ class Trading:
         tb: TracebackType | None,
     ) -> None:
         self._lock.release()
+
+
+def _sole_error(exc: BaseException) -> BaseException:
+    """The one exception an exception group holds (through nested groups), else exc."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _seed_or_none(position: Position | None) -> SeedPosition | None:
