@@ -54,9 +54,13 @@ def notional(qty: Decimal, entry_price: Decimal) -> Decimal:
 def initial_margin(
     qty: Decimal, entry_price: Decimal, leverage: int, real_initial_margin: Decimal | None
 ) -> Decimal:
-    """The exchange's margin when known, else notional / leverage."""
+    """The exchange's margin when known, else notional / leverage (zero, so ROE is zero, for a
+    leverage below 1 that only a log written around the rules can hold: a projection never
+    raises on a stored event; `verify` names it)."""
     if real_initial_margin is not None and real_initial_margin > 0:
         return real_initial_margin
+    if leverage < 1:
+        return ZERO
     return _C.divide(notional(qty, entry_price), Decimal(leverage))
 
 

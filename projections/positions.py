@@ -169,7 +169,8 @@ def marked(position: Position, event: PositionMarked, at: datetime) -> Position:
 def increased(position: Position, event: PositionIncreased) -> Position:
     qty = _C.add(position.qty, event.qty)
     margin = position.real_initial_margin
-    if margin is not None:
+    # a leverage below 1 is only in a log written around the rules: no margin to add for it
+    if margin is not None and position.leverage >= 1:
         margin = _C.add(margin, _C.divide(notional(event.qty, event.price), position.leverage))
     unrealized = price_pnl(position.side, qty, event.new_entry_price, position.current_price)
     return msgspec.structs.replace(
