@@ -31,6 +31,7 @@ from ledger.errors import (
     UnknownPosition,
 )
 from ledger.events import (
+    ACCOUNT_STREAM,
     AnyEvent,
     BalanceObserved,
     FundingRecorded,
@@ -200,6 +201,9 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
         raise InvalidValue("symbol", command.symbol, "must not be empty")
     if not command.position_id.strip():
         raise InvalidValue("position_id", command.position_id, "must not be empty")
+    if command.position_id == ACCOUNT_STREAM:
+        # the stream of balances, imports and recorded limits: a position there would share it
+        raise InvalidValue("position_id", command.position_id, "is reserved for the account")
     if not 0 <= command.position_idx <= 2:
         raise InvalidValue("position_idx", command.position_idx, "must be 0, 1 or 2")
     if command.position_id in book.open or command.position_id in book.closed:

@@ -30,6 +30,7 @@ from ledger.commands import DEFAULT_LIMITS, Limits
 from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import ImportRejected, InvalidValue
 from ledger.events import (
+    ACCOUNT_STREAM,
     AnyEvent,
     BalanceObserved,
     HistoryImported,
@@ -363,6 +364,8 @@ def _position_events(
     pid = _required(raw, "position_id")
     if not isinstance(pid, str) or not pid.strip():
         raise _Bad(f"position_id {pid!r} is not a non-empty string")
+    if pid == ACCOUNT_STREAM:
+        raise _Bad(f"position_id {pid!r} is reserved for the account's own events")
     symbol = _required(raw, "symbol")
     if not isinstance(symbol, str) or not symbol.strip():
         raise _Bad(f"symbol {symbol!r} is not a non-empty string")
