@@ -51,8 +51,10 @@ from ledger.audit.equity import equity_curve
 from ledger.audit.exports import TRADE_COLUMNS, EventColumns, iso, trade_cells, trades
 from ledger.audit.history import history
 from ledger.audit.reading import HEAD, Bound, ScanStats, check_chain, open_read_only, scan
+from ledger.audit.scope import ACCOUNT_HELP, EventOwners, in_account
 from ledger.audit.verification import VerifyReport, verify_log
 from ledger.audit.vouched import Origin, chain_origin, vouched_book
+from ledger.envelope import Recorded
 from ledger.errors import (
     ImportRejected,
     IntegrityError,
@@ -392,7 +394,7 @@ def _symbol_rows(book: Book, account: str | None = None) -> list[SymbolRow]:
             funding=s.funding,
         )
     for p in book.open.values():
-        if account is not None and p.account != account:
+        if not in_account(account, p.account):
             continue
         row = rows.get(p.symbol)
         if row is None:
@@ -425,7 +427,7 @@ def _select(book: Book, args: argparse.Namespace) -> tuple[list[Position], list[
     symbol, account = args.symbol, args.account
 
     def wanted(p: Position) -> bool:
-        return (symbol is None or p.symbol == symbol) and (account is None or p.account == account)
+        return (symbol is None or p.symbol == symbol) and in_account(account, p.account)
 
     opened = [p for p in book.open.values() if wanted(p)]
     closed = [p for p in book.closed.values() if wanted(p)]
@@ -537,8 +539,9 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
     position, rows, origin = _run(go)
     for note in origin.notes:
         ctx.warn(f"note: {note}")
-    if position is None:
-        ctx.warn(f"error: no position {args.position_id!r} in {ctx.shown}")
+    if position is None or not in_account(args.account, position.account):
+        where = f"account {args.account!r} of " if args.account else ""
+        ctx.warn(f"error: no position {args.position_id!r} in {where}{ctx.shown}")
         return 1
     if ctx.as_json:
         ctx.emit_json({"position": position, "events": rows, "checked": origin})
@@ -708,8 +711,18 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     end: datetime | None = args.to_time
     out_path: Path | None = args.out
 
+    account: str | None = args.account
+    owner_of = EventOwners()
+
     def inside(moment: datetime) -> bool:
         return (start is None or moment >= start) and (end is None or moment <= end)
+
+    def keep_event(record: Recorded) -> bool:
+        if account is not None:  # remembers each position's owner: only when asked, as it grows
+            owner = owner_of(record.event)  # every record, in order: it learns who opened what
+            if not in_account(account, owner):
+                return False
+        return inside(record.occurred_at)
 
     async def write_all(handle: IO[str]) -> int:
         async with ctx.open() as store:
@@ -732,10 +745,10 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
                         args.format,
                         columns.header,
                         columns.cells,
-                        lambda record: inside(record.occurred_at),
+                        keep_event,
                     )
                 return await _write_rows(
-                    trades(store, check=check, progress=advance),
+                    trades(store, check=check, progress=advance, account=account),
                     handle,
                     args.format,
                     TRADE_COLUMNS,
@@ -1022,18 +1035,22 @@ def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
                 raise InvalidValue("--seq", bound.seq, f"past the end of the log (seq {head.seq})")
             if args.force:
                 ctx.warn("warning: --force: the log's chain was not checked")
-            return await equity_curve(store, bound=bound, check=not args.force)
+            return await equity_curve(
+                store, bound=bound, check=not args.force, account=args.account
+            )
 
     curve = _run(go)
-    title = args.title or f"Realized equity · {Path(ctx.shown).name}"
+    scope = f" · account {args.account}" if args.account else ""
+    title = args.title or f"Realized equity · {Path(ctx.shown).name}{scope}"
     with output_errors(args.out), written_aside(target) as partial:
         render_equity(curve, partial, title=title)
-    summary = curve.book.summary()
+    summary = curve.book.summary(args.account)
     message = {
         "path": str(args.out),
+        "account": args.account,
         "points": len(curve.points),
         "closes": len(curve.closes),
-        "realized_equity": curve.book.acc.equity,
+        "realized_equity": curve.equity,
         "max_drawdown": summary.max_drawdown,
         "as_of_seq": curve.book.last_seq,
     }
@@ -1041,8 +1058,8 @@ def cmd_plot(ctx: Context, args: argparse.Namespace) -> int:
         ctx.emit_json(message)
     else:
         ctx.say(
-            f"wrote {args.out}: {len(curve.closes)} closes, realized equity "
-            f"{usd(curve.book.acc.equity)}, max drawdown {usd(summary.max_drawdown)} "
+            f"wrote {args.out}{scope}: {len(curve.closes)} closes, realized equity "
+            f"{usd(curve.equity)}, max drawdown {usd(summary.max_drawdown)} "
             f"(as of seq {curve.book.last_seq})"
         )
     return 0
@@ -1300,6 +1317,7 @@ run `ledger COMMAND --help` for each command's options and examples.""",
 
     p = add("history", "every event of one position, with running size and PnL", force=True)
     p.add_argument("position_id", metavar="POSITION_ID")
+    p.add_argument("--account", help="refuse a position of another account")
     p.set_defaults(handler=cmd_history)
 
     p = add("replay", "the book as it stood at a past time or seq, from the log alone", force=True)
@@ -1320,6 +1338,7 @@ run `ledger COMMAND --help` for each command's options and examples.""",
     p.add_argument(
         "--to", dest="to_time", type=_time_arg, metavar="TIME", help="occurred/closed <= TIME"
     )
+    p.add_argument("--account", help=ACCOUNT_HELP)
     p.set_defaults(handler=cmd_export)
 
     p = add("import", "migrate a seed-format positions.json into a new or empty log")
@@ -1346,6 +1365,7 @@ run `ledger COMMAND --help` for each command's options and examples.""",
     p.add_argument("out", type=Path, metavar="PNG")
     _at_point(p, required=False)
     p.add_argument("--title", help="chart title")
+    p.add_argument("--account", help=ACCOUNT_HELP)
     p.set_defaults(handler=cmd_plot)
 
     p = add("watch", "a live dashboard following the log", json_flag=False)

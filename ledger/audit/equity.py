@@ -12,6 +12,7 @@ from ledger.events import PositionClosed
 from ledger.store.base import EventStore
 from ledger.values import ZERO
 from projections.book import Book
+from projections.stats import Accumulators
 
 
 class EquityPoint(msgspec.Struct, frozen=True, array_like=True):
@@ -28,36 +29,48 @@ class ClosePoint(msgspec.Struct, frozen=True, array_like=True):
 
 
 class EquityCurve(msgspec.Struct, kw_only=True):
-    """Realized equity after every realizing event (fees, exits, closes, funding); the book's
-    statistics are whole, but it holds only the positions still open."""
+    """Realized equity after every realizing event (fees, exits, closes, funding, amendments)
+    of one account, or of the whole fleet (account None)."""
 
     points: list[EquityPoint]
     closes: list[ClosePoint]
     book: Book
+    account: str | None = None
+    equity: Decimal = ZERO  # the realized equity at the end (the last point's)
     end: datetime | None = None  # the last event's time: the curve runs flat up to it
 
 
 async def equity_curve(
-    store: EventStore, *, bound: Bound = HEAD, check: bool = True
+    store: EventStore, *, bound: Bound = HEAD, check: bool = True, account: str | None = None
 ) -> EquityCurve:
+    """The curve of one account (its own realized cash flows) or of the fleet (account None)."""
     book = Book()
     points: list[EquityPoint] = []
     closes: list[ClosePoint] = []
+    closed: set[str] = set()
     equity = ZERO
     end: datetime | None = None
     async for record in scan(store, bound=bound, check=check):
         book.apply(record)
         end = record.occurred_at
-        acc = book.acc
+        acc = book.acc if account is None else book.accounts.get(account, _NONE)
         if acc.equity != equity:
             equity = acc.equity
             points.append(EquityPoint(record.occurred_at, equity, acc.peak_equity))
         event = record.event
         if isinstance(event, PositionClosed):
-            # the curve needs the close, not the position: the book keeps only what is open
-            done = book.closed.pop(event.position_id, None)
-            if done is not None:
-                closes.append(
-                    ClosePoint(record.occurred_at, equity, done.realized_pnl, done.position_id)
-                )
-    return EquityCurve(points=points, closes=closes, book=book, end=end)
+            # closed positions stay in the book: a PnlAmended or a FundingRecorded arriving
+            # after the close still corrects them (and so the curve), as it does for `stats`
+            done = book.closed.get(event.position_id)
+            if done is not None and event.position_id not in closed:  # not a skipped repeat
+                closed.add(event.position_id)
+                if account is None or done.account == account:
+                    closes.append(
+                        ClosePoint(record.occurred_at, equity, done.realized_pnl, done.position_id)
+                    )
+    return EquityCurve(
+        points=points, closes=closes, book=book, end=end, account=account, equity=equity
+    )
+
+
+_NONE = Accumulators()  # an account with no cash flow yet: read only, never realized into

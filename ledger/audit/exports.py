@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from ledger.audit.reading import Progress, scan
+from ledger.audit.scope import in_account
 from ledger.envelope import Recorded
 from ledger.events import AnyEvent, PositionClosed
 from ledger.store.base import EventStore
@@ -87,6 +88,7 @@ async def trades(
     *,
     check: bool = False,
     progress: Progress | None = None,
+    account: str | None = None,
 ) -> AsyncIterator[Trade]:
     """Closed positions in the order they closed, as the fold closes them.
 
@@ -99,7 +101,9 @@ async def trades(
         event = record.event
         if isinstance(event, PositionClosed):
             position = book.closed.pop(event.position_id, None)
-            if position is not None and position.close_time is not None:
+            if position is None or position.close_time is None:
+                continue
+            if in_account(account, position.account):
                 yield trade_of(position, event, record.seq)
 
 
