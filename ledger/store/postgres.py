@@ -248,7 +248,10 @@ class PostgresEventStore(EventStore):
             raise StoreUnavailable(f"no ledger at {self.location}")
 
     def _connect_writer(self) -> psycopg.Connection[tuple[Any, ...]]:
-        conn = self._connect(autocommit=False)
+        # autocommit: the write transaction sends its own BEGIN and COMMIT inside its two
+        # pipelines; psycopg's implicit BEGIN and its commit() would each add a Sync, and so a
+        # round trip (four in all; tests/test_postgres_round_trips.py counts them)
+        conn = self._connect(autocommit=True)
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = {int(self._lock_timeout_ms)}")
@@ -264,7 +267,6 @@ class PostgresEventStore(EventStore):
     def _open_writer(self) -> None:
         conn = self._writer_conn = self._connect_writer()
         last = conn.execute(f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1").fetchone()
-        conn.rollback()  # no transaction left open between writes
         # stream versions are loaded as streams are written
         self._head = Head() if last is None else Head(int(last[0]), str(last[1]))
 
@@ -299,6 +301,7 @@ class PostgresEventStore(EventStore):
         """BEGIN, take the ledger's lock, read what others appended: one round trip."""
         conn = self._writing()
         with conn.pipeline():
+            conn.execute("BEGIN")
             conn.execute(f"SET LOCAL lock_timeout = {int(self._lock_timeout_ms)}")
             conn.execute(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
             cursor = conn.execute(
@@ -335,7 +338,7 @@ class PostgresEventStore(EventStore):
                 conn.execute(
                     "SELECT pg_notify(%s, %s)", (_channel(self._schema), str(rows[-1].seq))
                 )
-            conn.commit()
+            conn.execute("COMMIT")
 
     def _rollback_sync(self) -> None:
         conn = self._writer_conn
