@@ -7,6 +7,9 @@
   (one save per command; optional `bench` extra: skipped with a message without it);
 - subscriber lag: commit to delivery through `Ledger.subscribe` in another Ledger (PostgreSQL:
   LISTEN/NOTIFY; SQLite: polling), p50 and p99;
+- one write transaction: a one-event append to a known stream through the store alone
+  (no Ledger, no group), p50 and p99, beside the same on SQLite (FULL); on PostgreSQL it is
+  two round trips (tests/test_postgres_round_trips.py counts them);
 - rebuild: a Ledger starting without a snapshot folds the whole log from PostgreSQL, beside a
   raw psycopg SELECT scan of the same rows (the scale's log: 1M events under BENCH_SCALE=full).
 
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -35,6 +39,8 @@ import pytest
 
 from benchmarks._data import EventMix, Scale, build_log, current_scale, take
 from ledger.commands import AnyCommand, ClosePosition, OpenPosition, RecordPartialExit
+from ledger.envelope import NewEvent
+from ledger.events import PositionMarked, PositionOpened
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.factory import copy_log, is_url
@@ -158,6 +164,33 @@ async def _lag(location: str, folder: Path, count: int, poll: float) -> list[flo
     return lags
 
 
+async def _transactions(location: str, count: int) -> list[float]:
+    """Seconds per one-event append (one write transaction), to a stream the store knows."""
+    store = PostgresEventStore(location) if is_url(location) else SQLiteEventStore(Path(location))
+    await store.open()
+    at = datetime.now(UTC)
+    opened = PositionOpened(
+        position_id="tx",
+        symbol="TX/USDT:USDT",
+        side=Side.BUY,
+        qty=Decimal(1),
+        entry_price=Decimal(100),
+        leverage=5,
+    )
+    took: list[float] = []
+    try:
+        await store.append([NewEvent(stream="tx", event=opened, event_id="tx", occurred_at=at)])
+        for i in range(count):
+            mark = PositionMarked(position_id="tx", mark_price=Decimal(100 + i % 7))
+            new = NewEvent(stream="tx", event=mark, event_id=f"tx-{i}", occurred_at=at)
+            started = time.perf_counter()
+            await store.append([new])
+            took.append(time.perf_counter() - started)
+    finally:
+        await store.close()
+    return took
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -278,7 +311,19 @@ def measure(server: Server, scale: Scale, folder: Path) -> dict[str, Any]:
         "sqlite_poll_0.25s_p50": 1000 * statistics.median(lite_lag),
         "sqlite_poll_0.25s_p99": 1000 * _percentile(lite_lag, 0.99),
     }
-    # 5. rebuild from PostgreSQL vs a raw scan
+    # 5. one write transaction, through the store alone
+    count = max(100, min(1000, scale.commands * 5))
+    pg_tx = anyio.run(_transactions, _fresh_schema(base, "tx_bench"), count)
+    lite_tx = anyio.run(_transactions, str(folder / "tx.db"), count)
+    figures["transaction_ms"] = {
+        "transactions": count,
+        "postgres_p50": 1000 * statistics.median(pg_tx),
+        "postgres_p99": 1000 * _percentile(pg_tx, 0.99),
+        "sqlite_p50": 1000 * statistics.median(lite_tx),
+        "sqlite_p99": 1000 * _percentile(lite_tx, 0.99),
+        "ratio_p50": statistics.median(pg_tx) / statistics.median(lite_tx),
+    }
+    # 6. rebuild from PostgreSQL vs a raw scan
     log = folder / f"log-{scale.log_events}.db"
     if not log.exists():
         anyio.run(build_log, log, take(EventMix(seed=20240101), scale.log_events))
