@@ -13,7 +13,8 @@
 - rebuild: a Ledger starting without a snapshot folds the whole log from PostgreSQL, beside a
   raw psycopg SELECT scan of the same rows (the scale's log: 1M events under BENCH_SCALE=full).
 
-Run alone for the table: `python -m benchmarks.bench_postgres` (BENCH_SCALE as for the rest).
+Run alone for the table: `python -m benchmarks.bench_postgres` (BENCH_SCALE as for the rest);
+`python -m benchmarks.bench_postgres transactions 1000` runs the one-transaction case alone.
 """
 
 from __future__ import annotations
@@ -356,7 +357,24 @@ def test_postgres_beside_sqlite(
     print(json.dumps(figures, indent=2))
 
 
+def transactions_only(count: int) -> None:
+    """`python -m benchmarks.bench_postgres transactions [N]`: the one-transaction case alone,
+    twice, on a fresh server (p50 / p99 in ms)."""
+    with running_server() as server, tempfile.TemporaryDirectory() as folder:
+        for run in range(2):
+            pg = anyio.run(_transactions, _fresh_schema(server.url(), f"tx{run}"), count)
+            lite = anyio.run(_transactions, str(Path(folder) / f"tx{run}.db"), count)
+            print(
+                f"{count} transactions: PostgreSQL p50 {1000 * statistics.median(pg):.2f} "
+                f"p99 {1000 * _percentile(pg, 0.99):.2f} ms; SQLite p50 "
+                f"{1000 * statistics.median(lite):.2f} p99 {1000 * _percentile(lite, 0.99):.2f} ms"
+            )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["transactions"]:
+        transactions_only(int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
+        return
     scale = current_scale()
     with running_server() as server, tempfile.TemporaryDirectory() as folder:
         figures = measure(server, scale, Path(folder))
