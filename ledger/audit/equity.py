@@ -8,6 +8,7 @@ from decimal import Decimal
 import msgspec
 
 from ledger.audit.reading import HEAD, Bound, scan
+from ledger.audit.scope import in_account
 from ledger.events import PositionClosed
 from ledger.store.base import EventStore
 from ledger.values import ZERO
@@ -64,7 +65,7 @@ async def equity_curve(
             done = book.closed.get(event.position_id)
             if done is not None and event.position_id not in closed:  # not a skipped repeat
                 closed.add(event.position_id)
-                if account is None or done.account == account:
+                if in_account(account, done.account):
                     closes.append(
                         ClosePoint(record.occurred_at, equity, done.realized_pnl, done.position_id)
                     )
