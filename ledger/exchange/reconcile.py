@@ -742,33 +742,18 @@ def _absent(
                 record.at,
             )
         return
-    exits: list[Planned] = []
-    qty = position.qty
-    explained, _ = _explain(position.qty, unused)
-    for record, used in explained:
-        exits.append(
-            Planned(
-                _exit_from_record(position, record, used, "reduced on the exchange"),
-                f"{prefix}:closed:{record.fact_key}",
-                record.at,
-            )
-        )
-        qty -= used
-    price = position.current_price
-    event = PositionClosed(
-        position_id=position_id,
-        qty=qty,
-        price=price,
-        realized_pnl=price_pnl(position.side, qty, position.entry_price, price),
+    closes[position_id] = _estimated_close(
+        position,
+        unused,
         reason=(
             f"gone from the exchange in {seen} successful fetches over "
             f"{int((now - first).total_seconds())}s without a closed-PnL record: PnL estimated "
             "from the last mark until Bybit's record amends it"
         ),
-        source=Source.EXCHANGE,
-        pnl_estimated=True,
+        key=f"{prefix}:absent:{position_id}",
+        at=now,
+        prefix=prefix,
     )
-    closes[position_id] = _Close(exits, Planned(event, f"{prefix}:absent:{position_id}", now), now)
 
 
 def _close_replaced(
@@ -783,6 +768,32 @@ def _close_replaced(
     total = sum((r.qty for r in records), ZERO)
     if records and total >= position.qty:
         return _close_from_records(position, records, prefix)
+    at = now if shown.opened_at is None else max(shown.opened_at, _last_change(position))
+    ref = _ms(shown.opened_at) if shown.opened_at is not None else _ms(now)
+    return _estimated_close(
+        position,
+        records,
+        reason=(
+            "closed on the exchange and reopened before this sync; no closed-PnL record yet: "
+            "PnL estimated from the last mark until Bybit's record amends it"
+        ),
+        key=f"{prefix}:replaced:{position.position_id}:{ref}",
+        at=at,
+        prefix=prefix,
+    )
+
+
+def _estimated_close(
+    position: Position,
+    records: list[ClosedPnlObservation],
+    *,
+    reason: str,
+    key: str,
+    at: datetime,
+    prefix: str,
+) -> _Close:
+    """Records of part of it booked as reduces; the rest closed at the last mark, the PnL
+    marked estimated (Bybit's record amends it when it is written)."""
     exits: list[Planned] = []
     qty = position.qty
     explained, _ = _explain(position.qty, records)
@@ -796,21 +807,16 @@ def _close_replaced(
         )
         qty -= used
     price = position.current_price
-    at = now if shown.opened_at is None else max(shown.opened_at, _last_change(position))
     event = PositionClosed(
         position_id=position.position_id,
         qty=qty,
         price=price,
         realized_pnl=price_pnl(position.side, qty, position.entry_price, price),
-        reason=(
-            "closed on the exchange and reopened before this sync; no closed-PnL record yet: "
-            "PnL estimated from the last mark until Bybit's record amends it"
-        ),
+        reason=reason,
         source=Source.EXCHANGE,
         pnl_estimated=True,
     )
-    ref = _ms(shown.opened_at) if shown.opened_at is not None else _ms(now)
-    return _Close(exits, Planned(event, f"{prefix}:replaced:{position.position_id}:{ref}", at), at)
+    return _Close(exits, Planned(event, key, at), at)
 
 
 def _close_from_records(
