@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import anyio
-import msgspec
 
 from ledger.envelope import NewEvent, Recorded
 from ledger.events import (
@@ -449,7 +448,7 @@ def staged_rows(events: Sequence[NewEvent], *, per_commit: int) -> list[tuple[ob
         tx = _Stager(head, [], clock())
         tx.stage(batch)
         tx.head.publish(head)
-        rows.extend(msgspec.structs.astuple(row) for row in tx.rows)
+        rows.extend(tx.rows)
     return rows
 
 

@@ -61,11 +61,12 @@ class MemoryEventStore(EventStore):
         self.check_writer_thread()
         tx = _MemoryTransaction(self, self._clock())
         result = unit(tx)  # raises: nothing staged is kept
-        taken = [row.event_id for row in tx.rows if row.event_id in self._by_event_id]
+        rows = [StagedRow(*row) for row in tx.rows]
+        taken = [row.event_id for row in rows if row.event_id in self._by_event_id]
         if taken:  # as the database's UNIQUE(event_id) would refuse the insert
             raise DuplicateEventId(f"event_id {taken[0]!r} is stored already")
-        records = [record_from_row(row) for row in tx.rows]
-        for row, record in zip(tx.rows, records, strict=True):
+        records = [record_from_row(row) for row in rows]
+        for row, record in zip(rows, records, strict=True):
             self._by_event_id[row.event_id] = len(self._rows)
             # the record first: readers take len(self._rows) as the committed end
             self._records.append(record)

@@ -106,21 +106,6 @@ def _channel(schema: str) -> str:
     return f"position_ledger_{schema}"[:63]
 
 
-def _as_tuple(row: StagedRow) -> tuple[object, ...]:
-    return (
-        row.seq,
-        row.stream,
-        row.version,
-        row.event_id,
-        row.type,
-        row.schema_version,
-        row.occurred_us,
-        row.recorded_us,
-        row.body,
-        row.hash,
-    )
-
-
 _FACT_COLUMNS = "seq, occurred_us, schema_version, body"  # see FactRow
 
 
@@ -328,16 +313,14 @@ class PostgresEventStore(EventStore):
         )
         return [_row_tuple(row) for row in rows]
 
-    def _commit_sync(self, rows: list[StagedRow]) -> None:
+    def _commit_sync(self, rows: list[RowTuple]) -> None:
         """INSERT the rows, NOTIFY followers, COMMIT: one round trip."""
         conn = self._writing()
         with conn.pipeline():
             if rows:
                 with conn.cursor() as cursor:
-                    cursor.executemany(_INSERT, [_as_tuple(row) for row in rows])
-                conn.execute(
-                    "SELECT pg_notify(%s, %s)", (_channel(self._schema), str(rows[-1].seq))
-                )
+                    cursor.executemany(_INSERT, rows)
+                conn.execute("SELECT pg_notify(%s, %s)", (_channel(self._schema), str(rows[-1][0])))
             conn.execute("COMMIT")
 
     def _rollback_sync(self) -> None:

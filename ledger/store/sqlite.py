@@ -14,7 +14,6 @@ from typing import Literal, TypeVar
 
 import aiosqlite
 import anyio
-from msgspec.structs import astuple
 
 from ledger.clock import Clock, system_clock
 from ledger.envelope import Fact, Recorded
@@ -351,9 +350,9 @@ class SQLiteEventStore(EventStore):
             result = unit(tx)
             rows = tx.rows
             if len(rows) == 1:
-                conn.execute(_INSERT, astuple(rows[0]))
+                conn.execute(_INSERT, rows[0])
             elif rows:
-                conn.executemany(_INSERT, [astuple(row) for row in rows])
+                conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
         except BaseException as exc:
             _rollback(conn)

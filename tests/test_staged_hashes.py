@@ -1,0 +1,191 @@
+"""Staging gives each event the hash the chain format defines, byte for byte as before.
+
+The chain format is fixed (existing logs must verify): sha256 over the previous hash's hex,
+the JSON header [seq, stream, version, event_id, occurred_us, recorded_us, schema_version],
+a newline and the body. These tests recompute it here, with hashlib and the json module, not
+with the ledger's own helpers, and pin one chain's hashes as they were before staging was
+rewritten for speed.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
+from ledger.errors import StoreError
+from ledger.events import AnyEvent, BalanceObserved, PositionMarked, PositionOpened
+from ledger.store.base import Head, StoreTransaction
+from ledger.store.sqlite import SQLiteEventStore
+from ledger.values import Side
+
+T0 = datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+RECORDED_AT = datetime(2024, 3, 2, 8, 30, 0, 654321, tzinfo=UTC)
+
+
+def _micros(moment: datetime) -> int:
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return calendar.timegm(aware.utctimetuple()) * 1_000_000 + aware.microsecond
+
+
+def _expected_hash(prev: str, row: Sequence[object]) -> str:
+    seq, stream, version, event_id, _type, schema, occurred_us, recorded_us, body, _ = row
+    header = json.dumps(
+        [seq, stream, version, event_id, occurred_us, recorded_us, schema],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+    assert isinstance(body, bytes)
+    return hashlib.sha256(prev.encode("ascii") + header + b"\n" + body).hexdigest()
+
+
+def _events() -> list[NewEvent]:
+    """Two position streams and the account's; odd ids and streams (quotes, backslashes,
+    non-ASCII) so the header's JSON escaping is covered; a naive time (taken as UTC); two
+    events of one command sharing one time; microseconds everywhere."""
+    opened = PositionOpened(
+        position_id='p"1',
+        symbol="SOL/USDT:USDT",
+        side=Side.BUY,
+        qty=Decimal("1.5"),
+        entry_price=Decimal("100.25"),
+        leverage=5,
+    )
+    second = PositionOpened(
+        position_id="pö\\2",
+        symbol="BTC/USDT:USDT",
+        side=Side.SELL,
+        qty=Decimal("0.001"),
+        entry_price=Decimal("65000.5"),
+        leverage=10,
+    )
+    shared = T0 + timedelta(seconds=3, microseconds=7)
+    return [
+        NewEvent(stream='p"1', event=opened, event_id="e-1", occurred_at=T0),
+        NewEvent(
+            stream="pö\\2",
+            event=second,
+            event_id='e"2\\ü',
+            occurred_at=(T0 + timedelta(seconds=1)).replace(tzinfo=None),
+        ),
+        NewEvent(
+            stream='p"1',
+            event=PositionMarked(position_id='p"1', mark_price=Decimal("101.75")),
+            event_id="e-3",
+            occurred_at=shared,
+        ),
+        NewEvent(
+            stream="account",
+            event=BalanceObserved(total=Decimal("1000.1"), available=Decimal("900")),
+            event_id="e-4",
+            occurred_at=shared,
+        ),
+        NewEvent(
+            stream="pö\\2",
+            event=PositionMarked(position_id="pö\\2", mark_price=Decimal("64000")),
+            event_id="e-5",
+            occurred_at=T0 + timedelta(days=400, microseconds=1),
+        ),
+    ]
+
+
+# Each event's hash as the staging before the rewrite gave it (main at 5f311bf): for the
+# same input the chain must never change.
+PINNED = [
+    "a50265a358c81419e37e97af08c020909f84734935e1ee570865c1323e27775e",
+    "071120105789e74ff890361131e92343468471bdadb4e31aa4fafc0ba2a7b9c5",
+    "f0cb9f4e926dbf44cc37084a2a25d3c766d68f68e57a1ff768e449710cf15d5f",
+    "df7c239a0a8a26dcbd05d7562fbfb2978a02b50db2c9d37258fcd3e01c786ce4",
+    "a533e8efbabf3f52ea9756c73451d36e0255a0f1348f4a995cc351f191f4ed89",
+]
+
+
+@pytest.mark.anyio
+async def test_stored_rows_hash_as_the_chain_format_defines(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "ledger.db", clock=lambda: RECORDED_AT)
+    await store.open()
+    try:
+        events = _events()
+        first = await store.append(events[:2])
+        rest = await store.append(events[2:])
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        rows = conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
+    prev = GENESIS_HASH
+    versions: dict[str, int] = {}
+    for index, (row, new, record) in enumerate(zip(rows, events, first + rest, strict=True)):
+        seq, stream, version, event_id, type_, schema, occurred_us, recorded_us, body, digest = row
+        versions[new.stream] = versions.get(new.stream, 0) + 1
+        assert (seq, stream, version, event_id) == (
+            index + 1,
+            new.stream,
+            versions[new.stream],
+            new.event_id,
+        )
+        assert (type_, schema) == (type(new.event).__name__, 2)
+        assert occurred_us == _micros(new.occurred_at)
+        assert recorded_us == _micros(RECORDED_AT)
+        assert msgspec.json.decode(body) == msgspec.to_builtins(new.event) | {
+            "type": type(new.event).__name__
+        }
+        assert digest == _expected_hash(prev, row)
+        assert record.hash == digest and record.seq == seq
+        prev = digest
+    assert [row[-1] for row in rows] == PINNED
+
+
+# -- staging is all-or-nothing for each call ------------------------------------------------
+
+
+class _Staging(StoreTransaction):
+    """Staging alone, over a head that knows only the streams given (as SQLite's does)."""
+
+    versions_complete = False
+
+    def find_existing(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+        return {}
+
+    def committed_after(self, seq: int) -> list[Recorded]:
+        return []
+
+
+def _state(tx: StoreTransaction) -> tuple[object, ...]:
+    versions = {stream: tx.head.version(stream) for stream in ("p1", "p2", "unloaded")}
+    known = [stream for stream in ("p1", "p2", "unloaded") if tx.head.known(stream)]
+    return (list(tx.rows), tx.head.seq, tx.head.hash, versions, known, dict(tx._staged_ids))
+
+
+def _marked(stream: str, event_id: str, price: object = Decimal(101)) -> NewEvent:
+    event: AnyEvent = PositionMarked(position_id=stream, mark_price=price)  # type: ignore[arg-type]
+    return NewEvent(stream=stream, event=event, event_id=event_id, occurred_at=T0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(_marked("p1", "x3", price=object()), id="a body that cannot be encoded"),
+        pytest.param(_marked("unloaded", "x3"), id="a stream whose version was not loaded"),
+    ],
+)
+def test_a_stage_call_that_fails_part_way_stages_nothing_of_its_batch(bad: NewEvent) -> None:
+    tx = _Staging(Head(5, "ab" * 32, {"p1": 2, "p2": 1}), [], RECORDED_AT)
+    kept = tx.stage([_marked("p1", "k1")])
+    before = _state(tx)
+    with pytest.raises((StoreError, TypeError)):
+        tx.stage([_marked("p1", "x1"), _marked("p2", "x2"), bad, _marked("p2", "x4")])
+    assert _state(tx) == before
+    # the ids of the failed call are free, and the chain continues from the kept row
+    again = tx.stage([_marked("p2", "x1"), _marked("p1", "k1")])
+    assert [(r.seq, r.stream, r.version) for r in again] == [(7, "p2", 2), (6, "p1", 3)]
+    assert again[1] is kept[0]  # an id staged already in this transaction: its record
+    assert again[0].hash == _expected_hash(kept[0].hash, tx.rows[-1])
