@@ -38,7 +38,7 @@ import hashlib
 from collections import ChainMap
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import anyio
@@ -67,6 +67,8 @@ from ledger.values import from_micros, to_micros
 T = TypeVar("T")
 J = TypeVar("J")
 _sha256 = hashlib.sha256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # as ledger.values.to_micros counts
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class StagedRow(msgspec.Struct, frozen=True):
@@ -429,6 +431,7 @@ class StoreTransaction(abc.ABC):
         complete = self.versions_complete
         schema = SCHEMA_VERSION
         encode, header, sha256 = encode_event, encode_header, _sha256
+        epoch, micro = _EPOCH, _MICROSECOND
         mark = Savepoint(len(rows), head.seq, head.hash)
         seq, digest = head.seq, head.hash
         prev = digest.encode("ascii")
@@ -458,14 +461,19 @@ class StoreTransaction(abc.ABC):
                 body = encode(event)
                 occurred_at = new.occurred_at
                 if occurred_at is not last_at:  # a command's events share one time
-                    last_at, occurred_us = occurred_at, to_micros(occurred_at)
+                    last_at = occurred_at
+                    occurred_us = (
+                        (occurred_at - epoch) // micro  # to_micros(), inlined
+                        if occurred_at.tzinfo is not None
+                        else to_micros(occurred_at)
+                    )
                 # chain_hash(), inlined: sha256(prev_hash || header || "\n" || body)
                 digest = sha256(
                     b"".join(
                         (
                             prev,
                             header(
-                                [seq, stream, version, event_id, occurred_us, recorded_us, schema]
+                                (seq, stream, version, event_id, occurred_us, recorded_us, schema)
                             ),
                             b"\n",
                             body,
