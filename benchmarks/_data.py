@@ -438,6 +438,11 @@ class _Stager(StoreTransaction):
         return []
 
 
+def stager(head: Head, recorded_at: datetime) -> StoreTransaction:
+    """A transaction that only stages (no database), continuing from head."""
+    return _Stager(head, [], recorded_at)
+
+
 def staged_rows(events: Sequence[NewEvent], *, per_commit: int) -> list[tuple[object, ...]]:
     """Rows (seq, stream, ..., body, hash) as SQLiteEventStore would write them, one recorded_at
     per commit of `per_commit` events, chained from the genesis hash."""

@@ -3,8 +3,9 @@
 append-single: `SQLiteEventStore.append` of one event per call (one commit each) vs stdlib
 sqlite3 inserting the same precomputed row with BEGIN IMMEDIATE ... COMMIT, same pragmas.
 append-batch: 1,000 events per call vs one executemany of the same rows in one transaction
-(target: at least 75% of raw's throughput); and 500 Ledger commands issued at once by 500 tasks
-(they share commits) vs the same 500 one after another.
+(target: at least 75% of raw's throughput), beside the staging alone (what the store adds to
+raw's work: encoding, chain hashes, records; no database), and 500 Ledger commands issued at
+once by 500 tasks (they share commits) vs the same 500 one after another.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from benchmarks._data import (
     Compare,
     EventMix,
     Scale,
+    TickClock,
     chunks,
     create_empty_log,
     describe,
     raw_connection,
     staged_rows,
+    stager,
     take,
 )
 from ledger.envelope import NewEvent
 from ledger.service import Ledger
 from ledger.settings import Settings
+from ledger.store.base import Head
 from ledger.store.sqlite import SQLiteEventStore, Synchronous
 
 SYNCS: tuple[Synchronous, ...] = ("FULL", "NORMAL")
@@ -240,6 +244,29 @@ def test_append_batch_raw(
         benchmark, portal, tmp_path, synchronous, raw=True, per_call=n, per_round=n, rounds=rounds
     )
     describe(benchmark, case=f"raw executemany x{n:,}, {synchronous}", per_round=n, unit="events")
+
+
+@pytest.mark.benchmark(group="append-batch")
+def test_append_batch_staging(benchmark: Benchmark, scale: Scale) -> None:
+    """What the store does beyond raw's inserts, alone: each round stages one batch (seq,
+    version, body, chain hash, row, record) continuing the chain of the one before."""
+    n, rounds = scale.batch_size, scale.batch_rounds
+    head, clock = Head(), TickClock()
+
+    def one_round(batch: list[NewEvent]) -> None:
+        tx = stager(head, clock())
+        tx.stage(batch)
+        tx.head.publish(head)
+
+    _time_rounds(benchmark, one_round, chunks(take(EventMix(seed=7), n * rounds), n), rounds)
+    assert head.seq == n * rounds
+    describe(
+        benchmark,
+        case=f"staging alone x{n:,} (encode, chain hash, records; no database)",
+        per_round=n,
+        unit="events",
+        compare=[Compare(f"raw executemany x{n:,}, NORMAL")],
+    )
 
 
 # -- Ledger commands: group commit ------------------------------------------------------------
