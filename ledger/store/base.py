@@ -423,7 +423,7 @@ class StoreTransaction(abc.ABC):
                     raise VersionConflict(stream, expected, actual)
         # One pass, locals only: this loop is all a 1,000-event append adds to SQLite's own
         # work (the raw inserts and COMMIT). About 2.8 us of CPU an event here, of which
-        # the chain's sha256 is 0.9 (OpenSSL's per-call set-up and copy are most of it),
+        # the chain's sha256 is about 1 (OpenSSL's per-call set-up and copy are half),
         # the body's JSON 0.65, the record 0.25, the header's JSON 0.2, the time 0.2: with
         # the hash format fixed, that sets a floor near 1.4x raw executemany (5-7 us an
         # event). Staging cannot overlap the inserts: sqlite3 takes the GIL back after
