@@ -75,12 +75,13 @@ def ensure_decodable(event: AnyEvent) -> bytes:
         _NUMBER_FIELDS[cls] = names
     for name in names:
         value = getattr(event, name)
-        if isinstance(value, Decimal) and not value.is_finite():
-            raise InvalidValue(name, value, "must be finite")
-        if isinstance(value, Decimal) and value and not _SAFE_LOW <= value.adjusted() <= _SAFE_HIGH:
-            # far outside anything real: folding it could overflow or underflow the context
-            raise InvalidValue(name, value, "outside the range the ledger can fold")
-        if isinstance(value, float):  # money is never a float in the log
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                raise InvalidValue(name, value, "must be finite")
+            if value and not _SAFE_LOW <= value.adjusted() <= _SAFE_HIGH:
+                # far outside anything real: folding it could overflow or underflow the context
+                raise InvalidValue(name, value, "outside the range the ledger can fold")
+        elif isinstance(value, float):  # money is never a float in the log
             raise InvalidValue(name, value, "a float: convert it once, at the edge")
     return body
 

@@ -68,10 +68,27 @@ def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
     (check_command), so a command built by hand is held to the same boundary as the API's.
     """
     check_command(command)
+    return _decide(book, command, limits)
+
+
+@exact
+def decide_checked(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
+    """`decide` for a command that passed `check_command` already: the same events and
+    refusals, without checking every field a second time.
+
+    The Ledger checks each command once, when it is submitted (on the caller's thread, so a
+    wrong type is refused before it is queued), and decides it later in the write
+    transaction: a command is a frozen struct of immutable values, so the check still holds.
+    Raises a CommandRejected subclass.
+    """
+    return _decide(book, command, limits)
+
+
+def _decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
+    if isinstance(command, MarkPosition):  # most commands are marks: asked first
+        return [_mark(book, command)]
     if isinstance(command, OpenPosition):
         return [*rules_record(book, limits), _open(book, command, limits)]
-    if isinstance(command, MarkPosition):
-        return [_mark(book, command)]
     if isinstance(command, RecordPartialExit):
         return _partial_exit(book, command)
     if isinstance(command, ClosePosition):
@@ -137,7 +154,13 @@ def rules_record(book: Book, limits: Limits) -> list[AnyEvent]:
 
 # -- the type check at the boundary -------------------------------------------------------
 
-_FIELD_TYPES: dict[type[object], tuple[tuple[str, object], ...]] = {}
+# Per command type, each field as (name, declared type, Decimal allowed, the exact types the
+# check accepts as they are (str, int, bool, Side, Source), None allowed): built once, so a
+# check is one getattr and one type test per field. Anything else (None where it is not
+# allowed, a subclass, a wrong type) takes `_check_field`, which decides and names it.
+_FieldSpec = tuple[str, object, bool, tuple[type, ...], bool]
+_FIELD_SPECS: dict[type[msgspec.Struct], tuple[_FieldSpec, ...]] = {}
+_PLAIN_TYPES: tuple[type, ...] = (str, int, bool, Side, Source)
 
 
 def check_command(command: Command | Limits) -> None:
@@ -145,16 +168,36 @@ def check_command(command: Command | Limits) -> None:
     bounds, int an int (never a bool), enums their enum; None only where the field allows it.
     Raises InvalidValue naming the first field that does not."""
     cls = type(command)
-    fields = _FIELD_TYPES.get(cls)
-    if fields is None:
-        fields = tuple((f.name, f.type) for f in msgspec.structs.fields(cls))
-        _FIELD_TYPES[cls] = fields
-    for name, declared in fields:
-        _check_field(name, declared, getattr(command, name))
+    specs = _FIELD_SPECS.get(cls)
+    if specs is None:
+        specs = _FIELD_SPECS[cls] = _field_specs(cls)
+    for name, declared, decimal_ok, plain, nullable in specs:
+        value = getattr(command, name)
+        kind = type(value)
+        if kind is Decimal and decimal_ok:
+            if not value.is_finite():
+                raise InvalidValue(name, value, "must be finite")
+            bounded(name, value)
+        elif kind not in plain and not (value is None and nullable):
+            _check_field(name, declared, value)
+
+
+def _field_specs(cls: type[msgspec.Struct]) -> tuple[_FieldSpec, ...]:
+    specs = []
+    for field in msgspec.structs.fields(cls):
+        declared = field.type
+        allowed = _allowed(declared)
+        plain = tuple(kind for kind in _PLAIN_TYPES if kind in allowed)
+        specs.append((field.name, declared, Decimal in allowed, plain, type(None) in allowed))
+    return tuple(specs)
+
+
+def _allowed(declared: object) -> tuple[object, ...]:
+    return typing.get_args(declared) if isinstance(declared, types.UnionType) else (declared,)
 
 
 def _check_field(name: str, declared: object, value: object) -> None:
-    allowed = typing.get_args(declared) if isinstance(declared, types.UnionType) else (declared,)
+    allowed = _allowed(declared)
     if value is None:
         if type(None) not in allowed:
             raise InvalidValue(name, value, "is required")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,6 +24,7 @@ from ledger.codec import ensure_decodable
 from ledger.commands import (
     AnyCommand,
     ClosePosition,
+    Limits,
     MarkPosition,
     ObserveBalance,
     OpenPosition,
@@ -51,7 +53,7 @@ from ledger.output_paths import (
     snapshot_file,
 )
 from ledger.rebuild import fold_log
-from ledger.rules import check_command, decide
+from ledger.rules import check_command, decide_checked
 from ledger.settings import ALL_ACCOUNTS, Settings
 from ledger.snapshot_file import file_identity, move_aside, read_file, write_atomic
 from ledger.store.base import EventStore, StoreTransaction, Waiter
@@ -128,6 +130,39 @@ class _Group:
 
 def new_position_id() -> str:
     return f"pos_{uuid.uuid4().hex[:12]}"
+
+
+# uuid4's version and variant bits set on every byte of a buffer, through bytes.translate
+_UUID_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
+_UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+
+
+class _EventIds:
+    """Event ids for one group's new events: random uuid4s as 32 hex digits, as
+    `uuid.uuid4().hex` makes them, but drawn from os.urandom once per group rather than once
+    per event (a system call and a UUID object each were a tenth of a concurrent command's
+    time). Made for each group and dropped with it: never shared by two threads, nor by a
+    process and a child forked from it."""
+
+    __slots__ = ("_at", "_hex")
+
+    def __init__(self, expected: int) -> None:
+        self._hex = _random_uuids(max(expected, 1))
+        self._at = 0
+
+    def next(self) -> str:
+        at = self._at
+        if at == len(self._hex):
+            self._hex, at = _random_uuids(16), 0
+        self._at = at + 32
+        return self._hex[at : at + 32]
+
+
+def _random_uuids(count: int) -> str:
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = raw[6::16].translate(_UUID_VERSION)
+    raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
+    return raw.hex()
 
 
 class Ledger:
@@ -466,8 +501,7 @@ class Ledger:
 
     def _decider(self, command: AnyCommand) -> Decider:
         check_command(command)  # a wrong type is refused here, before it is queued
-        limits = self._limits
-        return lambda book: [Plan(e) for e in decide(book, command, limits)]
+        return _CommandDecider(command, self._limits)
 
     # -- on the writer thread ------------------------------------------------------------
 
@@ -497,11 +531,13 @@ class Ledger:
         work = self._fold(base, tx.tail, [])
         accepted: list[Recorded] = []
         now = self._clock()
+        ids = _EventIds(len(group))
+        loaded: set[str] = set()  # streams whose version this transaction knows
         for job in group:
             mark = tx.savepoint()
             folding = False
             try:
-                records = self._stage_job(tx, work, job, now)
+                records = self._stage_job(tx, work, job, now, ids, loaded)
                 appended = [r for r in records if r.seq > work.last_seq]
                 folding = True
                 work.apply_all(appended)
@@ -523,28 +559,42 @@ class Ledger:
         state.work = work
 
     def _stage_job(
-        self, tx: StoreTransaction, work: Book, job: _Job, now: datetime
+        self,
+        tx: StoreTransaction,
+        work: Book,
+        job: _Job,
+        now: datetime,
+        ids: _EventIds,
+        loaded: set[str],
     ) -> list[Recorded]:
-        planned = list(job.decide(work))
+        planned = job.decide(work)  # a list (see _checked)
         keyed = [plan.key for plan in planned if plan.key is not None]
         existing = tx.find_existing(keyed) if keyed else {}
         fresh = [
             NewEvent(
                 stream=stream_of(plan.event),
                 event=plan.event,
-                event_id=plan.key or uuid.uuid4().hex,
+                event_id=plan.key or ids.next(),
                 occurred_at=plan.occurred_at or now,
             )
             for plan in planned
             if plan.key is None or plan.key not in existing
         ]
-        tx.load_versions(new.stream for new in fresh)
+        # a version loaded once is known for the rest of the transaction (a rollback_to
+        # only moves it back)
+        unknown = {new.stream for new in fresh if new.stream not in loaded}
+        if unknown:
+            tx.load_versions(unknown)
+            loaded.update(unknown)
         try:
-            new_records = iter(tx.stage(fresh))
+            staged = tx.stage(fresh)
         except LedgerError:
             raise
         except Exception as bad:
             raise StoreError(f"cannot store these events: {bad!r}") from bad
+        if not existing:
+            return staged
+        new_records = iter(staged)
         return [
             existing[plan.key]
             if plan.key is not None and plan.key in existing
@@ -821,7 +871,7 @@ class Ledger:
         key = funding_key(command.execution_id)
 
         def plan(book: Book) -> list[Plan]:
-            return [Plan(event, key=key) for event in decide(book, command, limits)]
+            return [Plan(event, key=key) for event in decide_checked(book, command, limits)]
 
         await self.transact(plan)
         return self._position(command.position_id)
@@ -1039,7 +1089,10 @@ def _checked(decider: Decider) -> Decider:
     (ledger.codec.ensure_decodable) before the writer stages it, its key a non-empty str and
     its time a datetime (naive is UTC): a job that would append an undecodable body, or an
     envelope whose hash would not match the row stored (an int key is stored as text), fails
-    alone with InvalidValue, and the log stays readable."""
+    alone with InvalidValue, and the log stays readable. A command's own decider
+    (`_CommandDecider`) does all of that itself and is returned as it is."""
+    if type(decider) is _CommandDecider:
+        return decider
 
     def run(book: Book) -> Sequence[Plan]:
         with ledger_context():
@@ -1047,6 +1100,25 @@ def _checked(decider: Decider) -> Decider:
         return [_checked_plan(plan) for plan in planned]
 
     return run
+
+
+class _CommandDecider:
+    """The decider of one checked command (`Ledger.execute`): what `_checked` makes of
+    `lambda book: [Plan(e) for e in decide(book, command, limits)]`, in one call and one
+    decimal context, the command's fields checked once (when it was submitted, see
+    `decide_checked`), every event still shown to decode before it is staged."""
+
+    __slots__ = ("command", "limits")
+
+    def __init__(self, command: AnyCommand, limits: Limits) -> None:
+        self.command = command
+        self.limits = limits
+
+    def __call__(self, book: Book) -> list[Plan]:
+        events = decide_checked(book, self.command, self.limits)
+        for event in events:
+            ensure_decodable(event)
+        return [Plan(event) for event in events]
 
 
 async def _first_wake(appended: anyio.Event, waiter: Waiter, timeout: float) -> None:
@@ -1070,6 +1142,8 @@ def _checked_plan(plan: object) -> Plan:
     if not isinstance(plan, Plan):
         raise InvalidValue("plan", plan, f"a decider returns Plans, got {type(plan).__name__}")
     ensure_decodable(plan.event)
+    if type(plan) is Plan and plan.key is None and plan.occurred_at is None:
+        return plan  # nothing to normalise: the plan as it came
     key = None if plan.key is None else identifier("key", plan.key)
     when = plan.occurred_at
     if when is not None and not isinstance(when, datetime):

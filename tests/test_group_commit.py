@@ -22,7 +22,7 @@ from ledger.blocking import ThreadSafePositionManager
 from ledger.envelope import Recorded
 from ledger.errors import BookOutOfStep, StoreError
 from ledger.events import PositionMarked, PositionOpened
-from ledger.service import Ledger, Plan
+from ledger.service import Ledger, Plan, mark_command
 from ledger.settings import Settings
 from ledger.store.base import StoreTransaction
 from ledger.store.sqlite import SQLiteEventStore
@@ -281,3 +281,40 @@ def test_blocking_commands_and_reads_never_go_through_the_ledgers_event_loop(
         assert manager.close_position(pid, "tp", 12.0)
         assert manager.get_session_summary()["closed_trades"] == 1
         assert loop_calls == []
+
+
+async def test_commands_sharing_a_group_get_distinct_uuid4_ids_and_a_refused_one_fails_alone(
+    db_path: Path,
+) -> None:
+    """Event ids are drawn for a whole group at once (ledger.service._EventIds): every event
+    of the group still gets its own random uuid4, in this group and the next."""
+    import uuid
+
+    from ledger.errors import UnknownPosition
+
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        opened = await ledger.open_position("BTCUSDT", "buy", entry_price=100, qty=1, leverage=2)
+        pid = opened.position_id
+        before = ledger.last_seq  # the open (and the limits it records)
+        marks = 40
+
+        def marking(i: int) -> Callable[[Book], Sequence[Plan]]:
+            return ledger._decider(mark_command(pid, 100 + i))
+
+        deciders = [marking(i) for i in range(marks // 2)]
+        deciders += [ledger._decider(mark_command("nobody", 1))]
+        deciders += [marking(i) for i in range(marks // 2, marks)]
+        outcomes, transactions = await one_group(ledger, deciders)
+        assert transactions == 1, "the jobs did not share one group"
+        assert isinstance(outcomes.pop(marks // 2), UnknownPosition)
+        assert all(isinstance(o, list) and len(o) == 1 for o in outcomes), outcomes
+        await ledger.mark(pid, 7)  # a group of its own, after
+    log = await stored(db_path)
+    assert len(log) == before + marks + 1
+    assert [r.event.mark_price for r in log[before:-1]] == [100 + i for i in range(marks)]  # type: ignore[union-attr]
+    ids = [r.event_id for r in log]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert parsed.hex == event_id and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

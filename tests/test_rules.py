@@ -10,10 +10,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
-from ledger.commands import Limits, OpenPosition, RecordPartialExit
+from ledger.commands import (
+    AnyCommand,
+    ClosePosition,
+    IncreasePosition,
+    Limits,
+    MarkPosition,
+    ObserveBalance,
+    OpenPosition,
+    RecordFunding,
+    RecordPartialExit,
+)
 from ledger.errors import (
     CommandRejected,
     DuplicatePosition,
@@ -25,10 +36,10 @@ from ledger.errors import (
     TooManyOpenPositions,
     UnknownPosition,
 )
-from ledger.rules import decide
+from ledger.rules import check_command, decide, decide_checked
 from ledger.service import Ledger
 from ledger.settings import Settings
-from ledger.values import Side
+from ledger.values import Side, Source
 from projections.book import Book
 from tests.strategies import Stamper
 
@@ -544,3 +555,98 @@ def test_manager_keeps_a_given_realized_pnl(manager: ThreadSafePositionManager) 
     position = manager.get_position(position_id)
     assert position is not None
     assert position.partial_exits[0]["realized_pnl"] == 15
+
+
+# -- the type check at the boundary: checked once, the same verdict as field by field --------
+
+
+class _Dec(Decimal):
+    """A Decimal subclass: the check takes its slow path, never a shortcut."""
+
+
+class _Str(str):
+    pass
+
+
+def _reference_verdict(declared: object, value: object) -> str:
+    """The rule of check_command written out independently: 'ok', or why not."""
+    import types
+    import typing
+
+    allowed = typing.get_args(declared) if isinstance(declared, types.UnionType) else (declared,)
+    if value is None:
+        return "ok" if type(None) in allowed else "required"
+    if Decimal in allowed and isinstance(value, Decimal):
+        if not value.is_finite():
+            return "not finite"
+        size = abs(value)
+        return "ok" if size == 0 or Decimal("1e-12") <= size <= Decimal("1e15") else "bounds"
+    if int in allowed and type(value) is not bool and isinstance(value, int):
+        return "ok"
+    if bool in allowed and isinstance(value, bool):
+        return "ok"
+    if str in allowed and isinstance(value, str):
+        return "ok"
+    for enum in (Side, Source):
+        if enum in allowed and isinstance(value, enum):
+            return "ok"
+    return "type"
+
+
+CANDIDATES: list[object] = [
+    None, True, False, 0, 1, -7, 2.5, float("nan"), "", "x", _Str("y"), b"z", Side.SELL,
+    Source.EXCHANGE, Decimal(0), Decimal("1.5"), Decimal("-3"), Decimal("NaN"), Decimal("sNaN"),
+    Decimal("Infinity"), Decimal("1e16"), Decimal("1e-13"), _Dec("2.5"), _Dec("NaN"),
+    _Dec("1e20"), [1], object(),
+]  # fmt: skip
+
+
+COMMAND_TYPES: list[type[msgspec.Struct]] = [
+    OpenPosition, IncreasePosition, MarkPosition, RecordPartialExit, ClosePosition,
+    RecordFunding, ObserveBalance, Limits,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", COMMAND_TYPES)
+def test_check_command_gives_the_reference_verdict_for_every_field_and_value(
+    cls: type[msgspec.Struct],
+) -> None:
+    base = {
+        "position_id": "p1", "symbol": SOL, "side": Side.BUY, "qty": Decimal(1),
+        "entry_price": Decimal(10), "leverage": 2, "price": Decimal(10),
+        "mark_price": Decimal(10), "amount": Decimal(1), "execution_id": "e1",
+        "total": Decimal(1), "available": Decimal(1),
+    }  # fmt: skip
+    fields = msgspec.structs.fields(cls)
+    required = {f.name: base[f.name] for f in fields if f.required}
+    check_command(cls(**required))  # type: ignore[arg-type]  # a valid command passes
+    for field in fields:
+        for value in CANDIDATES:
+            command = cls(**{**required, field.name: value})
+            expected = _reference_verdict(field.type, value)
+            if expected == "ok":
+                check_command(command)  # type: ignore[arg-type]
+                continue
+            with pytest.raises(InvalidValue) as caught:
+                check_command(command)  # type: ignore[arg-type]
+            assert caught.value.field == field.name, (field.name, value)
+
+
+def test_decide_checked_makes_the_events_decide_makes() -> None:
+    stamper = Stamper()
+    book = Book()
+    opened = OpenPosition(
+        position_id="p1", symbol=SOL, side=Side.BUY, qty=Decimal(2), entry_price=Decimal(100),
+        leverage=5,
+    )  # fmt: skip
+    assert decide_checked(book, opened, Limits()) == decide(book, opened, Limits())
+    book.apply_all(stamper.stamp_all(decide(book, opened, Limits())))
+    commands: list[AnyCommand] = [
+        MarkPosition(position_id="p1", mark_price=Decimal("101.5")),
+        RecordPartialExit(position_id="p1", qty=Decimal("0.5"), price=Decimal(99)),
+        ClosePosition(position_id="p1", price=Decimal(98), fee=Decimal("0.1")),
+    ]
+    for command in commands:
+        assert decide_checked(book, command, Limits()) == decide(book, command, Limits())
+    with pytest.raises(UnknownPosition):
+        decide_checked(book, MarkPosition(position_id="nope", mark_price=Decimal(1)), Limits())
