@@ -1,0 +1,107 @@
+"""Closed positions read from a snapshot, decoded on the first read of one.
+
+Most start-ups never look at closed history, yet at 1M events its JSON was most of
+positions.json and decoding it most of a start-up's CPU. Start-up reads only the closed
+positions' ids (what the fold asks: is this id already closed?); the positions themselves are
+decoded, all at once, when something first reads one (or lists them, or copies the book).
+Until then closes folded after the snapshot are kept beside the undecoded ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import ItemsView, Iterator, MutableMapping, ValuesView
+from typing import Protocol
+
+from projections.positions import Position
+
+
+class ClosedDecoder(Protocol):
+    def __call__(self, data: bytes) -> list[Position]: ...
+
+
+class LazyClosed(MutableMapping[str, Position]):
+    """A dict of closed positions by id, in the snapshot's order, whose values are decoded
+    from `data` on first use. Iteration order and values are those of the dict it stands for:
+    the snapshot's positions in order, then those added since (an id already there keeps its
+    place and takes the new value).
+
+    Safe to read from several threads: decoding happens once, under a lock. Writes come from
+    the fold of a book not yet published (a published book's mapping is only read)."""
+
+    def __init__(self, data: bytes, ids: list[str], decode: ClosedDecoder) -> None:
+        self._data: bytes | None = data
+        self._decode = decode
+        self._ids = dict.fromkeys(ids)  # never changed: readers may look at it meanwhile
+        self._added: dict[str, Position] = {}
+        self._full: dict[str, Position] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the snapshot's positions have been decoded yet."""
+        return self._full is not None
+
+    def _decoded(self) -> dict[str, Position]:
+        full = self._full
+        if full is not None:
+            return full
+        with self._lock:
+            if self._full is None:
+                data = self._data
+                assert data is not None  # dropped only once _full is set
+                full = {p.position_id: p for p in self._decode(data)}
+                full.update(self._added)
+                self._full = full
+                self._data = None  # the file's bytes are no longer needed
+            return self._full
+
+    def __getitem__(self, key: str) -> Position:
+        full = self._full
+        if full is not None:
+            return full[key]
+        added = self._added.get(key)
+        if added is not None:
+            return added
+        if key in self._ids:
+            return self._decoded()[key]
+        raise KeyError(key)  # so Mapping.get of an unknown id decodes nothing
+
+    def __contains__(self, key: object) -> bool:
+        full = self._full
+        if full is not None:
+            return key in full
+        return key in self._added or key in self._ids
+
+    def __len__(self) -> int:
+        full = self._full
+        if full is not None:
+            return len(full)
+        ids = self._ids
+        return len(ids) + sum(1 for key in list(self._added) if key not in ids)
+
+    def __iter__(self) -> Iterator[str]:
+        full = self._full
+        if full is not None:
+            return iter(full)
+        ids = self._ids
+        return iter([*ids, *(key for key in list(self._added) if key not in ids)])
+
+    def __setitem__(self, key: str, value: Position) -> None:
+        with self._lock:
+            if self._full is not None:
+                self._full[key] = value
+            else:
+                self._added[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        full = self._decoded()
+        with self._lock:
+            del full[key]
+
+    def values(self) -> ValuesView[Position]:
+        # a dict's view: reversible, as Book.recently_closed needs
+        return self._decoded().values()
+
+    def items(self) -> ItemsView[str, Position]:
+        return self._decoded().items()
