@@ -39,6 +39,18 @@ def read_file(path: Path) -> bytes | None:
         return None
 
 
+def read_identified(path: Path) -> tuple[bytes, tuple[int, int, int, int]] | None:
+    """The file's bytes and its identity (see file_identity) taken from the very file read,
+    before reading it; None when there is none."""
+    try:
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read()
+    except FileNotFoundError:
+        return None
+    return data, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 def file_identity(path: Path) -> tuple[int, int, int, int] | None:
     """(device, inode, size, mtime in ns) of the file at path, None when there is none: what
     tells the ledger that the file is still the one it wrote last."""

@@ -10,7 +10,7 @@ Until then closes folded after the snapshot are kept beside the undecoded ones.
 from __future__ import annotations
 
 import threading
-from collections.abc import ItemsView, Iterator, MutableMapping, ValuesView
+from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, ValuesView
 from typing import Protocol
 
 from projections.positions import Position
@@ -29,13 +29,42 @@ class LazyClosed(MutableMapping[str, Position]):
     Safe to read from several threads: decoding happens once, under a lock. Writes come from
     the fold of a book not yet published (a published book's mapping is only read)."""
 
-    def __init__(self, data: bytes, ids: list[str], decode: ClosedDecoder) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        ids: list[str] | dict[str, None],
+        decode: ClosedDecoder,
+        added: dict[str, Position] | None = None,
+    ) -> None:
         self._data: bytes | None = data
         self._decode = decode
-        self._ids = dict.fromkeys(ids)  # never changed: readers may look at it meanwhile
-        self._added: dict[str, Position] = {}
+        # never changed (shared by merged copies): readers may look at it meanwhile
+        self._ids = ids if isinstance(ids, dict) else dict.fromkeys(ids)
+        self._added: dict[str, Position] = {} if added is None else added
         self._full: dict[str, Position] | None = None
         self._lock = threading.Lock()
+
+    def merged(self, recent: Mapping[str, Position]) -> MutableMapping[str, Position]:
+        """A new mapping: this one with recent written over it, this one unchanged. Decodes
+        nothing (Book's layered history merges its recent closes this way; a decode on the
+        writer's path would stall a commit)."""
+        data = self._data
+        if self._full is not None or data is None:
+            return {**self._decoded(), **recent}
+        return LazyClosed(data, self._ids, self._decode, {**self._added, **recent})
+
+    def undecoded(self, over: Mapping[str, Position]) -> tuple[bytes, list[Position]] | None:
+        """With `over` written over this mapping: the snapshot's bytes and the positions that
+        follow its own, in order, while none of its own was replaced and none decoded (what
+        writing the next snapshot needs without decoding); None otherwise."""
+        data = self._data
+        if self._full is not None or data is None:
+            return None
+        after = {**self._added, **over}
+        ids = self._ids
+        if any(key in ids for key in after):
+            return None
+        return data, list(after.values())
 
     @property
     def decoded(self) -> bool:

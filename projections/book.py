@@ -32,6 +32,7 @@ from ledger.events import (
 )
 from ledger.values import LEDGER_CONTEXT, Side, Source, from_micros, market_key
 from projections import positions as fold
+from projections._lazy_closed import LazyClosed
 from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary, summarize
 
@@ -383,6 +384,8 @@ def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
         recent, base = mapping.maps
         if len(recent) * len(recent) <= len(base) or len(recent) <= 64:
             return ChainMap(dict(recent), base)
+        if isinstance(base, LazyClosed):  # a snapshot's closed history: merged undecoded
+            return ChainMap({}, base.merged(recent))  # type: ignore[arg-type]
         return ChainMap({}, {**base, **recent})
     return ChainMap({}, dict(mapping) if isinstance(mapping, ChainMap) else mapping)
 

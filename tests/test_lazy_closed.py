@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import ChainMap
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from ledger.envelope import Recorded
 from ledger.errors import PositionAlreadyClosed, SnapshotError
 from ledger.events import AnyEvent, FundingRecorded, PositionClosed, PositionOpened
 from ledger.service import Ledger
@@ -163,6 +165,55 @@ def test_a_signed_file_whose_closed_positions_do_not_decode_raises_a_snapshot_er
     assert "a" in book.closed
     with pytest.raises(SnapshotError):
         book.closed["a"]
+
+
+# -- the next snapshot, written without decoding ------------------------------------------------
+
+
+def resumed_by_commits(head: list[Recorded], tail: list[Recorded]) -> Book:
+    """The snapshot of head, then tail one commit at a time as the Ledger folds it: each
+    commit on a successor of the book before (closed history in layers)."""
+    book = decode_snapshot(encode_snapshot(fold_records(head), T0))
+    for record in tail:
+        book = book.successor()
+        book.apply(record)
+    return book
+
+
+@pytest.mark.parametrize("closes_since", [0, 3, 200])
+def test_the_next_snapshot_copies_undecoded_closed_history(closes_since: int) -> None:
+    """Closes since the snapshot are appended to its closed history's JSON: the bytes a
+    decoded book writes, and nothing decoded (200 closes: the layers were merged too)."""
+    stamper = Stamper()
+    head = stamper.stamp_all(trades([f"h{n}" for n in range(40)]))
+    tail = stamper.stamp_all([*trades([f"t{n}" for n in range(closes_since)]), opened("o")])
+    book = resumed_by_commits(head, tail)
+    base = book.closed.maps[-1] if isinstance(book.closed, ChainMap) else book.closed
+    assert isinstance(base, LazyClosed)
+    counting = Counting(base)
+    written = encode_snapshot(book, T0)
+    assert counting.calls == 0 and not base.decoded
+    assert written == encode_snapshot(fold_records(head + tail), T0)
+    assert decode_snapshot(written).closed.keys() == fold_records(head + tail).closed.keys()
+
+
+def test_from_an_empty_closed_history_too() -> None:
+    stamper = Stamper()
+    head = stamper.stamp_all([opened("o")])
+    tail = stamper.stamp_all(trades(["a", "b"]))
+    book = resumed_by_commits(head, tail)
+    assert encode_snapshot(book, T0) == encode_snapshot(fold_records(head + tail), T0)
+
+
+def test_a_snapshot_after_a_closed_position_changed_is_written_decoded() -> None:
+    stamper = Stamper()
+    head = stamper.stamp_all(trades(["a", "b"]))
+    tail = stamper.stamp_all(
+        [FundingRecorded(position_id="b", amount=Decimal("1.25"), execution_id="f"), opened("c")]
+    )
+    book = resumed_by_commits(head, tail)
+    assert encode_snapshot(book, T0) == encode_snapshot(fold_records(head + tail), T0)
+    assert book.closed["b"].funding == Decimal("1.25")
 
 
 # -- through the Ledger -----------------------------------------------------------------------
