@@ -9,7 +9,6 @@ Until then closes folded after the snapshot are kept beside the undecoded ones.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, ValuesView
 from typing import Protocol
 
@@ -26,8 +25,10 @@ class LazyClosed(MutableMapping[str, Position]):
     the snapshot's positions in order, then those added since (an id already there keeps its
     place and takes the new value).
 
-    Safe to read from several threads: decoding happens once, under a lock. Writes come from
-    the fold of a book not yet published (a published book's mapping is only read)."""
+    Safe to read from several threads without a lock (projections hold none): two threads
+    that both find it undecoded may both decode, but the first result stored is the one
+    every reader gets. Writes come only from the fold of a book not yet published (a
+    published book's closed history is layered under a new dict by Book.successor)."""
 
     def __init__(
         self,
@@ -42,7 +43,6 @@ class LazyClosed(MutableMapping[str, Position]):
         self._ids = ids if isinstance(ids, dict) else dict.fromkeys(ids)
         self._added: dict[str, Position] = {} if added is None else added
         self._full: dict[str, Position] | None = None
-        self._lock = threading.Lock()
 
     def merged(self, recent: Mapping[str, Position]) -> MutableMapping[str, Position]:
         """A new mapping: this one with recent written over it, this one unchanged. Decodes
@@ -75,15 +75,16 @@ class LazyClosed(MutableMapping[str, Position]):
         full = self._full
         if full is not None:
             return full
-        with self._lock:
-            if self._full is None:
-                data = self._data
-                assert data is not None  # dropped only once _full is set
-                full = {p.position_id: p for p in self._decode(data)}
-                full.update(self._added)
+        data = self._data
+        if data is not None:  # else another thread has just decoded: _full is set
+            full = {p.position_id: p for p in self._decode(data)}
+            full.update(self._added)
+            if self._full is None:  # the first decode stored wins (see the class)
                 self._full = full
                 self._data = None  # the file's bytes are no longer needed
-            return self._full
+        result = self._full
+        assert result is not None
+        return result
 
     def __getitem__(self, key: str) -> Position:
         full = self._full
@@ -117,16 +118,14 @@ class LazyClosed(MutableMapping[str, Position]):
         return iter([*ids, *(key for key in list(self._added) if key not in ids)])
 
     def __setitem__(self, key: str, value: Position) -> None:
-        with self._lock:
-            if self._full is not None:
-                self._full[key] = value
-            else:
-                self._added[key] = value
+        full = self._full
+        if full is not None:
+            full[key] = value
+        else:
+            self._added[key] = value
 
     def __delitem__(self, key: str) -> None:
-        full = self._decoded()
-        with self._lock:
-            del full[key]
+        del self._decoded()[key]
 
     def values(self) -> ValuesView[Position]:
         # a dict's view: reversible, as Book.recently_closed needs

@@ -2,8 +2,8 @@
 
 The property test (test_properties) checks snapshot + tail == rebuild on drawn histories; these
 pin what start-up relies on: ids answer without decoding, closes folded before the decode keep
-their place, one decode however many threads ask, and a start-up that reads no closed history
-does not decode it.
+their place, one set of positions however many threads ask, the next snapshot written without
+decoding, and a start-up that reads no closed history does not decode it.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_writes_before_the_decode_are_kept_by_it() -> None:
     assert list(closed_) == ["a"] and "x" not in closed_
 
 
-def test_threads_reading_at_once_decode_once_and_see_the_same_positions() -> None:
+def test_threads_reading_at_once_all_see_the_positions_stored_first() -> None:
     ids = [f"p{n}" for n in range(300)]
     book = decode_snapshot(encode_snapshot(fold_records(Stamper().stamp_all(trades(ids))), T0))
     closed_ = lazy(book)
@@ -149,7 +149,7 @@ def test_threads_reading_at_once_decode_once_and_see_the_same_positions() -> Non
         worker.start()
     for worker in workers:
         worker.join()
-    assert counting.calls == 1
+    assert 1 <= counting.calls <= 4 and closed_.decoded
     assert len(seen) == 4 and all(
         all(a is b for a, b in zip(run, seen[0], strict=True)) for run in seen
     )
