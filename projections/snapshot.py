@@ -134,7 +134,10 @@ def _closed_json(closed: MutableMapping[str, Position]) -> list[Position] | msgs
         parts = base.undecoded(over)
         if parts is not None:
             data, after = parts
-            earlier = bytes(_closed_json_decoder.decode(data).closed_positions).strip()
+            try:
+                earlier = bytes(_closed_json_decoder.decode(data).closed_positions).strip()
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return list(closed.values())  # decoding them says what is wrong
             if not after:
                 return msgspec.Raw(earlier)
             later = _encoder.encode(after)
