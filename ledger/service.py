@@ -64,7 +64,7 @@ from ledger.snapshot_file import (
 )
 from ledger.store.base import EventStore, StoreTransaction, Waiter
 from ledger.store.factory import Location, backup_to_sqlite, is_url, make_store
-from ledger.store.writer import Completion, GroupCommit
+from ledger.store.writer import Completion, GroupCommit, WouldWait
 from ledger.values import (
     Side,
     Source,
@@ -481,29 +481,28 @@ class Ledger:
         have its job committed. Raises LedgerError, StoreError.
         """
         job = _Job(_checked(decider), blocking=False)
-        self._submit(job)
-        await job.done.wait()
+        await self._queue().run(job)
         return job.outcome()
 
     def transact_blocking(self, decider: Decider) -> list[Recorded]:
         """`transact` from a plain thread: blocks it until the commit is durable.
 
-        The job goes straight to the writer thread and the caller is woken once: no event
-        loop in between. Not from the writer thread itself (a decider), which would wait
-        for itself. Raises LedgerError, StoreError.
+        The calling thread runs the transaction itself when nobody else writes, else the
+        job joins the next group and the caller is woken once: no event loop in between.
+        Not from a decider (it holds the writer role), which would wait for itself. Raises
+        LedgerError, StoreError.
         """
         if self._jobs is not None and self.store.writer.on_thread:
             raise StoreUnavailable("a decider cannot wait for another write")
         job = _Job(_checked(decider), blocking=True)
-        self._submit(job)
-        job.done.wait_blocking()
+        self._queue().run_blocking(job)
         return job.outcome()
 
-    def _submit(self, job: _Job) -> None:
+    def _queue(self) -> GroupCommit[_Job]:
         jobs = self._jobs
         if jobs is None:
             raise StoreUnavailable("the ledger is not open (use `async with Ledger(...)`)")
-        jobs.submit(job)
+        return jobs
 
     async def execute(self, command: AnyCommand) -> list[Recorded]:
         """Check a command against the rules and append its events; raises CommandRejected."""
@@ -517,13 +516,17 @@ class Ledger:
         check_command(command)  # a wrong type is refused here, before it is queued
         return _CommandDecider(command, self._limits)
 
-    # -- on the writer thread ------------------------------------------------------------
+    # -- holding the writer role --------------------------------------------------------
 
     def _commit_group(self, group: list[_Job]) -> None:
         """One transaction for the group; the live book changes only once it is committed."""
         state = _Group()
+        settle = True
         try:
             self.store.run_transaction(lambda tx: self._decide_group(tx, group, state))
+        except WouldWait:  # nothing was decided: the writer thread runs the group again
+            settle = False
+            raise
         except BaseException as failure:
             self._fail_group(group, state, failure)
         else:
@@ -534,8 +537,9 @@ class Ledger:
                 log.warning("the book was reloaded from the log at seq %d", self._book.last_seq)
             self._after_commit()
         finally:
-            for job in group:
-                job.done.set()
+            if settle:
+                for job in group:
+                    job.done.set()
 
     def _decide_group(self, tx: StoreTransaction, group: list[_Job], state: _Group) -> None:
         """Decide each job against a fork of the book, in its own guard: any Exception of one

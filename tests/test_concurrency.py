@@ -614,12 +614,13 @@ async def test_readers_never_see_events_that_are_not_committed_yet(
     """While the writer waits for COMMIT (an fsync: about a millisecond, during which the loop
     runs other tasks and every ThreadSafePositionManager call), reads must show the state as
     of the last durable commit: an open that may still fail, or be lost to a crash, is not
-    yet a position anyone can see."""
+    yet a position anyone can see. The write comes from a plain thread (as a
+    ThreadSafePositionManager bot's does, run on that thread), so the loop reads meanwhile."""
     async with Ledger(db_path, settings=SETTINGS) as ledger:
         await ledger.open_position("BASEUSDT", "long", entry_price=10, qty=1, leverage=2)
         before = (ledger.last_seq, ledger.active_positions(), ledger.session_summary())
         store_transaction = ledger.store.run_transaction
-        # threading events: the transaction runs on the store's writer thread
+        # threading events: the transaction runs on the bot's thread
         staged = threading.Event()
         release = threading.Event()
 
@@ -634,12 +635,16 @@ async def test_readers_never_see_events_that_are_not_committed_yet(
             return store_transaction(decided_then_paused)
 
         monkeypatch.setattr(ledger.store, "run_transaction", paused_before_commit)
+        dirty = OpenPosition(
+            position_id="dirty",
+            symbol="DIRTYUSDT",
+            side=Side.SELL,
+            qty=Decimal(3),
+            entry_price=Decimal(20),
+            leverage=2,
+        )
         async with anyio.create_task_group() as group:
-            group.start_soon(
-                lambda: ledger.open_position(
-                    "DIRTYUSDT", "short", entry_price=20, qty=3, leverage=2, position_id="dirty"
-                )
-            )
+            group.start_soon(anyio.to_thread.run_sync, ledger.execute_blocking, dirty)
             await anyio.to_thread.run_sync(staged.wait)
             during = (ledger.last_seq, ledger.active_positions(), ledger.session_summary())
             seen_dirty = ledger.get_position("dirty")

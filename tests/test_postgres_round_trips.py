@@ -10,9 +10,11 @@ BasePipeline._enqueue_sync): a psycopg that renames them fails here loudly, neve
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 from psycopg._pipeline_base import BasePipeline
@@ -99,5 +101,35 @@ async def test_a_new_stream_costs_one_more_for_its_version(
         before = trips.count
         await store.append([_opened("p2")])  # MAX(version) of a stream this store never saw
         assert trips.count - before == 3
+    finally:
+        await store.close()
+
+
+async def test_an_asyncio_callers_transaction_never_runs_on_its_loop(pg_url: str) -> None:
+    """A PostgreSQL transaction is network I/O and may wait for the table lock: an asyncio
+    caller hands it to the writer thread; a plain thread runs its own (see DESIGN in
+    ledger/store/writer.py)."""
+    store = PostgresEventStore(pg_url)
+    await store.open()
+    threads: list[int] = []
+    real = store.run_transaction
+
+    def noted(unit: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real(unit)
+
+    store.run_transaction = noted  # type: ignore[method-assign]
+    try:
+        await store.append([_opened("loop-side")])
+        callers: list[int] = []
+
+        def bot() -> None:
+            callers.append(threading.get_ident())
+            store.append_blocking([_opened("thread-side")])
+
+        await anyio.to_thread.run_sync(bot)
+        assert len(threads) == 2
+        assert threads[0] != threading.get_ident()  # not the loop's
+        assert threads[1] == callers[0]  # the plain thread's own
     finally:
         await store.close()

@@ -1,26 +1,27 @@
 """The event store contract every backend honours, and the envelope bookkeeping they share.
 
-DESIGN: one hand-off per transaction
-------------------------------------
+DESIGN: one transaction per group, run by whoever holds the writer role
+--------------------------------------------------------------------------
 A command's cost was hand-offs, not SQLite: one aiosqlite thread hop per statement (BEGIN,
 tail, versions, existing ids, INSERT, COMMIT) and an event-loop wake-up around each, about
 0.8 ms of a 1.0 ms command against a 0.2 ms fsync. So the write contract is synchronous:
 
-- Each store owns one *writer thread* (`WriterThread`), and its write connection lives on it
-  (SQLite: a stdlib `sqlite3` connection; PostgreSQL: a psycopg 3 sync connection, which may
-  pipeline the statements). Reads and subscriptions keep their async API (aiosqlite for
-  SQLite) on their own connection, so they never see a transaction's uncommitted rows.
-- `run_transaction(unit)` runs a whole transaction as one call on that thread: take the
-  write lock (BEGIN IMMEDIATE), read the tail other processes wrote, call `unit(tx)` (which
-  applies the tail, decides each job on a fork of the book, stages its rows: encode, chain
-  hash), insert, COMMIT. `tx` is used synchronously: `tail`, `find_existing`,
-  `load_versions`, `stage`, `savepoint`/`rollback_to` (one job's rows out, the others stay),
-  `committed_after` (a reload of the book under the lock).
-- Callers reach the thread with one hand-off each way (`GroupCommit`, `Completion`): a job
-  goes into a queue the thread waits on; the thread takes every job queued meanwhile as one
-  group (group commit: one transaction, one fsync), runs it, and wakes each caller once,
-  a plain thread through a threading.Event (the blocking API never touches an event loop),
-  an asyncio task through one `call_soon_threadsafe`.
+- `run_transaction(unit)` runs a whole transaction as one call on the thread holding the
+  store's *writer role* (`ledger.store.writer`): take the write lock (BEGIN IMMEDIATE), read
+  the tail other processes wrote, call `unit(tx)` (which applies the tail, decides each job
+  on a fork of the book, stages its rows: encode, chain hash), insert, COMMIT. `tx` is used
+  synchronously: `tail`, `find_existing`, `load_versions`, `stage`, `savepoint` /
+  `rollback_to` (one job's rows out, the others stay), `committed_after` (a reload of the
+  book under the lock). The write connection is used only by the role's holder (SQLite: a
+  stdlib `sqlite3` connection; PostgreSQL: a psycopg 3 sync connection, which pipelines the
+  statements). Reads and subscriptions keep their async API (aiosqlite for SQLite) on their
+  own connection, so they never see a transaction's uncommitted rows.
+- Who holds the role (see DESIGN in `ledger/store/writer.py`): the caller itself when
+  nobody is writing (no hand-off: a plain thread inline; an asyncio task on its loop after
+  one yield, so the tasks scheduled with it join its group, and never waiting for a lock
+  there: `WouldWait`); otherwise the store's writer thread, which takes every job queued
+  meanwhile as one group (group commit: one transaction, one fsync) with one hand-off each
+  way. Each caller is woken once.
 - Plain appends do not look their event ids up first (a query per 500 ids was a third of a
   1,000-event append): UNIQUE(event_id) refuses a stored one, and the group is staged again,
   asking (`DuplicateEventId`). The Ledger asks only for the keys its deciders give.
@@ -61,11 +62,11 @@ from ledger.errors import (
     VersionConflict,
 )
 from ledger.store.read_only import ReadOnlyOpen
-from ledger.store.writer import Completion, GroupCommit, WriterThread
+from ledger.store.writer import Completion, GroupCommit, Job, WouldWait, WriterThread
 from ledger.values import from_micros, to_micros
 
 T = TypeVar("T")
-J = TypeVar("J")
+J = TypeVar("J", bound=Job)
 _sha256 = hashlib.sha256
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # as ledger.values.to_micros counts
 _MICROSECOND = timedelta(microseconds=1)
@@ -605,10 +606,16 @@ class EventStore(abc.ABC):
 
     # -- the writer thread -------------------------------------------------------------------
 
+    # whether an asyncio task may run its group on its loop (see ledger.store.writer): only
+    # where a transaction does no network I/O and cannot wait for a lock without saying so
+    inline_async_writes = True
+
     def _start_writer(self, name: str) -> WriterThread:
         if self._writer is None:
             self._writer = WriterThread(name)
-            self._appends = GroupCommit(self._writer, self._commit_appends)
+            self._appends = GroupCommit(
+                self._writer, self._commit_appends, inline_async=self.inline_async_writes
+            )
         return self._writer
 
     def _stop_writer(self) -> None:
@@ -625,15 +632,19 @@ class EventStore(abc.ABC):
         return self._writer
 
     def check_writer_thread(self) -> None:
-        """Raise StoreUnavailable unless called on the writer thread (backends call this)."""
+        """Raise StoreUnavailable unless the caller holds the writer role (backends call this)."""
         if self._writer is None or not self._writer.on_thread:
-            raise StoreUnavailable("write transactions run on the store's writer thread only")
+            raise StoreUnavailable("write transactions run only holding the store's writer role")
 
     def group_commit(
         self, process: Callable[[list[J]], None], *, max_group: int = 1000
     ) -> GroupCommit[J]:
-        """A queue whose jobs the writer thread takes in groups, one transaction per group."""
-        return GroupCommit(self.writer, process, max_group=max_group)
+        """A queue whose jobs are taken in groups, one transaction per group, by whoever holds
+        the writer role (`process` may raise WouldWait before doing anything; see
+        ledger.store.writer)."""
+        return GroupCommit(
+            self.writer, process, max_group=max_group, inline_async=self.inline_async_writes
+        )
 
     async def transact(self, unit: Callable[[StoreTransaction], T]) -> T:
         """`run_transaction(unit)` on the writer thread, awaited: one hand-off each way."""
@@ -660,8 +671,7 @@ class EventStore(abc.ABC):
         StoreError.
         """
         pending = _PendingAppend(list(batch), dict(expected_versions or {}), blocking=False)
-        self._queue_append(pending)
-        await pending.done.wait()
+        await self._append_queue().run(pending)
         return _outcome(pending)
 
     def append_blocking(
@@ -672,16 +682,16 @@ class EventStore(abc.ABC):
     ) -> list[Recorded]:
         """`append` for a plain thread (not the writer thread itself)."""
         pending = _PendingAppend(list(batch), dict(expected_versions or {}), blocking=True)
-        self._queue_append(pending)
-        pending.done.wait_blocking()
+        self._append_queue().run_blocking(pending)
         return _outcome(pending)
 
-    def _queue_append(self, pending: _PendingAppend) -> None:
+    def _append_queue(self) -> GroupCommit[_PendingAppend]:
         if self._appends is None:
             raise StoreUnavailable("the store is not open")
-        self._appends.submit(pending)
+        return self._appends
 
     def _commit_appends(self, group: list[_PendingAppend]) -> None:
+        settle = True
         try:
             try:
                 self.run_transaction(lambda tx: _stage_appends(tx, group, ask=False))
@@ -689,6 +699,11 @@ class EventStore(abc.ABC):
                 for pending in group:
                     pending.error, pending.result = None, []
                 self.run_transaction(lambda tx: _stage_appends(tx, group, ask=True))
+        except WouldWait:  # nothing is stored: the writer thread runs the group again
+            settle = False
+            for pending in group:
+                pending.error, pending.result = None, []
+            raise
         except BaseException as failure:
             error = (
                 failure
@@ -699,8 +714,9 @@ class EventStore(abc.ABC):
                 pending.error = pending.error or error
                 pending.result = []
         finally:
-            for pending in group:
-                pending.done.set()
+            if settle:
+                for pending in group:
+                    pending.done.set()
 
     @abc.abstractmethod
     def iterate_rows(

@@ -156,6 +156,10 @@ class _PostgresTransaction(StoreTransaction):
 class PostgresEventStore(EventStore):
     """Hash-chained log in one PostgreSQL table, serialised per ledger by a table lock."""
 
+    # a transaction is network round trips and may wait for the table lock: an asyncio
+    # caller hands its group to the writer thread (a plain thread still runs its own)
+    inline_async_writes = False
+
     def __init__(
         self,
         url: str,

@@ -34,6 +34,7 @@ from ledger.store.base import (
     records_from_rows,
 )
 from ledger.store.read_only import ReadOnlyOpen, read_only_open
+from ledger.store.writer import WouldWait
 from ledger.values import to_micros
 
 # 'PLDG': marks the file as a position-ledger log so a foreign database is refused.
@@ -143,8 +144,8 @@ class _SQLiteTransaction(StoreTransaction):
 class SQLiteEventStore(EventStore):
     """Hash-chained log in SQLite; `synchronous='FULL'` (default) survives power loss.
 
-    Writes run on the store's writer thread through a stdlib sqlite3 connection that lives
-    there (one hand-off per transaction, see DESIGN in `ledger/store/base.py`); reads go
+    Writes run holding the store's writer role through one stdlib sqlite3 connection (on the
+    caller's thread when nobody else writes, see DESIGN in `ledger/store/base.py`); reads go
     through an aiosqlite connection of their own, so they never see uncommitted rows.
     """
 
@@ -163,7 +164,8 @@ class SQLiteEventStore(EventStore):
         self._busy_timeout_ms = busy_timeout_ms
         self._read_only = read_only
         self._clock = clock
-        self._conn: sqlite3.Connection | None = None  # the writer's, on the writer thread
+        self._conn: sqlite3.Connection | None = None  # the writer's, used holding the role
+        self._conn_busy_ms = 0  # the write connection's busy timeout now (0: never waits)
         self._reconnect = False  # a write failed: start the next one on a fresh connection
         # Reads go through their own connection so they never see a write transaction's
         # uncommitted rows (WAL lets readers and the writer work at once).
@@ -250,6 +252,7 @@ class SQLiteEventStore(EventStore):
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            self._conn_busy_ms = int(self._busy_timeout_ms)
             app_id, tables = self._identity_sync(conn)
             self._refuse_foreign(app_id, tables)
             conn.execute("PRAGMA journal_mode = WAL")
@@ -330,7 +333,7 @@ class SQLiteEventStore(EventStore):
         self.check_writer_thread()
         conn = self._writer_connection()
         try:
-            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
+            self._begin(conn)
         except sqlite3.Error as exc:
             self._reconnect = True
             raise StoreUnavailable(
@@ -367,6 +370,24 @@ class SQLiteEventStore(EventStore):
             raise
         tx.head.publish(head)
         return result
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting for another writer up to the busy timeout; where the role
+        may not wait (inline on an event loop) one attempt, then WouldWait."""
+        may_wait = self.writer.may_wait
+        busy_ms = int(self._busy_timeout_ms) if may_wait else 0
+        if busy_ms != self._conn_busy_ms:  # only when callers switch between the two
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            self._conn_busy_ms = busy_ms
+        if may_wait:
+            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                raise WouldWait(str(exc)) from None
+            raise
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The write connection; after a failed write, a fresh one (a disk that was full, a

@@ -1,0 +1,190 @@
+"""Who runs a write transaction: the caller itself when nobody else writes, the store's writer
+thread otherwise, and never an event loop waiting for another process's lock.
+
+See DESIGN in ledger/store/writer.py. Threads are told apart by `threading.get_ident()`
+recorded inside the deciders and transactions themselves.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from ledger.envelope import NewEvent
+from ledger.errors import StoreUnavailable
+from ledger.events import PositionMarked, PositionOpened
+from ledger.service import Ledger, Plan
+from ledger.settings import Settings
+from ledger.store.base import StoreTransaction
+from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.writer import Completion, GroupCommit, WriterThread
+from ledger.values import Side
+from projections.book import Book
+
+pytestmark = pytest.mark.anyio
+
+SETTINGS = Settings(max_concurrent_positions=1000)
+
+
+def opening(position_id: str, threads: list[int]) -> Callable[[Book], Sequence[Plan]]:
+    """A decider opening one position that notes the thread it was decided on."""
+
+    def decide(book: Book) -> list[Plan]:
+        threads.append(threading.get_ident())
+        return [
+            Plan(
+                PositionOpened(
+                    position_id=position_id,
+                    symbol=f"{position_id.upper()}USDT",
+                    side=Side.BUY,
+                    qty=Decimal(2),
+                    entry_price=Decimal(10),
+                    leverage=3,
+                )
+            )
+        ]
+
+    return decide
+
+
+def counting_transactions(store: SQLiteEventStore) -> list[int]:
+    """The thread of every transaction the store runs from now on."""
+    threads: list[int] = []
+    real = store.run_transaction
+
+    def counted(unit: Callable[[StoreTransaction], Any]) -> Any:
+        threads.append(threading.get_ident())
+        return real(unit)
+
+    store.run_transaction = counted  # type: ignore[method-assign]
+    return threads
+
+
+async def test_an_uncontended_async_command_runs_on_its_own_loop_thread(db_path: Path) -> None:
+    loop_thread = threading.get_ident()
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        threads: list[int] = []
+        records = await ledger.transact(opening("a", threads))
+        assert threads == [loop_thread]
+        assert [r.seq for r in records] == [1]
+        assert "a" in ledger.book.open
+
+
+async def test_an_uncontended_blocking_command_runs_on_the_calling_thread(db_path: Path) -> None:
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        threads: list[int] = []
+        callers: list[int] = []
+
+        def bot() -> None:
+            callers.append(threading.get_ident())
+            ledger.transact_blocking(opening("b", threads))
+
+        await anyio.to_thread.run_sync(bot)
+        assert threads == callers and callers[0] != threading.get_ident()
+        assert "b" in ledger.book.open
+
+
+async def test_tasks_started_together_commit_in_one_transaction_on_the_loop(
+    db_path: Path,
+) -> None:
+    loop_thread = threading.get_ident()
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        transactions = counting_transactions(ledger.store)  # type: ignore[arg-type]
+        threads: list[int] = []
+        async with anyio.create_task_group() as group:
+            for i in range(50):
+                group.start_soon(ledger.transact, opening(f"p{i}", threads))
+        assert transactions == [loop_thread]
+        assert threads == [loop_thread] * 50
+        assert len(ledger.book.open) == 50 and ledger.last_seq == 50
+
+
+async def test_the_store_appends_inline_too(db_path: Path) -> None:
+    store = SQLiteEventStore(db_path)
+    await store.open()
+    try:
+        transactions = counting_transactions(store)
+        event = PositionMarked(position_id="x", mark_price=Decimal(1))
+        new = NewEvent(stream="x", event=event, event_id="e1", occurred_at=_now())
+        records = await store.append([new])
+        assert transactions == [threading.get_ident()] and records[0].seq == 1
+    finally:
+        await store.close()
+
+
+async def test_an_async_writer_never_holds_its_loop_waiting_for_another_writers_lock(
+    db_path: Path,
+) -> None:
+    """Another connection (as another process would) holds the write lock. The command must
+    go to the writer thread and wait there: the loop goes on, so this test can release the
+    lock while the command waits. Had the loop waited inline for the lock, the release
+    could only come after the busy timeout, and the command would fail with it."""
+    loop_thread = threading.get_ident()
+    store = SQLiteEventStore(db_path, busy_timeout_ms=3_000)
+    async with Ledger(store=store, settings=SETTINGS) as ledger:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            threads: list[int] = []
+            outcome: list[int] = []
+
+            async def command() -> None:
+                records = await ledger.transact(opening("w", threads))
+                outcome.extend(r.seq for r in records)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(command)
+                # the command tried the lock once on the loop, and now waits on the thread
+                await anyio.wait_all_tasks_blocked()
+                assert outcome == [] and threads == []
+                other.execute("COMMIT")
+            assert outcome == [1]
+            assert threads and loop_thread not in threads
+        finally:
+            other.close()
+
+
+async def test_a_write_waiting_for_itself_is_refused(db_path: Path) -> None:
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        store = ledger.store
+        refused: list[BaseException] = []
+
+        def decide(book: Book) -> list[Plan]:
+            event = PositionMarked(position_id="y", mark_price=Decimal(1))
+            new = NewEvent(stream="y", event=event, event_id="inner", occurred_at=_now())
+            try:
+                store.append_blocking([new])
+            except StoreUnavailable as exc:
+                refused.append(exc)
+            return []
+
+        await ledger.transact(decide)
+        assert len(refused) == 1 and ledger.last_seq == 0
+
+
+def test_jobs_left_when_the_writer_stops_fail_instead_of_hanging() -> None:
+    writer = WriterThread("test-writer")
+    processed: list[int] = []
+
+    class Job:
+        def __init__(self) -> None:
+            self.done = Completion(blocking=True)
+            self.error: BaseException | None = None
+
+    commits: GroupCommit[Job] = GroupCommit(writer, lambda group: processed.append(len(group)))
+    writer.stop()
+    job = Job()
+    commits.run_blocking(job)  # returns: nobody will ever run it, so it is failed
+    assert isinstance(job.error, StoreUnavailable) and processed == []
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
