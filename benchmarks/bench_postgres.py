@@ -201,6 +201,8 @@ def _eventsourcing(url: str, schema: str, cycles: int) -> float | None:
     """Seconds for the same cycles through the eventsourcing library's application on its
     PostgreSQL recorder (one save per command), or None when the library is not installed."""
     try:
+        import psycopg_pool  # noqa: F401  (eventsourcing.postgres needs it)
+
         from benchmarks.eventsourcing_baseline import EsPositions
     except ImportError:
         return None
@@ -294,7 +296,9 @@ def measure(server: Server, scale: Scale, folder: Path) -> dict[str, Any]:
     _fresh_schema(base, "es_bench")
     es = _eventsourcing(base, "es_bench", cycles)
     if es is None:
-        figures["eventsourcing"] = "skipped: the eventsourcing package is not installed"
+        figures["eventsourcing"] = (
+            "skipped: the eventsourcing package (or psycopg-pool) is not installed"
+        )
     else:
         figures["eventsourcing"] = {
             "postgres_cmd_s": cycles * 3 / es,
