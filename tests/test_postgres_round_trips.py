@@ -120,7 +120,6 @@ async def test_an_asyncio_callers_transaction_never_runs_on_its_loop(pg_url: str
 
     store.run_transaction = noted  # type: ignore[method-assign]
     try:
-        await store.append([_opened("loop-side")])
         callers: list[int] = []
 
         def bot() -> None:
@@ -128,8 +127,9 @@ async def test_an_asyncio_callers_transaction_never_runs_on_its_loop(pg_url: str
             store.append_blocking([_opened("thread-side")])
 
         await anyio.to_thread.run_sync(bot)
+        await store.append([_opened("loop-side")])
         assert len(threads) == 2
-        assert threads[0] != threading.get_ident()  # not the loop's
-        assert threads[1] == callers[0]  # the plain thread's own
+        assert threads[0] == callers[0]  # the plain thread's own
+        assert threads[1] != threading.get_ident()  # not the loop's
     finally:
         await store.close()

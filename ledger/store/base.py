@@ -634,7 +634,10 @@ class EventStore(abc.ABC):
     def check_writer_thread(self) -> None:
         """Raise StoreUnavailable unless the caller holds the writer role (backends call this)."""
         if self._writer is None or not self._writer.on_thread:
-            raise StoreUnavailable("write transactions run only holding the store's writer role")
+            raise StoreUnavailable(
+                "write transactions run only holding the store's writer role (on the writer"
+                " thread, or inline in the caller that took it)"
+            )
 
     def group_commit(
         self, process: Callable[[list[J]], None], *, max_group: int = 1000

@@ -5,11 +5,12 @@ DESIGN: the writer's role, taken by the caller when it is free
 Write transactions of a store never overlap: whoever runs one holds the store's *writer
 role* (`WriterThread`'s role lock). Two kinds of thread take it:
 
-- The caller itself, when nobody is writing. A command costs what SQLite costs (one fsync
-  at synchronous=FULL) plus its own CPU: no hand-off at all. A hand-off between threads is
-  a wake-up of a sleeping thread each way, about 50 µs each on the 2-core machines the
-  benchmarks run on, more than a whole transaction at synchronous=NORMAL.
-  - A plain thread (the blocking `ThreadSafePositionManager`) runs the group inline.
+- The caller itself, when no group is being drained. A command costs what SQLite costs (one
+  fsync at synchronous=FULL) plus its own CPU: no hand-off at all. A hand-off between
+  threads is a wake-up of a sleeping thread each way, about 50 µs each on the 2-core
+  machines the benchmarks run on, more than a whole transaction at synchronous=NORMAL.
+  - A plain thread (the blocking `ThreadSafePositionManager`) runs the group inline, first
+    waiting for the role if another group (of another queue, or the writer thread's) holds it.
   - An asyncio task first yields once to its loop, so every task already scheduled in this
     loop joins the group (500 tasks started at once commit in one transaction, on the loop,
     without a thread), then runs it on the loop's thread. The loop is held for one
@@ -36,7 +37,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 import anyio
@@ -66,21 +67,24 @@ class Completion:
     `Completion()` inside a running event loop for a task that will await.
     """
 
-    __slots__ = ("_event", "_future", "_loop")
+    __slots__ = ("_blocked", "_future", "_loop")
 
     def __init__(self, *, blocking: bool = False) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future: asyncio.Future[None] | None = None
-        self._event: threading.Event | None = None
+        # for a thread: a lock held until set (cheaper to make than a threading.Event, and a
+        # leader that ran its own job never waits on it)
+        self._blocked: threading.Lock | None = None
         if not blocking:
             try:
                 self._loop = asyncio.get_running_loop()
-            except RuntimeError:  # another async backend: wait for the Event on a thread
+            except RuntimeError:  # another async backend: wait for the lock on a thread
                 self._loop = None
         if self._loop is not None:
             self._future = self._loop.create_future()
         else:
-            self._event = threading.Event()
+            self._blocked = threading.Lock()
+            self._blocked.acquire()
 
     @property
     def on_asyncio(self) -> bool:
@@ -89,8 +93,9 @@ class Completion:
 
     def set(self) -> None:
         """Wake the waiter (from any thread); never raises."""
-        if self._event is not None:
-            self._event.set()
+        if self._blocked is not None:
+            with contextlib.suppress(RuntimeError):  # set already
+                self._blocked.release()
             return
         assert self._loop is not None and self._future is not None
         if asyncio._get_running_loop() is self._loop:  # its own loop ran the job: no wake-up
@@ -100,16 +105,16 @@ class Completion:
             self._loop.call_soon_threadsafe(_resolve, self._future)
 
     def wait_blocking(self) -> None:
-        if self._event is None:
+        if self._blocked is None:
             raise RuntimeError("this Completion was made for an event loop")
-        self._event.wait()
+        self._blocked.acquire()
+        self._blocked.release()  # set stays set for any later wait
 
     async def wait(self) -> None:
         if self._future is not None:
             await self._future
             return
-        assert self._event is not None
-        await anyio.to_thread.run_sync(self._event.wait, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(self.wait_blocking, abandon_on_cancel=True)
 
 
 class _Call(Generic[T]):
@@ -122,12 +127,12 @@ class _Call(Generic[T]):
         self.error: BaseException | None = None
 
     def __call__(self) -> None:
+        """Run fn; the writer thread wakes the caller once it has freed the role, so the
+        caller's next write finds the role free."""
         try:
             self.result = self.fn()
         except BaseException as exc:  # handed to the caller's thread, never lost here
             self.error = exc
-        finally:
-            self.done.set()
 
     def outcome(self) -> T:
         if self.error is not None:
@@ -149,15 +154,9 @@ class WriterThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    @contextlib.contextmanager
-    def _holding(self, *, may_wait: bool) -> Iterator[None]:
-        """Mark the role (already acquired) as this thread's for the block, then free it."""
-        self._holder, self._may_wait = threading.get_ident(), may_wait
-        try:
-            yield
-        finally:
-            self._holder, self._may_wait = None, True
-            self._role.release()
+    def _release(self) -> None:
+        self._holder, self._may_wait = None, True
+        self._role.release()
 
     def _run(self) -> None:
         while True:
@@ -165,11 +164,15 @@ class WriterThread:
             if fn is None:
                 return
             self._role.acquire()
-            with self._holding(may_wait=True):
-                try:
-                    fn()
-                except BaseException:  # the callables settle their own callers; keep going
-                    log.exception("a job of the store's writer failed")
+            self._holder = threading.get_ident()
+            try:
+                fn()
+            except BaseException:  # the callables settle their own callers; keep going
+                log.exception("a job of the store's writer failed")
+            finally:
+                self._release()
+                if isinstance(fn, _Call):
+                    fn.done.set()
 
     @property
     def on_thread(self) -> bool:
@@ -184,14 +187,18 @@ class WriterThread:
         return self._may_wait
 
     def try_run(self, fn: Callable[[], None], *, may_wait: bool) -> bool:
-        """Run fn on this thread now if the role is free (False, fn not run, when it is
-        taken or the store is closing)."""
-        if self._stopped or not self._role.acquire(blocking=False):
+        """Run fn on this thread holding the role: False (fn not run) when the store is
+        closing, or when the role is taken and the caller may not wait (an event loop);
+        a caller that may wait (a plain thread) waits for the role instead."""
+        if self._stopped or not self._role.acquire(blocking=may_wait):
             return False
-        with self._holding(may_wait=may_wait):
+        self._holder, self._may_wait = threading.get_ident(), may_wait
+        try:
             if self._stopped:
                 return False
             fn()
+        finally:
+            self._release()
         return True
 
     def submit(self, fn: Callable[[], None]) -> None:
@@ -244,10 +251,11 @@ class GroupCommit(Generic[J]):
     transaction share the next one and its fsync. `process(group)` runs holding the role and
     settles each job; it may raise WouldWait before doing anything (see DESIGN above).
 
-    The first caller to find nobody draining leads: it runs the group inline when the role
-    is free (`inline_async` says whether an asyncio task may, see DESIGN), else queues the
-    drain to the writer thread. Groups that queue up behind an inline leader go to the
-    writer thread, so a leader's caller waits for its own group only.
+    The first caller to find nobody draining leads: a plain thread runs the group inline,
+    waiting for the role if another holds it; an asyncio task runs it inline only if the
+    role is free (and `inline_async`, see DESIGN), else hands it to the writer thread.
+    Groups that queue up behind an inline leader go to the writer thread, so a leader's
+    caller waits for its own group only.
     """
 
     def __init__(
@@ -304,6 +312,8 @@ class GroupCommit(Generic[J]):
             return True
 
     def _lead(self, *, inline: bool, may_wait: bool) -> None:
+        """Run the next group on this thread (a plain thread waiting for the role if another
+        holds it; a task only if it is free), else hand it to the writer thread."""
         if inline and self._writer.try_run(self._lead_one_group, may_wait=may_wait):
             return
         self._hand_over()
