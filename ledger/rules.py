@@ -71,7 +71,6 @@ def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
     return _decide(book, command, limits)
 
 
-@exact
 def decide_checked(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
     """`decide` for a command that passed `check_command` already: the same events and
     refusals, without checking every field a second time.
@@ -79,7 +78,10 @@ def decide_checked(book: Book, command: AnyCommand, limits: Limits) -> list[AnyE
     The Ledger checks each command once, when it is submitted (on the caller's thread, so a
     wrong type is refused before it is queued), and decides it later in the write
     transaction: a command is a frozen struct of immutable values, so the check still holds.
-    Raises a CommandRejected subclass.
+    Unlike `decide` it does not enter the ledger's decimal context itself (the Ledger enters
+    it once for a whole group): every sum, product and quotient here goes through
+    LEDGER_CONTEXT's own methods, and comparisons need no context, so the events do not
+    depend on the caller's context either way. Raises a CommandRejected subclass.
     """
     return _decide(book, command, limits)
 
@@ -291,14 +293,21 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
 
 def _mark(book: Book, command: MarkPosition) -> PositionMarked:
     _open_position(book, command.position_id)
-    margin = command.initial_margin
-    contracts = command.contracts
+    # The command passed check_command (each number a finite Decimal within the bounds, or
+    # None where allowed): only the signs are left to check. Marks are most of a log.
+    price, contracts, margin = command.mark_price, command.contracts, command.initial_margin
+    if price <= 0:
+        raise InvalidValue("mark_price", price, "must be greater than zero")
+    if contracts is not None and contracts < 0:
+        raise InvalidValue("contracts", contracts, "must not be negative")
+    if margin is not None and margin < 0:
+        raise InvalidValue("initial_margin", margin, "must not be negative")
     return PositionMarked(
         position_id=command.position_id,
-        mark_price=positive("mark_price", command.mark_price),
-        unrealized_pnl=_optional("unrealized_pnl", command.unrealized_pnl),
-        contracts=None if contracts is None else non_negative("contracts", contracts),
-        initial_margin=None if margin is None else non_negative("initial_margin", margin),
+        mark_price=price,
+        unrealized_pnl=command.unrealized_pnl,
+        contracts=contracts,
+        initial_margin=margin,
         source=command.source,
     )
 

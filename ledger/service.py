@@ -547,33 +547,34 @@ class Ledger:
         state.tail = tx.tail
         base = self._book if self._broken is None else self._reloaded(tx, state)
         work = self._fold(base, tx.tail, [])
-        accepted: list[Recorded] = []
         now = self._clock()
         ids = _EventIds(len(group))
         loaded: set[str] = set()  # streams whose version this transaction knows
-        for job in group:
-            mark = tx.savepoint()
-            folding = False
-            try:
-                records = self._stage_job(tx, work, job, now, ids, loaded)
-                appended = [r for r in records if r.seq > work.last_seq]
-                folding = True
-                work.apply_all(appended)
-            except Exception as refused:  # handed back to the caller, not swallowed
-                tx.rollback_to(mark)
-                job.error = (
-                    refused
-                    if isinstance(refused, LedgerError) or not folding
-                    else StoreError(f"cannot apply these events, nothing stored: {refused!r}")
-                )
-                if folding:  # the fork took part of this job's events: build it again
-                    work = self._fold(base, tx.tail, accepted)
-                continue
-            except BaseException:
-                state.culprit = job
-                raise
-            accepted.extend(appended)
-            job.result = records
+        accepted: list[Recorded] = []
+        with ledger_context():  # once for the group (a decider from `_checked` enters its own)
+            for job in group:
+                mark = tx.savepoint()
+                folding = False
+                try:
+                    records = self._stage_job(tx, work, job, now, ids, loaded)
+                    appended = [r for r in records if r.seq > work.last_seq]
+                    folding = True
+                    work.apply_all(appended)
+                except Exception as refused:  # handed back to the caller, not swallowed
+                    tx.rollback_to(mark)
+                    job.error = (
+                        refused
+                        if isinstance(refused, LedgerError) or not folding
+                        else StoreError(f"cannot apply these events, nothing stored: {refused!r}")
+                    )
+                    if folding:  # the fork took part of this job's events: build it again
+                        work = self._fold(base, tx.tail, accepted)
+                    continue
+                except BaseException:
+                    state.culprit = job
+                    raise
+                accepted.extend(appended)
+                job.result = records
         state.work = work
 
     def _stage_job(
@@ -585,7 +586,18 @@ class Ledger:
         ids: _EventIds,
         loaded: set[str],
     ) -> list[Recorded]:
-        planned = job.decide(work)  # a list (see _checked)
+        decider = job.decide
+        if type(decider) is _CommandDecider:  # a command: new events, no keys, now
+            fresh = [
+                NewEvent(stream=stream_of(event), event=event, event_id=ids.next(), occurred_at=now)
+                for event in decider.events(work)
+            ]
+            unknown = {new.stream for new in fresh if new.stream not in loaded}
+            if unknown:
+                tx.load_versions(unknown)
+                loaded.update(unknown)
+            return self._staged(tx, fresh)
+        planned = decider(work)  # a list (see _checked)
         keyed = [plan.key for plan in planned if plan.key is not None]
         existing = tx.find_existing(keyed) if keyed else {}
         fresh = [
@@ -604,12 +616,7 @@ class Ledger:
         if unknown:
             tx.load_versions(unknown)
             loaded.update(unknown)
-        try:
-            staged = tx.stage(fresh)
-        except LedgerError:
-            raise
-        except Exception as bad:
-            raise StoreError(f"cannot store these events: {bad!r}") from bad
+        staged = self._staged(tx, fresh)
         if not existing:
             return staged
         new_records = iter(staged)
@@ -619,6 +626,15 @@ class Ledger:
             else next(new_records)
             for plan in planned
         ]
+
+    @staticmethod
+    def _staged(tx: StoreTransaction, fresh: list[NewEvent]) -> list[Recorded]:
+        try:
+            return tx.stage(fresh)
+        except LedgerError:
+            raise
+        except Exception as bad:
+            raise StoreError(f"cannot store these events: {bad!r}") from bad
 
     def _fold(self, base: Book, tail: list[Recorded], accepted: list[Recorded]) -> Book:
         """A successor of base with committed events applied; raises BookOutOfStep when
@@ -1137,9 +1153,10 @@ def _checked(decider: Decider) -> Decider:
 
 class _CommandDecider:
     """The decider of one checked command (`Ledger.execute`): what `_checked` makes of
-    `lambda book: [Plan(e) for e in decide(book, command, limits)]`, in one call and one
-    decimal context, the command's fields checked once (when it was submitted, see
-    `decide_checked`), every event still shown to decode before it is staged."""
+    `lambda book: [Plan(e) for e in decide(book, command, limits)]`, in one call, the
+    command's fields checked once (when it was submitted, see `decide_checked`), every event
+    still shown to decode before it is staged. The writer asks for `events` (new events,
+    no keys, occurring now: no Plans to make and read back)."""
 
     __slots__ = ("command", "limits")
 
@@ -1147,11 +1164,16 @@ class _CommandDecider:
         self.command = command
         self.limits = limits
 
-    def __call__(self, book: Book) -> list[Plan]:
+    def events(self, book: Book) -> list[AnyEvent]:
+        """The command's events, each shown to decode; raises LedgerError."""
         events = decide_checked(book, self.command, self.limits)
         for event in events:
             ensure_decodable(event)
-        return [Plan(event) for event in events]
+        return events
+
+    def __call__(self, book: Book) -> list[Plan]:
+        with ledger_context():
+            return [Plan(event) for event in self.events(book)]
 
 
 async def _first_wake(appended: anyio.Event, waiter: Waiter, timeout: float) -> None:

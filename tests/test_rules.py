@@ -650,3 +650,28 @@ def test_decide_checked_makes_the_events_decide_makes() -> None:
         assert decide_checked(book, command, Limits()) == decide(book, command, Limits())
     with pytest.raises(UnknownPosition):
         decide_checked(book, MarkPosition(position_id="nope", mark_price=Decimal(1)), Limits())
+
+
+def test_decide_checked_gives_the_same_events_whatever_the_callers_decimal_context() -> None:
+    """decide_checked enters no context of its own (the Ledger enters the ledger's once per
+    group): its arithmetic must not depend on the one it runs in."""
+    import decimal
+
+    stamper = Stamper()
+    book = Book()
+    opened = OpenPosition(
+        position_id="p1", symbol=SOL, side=Side.SELL, qty=Decimal("3.3333333333"),
+        entry_price=Decimal("101.123456789"), leverage=7,
+    )  # fmt: skip
+    book.apply_all(stamper.stamp_all(decide(book, opened, Limits())))
+    commands: list[AnyCommand] = [
+        MarkPosition(position_id="p1", mark_price=Decimal("99.987654321")),
+        RecordPartialExit(position_id="p1", notional=Decimal("77.7777777"), price=Decimal(99)),
+        ClosePosition(position_id="p1", price=Decimal("98.7654321"), fee=Decimal("0.1234567")),
+        IncreasePosition(position_id="p1", qty=Decimal("1.1111111"), price=Decimal("97.3")),
+    ]
+    expected = [decide(book, command, Limits()) for command in commands]
+    hostile = decimal.Context(prec=3, rounding=decimal.ROUND_UP, traps=[decimal.Inexact])
+    with decimal.localcontext(hostile):
+        got = [decide_checked(book, command, Limits()) for command in commands]
+    assert got == expected
