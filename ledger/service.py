@@ -588,14 +588,15 @@ class Ledger:
     ) -> list[Recorded]:
         decider = job.decide
         if type(decider) is _CommandDecider:  # a command: new events, no keys, now
-            fresh = [
-                NewEvent(stream=stream_of(event), event=event, event_id=ids.next(), occurred_at=now)
-                for event in decider.events(work)
-            ]
-            unknown = {new.stream for new in fresh if new.stream not in loaded}
-            if unknown:
-                tx.load_versions(unknown)
-                loaded.update(unknown)
+            fresh = []
+            for event in decider.events(work):
+                stream = stream_of(event)
+                if stream not in loaded:  # a command writes one or two streams
+                    tx.load_versions((stream,))
+                    loaded.add(stream)
+                fresh.append(
+                    NewEvent(stream=stream, event=event, event_id=ids.next(), occurred_at=now)
+                )
             return self._staged(tx, fresh)
         planned = decider(work)  # a list (see _checked)
         keyed = [plan.key for plan in planned if plan.key is not None]
