@@ -26,7 +26,7 @@ async def fold_log(
     StoreUnavailable, StoreError. The chain is not checked here (see ledger.audit)."""
     book = Book() if book is None else book
     start = book.last_seq
-    async for page in store.iterate_facts(
+    async for page in store.iterate_fold_facts(
         after_seq=start, to_seq=to_seq, until=until, page_size=page_size
     ):
         # facts carry no hash: the last one is read once, below

@@ -14,7 +14,9 @@ from typing import TypeVar
 
 import msgspec
 
-from ledger.envelope import GENESIS_HASH, Fact, Recorded
+from ledger.codec import FoldFact, MarkText, mark_from_text, number_from_text
+from ledger.envelope import GENESIS_HASH, Recorded
+from ledger.errors import IntegrityError
 from ledger.events import (
     AnyEvent,
     BalanceObserved,
@@ -172,7 +174,7 @@ class Book:
         for record in records:
             self.apply(record)
 
-    def apply_facts(self, facts: Iterable[Fact], *, last_hash: str) -> None:
+    def apply_facts(self, facts: Iterable[FoldFact], *, last_hash: str) -> None:
         """Fold (seq, occurred_us, event) rows in seq order: the same book as `apply` on each
         record, with last_hash the hash of the last row (facts carry no hashes).
 
@@ -182,38 +184,57 @@ class Book:
         the one before). So marks wait, one per position with that margin, and are folded when
         the next event of their position comes (or at the end): one fold and one datetime per
         run of marks instead of one per mark. Facts at or below last_seq are ignored.
+
+        A mark may come as `MarkText` (a rebuild's reader leaves its numbers text): only the
+        numbers a fold uses are parsed, and one that is not a number raises IntegrityError at
+        its seq, as decoding the body would have.
         """
-        # position id -> (its last mark, when, the margin reported before it in the run,
-        # and what earlier marks of the run told of the exchange: its openTime, a sighting)
-        pending: dict[str, tuple[PositionMarked, int, Decimal | None, int | None, bool]] = {}
+        # position id -> (its last mark, that mark's seq and time, the margin reported before
+        # it in the run and the seq of that mark, and what earlier marks of the run told of
+        # the exchange: its openTime, a sighting)
+        pending: dict[str, _Run] = {}
         open_ = self.open
+        text = MarkText
         marked = PositionMarked
+        exchange = Source.EXCHANGE
         timed = _TIMED
         last = self.last_seq
         for seq, occurred_us, event in facts:
             if seq <= last:
                 continue
             last = seq
-            if type(event) is marked:
-                position_id = event.position_id
+            kind = type(event)
+            if kind is text or kind is marked:
+                position_id = event.position_id  # type: ignore[union-attr]
                 if position_id not in open_:
                     self.skipped.append(seq)
                     continue
                 waiting = pending.get(position_id)
                 if waiting is None:
-                    pending[position_id] = (event, occurred_us, None, None, False)
+                    pending[position_id] = (event, seq, occurred_us, None, 0, None, False)  # type: ignore[assignment]
+                    continue
+                # `marked` keeps the position's margin when a mark's is None or zero
+                previous = waiting[0]
+                margin = previous.initial_margin
+                before: Decimal | str | int | None
+                if margin is not None and _reported(margin, waiting[1]):
+                    before, before_seq = margin, waiting[1]
                 else:
-                    # `marked` keeps the position's margin when a mark's is None or zero
-                    previous = waiting[0]
-                    before = previous.initial_margin or waiting[2]
-                    opened_ms = previous.exchange_opened_ms or waiting[3]
-                    seen = waiting[4] or previous.source is Source.EXCHANGE
-                    pending[position_id] = (event, occurred_us, before, opened_ms, seen)
+                    before, before_seq = waiting[3], waiting[4]
+                pending[position_id] = (
+                    event,  # type: ignore[assignment]
+                    seq,
+                    occurred_us,
+                    before,
+                    before_seq,
+                    previous.exchange_opened_ms or waiting[5],
+                    waiting[6] or previous.source is exchange,
+                )
                 continue
             of = getattr(event, "position_id", None)
             if of is not None and of in pending:
                 self._fold_mark(*pending.pop(of))
-            self._fold(seq, event, from_micros(occurred_us) if type(event) in timed else _NO_TIME)
+            self._fold(seq, event, from_micros(occurred_us) if kind in timed else _NO_TIME)  # type: ignore[arg-type]
         for waiting in pending.values():
             self._fold_mark(*waiting)
         if last != self.last_seq:
@@ -222,16 +243,26 @@ class Book:
 
     def _fold_mark(
         self,
-        event: PositionMarked,
+        event: PositionMarked | MarkText,
+        seq: int,
         occurred_us: int,
-        margin: Decimal | None,
-        opened_ms: int | None = None,
-        seen: bool = False,
+        margin: Decimal | str | int | None,
+        margin_seq: int,
+        opened_ms: int | None,
+        seen: bool,
     ) -> None:
         """The last mark of a run, after what the run reported before it (if anything)."""
+        if type(event) is MarkText:
+            try:
+                event = mark_from_text(event)
+            except msgspec.ValidationError as exc:
+                raise IntegrityError(seq, f"body does not decode: {exc}") from None
+        assert isinstance(event, PositionMarked)
         position = self.open[event.position_id]
         if margin is not None and not event.initial_margin:
-            position = msgspec.structs.replace(position, real_initial_margin=margin)
+            position = msgspec.structs.replace(
+                position, real_initial_margin=_number(margin, margin_seq)
+            )
         if opened_ms is not None:
             position = msgspec.structs.replace(position, exchange_opened_ms=opened_ms)
         if seen and not position.exchange_seen:
@@ -388,6 +419,31 @@ def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
             return ChainMap({}, base.merged(recent))  # type: ignore[arg-type]
         return ChainMap({}, {**base, **recent})
     return ChainMap({}, dict(mapping) if isinstance(mapping, ChainMap) else mapping)
+
+
+# a run of marks waiting in apply_facts: (last mark, its seq, its occurred_us, the margin
+# reported before it, that margin's seq, Bybit's openTime seen before it, sighted before it)
+_Run = tuple[PositionMarked | MarkText, int, int, Decimal | str | int | None, int, int | None, bool]
+# a margin's text that starts with one of these is not zero (no need to parse it to know)
+_NONZERO_LEAD = frozenset("123456789")
+
+
+def _number(value: Decimal | str | int, seq: int) -> Decimal:
+    """A number of a mark (text in a MarkText) as a Decimal; IntegrityError at seq if it is
+    not one."""
+    if type(value) is Decimal:
+        return value
+    try:
+        return number_from_text(value)  # type: ignore[arg-type]
+    except msgspec.ValidationError as exc:
+        raise IntegrityError(seq, f"body does not decode: {exc}") from None
+
+
+def _reported(margin: Decimal | str | int, seq: int) -> bool:
+    """Whether a mark reported this margin: `marked` treats a zero margin as none."""
+    if type(margin) is str and margin[:1] in _NONZERO_LEAD:
+        return True
+    return bool(_number(margin, seq))
 
 
 # events whose fold reads the time (a datetime is made only for them)

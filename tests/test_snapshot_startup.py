@@ -7,7 +7,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -82,15 +82,20 @@ class IterateSpy:
 
     def __init__(self, store: SQLiteEventStore) -> None:
         self.after: list[int] = []
-        original = store.iterate_facts  # the fold's read (start-up reads nothing else)
+        # the fold's reads (start-up reads nothing else): its own, and the plain facts
+        for name in ("iterate_fold_facts", "iterate_facts"):
+            setattr(store, name, self._spy(getattr(store, name)))
 
-        def iterate_facts(**kwargs: object) -> AsyncIterator[list[Fact]]:
+    def _spy(
+        self, original: Callable[..., AsyncIterator[Sequence[Fact]]]
+    ) -> Callable[..., AsyncIterator[Sequence[Fact]]]:
+        def iterate(**kwargs: object) -> AsyncIterator[Sequence[Fact]]:
             after_seq = kwargs.get("after_seq", 0)
             assert isinstance(after_seq, int)
             self.after.append(after_seq)
-            return original(**kwargs)  # type: ignore[arg-type]
+            return original(**kwargs)
 
-        store.iterate_facts = iterate_facts  # type: ignore[method-assign]
+        return iterate
 
 
 def spied_ledger(db_path: Path, settings: Settings = QUIET) -> tuple[Ledger, IterateSpy]:

@@ -168,7 +168,7 @@ async def fold_saving(
                 and await store.hash_at(stored.seq) == stored.hash
             ):
                 have.add(stored.seq)
-    async for page in store.iterate_facts(
+    async for page in store.iterate_fold_facts(
         after_seq=book.last_seq, to_seq=to_seq, until=until, page_size=PAGE_SIZE
     ):
         if not saving:

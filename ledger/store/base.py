@@ -45,7 +45,15 @@ from typing import TypeVar
 import anyio
 import msgspec
 
-from ledger.codec import SCHEMA_VERSION, decode_current, decode_event, encode_event, event_type
+from ledger.codec import (
+    SCHEMA_VERSION,
+    FoldFact,
+    decode_current,
+    decode_event,
+    decode_for_fold,
+    encode_event,
+    event_type,
+)
 from ledger.envelope import (
     GENESIS_HASH,
     Fact,
@@ -290,6 +298,24 @@ def facts_from_rows(rows: Sequence[FactRow]) -> list[Fact]:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise IntegrityError(seq, f"body does not decode: {exc}") from None
     raise AssertionError("unreachable: a page failed to decode but every row decodes")
+
+
+def fold_facts_from_rows(rows: Sequence[FactRow]) -> Sequence[FoldFact]:
+    """facts_from_rows for a fold: marks come as MarkText, numbers unparsed (see
+    ledger.codec); a page that does not decode so is decoded exactly, which raises
+    IntegrityError naming the first bad body."""
+    decode = decode_for_fold
+    try:
+        return [
+            (
+                seq,
+                occurred_us,
+                decode(body) if schema == SCHEMA_VERSION else decode_event(body, schema),
+            )
+            for seq, occurred_us, schema, body in rows
+        ]
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return facts_from_rows(rows)
 
 
 # A stored row as the database returns it, in StagedRow's field order.
@@ -789,6 +815,23 @@ class EventStore(abc.ABC):
             after_seq=after_seq, to_seq=to_seq, until=until, page_size=page_size
         ):
             yield [(r.seq, to_micros(r.occurred_at), r.event) for r in page]
+
+    async def iterate_fold_facts(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[Sequence[FoldFact]]:
+        """iterate_facts for `Book.apply_facts`: a mark may come as MarkText, its numbers
+        parsed only if the fold folds it (a mark is the last of its run). Raises
+        IntegrityError on a body that does not decode (the numbers of a mark the fold never
+        folds are not parsed: `verify` reads every body). This default is iterate_facts."""
+        async for page in self.iterate_facts(
+            after_seq=after_seq, to_seq=to_seq, until=until, page_size=page_size
+        ):
+            yield page
 
     async def end(self) -> Head:
         """Where the committed log ends now: seq and hash only (no stream versions, which

@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from ledger.clock import Clock, system_clock
+from ledger.codec import FoldFact
 from ledger.envelope import Fact, Recorded
 from ledger.errors import StoreError, StoreUnavailable
 from ledger.store.base import (
@@ -49,6 +50,7 @@ from ledger.store.base import (
     StoreTransaction,
     Waiter,
     facts_from_rows,
+    fold_facts_from_rows,
     record_from_row,
     records_from_rows,
 )
@@ -405,6 +407,19 @@ class PostgresEventStore(EventStore):
             after_seq, to_seq, until, None, page_size, columns=_FACT_COLUMNS, convert=_fact_row
         ):
             yield facts_from_rows(rows)  # type: ignore[arg-type]
+
+    async def iterate_fold_facts(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[Sequence[FoldFact]]:
+        async for rows in self._pages(
+            after_seq, to_seq, until, None, page_size, columns=_FACT_COLUMNS, convert=_fact_row
+        ):
+            yield fold_facts_from_rows(rows)  # type: ignore[arg-type]
 
     async def iterate_rows(
         self,

@@ -16,6 +16,7 @@ import aiosqlite
 import anyio
 
 from ledger.clock import Clock, system_clock
+from ledger.codec import FoldFact
 from ledger.envelope import Fact, Recorded
 from ledger.errors import StoreError, StoreUnavailable
 from ledger.private_files import create_private, written_aside
@@ -30,6 +31,7 @@ from ledger.store.base import (
     StagedRow,
     StoreTransaction,
     facts_from_rows,
+    fold_facts_from_rows,
     record_from_row,
     records_from_rows,
 )
@@ -439,6 +441,24 @@ class SQLiteEventStore(EventStore):
             columns=_FACT_COLUMNS,
         ):
             yield facts_from_rows(rows)  # type: ignore[arg-type]
+
+    async def iterate_fold_facts(
+        self,
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        page_size: int = 5000,
+    ) -> AsyncIterator[Sequence[FoldFact]]:
+        async for rows in self._pages(
+            after_seq=after_seq,
+            to_seq=to_seq,
+            until=until,
+            stream=None,
+            page_size=page_size,
+            columns=_FACT_COLUMNS,
+        ):
+            yield fold_facts_from_rows(rows)  # type: ignore[arg-type]
 
     async def iterate_rows(
         self,
