@@ -7,10 +7,10 @@ book cannot place (a mark for an unknown position, say) is counted in `skipped`,
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from datetime import datetime
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -57,6 +57,9 @@ class Book:
         self.last_seq = 0
         self.last_hash = GENESIS_HASH
         self.skipped: list[int] = []
+        # apply_facts collects the realized cash flows here, in order, and settles them in one
+        # pass at the end (None: every flow is settled as it comes)
+        self._cash: list[tuple[str, Decimal]] | None = None
 
     def apply(self, record: Recorded) -> None:
         """Fold one stored event in; records at or below last_seq are ignored (already in)."""
@@ -78,87 +81,104 @@ class Book:
             self.open[event.position_id] = fold.marked(position, event, at)
 
     def _fold(self, seq: int, event: AnyEvent, at: datetime) -> None:
-        """Every event but a mark (see _mark)."""
-        if isinstance(event, PositionOpened):
-            if event.position_id in self.open or event.position_id in self.closed:
+        """Every event but a mark (see _mark): one method per event type."""
+        fold_event = _FOLDS.get(type(event))
+        if fold_event is not None:
+            fold_event(self, seq, event, at)
+
+    def _opened(self, seq: int, event: PositionOpened, at: datetime) -> None:
+        if event.position_id in self.open or event.position_id in self.closed:
+            self.skipped.append(seq)
+            return
+        started = fold.opened(event, at)
+        self.open[event.position_id] = started
+        self._realize(started.account, event.fee.copy_negate())
+
+    def _partly_exited(self, seq: int, event: PartialExitRecorded, at: datetime) -> None:
+        position = self.open.get(event.position_id)
+        if position is None:
+            self.skipped.append(seq)
+            return
+        self.open[event.position_id] = fold.partly_exited(position, event, at)
+        self._realize(position.account, event.realized_pnl)
+
+    def _closed(self, seq: int, event: PositionClosed, at: datetime) -> None:
+        position = self.open.pop(event.position_id, None)
+        if position is None:
+            self.skipped.append(seq)
+            return
+        done = fold.closed(position, event, at)
+        self.closed[event.position_id] = done
+        self._realize(done.account, event.realized_pnl)
+        self.acc.record_close(done)
+        self._account(done.account).record_close(done)
+
+    def _funded(self, seq: int, event: FundingRecorded, at: datetime) -> None:
+        position = self.open.get(event.position_id)
+        if position is not None:
+            self.open[event.position_id] = fold.funded(position, event)
+        else:
+            # settled while open, seen by a sync only after the bot closed the position
+            closed = self.closed.get(event.position_id)
+            if closed is None:
                 self.skipped.append(seq)
                 return
-            started = fold.opened(event, at)
-            self.open[event.position_id] = started
-            self._realize(started.account, event.fee.copy_negate())
-        elif isinstance(event, PartialExitRecorded):
-            position = self.open.get(event.position_id)
-            if position is None:
+            amended = fold.funded(closed, event)
+            self.closed[event.position_id] = amended
+            self.acc.amend_close(closed, amended)
+            self._account(closed.account).amend_close(closed, amended)
+            position = closed
+        self._realize(position.account, event.amount)
+
+    def _increased(self, seq: int, event: PositionIncreased, at: datetime) -> None:
+        position = self.open.get(event.position_id)
+        if position is None:
+            self.skipped.append(seq)
+            return
+        self.open[event.position_id] = fold.increased(position, event)
+        self._realize(position.account, event.fee.copy_negate())
+
+    def _amended(self, seq: int, event: PnlAmended, at: datetime) -> None:
+        still_open = self.open.get(event.position_id)
+        if still_open is not None:
+            self.open[event.position_id] = fold.amended(still_open, event)
+            owner = still_open.account
+        else:
+            was = self.closed.get(event.position_id)
+            if was is None:
                 self.skipped.append(seq)
                 return
-            self.open[event.position_id] = fold.partly_exited(position, event, at)
-            self._realize(position.account, event.realized_pnl)
-        elif isinstance(event, PositionClosed):
-            position = self.open.pop(event.position_id, None)
-            if position is None:
-                self.skipped.append(seq)
-                return
-            done = fold.closed(position, event, at)
-            self.closed[event.position_id] = done
-            self._realize(done.account, event.realized_pnl)
-            self.acc.record_close(done)
-            self._account(done.account).record_close(done)
-        elif isinstance(event, FundingRecorded):
-            position = self.open.get(event.position_id)
-            if position is not None:
-                self.open[event.position_id] = fold.funded(position, event)
-            else:
-                # settled while open, seen by a sync only after the bot closed the position
-                closed = self.closed.get(event.position_id)
-                if closed is None:
-                    self.skipped.append(seq)
-                    return
-                amended = fold.funded(closed, event)
-                self.closed[event.position_id] = amended
-                self.acc.amend_close(closed, amended)
-                self._account(closed.account).amend_close(closed, amended)
-                position = closed
-            self._realize(position.account, event.amount)
-        elif isinstance(event, PositionIncreased):
-            position = self.open.get(event.position_id)
-            if position is None:
-                self.skipped.append(seq)
-                return
-            self.open[event.position_id] = fold.increased(position, event)
-            self._realize(position.account, event.fee.copy_negate())
-        elif isinstance(event, PnlAmended):
-            still_open = self.open.get(event.position_id)
-            if still_open is not None:
-                self.open[event.position_id] = fold.amended(still_open, event)
-                owner = still_open.account
-            else:
-                was = self.closed.get(event.position_id)
-                if was is None:
-                    self.skipped.append(seq)
-                    return
-                fixed = fold.amended(was, event)
-                self.closed[event.position_id] = fixed
-                self.acc.amend_close(was, fixed)
-                self._account(was.account).amend_close(was, fixed)
-                owner = was.account
-            self._realize(owner, LEDGER_CONTEXT.subtract(event.realized_pnl, event.estimated_pnl))
-        elif isinstance(event, ExitIntended | ExitAbandoned):
-            position = self.open.get(event.position_id)
-            if position is None:
-                self.skipped.append(seq)
-                return
-            if isinstance(event, ExitIntended):
-                self.open[event.position_id] = fold.exit_intended(position, event)
-            else:
-                self.open[event.position_id] = fold.exit_abandoned(position, event)
-        elif isinstance(event, BalanceObserved):
-            self.balance = event.total
-            self.available = event.available
-            self.balances[event.account] = (event.total, event.available)
-        elif isinstance(event, HistoryImported):
-            self.imported_files[event.file_sha256] = event.file_name
-        elif isinstance(event, RulesConfigured):
-            self.rules = event
+            fixed = fold.amended(was, event)
+            self.closed[event.position_id] = fixed
+            self.acc.amend_close(was, fixed)
+            self._account(was.account).amend_close(was, fixed)
+            owner = was.account
+        self._realize(owner, LEDGER_CONTEXT.subtract(event.realized_pnl, event.estimated_pnl))
+
+    def _exit_intended(self, seq: int, event: ExitIntended, at: datetime) -> None:
+        position = self.open.get(event.position_id)
+        if position is None:
+            self.skipped.append(seq)
+            return
+        self.open[event.position_id] = fold.exit_intended(position, event)
+
+    def _exit_abandoned(self, seq: int, event: ExitAbandoned, at: datetime) -> None:
+        position = self.open.get(event.position_id)
+        if position is None:
+            self.skipped.append(seq)
+            return
+        self.open[event.position_id] = fold.exit_abandoned(position, event)
+
+    def _balance(self, seq: int, event: BalanceObserved, at: datetime) -> None:
+        self.balance = event.total
+        self.available = event.available
+        self.balances[event.account] = (event.total, event.available)
+
+    def _imported(self, seq: int, event: HistoryImported, at: datetime) -> None:
+        self.imported_files[event.file_sha256] = event.file_name
+
+    def _configured(self, seq: int, event: RulesConfigured, at: datetime) -> None:
+        self.rules = event
 
     def _account(self, account: str) -> Accumulators:
         acc = self.accounts.get(account)
@@ -167,8 +187,35 @@ class Book:
         return acc
 
     def _realize(self, account: str, amount: Decimal) -> None:
-        self.acc.realize(amount)
-        self._account(account).realize(amount)
+        acc = self.accounts.get(account)
+        if acc is None:  # the account is in the book from its first cash flow, even a zero
+            acc = self.accounts[account] = Accumulators()
+        if amount:
+            cash = self._cash
+            if cash is not None:
+                cash.append((account, amount))
+                return
+            self.acc.realize(amount)
+            acc.realize(amount)
+
+    def _settle(self, cash: list[tuple[str, Decimal]]) -> None:
+        """Realize collected cash flows, in order: the fleet's sums take all of them, each
+        account's its own. One account whose sums stand where the fleet's do (a ledger of one
+        account) ends where the fleet's end, so those are computed once."""
+        if not cash:
+            return
+        fleet = self.acc
+        names = {name for name, _ in cash}
+        if len(names) == 1 and len(self.accounts) == 1:
+            only = self.accounts[names.pop()]
+            if only.running() == fleet.running():
+                fleet.realize_all([amount for _, amount in cash])
+                only.equity, only.peak_equity = fleet.equity, fleet.peak_equity
+                only.max_drawdown = fleet.max_drawdown
+                return
+        fleet.realize_all([amount for _, amount in cash])
+        for name in names:
+            self.accounts[name].realize_all([amount for owner, amount in cash if owner == name])
 
     def apply_all(self, records: Iterable[Recorded]) -> None:
         for record in records:
@@ -180,93 +227,102 @@ class Book:
 
         The rebuild's fast path. Most of a log is marks, and a run of marks on one position
         is decided by its last one: only it sets the price, PnL, ROE and time; the earlier ones
-        matter only through the last margin the exchange reported (a mark without one keeps
-        the one before). So marks wait, one per position with that margin, and are folded when
-        the next event of their position comes (or at the end): one fold and one datetime per
-        run of marks instead of one per mark. Facts at or below last_seq are ignored.
+        matter only through what the last one does not report (the last margin the exchange
+        gave, Bybit's openTime, a sighting). So marks wait in runs, one per position, and a run
+        is folded when an event of its position that does not commute with a mark comes (or at
+        the end): one fold and one datetime per run instead of one per mark. Realized cash
+        flows are collected and settled in one pass at the end. Facts at or below last_seq
+        are ignored.
 
         A mark may come as `MarkText` (a rebuild's reader leaves its numbers text): only the
         numbers a fold uses are parsed, and one that is not a number raises IntegrityError at
         its seq, as decoding the body would have.
         """
-        # position id -> (its last mark, that mark's seq and time, the margin reported before
-        # it in the run and the seq of that mark, and what earlier marks of the run told of
-        # the exchange: its openTime, a sighting)
-        pending: dict[str, _Run] = {}
+        # position id -> its run of marks waiting, in seq order (a run is only ever started
+        # for an open position, and the position's next other event folds it first)
+        runs: dict[str, list[FoldFact]] = {}
+        cash: list[tuple[str, Decimal]] = []
+        self._cash = cash
+        try:
+            last = self._fold_facts(facts, runs)
+            for run in runs.values():
+                self._fold_run(run)
+        finally:
+            self._cash = None
+            self._settle(cash)
+        if last != self.last_seq:
+            self.last_seq = last
+            self.last_hash = last_hash
+
+    def _fold_facts(self, facts: Iterable[FoldFact], runs: dict[str, list[FoldFact]]) -> int:
+        """apply_facts' loop: every fact folded but the marks left in runs; the last seq."""
         open_ = self.open
         text = MarkText
         marked = PositionMarked
-        exchange = Source.EXCHANGE
         timed = _TIMED
+        beside_marks = _BESIDE_MARKS
+        folds = _FOLDS
         last = self.last_seq
-        for seq, occurred_us, event in facts:
+        for fact in facts:
+            seq, occurred_us, event = fact
             if seq <= last:
                 continue
             last = seq
             kind = type(event)
             if kind is text or kind is marked:
                 position_id = event.position_id  # type: ignore[union-attr]
-                if position_id not in open_:
-                    self.skipped.append(seq)
-                    continue
-                waiting = pending.get(position_id)
-                if waiting is None:
-                    pending[position_id] = (event, seq, occurred_us, None, 0, None, False)  # type: ignore[assignment]
-                    continue
-                # `marked` keeps the position's margin when a mark's is None or zero
-                previous = waiting[0]
-                margin = previous.initial_margin
-                before: Decimal | str | int | None
-                if margin is not None and _reported(margin, waiting[1]):
-                    before, before_seq = margin, waiting[1]
+                run = runs.get(position_id)
+                if run is not None:
+                    run.append(fact)
+                elif position_id in open_:
+                    runs[position_id] = [fact]
                 else:
-                    before, before_seq = waiting[3], waiting[4]
-                pending[position_id] = (
-                    event,  # type: ignore[assignment]
-                    seq,
-                    occurred_us,
-                    before,
-                    before_seq,
-                    previous.exchange_opened_ms or waiting[5],
-                    waiting[6] or previous.source is exchange,
-                )
+                    self.skipped.append(seq)
                 continue
-            of = getattr(event, "position_id", None)
-            if of is not None and of in pending:
-                self._fold_mark(*pending.pop(of))
-            self._fold(seq, event, from_micros(occurred_us) if kind in timed else _NO_TIME)  # type: ignore[arg-type]
-        for waiting in pending.values():
-            self._fold_mark(*waiting)
-        if last != self.last_seq:
-            self.last_seq = last
-            self.last_hash = last_hash
+            if kind not in beside_marks:
+                of = getattr(event, "position_id", None)
+                if of is not None and of in runs:
+                    self._fold_run(runs.pop(of))
+            fold_event = folds.get(kind)  # type: ignore[arg-type]
+            if fold_event is not None:
+                at = from_micros(occurred_us) if kind in timed else _NO_TIME
+                fold_event(self, seq, event, at)
+        return last
 
-    def _fold_mark(
-        self,
-        event: PositionMarked | MarkText,
-        seq: int,
-        occurred_us: int,
-        margin: Decimal | str | int | None,
-        margin_seq: int,
-        opened_ms: int | None,
-        seen: bool,
-    ) -> None:
-        """The last mark of a run, after what the run reported before it (if anything)."""
+    def _fold_run(self, run: list[FoldFact]) -> None:
+        """A run of marks on one open position: its last mark folded, after what the earlier
+        ones reported that it does not (the last margin, Bybit's openTime, a sighting)."""
+        seq, occurred_us, event = run[-1]
         if type(event) is MarkText:
             try:
                 event = mark_from_text(event)
             except msgspec.ValidationError as exc:
                 raise IntegrityError(seq, f"body does not decode: {exc}") from None
-        assert isinstance(event, PositionMarked)
+        assert type(event) is PositionMarked
         position = self.open[event.position_id]
-        if margin is not None and not event.initial_margin:
-            position = msgspec.structs.replace(
-                position, real_initial_margin=_number(margin, margin_seq)
-            )
-        if opened_ms is not None:
-            position = msgspec.structs.replace(position, exchange_opened_ms=opened_ms)
-        if seen and not position.exchange_seen:
-            position = msgspec.structs.replace(position, exchange_seen=True)
+        if len(run) > 1:
+            earlier = run[-2::-1]  # latest first
+            # `marked` keeps the position's margin when a mark's is None or zero
+            if not event.initial_margin:
+                for at, _, mark in earlier:
+                    margin = mark.initial_margin  # type: ignore[union-attr]
+                    if margin is not None and _reported(margin, at):
+                        position = msgspec.structs.replace(
+                            position, real_initial_margin=_number(margin, at)
+                        )
+                        break
+            if not event.exchange_opened_ms:
+                for _, _, mark in earlier:
+                    if mark.exchange_opened_ms:  # type: ignore[union-attr]
+                        position = msgspec.structs.replace(
+                            position,
+                            exchange_opened_ms=mark.exchange_opened_ms,  # type: ignore[union-attr]
+                        )
+                        break
+            if not position.exchange_seen and event.source is not Source.EXCHANGE:
+                exchange = Source.EXCHANGE
+                if any(mark.source is exchange for _, _, mark in earlier):  # type: ignore[union-attr]
+                    position = msgspec.structs.replace(position, exchange_seen=True)
         self.open[event.position_id] = fold.marked(position, event, from_micros(occurred_us))
 
     def copy(self) -> Book:
@@ -421,9 +477,6 @@ def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
     return ChainMap({}, dict(mapping) if isinstance(mapping, ChainMap) else mapping)
 
 
-# a run of marks waiting in apply_facts: (last mark, its seq, its occurred_us, the margin
-# reported before it, that margin's seq, Bybit's openTime seen before it, sighted before it)
-_Run = tuple[PositionMarked | MarkText, int, int, Decimal | str | int | None, int, int | None, bool]
 # a margin's text that starts with one of these is not zero (no need to parse it to know)
 _NONZERO_LEAD = frozenset("123456789")
 
@@ -446,6 +499,24 @@ def _reported(margin: Decimal | str | int, seq: int) -> bool:
     return bool(_number(margin, seq))
 
 
+# the fold of each event type but a mark (Book._fold)
+_FOLDS: dict[type[AnyEvent], Callable[[Book, int, Any, datetime], None]] = {
+    PositionOpened: Book._opened,
+    PartialExitRecorded: Book._partly_exited,
+    PositionClosed: Book._closed,
+    FundingRecorded: Book._funded,
+    PositionIncreased: Book._increased,
+    PnlAmended: Book._amended,
+    ExitIntended: Book._exit_intended,
+    ExitAbandoned: Book._exit_abandoned,
+    BalanceObserved: Book._balance,
+    HistoryImported: Book._imported,
+    RulesConfigured: Book._configured,
+}
+# Events whose fold commutes with a mark's on an open position: `funded` and the exit intents
+# read and write none of the fields `marked` reads or writes (price, PnL, margin, ROE, times,
+# the exchange's sightings), so a run of marks need not be folded before them.
+_BESIDE_MARKS = frozenset({FundingRecorded, ExitIntended, ExitAbandoned})
 # events whose fold reads the time (a datetime is made only for them)
 _TIMED = frozenset({PositionOpened, PartialExitRecorded, PositionClosed})
 _NO_TIME = from_micros(0)  # never read: the events outside _TIMED ignore their time

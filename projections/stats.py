@@ -44,12 +44,38 @@ class Accumulators(msgspec.Struct, kw_only=True):
         """A realized cash flow moves equity; track its peak and the deepest fall from it."""
         if not amount:
             return
-        self.equity = _C.add(self.equity, amount)
-        if self.equity > self.peak_equity:
-            self.peak_equity = self.equity
-        drawdown = _C.subtract(self.peak_equity, self.equity)
+        equity = self.equity = _C.add(self.equity, amount)
+        if equity > self.peak_equity:
+            # a new peak: no fall from it yet (and max_drawdown is never below zero)
+            self.peak_equity = equity
+            return
+        drawdown = _C.subtract(self.peak_equity, equity)
         if drawdown > self.max_drawdown:
             self.max_drawdown = drawdown
+
+    def realize_all(self, amounts: list[Decimal]) -> None:
+        """`realize` of each amount in order, in one pass (a rebuild's page of cash flows)."""
+        add, subtract = _C.add, _C.subtract
+        equity, peak, deepest = self.equity, self.peak_equity, self.max_drawdown
+        for amount in amounts:
+            if not amount:
+                continue
+            equity = add(equity, amount)
+            if equity > peak:
+                peak = equity
+            else:
+                drawdown = subtract(peak, equity)
+                if drawdown > deepest:
+                    deepest = drawdown
+        self.equity, self.peak_equity, self.max_drawdown = equity, peak, deepest
+
+    def running(self) -> tuple[object, ...]:
+        """The running figures realize moves, exactly (digits and exponent, not just value)."""
+        return (
+            self.equity.as_tuple(),
+            self.peak_equity.as_tuple(),
+            self.max_drawdown.as_tuple(),
+        )
 
     def record_close(self, position: Position) -> None:
         self._count(position, 1)
