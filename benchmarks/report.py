@@ -171,7 +171,7 @@ def _rebuild_breakdown(cases: list[dict[str, Any]]) -> list[str]:
     store reading them into events, less the rows) and fold (the rest), from medians."""
     named = {c["case"]: c for c in cases if c["group"] == "rebuild"}
     rows = named.get("raw sqlite3 SELECT of the fold's 4 columns")
-    facts = named.get("store.iterate_facts (rows + decode, no fold)")
+    facts = named.get("store.iterate_fold_facts (rows + decode, no fold)")
     fold = next((c for name, c in named.items() if name.startswith("fold ")), None)
     if rows is None or facts is None or fold is None:
         return []

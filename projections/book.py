@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ledger.codec import FoldFact, MarkText, mark_from_text, number_from_text
+from ledger.codec import FoldFact, MarkText, number_from_text
 from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import IntegrityError
 from ledger.events import (
@@ -60,6 +60,8 @@ class Book:
         # apply_facts collects the realized cash flows here, in order, and settles them in one
         # pass at the end (None: every flow is settled as it comes)
         self._cash: list[tuple[str, Decimal]] | None = None
+        # and the closes the statistics count (+1) or take back (-1), likewise
+        self._counts: list[tuple[Position, int]] | None = None
 
     def apply(self, record: Recorded) -> None:
         """Fold one stored event in; records at or below last_seq are ignored (already in)."""
@@ -110,8 +112,7 @@ class Book:
         done = fold.closed(position, event, at)
         self.closed[event.position_id] = done
         self._realize(done.account, event.realized_pnl)
-        self.acc.record_close(done)
-        self._account(done.account).record_close(done)
+        self._count_close(done)
 
     def _funded(self, seq: int, event: FundingRecorded, at: datetime) -> None:
         position = self.open.get(event.position_id)
@@ -125,8 +126,7 @@ class Book:
                 return
             amended = fold.funded(closed, event)
             self.closed[event.position_id] = amended
-            self.acc.amend_close(closed, amended)
-            self._account(closed.account).amend_close(closed, amended)
+            self._amend_close(closed, amended)
             position = closed
         self._realize(position.account, event.amount)
 
@@ -150,8 +150,7 @@ class Book:
                 return
             fixed = fold.amended(was, event)
             self.closed[event.position_id] = fixed
-            self.acc.amend_close(was, fixed)
-            self._account(was.account).amend_close(was, fixed)
+            self._amend_close(was, fixed)
             owner = was.account
         self._realize(owner, LEDGER_CONTEXT.subtract(event.realized_pnl, event.estimated_pnl))
 
@@ -198,24 +197,48 @@ class Book:
             self.acc.realize(amount)
             acc.realize(amount)
 
-    def _settle(self, cash: list[tuple[str, Decimal]]) -> None:
-        """Realize collected cash flows, in order: the fleet's sums take all of them, each
-        account's its own. One account whose sums stand where the fleet's do (a ledger of one
-        account) ends where the fleet's end, so those are computed once."""
-        if not cash:
+    def _count_close(self, done: Position) -> None:
+        acc = self._account(done.account)
+        counts = self._counts
+        if counts is not None:
+            counts.append((done, 1))
+            return
+        self.acc.record_close(done)
+        acc.record_close(done)
+
+    def _amend_close(self, before: Position, after: Position) -> None:
+        acc = self._account(before.account)
+        counts = self._counts
+        if counts is not None:
+            counts.append((before, -1))
+            counts.append((after, 1))
+            return
+        self.acc.amend_close(before, after)
+        acc.amend_close(before, after)
+
+    def _settle(self, cash: list[tuple[str, Decimal]], counts: list[tuple[Position, int]]) -> None:
+        """Settle what apply_facts collected, in order: the fleet's sums take all of it, each
+        account's its own (cash flows and counts move different sums, so each list keeps its
+        own order). One account whose sums are exactly the fleet's (a ledger of one account)
+        ends exactly where the fleet's end: computed once, copied."""
+        if not cash and not counts:
             return
         fleet = self.acc
         names = {name for name, _ in cash}
+        names.update(position.account for position, _ in counts)
+        amounts = [amount for _, amount in cash]
         if len(names) == 1 and len(self.accounts) == 1:
-            only = self.accounts[names.pop()]
-            if only.running() == fleet.running():
-                fleet.realize_all([amount for _, amount in cash])
-                only.equity, only.peak_equity = fleet.equity, fleet.peak_equity
-                only.max_drawdown = fleet.max_drawdown
+            (name,) = names
+            if _exact(self.accounts[name]) == _exact(fleet):
+                fleet.settle(amounts, counts)
+                self.accounts[name] = fleet.copy()
                 return
-        fleet.realize_all([amount for _, amount in cash])
+        fleet.settle(amounts, counts)
         for name in names:
-            self.accounts[name].realize_all([amount for owner, amount in cash if owner == name])
+            self.accounts[name].settle(
+                [amount for owner, amount in cash if owner == name],
+                [count for count in counts if count[0].account == name],
+            )
 
     def apply_all(self, records: Iterable[Recorded]) -> None:
         for record in records:
@@ -231,8 +254,8 @@ class Book:
         gave, Bybit's openTime, a sighting). So marks wait in runs, one per position, and a run
         is folded when an event of its position that does not commute with a mark comes (or at
         the end): one fold and one datetime per run instead of one per mark. Realized cash
-        flows are collected and settled in one pass at the end. Facts at or below last_seq
-        are ignored.
+        flows and the closes the statistics count are collected and settled at the end.
+        Facts at or below last_seq are ignored.
 
         A mark may come as `MarkText` (a rebuild's reader leaves its numbers text): only the
         numbers a fold uses are parsed, and one that is not a number raises IntegrityError at
@@ -242,14 +265,15 @@ class Book:
         # for an open position, and the position's next other event folds it first)
         runs: dict[str, list[FoldFact]] = {}
         cash: list[tuple[str, Decimal]] = []
-        self._cash = cash
+        counts: list[tuple[Position, int]] = []
+        self._cash, self._counts = cash, counts
         try:
             last = self._fold_facts(facts, runs)
             for run in runs.values():
                 self._fold_run(run)
         finally:
-            self._cash = None
-            self._settle(cash)
+            self._cash = self._counts = None
+            self._settle(cash, counts)
         if last != self.last_seq:
             self.last_seq = last
             self.last_hash = last_hash
@@ -292,38 +316,43 @@ class Book:
     def _fold_run(self, run: list[FoldFact]) -> None:
         """A run of marks on one open position: its last mark folded, after what the earlier
         ones reported that it does not (the last margin, Bybit's openTime, a sighting)."""
-        seq, occurred_us, event = run[-1]
-        if type(event) is MarkText:
-            try:
-                event = mark_from_text(event)
-            except msgspec.ValidationError as exc:
-                raise IntegrityError(seq, f"body does not decode: {exc}") from None
-        assert type(event) is PositionMarked
-        position = self.open[event.position_id]
+        seq, occurred_us, last = run[-1]
+        position = self.open[last.position_id]  # type: ignore[union-attr]
+        if type(last) is MarkText:  # only the numbers folded are parsed
+            price = _number(last.mark_price, seq)
+            pnl, margin_text = last.unrealized_pnl, last.initial_margin
+            unrealized = None if pnl is None else _number(pnl, seq)
+            reported = None if margin_text is None else _number(margin_text, seq)
+        else:
+            assert type(last) is PositionMarked
+            price, unrealized, reported = last.mark_price, last.unrealized_pnl, last.initial_margin
+        opened_ms = last.exchange_opened_ms
+        seen = position.exchange_seen or last.source is Source.EXCHANGE
         if len(run) > 1:
             earlier = run[-2::-1]  # latest first
-            # `marked` keeps the position's margin when a mark's is None or zero
-            if not event.initial_margin:
+            if not reported:  # a mark without a margin keeps the last one reported
                 for at, _, mark in earlier:
                     margin = mark.initial_margin  # type: ignore[union-attr]
                     if margin is not None and _reported(margin, at):
-                        position = msgspec.structs.replace(
-                            position, real_initial_margin=_number(margin, at)
-                        )
+                        reported = _number(margin, at)
                         break
-            if not event.exchange_opened_ms:
+            if not opened_ms:
                 for _, _, mark in earlier:
                     if mark.exchange_opened_ms:  # type: ignore[union-attr]
-                        position = msgspec.structs.replace(
-                            position,
-                            exchange_opened_ms=mark.exchange_opened_ms,  # type: ignore[union-attr]
-                        )
+                        opened_ms = mark.exchange_opened_ms  # type: ignore[union-attr]
                         break
-            if not position.exchange_seen and event.source is not Source.EXCHANGE:
+            if not seen:
                 exchange = Source.EXCHANGE
-                if any(mark.source is exchange for _, _, mark in earlier):  # type: ignore[union-attr]
-                    position = msgspec.structs.replace(position, exchange_seen=True)
-        self.open[event.position_id] = fold.marked(position, event, from_micros(occurred_us))
+                seen = any(mark.source is exchange for _, _, mark in earlier)  # type: ignore[union-attr]
+        self.open[position.position_id] = fold.marked_with(
+            position,
+            price=price,
+            unrealized_pnl=unrealized,
+            margin=reported if reported else position.real_initial_margin,
+            opened_ms=opened_ms or position.exchange_opened_ms,
+            seen=seen,
+            at=from_micros(occurred_us),
+        )
 
     def copy(self) -> Book:
         """An independent copy; Positions are immutable, so sharing them is safe."""
@@ -479,6 +508,11 @@ def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
 
 # a margin's text that starts with one of these is not zero (no need to parse it to know)
 _NONZERO_LEAD = frozenset("123456789")
+
+
+def _exact(acc: Accumulators) -> bytes:
+    """Every figure of the sums, exactly (a Decimal's digits and exponent, dict order)."""
+    return msgspec.json.encode(acc)
 
 
 def _number(value: Decimal | str | int, seq: int) -> Decimal:

@@ -149,20 +149,43 @@ def opened(event: PositionOpened, at: datetime) -> Position:
 
 
 def marked(position: Position, event: PositionMarked, at: datetime) -> Position:
-    unrealized = event.unrealized_pnl
-    if unrealized is None:
-        unrealized = price_pnl(position.side, position.qty, position.entry_price, event.mark_price)
-    margin_known = event.initial_margin if event.initial_margin else position.real_initial_margin
-    margin = initial_margin(position.qty, position.entry_price, position.leverage, margin_known)
+    margin = event.initial_margin
+    return marked_with(
+        position,
+        price=event.mark_price,
+        unrealized_pnl=event.unrealized_pnl,
+        # a mark without a margin (None or zero) keeps the one the position has
+        margin=margin if margin else position.real_initial_margin,
+        opened_ms=event.exchange_opened_ms or position.exchange_opened_ms,
+        seen=position.exchange_seen or event.source is Source.EXCHANGE,
+        at=at,
+    )
+
+
+def marked_with(
+    position: Position,
+    *,
+    price: Decimal,
+    unrealized_pnl: Decimal | None,
+    margin: Decimal | None,
+    opened_ms: int | None,
+    seen: bool,
+    at: datetime,
+) -> Position:
+    """`marked` from the figures a mark (or a run of marks, see Book.apply_facts) leaves: the
+    price and PnL, the margin the exchange last reported, Bybit's openTime, a sighting."""
+    if unrealized_pnl is None:
+        unrealized_pnl = price_pnl(position.side, position.qty, position.entry_price, price)
+    used = initial_margin(position.qty, position.entry_price, position.leverage, margin)
     return msgspec.structs.replace(
         position,
-        current_price=event.mark_price,
-        unrealized_pnl=unrealized,
-        real_initial_margin=margin_known,
-        roe_percentage=roe_pct(unrealized, margin),
+        current_price=price,
+        unrealized_pnl=unrealized_pnl,
+        real_initial_margin=margin,
+        roe_percentage=roe_pct(unrealized_pnl, used),
         marked_at=at,
-        exchange_opened_ms=event.exchange_opened_ms or position.exchange_opened_ms,
-        exchange_seen=position.exchange_seen or event.source is Source.EXCHANGE,
+        exchange_opened_ms=opened_ms,
+        exchange_seen=seen,
     )
 
 

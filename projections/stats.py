@@ -69,13 +69,12 @@ class Accumulators(msgspec.Struct, kw_only=True):
                     deepest = drawdown
         self.equity, self.peak_equity, self.max_drawdown = equity, peak, deepest
 
-    def running(self) -> tuple[object, ...]:
-        """The running figures realize moves, exactly (digits and exponent, not just value)."""
-        return (
-            self.equity.as_tuple(),
-            self.peak_equity.as_tuple(),
-            self.max_drawdown.as_tuple(),
-        )
+    def settle(self, amounts: list[Decimal], counts: list[tuple[Position, int]]) -> None:
+        """realize_all(amounts), then each close counted (+1) or taken back (-1) in order:
+        the two move different sums, so each keeps only its own order."""
+        self.realize_all(amounts)
+        for position, sign in counts:
+            self._count(position, sign)
 
     def record_close(self, position: Position) -> None:
         self._count(position, 1)

@@ -1,6 +1,7 @@
-"""A rebuild reads marks with their numbers as text (MarkText) and parses only those it folds:
-the book must be the one the exact decoder gives, and a number that is no number must still
-stop the fold when the fold needs it."""
+"""The rebuild's fast path (Book.apply_facts over what iterate_fold_facts reads) builds the
+book `apply` builds: marks read with their numbers as text (MarkText) and parsed only when
+folded, runs of marks folded once, cash flows and closes settled per page, across accounts and
+from a snapshot; and a number that is no number still stops the fold when the fold needs it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ledger.codec import SCHEMA_VERSION, MarkText, decode_for_fold, encode_event
 from ledger.envelope import Recorded
 from ledger.errors import IntegrityError
 from ledger.events import (
+    DEFAULT_ACCOUNT,
     AnyEvent,
     FundingRecorded,
     PositionClosed,
@@ -25,7 +27,7 @@ from ledger.events import (
 from ledger.store.base import FactRow, facts_from_rows, fold_facts_from_rows
 from ledger.values import Side, Source, to_micros
 from projections.book import Book, fold_records
-from projections.snapshot import encode_snapshot
+from projections.snapshot import decode_snapshot, encode_snapshot
 from tests.strategies import T0, Stamper
 
 
@@ -43,14 +45,16 @@ def test_mark_text_mirrors_position_marked() -> None:
     assert MarkText.__struct_config__.tag == "PositionMarked"
 
 
-def opened(position_id: str) -> PositionOpened:
+def opened(position_id: str, account: str = DEFAULT_ACCOUNT) -> PositionOpened:
     return PositionOpened(
         position_id=position_id,
-        symbol="BTC/USDT:USDT",
+        symbol="BTC/USDT:USDT" if position_id == "a" else "ETH/USDT:USDT",
         side=Side.BUY,
         qty=Decimal("0.5"),
         entry_price=Decimal(40_000),
         leverage=5,
+        fee=Decimal("1.25"),
+        account=account,
     )
 
 
@@ -75,10 +79,12 @@ marks = st.builds(
 fundings = st.sampled_from(["a", "b"]).map(
     lambda p: FundingRecorded(position_id=p, amount=Decimal("-0.1"), execution_id="f")
 )
-closes = st.sampled_from(["a", "b"]).map(
-    lambda p: PositionClosed(
-        position_id=p, qty=Decimal("0.5"), price=Decimal(1), realized_pnl=Decimal(0)
-    )
+closes = st.builds(
+    PositionClosed,
+    position_id=st.sampled_from(["a", "b"]),
+    qty=st.just(Decimal("0.5")),
+    price=st.just(Decimal(1)),
+    realized_pnl=st.decimals(min_value=-50, max_value=50, places=2),
 )
 # mostly marks, in runs broken now and then by another event of a position
 events = st.lists(st.one_of(marks, marks, marks, marks, marks, fundings, closes), max_size=60)
@@ -120,6 +126,36 @@ def test_marks_read_as_text_fold_into_the_exact_book(events: list[AnyEvent], pag
     rows = rows_of(records)
     same(fold_rows(rows, page), applied)
     same(fold_rows(rows, page, facts_from_rows), applied)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    accounts=st.tuples(*[st.sampled_from([DEFAULT_ACCOUNT, "desk"])] * 2),
+    events=events,
+    page=st.integers(1, 9),
+    data=st.data(),
+)
+def test_the_fast_path_across_accounts_and_from_a_snapshot(
+    accounts: tuple[str, str], events: list[AnyEvent], page: int, data: st.DataObject
+) -> None:
+    records = Stamper().stamp_all([opened("a", accounts[0]), opened("b", accounts[1]), *events])
+    applied = fold_records(records)
+    applied.last_hash = "h"
+    rows = rows_of(records)
+    same(fold_rows(rows, page), applied)
+    # a book from positions.json (its sums decoded, not built) taking the rest of the log
+    cut = data.draw(st.integers(0, len(records)), label="cut")
+    resumed = decode_snapshot(encode_snapshot(fold_records(records[:cut]), T0))
+    for start in range(cut, len(rows), page):
+        resumed.apply_facts(fold_facts_from_rows(rows[start : start + page]), last_hash="h")
+    if cut == len(records):
+        resumed.last_hash = "h"
+    # (positions.json keeps no list of skipped events: only those after it are known)
+    assert resumed.skipped == [seq for seq in applied.skipped if seq > cut]
+    resumed.skipped = applied.skipped
+    same(resumed, applied)
+    assert resumed.accounts == applied.accounts
+    assert resumed.summary(accounts[1]) == applied.summary(accounts[1])
 
 
 def mark(price: str = "1", margin: str | None = None) -> PositionMarked:
@@ -184,3 +220,31 @@ def test_a_body_that_does_not_decode_still_raises() -> None:
     with pytest.raises(IntegrityError) as caught:
         fold_facts_from_rows(rows)
     assert caught.value.seq == 2
+
+
+def test_an_accounts_sums_apart_from_the_fleets_are_settled_apart() -> None:
+    """One account whose sums are not the fleet's (a positions.json from before accounts, say)
+    gets its own flows, not a copy of the fleet's sums."""
+    records = Stamper().stamp_all(
+        [
+            opened("a"),
+            FundingRecorded(position_id="a", amount=Decimal("-3.5"), execution_id="f"),
+            PositionClosed(
+                position_id="a", qty=Decimal("0.5"), price=Decimal(1), realized_pnl=Decimal(7)
+            ),
+        ]
+    )
+
+    def start() -> Book:
+        book = Book()
+        book.acc.equity = book.acc.peak_equity = Decimal(100)
+        book.acc.closed_trades = 4
+        return book
+
+    applied = start()
+    applied.apply_all(records)
+    fast = start()
+    fast.apply_facts(fold_facts_from_rows(rows_of(records)), last_hash=records[-1].hash)
+    assert fast.acc == applied.acc
+    assert fast.accounts == applied.accounts
+    assert fast.accounts[DEFAULT_ACCOUNT] != fast.acc
