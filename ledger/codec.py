@@ -53,11 +53,12 @@ class MarkText(
     into, since most marks are superseded by the next mark of their position and never folded.
 
     Making its four Decimals is most of what decoding a mark costs (about two thirds): a fold
-    parses the numbers of the marks it folds
-    (`mark_from_text`), the last of each run, and reads of the others only what a run keeps
-    (the margin, Bybit's openTime, the source). Fields, types and defaults mirror
-    PositionMarked's (a test holds them together); a number that is neither a JSON string nor
-    an int (a float, say) fails this decode and the page is decoded exactly instead.
+    (Book.apply_facts) parses only the numbers of the marks it folds, the last of each run
+    (`number_from_text`), and reads of the others only what a run keeps (the margin, Bybit's
+    openTime, the source). Fields, types and defaults mirror PositionMarked's, and
+    `mark_from_text` gives the event the exact decoder reads (tests hold both); a number that
+    is neither a JSON string nor an int (a float, say) fails this decode and the page is
+    decoded exactly instead.
     """
 
     position_id: str

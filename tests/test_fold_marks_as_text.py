@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.codec import SCHEMA_VERSION, MarkText, decode_for_fold, encode_event
+from ledger.codec import (
+    SCHEMA_VERSION,
+    MarkText,
+    decode_current,
+    decode_for_fold,
+    encode_event,
+    mark_from_text,
+)
 from ledger.envelope import Recorded
 from ledger.errors import IntegrityError
 from ledger.events import (
@@ -88,6 +95,18 @@ closes = st.builds(
 )
 # mostly marks, in runs broken now and then by another event of a position
 events = st.lists(st.one_of(marks, marks, marks, marks, marks, fundings, closes), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(event=marks)
+def test_a_mark_read_as_text_is_the_mark_the_exact_decoder_reads(event: PositionMarked) -> None:
+    body = encode_event(event)
+    text = decode_for_fold(body)
+    assert isinstance(text, MarkText)
+    exact = decode_current(body)
+    assert mark_from_text(text) == exact
+    # equal numbers are not enough: the same digits and exponent (what positions.json shows)
+    assert encode_event(mark_from_text(text)) == encode_event(exact)
 
 
 def rows_of(records: list[Recorded]) -> list[FactRow]:

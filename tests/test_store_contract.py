@@ -29,6 +29,8 @@ from ledger.store.memory import MemoryEventStore
 from ledger.store.postgres import TABLE, PostgresEventStore
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side, to_micros
+from projections.book import Book, fold_records
+from projections.snapshot import encode_snapshot
 from tests.strategies import T0
 
 T = TypeVar("T")
@@ -457,6 +459,31 @@ async def test_iterate_facts_is_seq_time_and_event_of_each_record(store: EventSt
     assert await facts(after_seq=4, to_seq=8) == expected(records[4:8])
     assert await facts(until=T0 + timedelta(seconds=5)) == expected(records[:6])
     assert await facts(after_seq=10) == []
+
+
+async def test_iterate_fold_facts_fold_into_the_book_of_the_records(store: EventStore) -> None:
+    """What a rebuild reads (marks may come with their numbers as text) folds into the book
+    the records themselves fold into, whatever the range and the page size."""
+    records = await store.append(sample_batch(23))
+
+    async def folded(**where: object) -> Book:
+        book = Book()
+        async for page in store.iterate_fold_facts(page_size=4, **where):  # type: ignore[arg-type]
+            book.apply_facts(page, last_hash="h")
+        return book
+
+    def expected(chosen: list[Recorded]) -> bytes:
+        book = fold_records(chosen)
+        book.last_hash = "h"
+        return encode_snapshot(book, T0) + repr(book.skipped).encode()
+
+    def of(book: Book) -> bytes:
+        return encode_snapshot(book, T0) + repr(book.skipped).encode()
+
+    assert of(await folded()) == expected(records)
+    assert of(await folded(to_seq=17)) == expected(records[:17])
+    assert of(await folded(after_seq=4, to_seq=17)) == expected(records[4:17])
+    assert of(await folded(until=T0 + timedelta(seconds=9))) == expected(records[:10])
 
 
 async def test_sqlite_iterate_facts_names_a_body_that_does_not_decode(db_path: Path) -> None:
