@@ -167,6 +167,24 @@ def decode_event(body: bytes, schema_version: int = SCHEMA_VERSION) -> AnyEvent:
     return upcasted
 
 
+def decode_for_fold_at(body: bytes, schema_version: int) -> FoldEvent:
+    """decode_for_fold for a body stored under any schema version: a mark of an older version
+    that no upcaster changes is read as MarkText too (it is one whatever its version), the
+    rest through decode_event's upcasters; raises msgspec.ValidationError/DecodeError."""
+    if schema_version < SCHEMA_VERSION and not any(
+        ("PositionMarked", version) in UPCASTERS
+        for version in range(schema_version, SCHEMA_VERSION)
+    ):
+        try:
+            event = _fold_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass  # decode_event says what is wrong, or upcasts what this cannot read
+        else:
+            if type(event) is MarkText:
+                return event
+    return decode_event(body, schema_version)
+
+
 def event_type(event: AnyEvent) -> str:
     """The union tag of an event (its class name)."""
     return type(event).__name__

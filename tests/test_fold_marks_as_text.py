@@ -18,6 +18,7 @@ from ledger.codec import (
     MarkText,
     decode_current,
     decode_for_fold,
+    decode_for_fold_at,
     encode_event,
     mark_from_text,
 )
@@ -267,3 +268,25 @@ def test_an_accounts_sums_apart_from_the_fleets_are_settled_apart() -> None:
     assert fast.acc == applied.acc
     assert fast.accounts == applied.accounts
     assert fast.accounts[DEFAULT_ACCOUNT] != fast.acc
+
+
+@settings(max_examples=50, deadline=None)
+@given(events=events, page=st.integers(1, 9))
+def test_a_log_of_the_first_schema_folds_as_its_upcast_events(
+    events: list[AnyEvent], page: int
+) -> None:
+    """Schema 1 knew no accounts: its bodies have none, and its marks read as text too."""
+    records = Stamper().stamp_all([opened("a"), opened("b"), *events])
+    expected = fold_records(records)
+    expected.last_hash = "h"
+    first: list[FactRow] = []
+    for seq, at, _, body in rows_of(records):
+        raw = msgspec.json.decode(body)
+        if raw["type"] == "PositionOpened":
+            del raw["account"]
+        first.append((seq, at, 1, msgspec.json.encode(raw)))
+    same(fold_rows(first, page), expected)
+    same(fold_rows(first, page, facts_from_rows), expected)
+    for _, _, _, body in first:
+        if b'"type":"PositionMarked"' in body:
+            assert isinstance(decode_for_fold_at(body, 1), MarkText)  # no upcaster changes a mark

@@ -51,6 +51,7 @@ from ledger.codec import (
     decode_current,
     decode_event,
     decode_for_fold,
+    decode_for_fold_at,
     encode_event,
     event_type,
 )
@@ -310,7 +311,7 @@ def fold_facts_from_rows(rows: Sequence[FactRow]) -> Sequence[FoldFact]:
             (
                 seq,
                 occurred_us,
-                decode(body) if schema == SCHEMA_VERSION else decode_event(body, schema),
+                decode(body) if schema == SCHEMA_VERSION else decode_for_fold_at(body, schema),
             )
             for seq, occurred_us, schema, body in rows
         ]
