@@ -293,7 +293,10 @@ class GroupCommit(Generic[J]):
         StoreUnavailable on a thread holding the role (it would wait for itself)."""
         if self._writer.on_thread:
             raise StoreUnavailable("a write cannot wait for another while it holds the role")
-        if self._enter(job):
+        # A thread running an event loop leads even when someone drains already: that one
+        # may be a task of this very loop parked in its yield, which cannot resume while this
+        # thread blocks (a second drainer is safe: each takes its jobs under the lock).
+        if self._enter(job) or asyncio._get_running_loop() is not None:
             self._lead(inline=True, may_wait=True)
         job.done.wait_blocking()
 
