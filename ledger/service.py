@@ -272,9 +272,10 @@ class Ledger:
         group, self._task_group = self._task_group, None
         try:
             if jobs is not None:
-                # the writer thread drains the jobs already queued before this barrier
+                # the writer thread runs every job queued before this barrier, those waiting
+                # behind a caller running its group inline included (not on its queue yet)
                 with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-                    await self.store.writer.call(lambda: None)
+                    await self.store.writer.call(jobs.flush)
             if group is not None:
                 group.cancel_scope.cancel()
                 # the body's own exception goes on as it is, not wrapped in an ExceptionGroup

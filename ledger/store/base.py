@@ -645,6 +645,12 @@ class EventStore(abc.ABC):
             )
         return self._writer
 
+    def _finish_appends(self) -> None:
+        """Run the appends queued so far, those behind a caller running its group inline
+        included; call holding the role (the writer thread, when closing)."""
+        if self._appends is not None:
+            self._appends.flush()
+
     def _stop_writer(self) -> None:
         writer, self._writer = self._writer, None
         self._appends = None

@@ -323,10 +323,18 @@ class SQLiteEventStore(EventStore):
             await reader.close()
         writer = self._writer
         if writer is not None:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(StoreUnavailable):
-                    await writer.call(lambda: _close_writer(conn))  # after every pending write
+
+            def finish() -> None:
+                # holding the role, so after the transaction of a caller running inline, and
+                # with the connection it may have reopened (never one left open, never None
+                # under a write already queued)
+                self._finish_appends()
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    _close_writer(conn)
+
+            with contextlib.suppress(StoreUnavailable):
+                await writer.call(finish)  # after every pending write
             self._stop_writer()  # its queue is empty by now: the join is immediate
 
     def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:

@@ -305,6 +305,14 @@ class GroupCommit(Generic[J]):
         if self._enter(job):
             self._lead(inline=False, may_wait=True)
 
+    def flush(self) -> None:
+        """Run every job queued so far, holding the role (call it on the writer thread, e.g.
+        before closing): jobs queued behind an inline leader are not on the writer's queue
+        until that leader hands them over."""
+        if not self._writer.on_thread:
+            raise StoreUnavailable("flush runs holding the writer role")
+        self._drain()
+
     def _enter(self, job: J) -> bool:
         """Queue the job; True when the caller must lead (nobody drains now)."""
         with self._lock:
