@@ -530,6 +530,8 @@ class Ledger:
             raise
         except BaseException as failure:
             self._fail_group(group, state, failure)
+            if state.culprit is None and not isinstance(failure, Exception):
+                raise  # KeyboardInterrupt, SystemExit in this thread (not a decider's own)
         else:
             assert state.work is not None
             self._book = state.work  # publish: one assignment, readers see all or nothing

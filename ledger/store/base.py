@@ -749,6 +749,8 @@ class EventStore(abc.ABC):
             for pending in group:
                 pending.error = pending.error or error
                 pending.result = []
+            if not isinstance(failure, Exception):  # KeyboardInterrupt, SystemExit: the
+                raise  # thread running the group (a caller inline) hears it too, once settled
         finally:
             if settle:
                 for pending in group:

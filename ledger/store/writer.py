@@ -360,17 +360,23 @@ class GroupCommit(Generic[J]):
         group = self._take()
         if group is None:
             return
+        interrupted: BaseException | None = None
         try:
             self._process(group)
         except WouldWait:  # nothing was done: the writer thread runs it, and may wait
             self._put_back(group)
-        except BaseException:  # process settles its jobs in a finally
+        except Exception:  # process settles its jobs in a finally
             log.exception("group commit failed outside its own guards")
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: the jobs are settled;
+            interrupted = exc  # this is the caller's own thread: it hears it, not a log line
         with self._lock:
-            if not self._pending:
+            idle = not self._pending
+            if idle:
                 self._draining = False
-                return
-        self._hand_over()
+        if not idle:
+            self._hand_over()
+        if interrupted is not None:
+            raise interrupted
 
     def _drain(self) -> None:
         while (group := self._take()) is not None:
