@@ -11,6 +11,7 @@ the suite.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import multiprocessing
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 import anyio
 import pytest
 
+from ledger.blocking import ThreadSafePositionManager
 from ledger.commands import ClosePosition, MarkPosition, OpenPosition
 from ledger.envelope import NewEvent, Recorded
 from ledger.errors import StoreError, StoreUnavailable
@@ -703,3 +705,115 @@ def test_async_blocking_and_processes_hammering_one_file_keep_one_chain(
         timeout=WATCHDOG,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# -- ThreadSafePositionManager: its own loop thread, many threads, closing under them ----------
+
+
+def open_kwargs(symbol: str) -> dict[str, object]:
+    return {
+        "symbol": symbol,
+        "side": "long",
+        "entry_price": 100,
+        "position_size": 200,
+        "leverage": 5,
+    }
+
+
+def test_the_manager_called_on_its_own_loop_while_a_task_there_leads(tmp_path: Path) -> None:
+    """Code on the ledger's own loop thread (as a sync or a subscriber runs there) starts an
+    async command, which parks in its yield as leader, then makes a blocking manager call."""
+    manager = ThreadSafePositionManager(
+        tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
+    )
+    portal = manager._portal
+    assert portal is not None
+
+    async def on_the_ledgers_loop() -> tuple[str, list[int]]:
+        leader = asyncio.create_task(manager.ledger.transact(opening("async")))
+        await asyncio.sleep(0)  # the leader entered and is parked in its yield
+        pid = manager.thread_safe_create_position(**open_kwargs("BLOCKUSDT"))
+        return pid, [r.seq for r in await leader]
+
+    outcome: list[tuple[str, list[int]]] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(portal.call(on_the_ledgers_loop)), daemon=True
+    )
+    caller.start()
+    caller.join(WATCHDOG)
+    if caller.is_alive():  # a hung loop cannot be closed either: leave it to its daemon
+        atexit.unregister(manager.close)
+        pytest.fail("hung: a blocking call on the ledger's loop")
+    try:
+        [(pid, seqs)] = outcome
+        assert seqs in ([1], [2])
+        assert {p.position_id for p in manager.exact.get_active_positions()} == {pid, "async"}
+    finally:
+        manager.close()
+
+
+def transacting(
+    decider: Callable[[Book], Sequence[Plan]],
+) -> Callable[[Ledger], Coroutine[Any, Any, list[Recorded]]]:
+    return lambda ledger: ledger.transact(decider)
+
+
+def test_many_threads_and_async_commands_on_the_managers_loop_then_close_under_them(
+    tmp_path: Path,
+) -> None:
+    """Eight threads make blocking commands while four others drive async commands on the
+    ledger's loop (the path the Bybit sync takes); then the manager closes while a last wave
+    runs. Every call returns (stored, or StoreUnavailable once closed), and every stored
+    position is in the log, which verifies."""
+    db = tmp_path / "ledger.db"
+    manager = ThreadSafePositionManager(tmp_path / "positions.json", db_path=db, settings=SETTINGS)
+    stored: list[str] = []
+    refused: list[BaseException] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(12 + 1, timeout=WATCHDOG)
+    reached = threading.Barrier(12 + 1, timeout=WATCHDOG)  # eight commands each, then close
+
+    def blocking(i: int) -> None:
+        ready.wait()
+        for k in range(12):
+            if k == 8:
+                reached.wait()
+            try:
+                pid = manager.thread_safe_create_position(**open_kwargs(f"B{i}K{k}USDT"))
+            except StoreUnavailable as exc:
+                with lock:
+                    refused.append(exc)
+                continue
+            with lock:
+                stored.append(pid)
+
+    def via_loop(i: int) -> None:
+        ready.wait()
+        for k in range(12):
+            if k == 8:
+                reached.wait()
+            pid = f"a{i}k{k}"
+            try:
+                manager._acall(transacting(opening(pid)))
+            except StoreUnavailable as exc:
+                with lock:
+                    refused.append(exc)
+                continue
+            with lock:
+                stored.append(pid)
+
+    threads = [threading.Thread(target=blocking, args=(i,), daemon=True) for i in range(8)]
+    threads += [threading.Thread(target=via_loop, args=(i,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    reached.wait()
+    manager.close()  # while the last wave runs
+    for thread in threads:
+        thread.join(WATCHDOG)
+    assert not any(thread.is_alive() for thread in threads), "a caller hung across close"
+    assert len(stored) + len(refused) == 12 * 12
+    assert len(stored) >= 8 * 12  # the first eight commands of each thread came before close
+    records = anyio.run(log_of, db)
+    opened = [r.stream for r in records if isinstance(r.event, PositionOpened)]
+    assert sorted(opened) == sorted(stored)  # acknowledged = stored, nothing twice
