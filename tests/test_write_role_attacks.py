@@ -817,3 +817,39 @@ def test_many_threads_and_async_commands_on_the_managers_loop_then_close_under_t
     records = anyio.run(log_of, db)
     opened = [r.stream for r in records if isinstance(r.event, PositionOpened)]
     assert sorted(opened) == sorted(stored)  # acknowledged = stored, nothing twice
+
+
+# -- a subscriber writing back into the ledger ---------------------------------------------
+
+
+def test_a_subscriber_writing_back_blocking_and_async_never_hangs(db_path: Path) -> None:
+    """A subscriber on the ledger's loop answers each open with a blocking command (on the
+    loop thread) and an async one, while a task of the same loop leads a group of its own."""
+
+    async def main() -> tuple[list[str], int, int]:
+        async with Ledger(db_path, settings=SETTINGS) as ledger:
+            answered: list[str] = []
+
+            async def subscriber() -> None:
+                async for record in ledger.subscribe():
+                    name = record.stream
+                    if not isinstance(record.event, PositionOpened) or name[0] != "o":
+                        continue
+                    leader = asyncio.create_task(ledger.transact(opening(f"t{name}")))
+                    await asyncio.sleep(0)  # a task of this loop leads, parked in its yield
+                    ledger.transact_blocking(opening(f"b{name}"))
+                    await ledger.transact(opening(f"a{name}"))
+                    await leader
+                    answered.append(name)
+                    if len(answered) == 5:
+                        return
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(subscriber)
+                await anyio.wait_all_tasks_blocked()
+                for i in range(5):
+                    await ledger.transact(opening(f"o{i}"))
+            return sorted(answered), len(ledger.book.open), ledger.last_seq
+
+    assert run_on_own_loop(main) == ([f"o{i}" for i in range(5)], 20, 20)
+    assert len(anyio.run(log_of, db_path)) == 20
