@@ -33,8 +33,9 @@ from ledger.errors import StoreError, StoreUnavailable
 from ledger.events import PositionMarked, PositionOpened
 from ledger.service import Ledger, Plan
 from ledger.settings import Settings
-from ledger.store.base import StoreTransaction
+from ledger.store.base import EventStore, StoreTransaction
 from ledger.store.memory import MemoryEventStore
+from ledger.store.postgres import PostgresEventStore
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
 from projections.book import Book
@@ -853,3 +854,67 @@ def test_a_subscriber_writing_back_blocking_and_async_never_hangs(db_path: Path)
 
     assert run_on_own_loop(main) == ([f"o{i}" for i in range(5)], 20, 20)
     assert len(anyio.run(log_of, db_path)) == 20
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+async def test_every_store_closed_under_an_inline_append_finishes_what_was_queued(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The same close as above on the other backends: the inline append and the two queued
+    behind it all commit, in order, before the store closes."""
+    store: EventStore
+    if kind == "memory":
+        store = MemoryEventStore()
+    else:
+        store = PostgresEventStore(request.getfixturevalue("pg_url"))
+    await store.open()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_first(n: int) -> None:
+        if n == 1:
+            inside.set()
+            release.wait(WATCHDOG)
+
+    wrap_transactions(store, hold_first)  # type: ignore[arg-type]
+    appends = store._append_queue()
+    entered = threading.Semaphore(0)
+    real_enter = appends._enter
+
+    def counted_enter(job: Any) -> bool:
+        leads = real_enter(job)
+        entered.release()
+        return leads
+
+    appends._enter = counted_enter  # type: ignore[method-assign]
+    outcomes: dict[str, object] = {}
+
+    def append(event_id: str) -> None:
+        try:
+            outcomes[event_id] = store.append_blocking([marked(event_id)])[0].seq
+        except BaseException as exc:
+            outcomes[event_id] = exc
+
+    threads = [threading.Thread(target=append, args=("lead",))]
+    threads[0].start()
+    await anyio.to_thread.run_sync(inside.wait)
+    for name in ("q1", "q2"):
+        threads.append(threading.Thread(target=append, args=(name,)))
+        threads[-1].start()
+    for _ in range(3):
+        await anyio.to_thread.run_sync(entered.acquire)
+    async with anyio.create_task_group() as group:
+        group.start_soon(store.close)
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    for thread in threads:
+        await anyio.to_thread.run_sync(thread.join, WATCHDOG)
+    assert outcomes["lead"] == 1, outcomes
+    assert sorted([outcomes["q1"], outcomes["q2"]]) == [2, 3], outcomes  # type: ignore[type-var]
+    if isinstance(store, PostgresEventStore):  # what was acknowledged is in the table
+        store = PostgresEventStore(request.getfixturevalue("pg_url"), read_only=True)
+        await store.open()
+        try:
+            assert next(r.event_id for r in await store.read()) == "lead"
+            assert (await store.head()).seq == 3
+        finally:
+            await store.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
 from ledger.clock import Clock, system_clock
 from ledger.envelope import Recorded
+from ledger.errors import StoreUnavailable
 from ledger.store.base import (
     ChainReport,
     ChainVerifier,
@@ -55,6 +57,10 @@ class MemoryEventStore(EventStore):
         self._start_writer("memory-store-writer")
 
     async def close(self) -> None:
+        writer = self._writer
+        if writer is not None:  # the appends queued behind a caller writing inline commit
+            with contextlib.suppress(StoreUnavailable):
+                await writer.call(self._finish_appends)
         self._stop_writer()
 
     def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:

@@ -265,10 +265,17 @@ class PostgresEventStore(EventStore):
         """Finish queued writes, then close both connections. Idempotent."""
         writer = self._writer
         if writer is not None:
-            conn, self._writer_conn = self._writer_conn, None
-            if conn is not None:
-                with contextlib.suppress(StoreUnavailable):
-                    await writer.call(conn.close)  # queued after every pending write
+
+            def finish() -> None:
+                # holding the role: after a caller's inline transaction and the appends
+                # queued behind it, with the connection it may have reopened
+                self._finish_appends()
+                conn, self._writer_conn = self._writer_conn, None
+                if conn is not None:
+                    conn.close()
+
+            with contextlib.suppress(StoreUnavailable):
+                await writer.call(finish)  # after every pending write
             self._stop_writer()
         reader, self._reader = self._reader, None
         if reader is not None:
