@@ -55,6 +55,16 @@ class WouldWait(Exception):
     writer thread instead. Never reaches a caller."""
 
 
+class _Wakeups(threading.local):
+    """Completions set on this thread while it holds a writer role: woken once it has freed
+    the role, so a woken caller's next write finds the role free (no needless hand-off)."""
+
+    held: list[Completion] | None = None
+
+
+_wakeups = _Wakeups()
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():  # a cancelled caller no longer waits
         future.set_result(None)
@@ -92,7 +102,15 @@ class Completion:
         return self._future is not None
 
     def set(self) -> None:
-        """Wake the waiter (from any thread); never raises."""
+        """Wake the waiter (from any thread; on a thread holding a writer role, once it has
+        freed it); never raises."""
+        held = _wakeups.held
+        if held is not None:
+            held.append(self)
+            return
+        self._wake()
+
+    def _wake(self) -> None:
         if self._blocked is not None:
             with contextlib.suppress(RuntimeError):  # set already
                 self._blocked.release()
@@ -127,12 +145,12 @@ class _Call(Generic[T]):
         self.error: BaseException | None = None
 
     def __call__(self) -> None:
-        """Run fn; the writer thread wakes the caller once it has freed the role, so the
-        caller's next write finds the role free."""
         try:
             self.result = self.fn()
         except BaseException as exc:  # handed to the caller's thread, never lost here
             self.error = exc
+        finally:
+            self.done.set()
 
     def outcome(self) -> T:
         if self.error is not None:
@@ -154,9 +172,23 @@ class WriterThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def _release(self) -> None:
+    def _hold(self, *, may_wait: bool) -> list[Completion] | None:
+        """Mark the role (acquired) as this thread's; returns the wake-ups held before (a
+        thread may hold two stores' roles, one inside the other)."""
+        self._holder, self._may_wait = threading.get_ident(), may_wait
+        before, _wakeups.held = _wakeups.held, []
+        return before
+
+    def _release(self, before: list[Completion] | None) -> None:
+        """Free the role, then wake the callers whose jobs were settled meanwhile."""
+        woken, _wakeups.held = _wakeups.held, before
         self._holder, self._may_wait = None, True
         self._role.release()
+        for done in woken or ():
+            if before is None:
+                done._wake()
+            else:  # still inside another role of this thread: after that one
+                before.append(done)
 
     def _run(self) -> None:
         while True:
@@ -164,15 +196,13 @@ class WriterThread:
             if fn is None:
                 return
             self._role.acquire()
-            self._holder = threading.get_ident()
+            before = self._hold(may_wait=True)
             try:
                 fn()
             except BaseException:  # the callables settle their own callers; keep going
                 log.exception("a job of the store's writer failed")
             finally:
-                self._release()
-                if isinstance(fn, _Call):
-                    fn.done.set()
+                self._release(before)
 
     @property
     def on_thread(self) -> bool:
@@ -192,13 +222,13 @@ class WriterThread:
         a caller that may wait (a plain thread) waits for the role instead."""
         if self._stopped or not self._role.acquire(blocking=may_wait):
             return False
-        self._holder, self._may_wait = threading.get_ident(), may_wait
+        before = self._hold(may_wait=may_wait)
         try:
             if self._stopped:
                 return False
             fn()
         finally:
-            self._release()
+            self._release(before)
         return True
 
     def submit(self, fn: Callable[[], None]) -> None:
