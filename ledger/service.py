@@ -32,7 +32,7 @@ from ledger.commands import (
     RecordPartialExit,
     funding_key,
 )
-from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
+from ledger.envelope import GENESIS_HASH, Fact, NewEvent, Recorded
 from ledger.errors import (
     BookOutOfStep,
     ImportRejected,
@@ -62,7 +62,7 @@ from ledger.snapshot_file import (
     read_identified,
     write_atomic,
 )
-from ledger.store.base import EventStore, StoreTransaction, Waiter
+from ledger.store.base import EventStore, Savepoint, StoreTransaction, Waiter
 from ledger.store.factory import Location, backup_to_sqlite, is_url, make_store
 from ledger.store.writer import Completion, GroupCommit, WouldWait
 from ledger.values import (
@@ -76,6 +76,7 @@ from ledger.values import (
     positive,
     text,
     to_decimal,
+    to_micros,
     utc,
 )
 from projections.book import Book
@@ -546,7 +547,15 @@ class Ledger:
 
     def _decide_group(self, tx: StoreTransaction, group: list[_Job], state: _Group) -> None:
         """Decide each job against a fork of the book, in its own guard: any Exception of one
-        job (its decider, encoding or staging its events, folding them) fails it alone."""
+        job (its decider, encoding or staging its events, folding them) fails it alone.
+
+        Marks are folded lazily. A mark command's decision reads only whether its position is
+        open, which no mark changes, so the marks of consecutive mark commands wait and are
+        folded together (`Book.apply_facts`: a run of marks on one position is folded once,
+        as a rebuild folds them) before any other job is decided, and at the end. Should that
+        fold fail, the waiting marks are unstaged and their jobs decided again one by one, each
+        folded at once, so the job whose events the book cannot take still fails alone.
+        """
         state.tail = tx.tail
         base = self._book if self._broken is None else self._reloaded(tx, state)
         work = self._fold(base, tx.tail, [])
@@ -554,30 +563,65 @@ class Ledger:
         ids = _EventIds(len(group))
         loaded: set[str] = set()  # streams whose version this transaction knows
         accepted: list[Recorded] = []
+        waiting: list[Recorded] = []  # staged marks not folded into work yet
+        # where the waiting began: the job's index, the staging before it, accepted's length
+        since: tuple[int, Savepoint, int] = (0, tx.savepoint(), 0)
+        # marks wait only where there are others to fold with; never again in this group
+        # once a fold of waiting marks failed (one job at a time from there)
+        lazy = len(group) > 1
+        i = 0
         with ledger_context():  # once for the group (a decider from `_checked` enters its own)
-            for job in group:
-                mark = tx.savepoint()
-                folding = False
-                try:
-                    records = self._stage_job(tx, work, job, now, ids, loaded)
-                    appended = [r for r in records if r.seq > work.last_seq]
-                    folding = True
-                    work.apply_all(appended)
-                except Exception as refused:  # handed back to the caller, not swallowed
-                    tx.rollback_to(mark)
-                    job.error = (
-                        refused
-                        if isinstance(refused, LedgerError) or not folding
-                        else StoreError(f"cannot apply these events, nothing stored: {refused!r}")
-                    )
-                    if folding:  # the fork took part of this job's events: build it again
-                        work = self._fold(base, tx.tail, accepted)
-                    continue
-                except BaseException:
-                    state.culprit = job
-                    raise
-                accepted.extend(appended)
-                job.result = records
+            while True:
+                while i < len(group):
+                    job = group[i]
+                    waits = lazy and _decides_a_mark(job.decide)
+                    if waiting and not waits:
+                        if not _fold_waiting(work, waiting, now):
+                            break
+                        waiting = []
+                    i += 1
+                    mark = tx.savepoint()
+                    folding = False
+                    try:
+                        records = self._stage_job(tx, work, job, now, ids, loaded)
+                        if waits:
+                            if not waiting:
+                                since = (i - 1, mark, len(accepted))
+                            waiting.extend(records)
+                            appended = records  # all new: a command has no keys
+                        else:
+                            appended = [r for r in records if r.seq > work.last_seq]
+                            folding = True
+                            work.apply_all(appended)
+                    except Exception as refused:  # handed back to the caller, not swallowed
+                        tx.rollback_to(mark)
+                        job.result = []
+                        job.error = (
+                            refused
+                            if isinstance(refused, LedgerError) or not folding
+                            else StoreError(
+                                f"cannot apply these events, nothing stored: {refused!r}"
+                            )
+                        )
+                        if folding:  # the fork took part of this job's events: build it again
+                            work = self._fold(base, tx.tail, accepted)
+                        continue
+                    except BaseException:
+                        state.culprit = job
+                        raise
+                    accepted.extend(appended)
+                    job.result = records
+                    job.error = None  # decided again after a failed fold of waiting marks
+                if not waiting or _fold_waiting(work, waiting, now):
+                    break
+                # the waiting marks could not be folded (work may hold part of them): unstage
+                # them and everything after, and decide those jobs again one at a time
+                i, mark, kept = since
+                tx.rollback_to(mark)
+                del accepted[kept:]
+                work = self._fold(base, tx.tail, accepted)
+                waiting = []
+                lazy = False
         state.work = work
 
     def _stage_job(
@@ -1153,6 +1197,26 @@ def _checked(decider: Decider) -> Decider:
         return [_checked_plan(plan) for plan in planned]
 
     return run
+
+
+def _decides_a_mark(decider: Decider) -> bool:
+    """A mark command's decider: its decision reads only whether the position is open."""
+    return type(decider) is _CommandDecider and type(decider.command) is MarkPosition
+
+
+def _fold_waiting(work: Book, waiting: list[Recorded], now: datetime) -> bool:
+    """Fold staged marks into the group's fork, as a rebuild folds them; False (work may
+    hold part of them) when the book cannot take them."""
+    now_us = to_micros(now)
+    facts: list[Fact] = [
+        (r.seq, now_us if r.occurred_at is now else to_micros(r.occurred_at), r.event)
+        for r in waiting
+    ]
+    try:
+        work.apply_facts(facts, last_hash=waiting[-1].hash)
+    except Exception:
+        return False
+    return True
 
 
 class _CommandDecider:

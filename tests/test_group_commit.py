@@ -318,3 +318,114 @@ async def test_commands_sharing_a_group_get_distinct_uuid4_ids_and_a_refused_one
         parsed = uuid.UUID(event_id)
         assert parsed.hex == event_id and parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+def _mixed_group(ledger: Ledger, ids: list[str]) -> list[Callable[[Book], Sequence[Plan]]]:
+    """Marks of several positions in runs, broken by an exit, a close, an open, a generic
+    decider that reads a mark, and marks the rules refuse (an unknown and a closed position)."""
+    from ledger.commands import OpenPosition
+    from ledger.service import close_command, partial_exit_command
+
+    a, b, c = ids
+
+    def mark(pid: str, price: int) -> Callable[[Book], Sequence[Plan]]:
+        return ledger._decider(mark_command(pid, price))
+
+    def reads_the_mark(book: Book) -> list[Plan]:
+        # a decider that reads what the marks before it set: they must be folded by now
+        position = book.open[b]
+        event = PositionMarked(position_id=b, mark_price=position.current_price + 1)
+        return [Plan(event)]
+
+    opening = OpenPosition(
+        position_id="late", symbol="LATEUSDT", side=Side.SELL, qty=Decimal(3),
+        entry_price=Decimal(50), leverage=4, account=ledger.account,
+    )  # fmt: skip
+    return [
+        mark(a, 101), mark(b, 202), mark(a, 103), mark(c, 305),
+        ledger._decider(partial_exit_command(a, price=104, qty=1)),
+        mark(a, 105), mark("nobody", 1), mark(b, 206),
+        reads_the_mark,
+        mark(b, 208), ledger._decider(close_command(c, price=309)), mark(c, 310),
+        mark(a, 107), ledger._decider(opening), mark("late", 51), mark(b, 209),
+    ]  # fmt: skip
+
+
+async def _open_three(ledger: Ledger) -> list[str]:
+    ids = []
+    for n, side in enumerate(["buy", "sell", "buy"]):
+        opened = await ledger.open_position(
+            f"M{n}USDT", side, entry_price=100 * (n + 1), qty=2 + n, leverage=3
+        )
+        ids.append(opened.position_id)
+    return ids
+
+
+async def test_marks_folded_together_leave_the_book_a_fold_of_the_log_gives(
+    db_path: Path,
+) -> None:
+    """A group's marks wait and are folded together (ledger.service._fold_waiting); the
+    published book is the one folding every stored event one at a time gives."""
+    from ledger.errors import PositionAlreadyClosed, UnknownPosition
+
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        ids = await _open_three(ledger)
+        outcomes, transactions = await one_group(ledger, _mixed_group(ledger, ids))
+        assert transactions == 1, "the jobs did not share one group"
+        failed = [type(o) for o in outcomes if isinstance(o, BaseException)]
+        assert failed == [UnknownPosition, PositionAlreadyClosed], outcomes
+        live = ledger.book
+    log = await stored(db_path)
+    folded = fold_records(log)
+    assert live.last_seq == folded.last_seq == log[-1].seq
+    assert live.last_hash == folded.last_hash
+    assert live.open == folded.open and dict(live.closed) == dict(folded.closed)
+    assert live.open[ids[1]].current_price == 209
+    assert live.open[ids[0]].current_price == 107 and live.open[ids[0]].qty == 1
+    assert ids[2] in live.closed and live.open["late"].current_price == 51
+    # the generic decider saw the marks before it: 206 + 1
+    b_marks = [r.event.mark_price for r in log if isinstance(r.event, PositionMarked)]
+    assert [m for m in b_marks if m // 100 == 2] == [202, 206, 207, 208, 209]
+
+
+async def test_a_mark_the_book_cannot_take_fails_alone_when_folded_with_others(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fold of waiting marks fails (here, on a mark at price 666): they are unstaged and
+    decided again one at a time, and only that mark's command fails."""
+    poison = Decimal(666)
+
+    def refusing(real: Callable[..., Any]) -> Callable[..., Any]:
+        def fold(book: Book, items: Any, *args: Any, **kwargs: Any) -> Any:
+            items = list(items) if not isinstance(items, Recorded) else items
+            for item in [items] if isinstance(items, Recorded) else items:
+                event = item.event if isinstance(item, Recorded) else item[2]
+                if isinstance(event, PositionMarked) and event.mark_price == poison:
+                    raise ArithmeticError("this book cannot take a mark at 666")
+            return real(book, items, *args, **kwargs)
+
+        return fold
+
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        ids = await _open_three(ledger)
+        monkeypatch.setattr(Book, "apply", refusing(Book.apply))
+        monkeypatch.setattr(Book, "apply_facts", refusing(Book.apply_facts))
+        a, b, _ = ids
+        deciders = [
+            ledger._decider(mark_command(pid, price))
+            for pid, price in [(a, 101), (b, 201), (a, 666), (b, 202), (a, 102)]
+        ]
+        outcomes, transactions = await one_group(ledger, deciders)
+        monkeypatch.undo()
+        assert transactions == 1
+        assert isinstance(outcomes[2], StoreError), outcomes[2]
+        assert all(isinstance(o, list) and len(o) == 1 for i, o in enumerate(outcomes) if i != 2)
+        live = ledger.book
+        after = await ledger.mark(a, 103)  # the ledger goes on
+    log = await stored(db_path)
+    marks = [r.event.mark_price for r in log if isinstance(r.event, PositionMarked)]
+    assert marks == [101, 201, 202, 102, 103]
+    assert len({r.event_id for r in log}) == len(log)
+    folded = fold_records(log[:-1])
+    assert live.open == folded.open and live.last_hash == folded.last_hash
+    assert after.current_price == 103
