@@ -180,10 +180,12 @@ def _random_uuids(count: int) -> str:
 class Ledger:
     """The position ledger, used as `async with Ledger("data/ledger.db") as ledger:`.
 
-    Every change goes through the store's writer thread: jobs queued while a transaction is
-    in flight share the next one (group commit), and each is decided against the book after
-    the events other processes appended are applied, inside the write lock, all in one call
-    on that thread (DESIGN in `ledger/store/base.py`). Each committed state is published as
+    Every change goes through one write transaction at a time, run by whoever holds the
+    store's writer role (the caller itself when nobody else writes, else the store's writer
+    thread): jobs queued while a transaction is in flight share the next one (group commit),
+    and each is decided against the book after the events other processes appended are
+    applied, inside the write lock, all in one call on one thread (DESIGN in
+    `ledger/store/base.py` and `ledger/store/writer.py`). Each committed state is published as
     a new book (one reference assignment), so readers on any thread see a committed state.
     """
 
@@ -474,7 +476,8 @@ class Ledger:
     async def transact(self, decider: Decider) -> list[Recorded]:
         """Decide against the current book inside the write transaction, then append.
 
-        The decider runs on the store's writer thread, synchronously, against a fork of the
+        The decider runs holding the store's writer role (on this task's loop when nobody else
+        writes, else on the store's writer thread), synchronously, against a fork of the
         book with every committed event applied. It may raise a LedgerError to refuse
         (nothing is appended); any exception it raises fails this job alone, as does one in
         encoding or folding its events; the other jobs of the group commit. Planned events
@@ -1168,7 +1171,7 @@ def mark_command(
 
 
 def _loop_caller() -> Callable[[Callable[[], None]], None] | None:
-    """A way to run a callback on the current event loop from the writer thread."""
+    """A way to run a callback on the current event loop from whichever thread commits."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # another async backend: subscribers poll, snapshots use the timer

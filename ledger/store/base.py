@@ -381,7 +381,7 @@ class Savepoint(msgspec.Struct, frozen=True):
 
 
 class StoreTransaction(abc.ABC):
-    """One write transaction, used synchronously on the store's writer thread.
+    """One write transaction, used synchronously on the thread holding the writer role.
 
     `tail` holds what other writers appended since this store last looked; callers apply it
     before deciding anything. Staging is pure bookkeeping: rows are inserted and committed
@@ -587,10 +587,11 @@ class EventStore(abc.ABC):
     `append` is atomic for the batch, idempotent by event_id, raises VersionConflict on a stale
     expected version (appending nothing), and returns only once the batch is durable.
 
-    Writing (see DESIGN in the module docstring): a backend owns one writer thread and
-    implements `run_transaction`, which runs a caller's unit of work synchronously inside one
-    write transaction on that thread. Everything else here (group commit, the async and
-    blocking entries) is built on those two and shared by every backend.
+    Writing (see DESIGN in the module docstring): a backend owns one writer role (and thread)
+    and implements `run_transaction`, which runs a caller's unit of work synchronously inside
+    one write transaction on the thread holding the role. Everything else here (group
+    commit, the async and blocking entries) is built on those two and shared by every
+    backend.
     """
 
     # how a read-only SQLite view was opened when it reads without locks (torn reads are
@@ -613,9 +614,9 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:
-        """Run `unit(tx)` inside one write transaction; call only on the writer thread.
+        """Run `unit(tx)` inside one write transaction; call only holding the writer role.
 
-        In order, all on the calling (writer) thread, with no hand-off in between: take the
+        In order, all on the calling thread, with no hand-off in between: take the
         write lock, exclusive across every writer of the log in any process (SQLite: BEGIN
         IMMEDIATE); read the tail, the records other writers committed since this store last
         looked, into `tx.tail` (the store counts them as seen from then on, whatever happens
@@ -628,7 +629,8 @@ class EventStore(abc.ABC):
         propagates (DuplicateEventId when a staged event_id is already stored); driver errors
         become a StoreError that names the cause (disk full, read-only, permission denied,
         file-size limit, locked). Raises StoreError, StoreUnavailable (not open, read-only,
-        called off the writer thread).
+        called without the writer role), WouldWait (where the role may not wait for the
+        lock, before anything is done).
         """
 
     # -- the writer thread -------------------------------------------------------------------
