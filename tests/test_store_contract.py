@@ -503,7 +503,7 @@ async def test_sqlite_iterate_facts_names_a_body_that_does_not_decode(db_path: P
 
 async def test_a_reader_stopping_early_leaves_the_store_usable(store: EventStore) -> None:
     records = await store.append(sample_batch(10))
-    async for page in store.iterate_facts(page_size=2):  # abandoned with a page read ahead
+    async for page in store.iterate_facts(page_size=2):  # abandoned after its first page
         assert [f[0] for f in page] == [1, 2]
         break
     assert await store.read() == records

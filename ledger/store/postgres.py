@@ -35,8 +35,7 @@ import psycopg
 from psycopg import sql
 
 from ledger.clock import Clock, system_clock
-from ledger.codec import FoldFact
-from ledger.envelope import Fact, Recorded
+from ledger.envelope import Recorded
 from ledger.errors import StoreError, StoreUnavailable
 from ledger.store.base import (
     ChainReport,
@@ -49,8 +48,6 @@ from ledger.store.base import (
     StagedRow,
     StoreTransaction,
     Waiter,
-    facts_from_rows,
-    fold_facts_from_rows,
     record_from_row,
     records_from_rows,
 )
@@ -401,32 +398,17 @@ class PostgresEventStore(EventStore):
         async for rows in self._pages(after_seq, to_seq, until, stream, page_size):
             yield records_from_rows(rows)
 
-    async def iterate_facts(
+    def _fact_row_pages(
         self,
         *,
-        after_seq: int = 0,
-        to_seq: int | None = None,
-        until: datetime | None = None,
-        page_size: int = 5000,
-    ) -> AsyncIterator[list[Fact]]:
-        # the four columns a fold reads (see FactRow), not the ten of a record
-        async for rows in self._pages(
+        after_seq: int,
+        to_seq: int | None,
+        until: datetime | None,
+        page_size: int,
+    ) -> AsyncIterator[Sequence[FactRow]]:
+        return self._pages(  # type: ignore[return-value]
             after_seq, to_seq, until, None, page_size, columns=_FACT_COLUMNS, convert=_fact_row
-        ):
-            yield facts_from_rows(rows)  # type: ignore[arg-type]
-
-    async def iterate_fold_facts(
-        self,
-        *,
-        after_seq: int = 0,
-        to_seq: int | None = None,
-        until: datetime | None = None,
-        page_size: int = 5000,
-    ) -> AsyncIterator[Sequence[FoldFact]]:
-        async for rows in self._pages(
-            after_seq, to_seq, until, None, page_size, columns=_FACT_COLUMNS, convert=_fact_row
-        ):
-            yield fold_facts_from_rows(rows)  # type: ignore[arg-type]
+        )
 
     async def iterate_rows(
         self,

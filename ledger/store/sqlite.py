@@ -15,8 +15,7 @@ import aiosqlite
 import anyio
 
 from ledger.clock import Clock, system_clock
-from ledger.codec import FoldFact
-from ledger.envelope import Fact, Recorded
+from ledger.envelope import Recorded
 from ledger.errors import StoreError, StoreUnavailable
 from ledger.private_files import create_private, written_aside
 from ledger.store._faults import describe, is_busy, unwritable_reason
@@ -25,12 +24,11 @@ from ledger.store.base import (
     ChainVerifier,
     DuplicateEventId,
     EventStore,
+    FactRow,
     Head,
     RowTuple,
     StagedRow,
     StoreTransaction,
-    facts_from_rows,
-    fold_facts_from_rows,
     record_from_row,
     records_from_rows,
 )
@@ -429,43 +427,22 @@ class SQLiteEventStore(EventStore):
         ):
             yield records_from_rows(rows)
 
-    async def iterate_facts(
+    def _fact_row_pages(
         self,
         *,
-        after_seq: int = 0,
-        to_seq: int | None = None,
-        until: datetime | None = None,
-        page_size: int = 5000,
-    ) -> AsyncIterator[list[Fact]]:
-        # four columns of ten: the rest (hash, ids, stream, version) would cost a Python
-        # object per cell, more than half of a full-row scan, and a fold reads none of them
-        async for rows in self._pages(
+        after_seq: int,
+        to_seq: int | None,
+        until: datetime | None,
+        page_size: int,
+    ) -> AsyncIterator[Sequence[FactRow]]:
+        return self._pages(  # type: ignore[return-value]
             after_seq=after_seq,
             to_seq=to_seq,
             until=until,
             stream=None,
             page_size=page_size,
             columns=_FACT_COLUMNS,
-        ):
-            yield facts_from_rows(rows)  # type: ignore[arg-type]
-
-    async def iterate_fold_facts(
-        self,
-        *,
-        after_seq: int = 0,
-        to_seq: int | None = None,
-        until: datetime | None = None,
-        page_size: int = 5000,
-    ) -> AsyncIterator[Sequence[FoldFact]]:
-        async for rows in self._pages(
-            after_seq=after_seq,
-            to_seq=to_seq,
-            until=until,
-            stream=None,
-            page_size=page_size,
-            columns=_FACT_COLUMNS,
-        ):
-            yield fold_facts_from_rows(rows)  # type: ignore[arg-type]
+        )
 
     async def iterate_rows(
         self,
