@@ -90,9 +90,7 @@ def run_on_own_loop(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return value
 
 
-def wrap_transactions(
-    store: SQLiteEventStore, before: Callable[[int], None]
-) -> list[tuple[int, int]]:
+def wrap_transactions(store: EventStore, before: Callable[[int], None]) -> list[tuple[int, int]]:
     """Call before(n) ahead of the store's n-th transaction (from 1); returns (n, thread id)."""
     calls: list[tuple[int, int]] = []
     real = store.run_transaction
@@ -161,13 +159,20 @@ def test_a_blocking_append_on_a_loop_whose_task_leads_does_not_hang(db_path: Pat
 # -- closing while a caller runs its group inline -------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "memory", "postgres"])
 async def test_closing_the_store_while_a_thread_appends_inline_finishes_every_queued_append(
-    db_path: Path,
+    kind: str, db_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A thread holds the role inside its own append; two more appends queue behind it; then
     the store is closed. Close must finish every write queued before it: the inline one on
     the connection it began with, the queued ones before the connection closes."""
-    store = SQLiteEventStore(db_path)
+    store: EventStore
+    if kind == "sqlite":
+        store = SQLiteEventStore(db_path)
+    elif kind == "memory":
+        store = MemoryEventStore()
+    else:
+        store = PostgresEventStore(request.getfixturevalue("pg_url"))
     await store.open()
     inside, release = threading.Event(), threading.Event()
 
@@ -212,7 +217,16 @@ async def test_closing_the_store_while_a_thread_appends_inline_finishes_every_qu
     assert sorted(outcomes) == ["lead", "q1", "q2"]
     assert outcomes["lead"] == 1, outcomes
     assert sorted([outcomes["q1"], outcomes["q2"]]) == [2, 3], outcomes  # type: ignore[type-var]
-    assert next(r.event_id for r in await log_of(db_path)) == "lead"
+    if isinstance(store, SQLiteEventStore):
+        assert next(r.event_id for r in await log_of(db_path)) == "lead"
+    elif isinstance(store, PostgresEventStore):  # what was acknowledged is in the table
+        reader = PostgresEventStore(request.getfixturevalue("pg_url"), read_only=True)
+        await reader.open()
+        try:
+            assert next(r.event_id for r in await reader.read()) == "lead"
+            assert (await reader.head()).seq == 3
+        finally:
+            await reader.close()
 
 
 async def test_closing_the_ledger_while_a_thread_commits_inline_runs_every_queued_job(
@@ -325,7 +339,7 @@ def test_an_interrupt_during_an_inline_command_reaches_its_thread_and_the_ledger
                 if n == 1:
                     raise KeyboardInterrupt
 
-            wrap_transactions(ledger.store, interrupt_first)  # type: ignore[arg-type]
+            wrap_transactions(ledger.store, interrupt_first)
 
             def bot() -> str:
                 try:
@@ -352,7 +366,7 @@ async def test_a_base_exception_in_a_decider_on_the_loop_fails_its_group_and_fre
 ) -> None:
     loop_thread = threading.get_ident()
     async with Ledger(db_path, settings=SETTINGS) as ledger:
-        transactions = wrap_transactions(ledger.store, lambda n: None)  # type: ignore[arg-type]
+        transactions = wrap_transactions(ledger.store, lambda n: None)
 
         def poisoned(book: Book) -> list[Plan]:
             raise Poison
@@ -854,67 +868,3 @@ def test_a_subscriber_writing_back_blocking_and_async_never_hangs(db_path: Path)
 
     assert run_on_own_loop(main) == ([f"o{i}" for i in range(5)], 20, 20)
     assert len(anyio.run(log_of, db_path)) == 20
-
-
-@pytest.mark.parametrize("kind", ["memory", "postgres"])
-async def test_every_store_closed_under_an_inline_append_finishes_what_was_queued(
-    kind: str, request: pytest.FixtureRequest
-) -> None:
-    """The same close as above on the other backends: the inline append and the two queued
-    behind it all commit, in order, before the store closes."""
-    store: EventStore
-    if kind == "memory":
-        store = MemoryEventStore()
-    else:
-        store = PostgresEventStore(request.getfixturevalue("pg_url"))
-    await store.open()
-    inside, release = threading.Event(), threading.Event()
-
-    def hold_first(n: int) -> None:
-        if n == 1:
-            inside.set()
-            release.wait(WATCHDOG)
-
-    wrap_transactions(store, hold_first)  # type: ignore[arg-type]
-    appends = store._append_queue()
-    entered = threading.Semaphore(0)
-    real_enter = appends._enter
-
-    def counted_enter(job: Any) -> bool:
-        leads = real_enter(job)
-        entered.release()
-        return leads
-
-    appends._enter = counted_enter  # type: ignore[method-assign]
-    outcomes: dict[str, object] = {}
-
-    def append(event_id: str) -> None:
-        try:
-            outcomes[event_id] = store.append_blocking([marked(event_id)])[0].seq
-        except BaseException as exc:
-            outcomes[event_id] = exc
-
-    threads = [threading.Thread(target=append, args=("lead",))]
-    threads[0].start()
-    await anyio.to_thread.run_sync(inside.wait)
-    for name in ("q1", "q2"):
-        threads.append(threading.Thread(target=append, args=(name,)))
-        threads[-1].start()
-    for _ in range(3):
-        await anyio.to_thread.run_sync(entered.acquire)
-    async with anyio.create_task_group() as group:
-        group.start_soon(store.close)
-        await anyio.wait_all_tasks_blocked()
-        release.set()
-    for thread in threads:
-        await anyio.to_thread.run_sync(thread.join, WATCHDOG)
-    assert outcomes["lead"] == 1, outcomes
-    assert sorted([outcomes["q1"], outcomes["q2"]]) == [2, 3], outcomes  # type: ignore[type-var]
-    if isinstance(store, PostgresEventStore):  # what was acknowledged is in the table
-        store = PostgresEventStore(request.getfixturevalue("pg_url"), read_only=True)
-        await store.open()
-        try:
-            assert next(r.event_id for r in await store.read()) == "lead"
-            assert (await store.head()).seq == 3
-        finally:
-            await store.close()
