@@ -330,11 +330,6 @@ class GroupCommit(Generic[J]):
             self._lead(inline=True, may_wait=True)
         job.done.wait_blocking()
 
-    def submit(self, job: J) -> None:
-        """Queue a job for the writer thread (no caller leads); raises StoreUnavailable."""
-        if self._enter(job):
-            self._lead(inline=False, may_wait=True)
-
     def flush(self) -> None:
         """Run every job queued so far, holding the role (call it on the writer thread, e.g.
         before closing): jobs queued behind an inline leader are not on the writer's queue
