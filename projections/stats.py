@@ -26,8 +26,15 @@ class SymbolStats(msgspec.Struct, kw_only=True):
     funding: Decimal = ZERO
 
 
-class Accumulators(msgspec.Struct, kw_only=True):
-    """Running sums over every realized cash flow; snapshotted so snapshot + tail == rebuild."""
+class Accumulators(msgspec.Struct, kw_only=True, dict=True):
+    """Running sums over every realized cash flow; snapshotted so snapshot + tail == rebuild.
+
+    `per_symbol` is shared between copies until one of them writes it (see `copy`): the
+    Ledger forks the book, and with it these sums, for every write transaction, and a bot
+    trading many symbols (or a benchmark opening each position on a new one) paid a copy and
+    a free of the whole dict per command. `dict=True` only gives instances room for the
+    flag below; it is no field, so it is neither encoded nor compared.
+    """
 
     closed_trades: int = 0
     wins: int = 0
@@ -39,6 +46,9 @@ class Accumulators(msgspec.Struct, kw_only=True):
     peak_equity: Decimal = ZERO
     max_drawdown: Decimal = ZERO
     per_symbol: dict[str, SymbolStats] = msgspec.field(default_factory=dict)
+
+    # True while per_symbol may be shared with a copy: copied before this one writes it
+    _symbols_shared = False
 
     def realize(self, amount: Decimal) -> None:
         """A realized cash flow moves equity; track its peak and the deepest fall from it."""
@@ -89,7 +99,11 @@ class Accumulators(msgspec.Struct, kw_only=True):
         pnl = position.realized_pnl if sign > 0 else _C.minus(position.realized_pnl)
         fees = position.fees if sign > 0 else _C.minus(position.fees)
         funding = position.funding if sign > 0 else _C.minus(position.funding)
-        before = self.per_symbol.get(position.symbol) or SymbolStats()
+        per_symbol = self.per_symbol
+        if self._symbols_shared:  # a copy holds this dict too: write a dict of our own
+            per_symbol = self.per_symbol = dict(per_symbol)
+            self._symbols_shared = False
+        before = per_symbol.get(position.symbol) or SymbolStats()
         self.closed_trades += sign
         self.closed_realized_pnl = _C.add(self.closed_realized_pnl, pnl)
         won = position.realized_pnl > 0
@@ -100,7 +114,7 @@ class Accumulators(msgspec.Struct, kw_only=True):
             self.losses += sign
             self.gross_loss = _C.add(self.gross_loss, pnl)
         # a new SymbolStats, never the old one changed: copies share them (see copy)
-        self.per_symbol[position.symbol] = SymbolStats(
+        per_symbol[position.symbol] = SymbolStats(
             closed_trades=before.closed_trades + sign,
             wins=before.wins + (sign if won else 0),
             losses=before.losses + (0 if won else sign),
@@ -110,9 +124,15 @@ class Accumulators(msgspec.Struct, kw_only=True):
         )
 
     def copy(self) -> Accumulators:
-        """An independent copy in O(symbols) dict work: the SymbolStats inside are shared,
-        since the fold replaces them rather than changing them."""
-        return msgspec.structs.replace(self, per_symbol=dict(self.per_symbol))
+        """An independent copy in O(1): per_symbol is shared until either side records a
+        close (`_count` copies it first), and the SymbolStats inside stay shared, since the
+        fold replaces them rather than changing them. The flag is set on this side too: a
+        book that is copied and then folded on (not only the Ledger's published ones, which
+        are never folded again) must not write into its copy's dict."""
+        self._symbols_shared = True
+        other = msgspec.structs.replace(self)
+        other._symbols_shared = True
+        return other
 
 
 class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,6 +20,7 @@ from ledger.commands import (
 from ledger.events import (
     AnyEvent,
     PartialExitRecorded,
+    PositionClosed,
     PositionMarked,
     PositionOpened,
     RulesConfigured,
@@ -425,6 +426,34 @@ def test_copy_is_independent() -> None:
     assert copy.summary().closed_trades == 0
     assert copy.acc.equity == 0 and session.book.acc.equity == 50
     assert session.book.summary().closed_trades == 1
+
+
+def test_copy_and_successor_keep_per_symbol_figures_apart() -> None:
+    """The per-symbol sums are shared by a copy until one side records a close: a close
+    folded on either side after a fork never shows in the other's figures."""
+    session = Session()
+    first = session.open(symbol="SOL/USDT:USDT")
+    second = session.open(symbol="BTC/USDT:USDT")
+    session.close(first, "110")
+    before = session.book
+    fork = before.successor()
+    # the fork folds a close: the book it came from keeps its own figures
+    fork.apply(
+        session.stamper.stamp(
+            PositionClosed(position_id=second, qty=D(5), price=D(90), realized_pnl=D(-50))
+        )
+    )
+    assert list(fork.summary().per_symbol) == ["BTC/USDT:USDT", "SOL/USDT:USDT"]
+    assert list(before.summary().per_symbol) == ["SOL/USDT:USDT"]
+    assert before.accounts["default"].per_symbol.keys() == {"SOL/USDT:USDT"}
+    # and the book that was copied, folded on afterwards, does not write into its copy
+    copy = session.book.copy()
+    third = session.open(symbol="ETH/USDT:USDT")
+    session.close(third, "120")
+    assert set(session.book.summary().per_symbol) == {"SOL/USDT:USDT", "ETH/USDT:USDT"}
+    assert set(copy.summary().per_symbol) == {"SOL/USDT:USDT"}
+    assert copy.acc.per_symbol["SOL/USDT:USDT"].closed_trades == 1
+    assert set(copy.accounts["default"].per_symbol) == {"SOL/USDT:USDT"}
 
 
 def test_open_for_finds_by_symbol_and_side_in_opening_order() -> None:
