@@ -275,6 +275,11 @@ class ThreadSafePositionManager:
             account=self.account,
         )
         mark = _first_mark(command, kwargs)
+        if mark is None and opened_at is None:
+            # the command alone, now: the ledger's command path (checked once here, decided
+            # in the transaction like any command), the same events as the plan below
+            self.ledger.execute_blocking(command)
+            return command.position_id
         limits = self.settings.limits
 
         def plan(book: Book) -> list[Plan]:

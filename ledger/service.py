@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -141,33 +141,59 @@ class _Group:
 
 
 def new_position_id() -> str:
-    return f"pos_{uuid.uuid4().hex[:12]}"
+    """`pos_` and 12 random hex digits: the first 12 of a uuid4's hex, as
+    `uuid.uuid4().hex[:12]` gives them (all random: the version digit is the 13th), drawn
+    from this thread's pool (see _UuidPool)."""
+    return "pos_" + _uuids.take()[:12]
 
 
 # uuid4's version and variant bits set on every byte of a buffer, through bytes.translate
 _UUID_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
 _UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+_POOL_UUIDS = 256  # drawn from os.urandom at once: 4 KiB, a system call per 256 ids
+
+
+class _UuidPool(threading.local):
+    """This thread's supply of random uuid4s as 32 hex digits, as `uuid.uuid4().hex` makes
+    them, drawn from os.urandom a few hundred at a time: a system call and a UUID object per
+    id were a tenth of a concurrent command's time, and a draw per group still a few
+    microseconds of every sequential command's. Never shared: each thread has its own, and a
+    forked child starts with a new, empty one (`_fresh_pool_in_child`), so a parent and its
+    child never hand out the same ids from one draw."""
+
+    hex = ""
+    at = 0
+
+    def take(self) -> str:
+        at = self.at
+        if at == len(self.hex):
+            self.hex, at = _random_uuids(_POOL_UUIDS), 0
+        self.at = at + 32
+        return self.hex[at : at + 32]
+
+
+_uuids = _UuidPool()
+
+
+def _fresh_pool_in_child() -> None:
+    global _uuids
+    _uuids = _UuidPool()
+
+
+os.register_at_fork(after_in_child=_fresh_pool_in_child)
 
 
 class _EventIds:
-    """Event ids for one group's new events: random uuid4s as 32 hex digits, as
-    `uuid.uuid4().hex` makes them, but drawn from os.urandom once per group rather than once
-    per event (a system call and a UUID object each were a tenth of a concurrent command's
-    time). Made for each group and dropped with it: never shared by two threads, nor by a
-    process and a child forked from it."""
+    """Event ids for one group's new events: random uuid4s (32 hex digits) from the pool of
+    the thread running the group (see _UuidPool)."""
 
-    __slots__ = ("_at", "_hex")
+    __slots__ = ("_pool",)
 
     def __init__(self, expected: int) -> None:
-        self._hex = _random_uuids(max(expected, 1))
-        self._at = 0
+        self._pool = _uuids
 
     def next(self) -> str:
-        at = self._at
-        if at == len(self._hex):
-            self._hex, at = _random_uuids(16), 0
-        self._at = at + 32
-        return self._hex[at : at + 32]
+        return self._pool.take()
 
 
 def _random_uuids(count: int) -> str:

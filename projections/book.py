@@ -400,7 +400,12 @@ class Book:
         frozen base layer under a small recent one, merged once the recent layer outgrows
         the square root of the base.
         """
-        other = Book()
+        # not Book(): its fresh dicts and sums would be made only to be replaced (the Ledger
+        # forks a book per write transaction); every attribute __init__ sets is set here
+        # (tests/test_projections.py::test_successor_sets_what_init_sets)
+        other = Book.__new__(Book)
+        other._cash = None
+        other._counts = None
         other.open = dict(self.open)
         other.closed = _layered(self.closed)
         other.balance = self.balance

@@ -428,6 +428,17 @@ def test_copy_is_independent() -> None:
     assert session.book.summary().closed_trades == 1
 
 
+def test_successor_sets_what_init_sets() -> None:
+    """Book.successor builds its book without __init__: it must set every attribute that
+    __init__ does (one added there and forgotten there would fail only on a fork)."""
+    session = Session()
+    session.close(session.open(), "110")
+    fork = session.book.successor()
+    assert vars(fork).keys() == vars(Book()).keys()
+    assert fork.summary() == session.book.summary()
+    assert dict(fork.closed) == dict(session.book.closed)
+
+
 def test_copy_and_successor_keep_per_symbol_figures_apart() -> None:
     """The per-symbol sums are shared by a copy until one side records a close: a close
     folded on either side after a fork never shows in the other's figures."""

@@ -1,0 +1,70 @@
+"""Event and position ids drawn from a per-thread pool of random uuid4s (ledger.service)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+import warnings
+
+from ledger.service import _EventIds, new_position_id
+
+
+def _is_uuid4_hex(value: str) -> bool:
+    parsed = uuid.UUID(value)
+    return parsed.hex == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_ids_are_uuid4_hex_and_distinct_across_many_pool_refills() -> None:
+    ids = _EventIds(1)
+    drawn = [ids.next() for _ in range(2000)]  # several refills of the pool
+    assert len(set(drawn)) == len(drawn)
+    assert all(_is_uuid4_hex(event_id) for event_id in drawn)
+    positions = [new_position_id() for _ in range(2000)]
+    assert len(set(positions)) == len(positions)
+    assert all(p.startswith("pos_") and len(p) == 16 for p in positions)
+    assert all(int(p[4:], 16) >= 0 for p in positions)
+
+
+def test_threads_draw_from_pools_of_their_own() -> None:
+    drawn: list[list[str]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def draw(into: list[str]) -> None:
+        start.wait()
+        ids = _EventIds(1)
+        into.extend(ids.next() for _ in range(1000))
+
+    threads = [threading.Thread(target=draw, args=(into,)) for into in drawn]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [event_id for into in drawn for event_id in into]
+    assert len(set(every)) == len(every) == 4000
+
+
+def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
+    """The pool is refilled after a fork: a child that inherited a half-used pool would give
+    the very ids its parent gives next (the same bytes in both processes' memory)."""
+    ids = _EventIds(1)
+    ids.next()  # the pool is filled and partly used when the process forks
+    reader, writer = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns of forking a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: its next ids, through the pipe, and out without cleanup
+        try:
+            child = _EventIds(1)
+            os.write(writer, "".join(child.next() for _ in range(8)).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        child_hex = pipe.read().decode()
+    os.waitpid(pid, 0)
+    child_ids = {child_hex[i : i + 32] for i in range(0, len(child_hex), 32)}
+    assert len(child_ids) == 8
+    parent_ids = {ids.next() for _ in range(8)}
+    assert not child_ids & parent_ids
+    assert all(_is_uuid4_hex(event_id) for event_id in child_ids)
