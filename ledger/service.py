@@ -62,7 +62,7 @@ from ledger.snapshot_file import (
     read_identified,
     write_atomic,
 )
-from ledger.store.base import EventStore, Savepoint, StoreTransaction, Waiter
+from ledger.store.base import EventStore, StoreTransaction, Waiter
 from ledger.store.factory import Location, backup_to_sqlite, is_url, make_store
 from ledger.store.writer import Completion, GroupCommit, WouldWait
 from ledger.values import (
@@ -578,12 +578,14 @@ class Ledger:
         """Decide each job against a fork of the book, in its own guard: any Exception of one
         job (its decider, encoding or staging its events, folding them) fails it alone.
 
-        Marks are folded lazily. A mark command's decision reads only whether its position is
-        open, which no mark changes, so the marks of consecutive mark commands wait and are
-        folded together (`Book.apply_facts`: a run of marks on one position is folded once,
-        as a rebuild folds them) before any other job is decided, and at the end. Should that
-        fold fail, the waiting marks are unstaged and their jobs decided again one by one, each
-        folded at once, so the job whose events the book cannot take still fails alone.
+        Runs of mark commands are decided, staged and folded together (`_decide_marks`): a
+        mark command's decision reads only whether its position is open, which no mark
+        changes, so each mark of a run is decided on the fork as it was before the run, the
+        run's events are staged in one call and folded in one (`Book.apply_facts`: a run of
+        marks on one position is folded once, as a rebuild folds them), before the next other
+        job is decided. Should the run's staging or fold fail, nothing of it stays, and its
+        jobs and every later one of the group are decided again one at a time, each staged and
+        folded at once, so the job whose events cannot be stored or folded still fails alone.
         """
         state.tail = tx.tail
         base = self._book if self._broken is None else self._reloaded(tx, state)
@@ -592,66 +594,111 @@ class Ledger:
         ids = _EventIds(len(group))
         loaded: set[str] = set()  # streams whose version this transaction knows
         accepted: list[Recorded] = []
-        waiting: list[Recorded] = []  # staged marks not folded into work yet
-        # where the waiting began: the job's index, the staging before it, accepted's length
-        since: tuple[int, Savepoint, int] = (0, tx.savepoint(), 0)
-        # marks wait only where there are others to fold with; never again in this group
-        # once a fold of waiting marks failed (one job at a time from there)
-        lazy = len(group) > 1
-        i = 0
+        # runs of marks only where there are others to share with; never again in this group
+        # once a run could not be staged or folded (one job at a time from there)
+        together = len(group) > 1
+        i, count = 0, len(group)
         with ledger_context():  # once for the group (a decider from `_checked` enters its own)
-            while True:
-                while i < len(group):
-                    job = group[i]
-                    waits = lazy and _decides_a_mark(job.decide)
-                    if waiting and not waits:
-                        if not _fold_waiting(work, waiting, now):
-                            break
-                        waiting = []
-                    i += 1
-                    mark = tx.savepoint()
-                    folding = False
-                    try:
-                        records = self._stage_job(tx, work, job, now, ids, loaded)
-                        if waits:
-                            if not waiting:
-                                since = (i - 1, mark, len(accepted))
-                            waiting.extend(records)
-                            appended = records  # all new: a command has no keys
-                        else:
-                            appended = [r for r in records if r.seq > work.last_seq]
-                            folding = True
-                            work.apply_all(appended)
-                    except Exception as refused:  # handed back to the caller, not swallowed
-                        tx.rollback_to(mark)
-                        job.result = []
-                        job.error = (
-                            refused
-                            if isinstance(refused, LedgerError) or not folding
-                            else StoreError(
-                                f"cannot apply these events, nothing stored: {refused!r}"
-                            )
-                        )
-                        if folding:  # the fork took part of this job's events: build it again
-                            work = self._fold(base, tx.tail, accepted)
-                        continue
-                    except BaseException:
-                        state.culprit = job
-                        raise
-                    accepted.extend(appended)
-                    job.result = records
-                    job.error = None  # decided again after a failed fold of waiting marks
-                if not waiting or _fold_waiting(work, waiting, now):
-                    break
-                # the waiting marks could not be folded (work may hold part of them): unstage
-                # them and everything after, and decide those jobs again one at a time
-                i, mark, kept = since
-                tx.rollback_to(mark)
-                del accepted[kept:]
-                work = self._fold(base, tx.tail, accepted)
-                waiting = []
-                lazy = False
+            while i < count:
+                job = group[i]
+                if together and _decides_a_mark(job.decide):
+                    end = i + 1
+                    while end < count and _decides_a_mark(group[end].decide):
+                        end += 1
+                    if end - i > 1:
+                        run = group[i:end]
+                        records = self._decide_marks(tx, work, run, state, now, ids, loaded)
+                        if records is not None:
+                            accepted.extend(records)
+                            i = end
+                            continue
+                        # nothing of the run stayed staged; work may hold part of it
+                        work = self._fold(base, tx.tail, accepted)
+                        together = False
+                i += 1
+                mark = tx.savepoint()
+                folding = False
+                try:
+                    records = self._stage_job(tx, work, job, now, ids, loaded)
+                    appended = [r for r in records if r.seq > work.last_seq]
+                    folding = True
+                    work.apply_all(appended)
+                except Exception as refused:  # handed back to the caller, not swallowed
+                    tx.rollback_to(mark)
+                    job.result = []
+                    job.error = (
+                        refused
+                        if isinstance(refused, LedgerError) or not folding
+                        else StoreError(f"cannot apply these events, nothing stored: {refused!r}")
+                    )
+                    if folding:  # the fork took part of this job's events: build it again
+                        work = self._fold(base, tx.tail, accepted)
+                    continue
+                except BaseException:
+                    state.culprit = job
+                    raise
+                accepted.extend(appended)
+                job.result = records
+                job.error = None  # decided again after a run of marks failed together
         state.work = work
+
+    def _decide_marks(
+        self,
+        tx: StoreTransaction,
+        work: Book,
+        run: list[_Job],
+        state: _Group,
+        now: datetime,
+        ids: _EventIds,
+        loaded: set[str],
+    ) -> list[Recorded] | None:
+        """Decide a run of mark commands on work as it is, stage their events in one call and
+        fold them in one; the records. A job whose decision fails fails alone. None when the
+        staging or the fold failed: nothing of the run is staged then, and work may hold part
+        of it (the caller decides the run again one job at a time)."""
+        start = tx.savepoint()
+        fresh: list[NewEvent] = []
+        decided: list[tuple[_Job, int]] = []
+        unknown: set[str] = set()
+        for job in run:
+            decider = job.decide
+            assert type(decider) is _CommandDecider  # see _decides_a_mark
+            try:
+                events = decider.events(work)
+            except Exception as refused:  # handed back to the caller, not swallowed
+                job.result = []
+                job.error = refused
+                continue
+            except BaseException:
+                state.culprit = job
+                raise
+            for event in events:
+                stream = stream_of(event)
+                if stream not in loaded:
+                    unknown.add(stream)
+                fresh.append(
+                    NewEvent(stream=stream, event=event, event_id=ids.next(), occurred_at=now)
+                )
+            decided.append((job, len(events)))
+        if not fresh:
+            return []
+        try:
+            if unknown:
+                tx.load_versions(unknown)
+                loaded.update(unknown)
+            records = tx.stage(fresh)  # all or nothing
+        except Exception:
+            tx.rollback_to(start)
+            return None
+        if not _fold_waiting(work, records, now):
+            tx.rollback_to(start)
+            return None
+        at = 0
+        for job, made in decided:
+            job.result = records[at : at + made]
+            job.error = None  # decided again after a run of marks failed together
+            at += made
+        return records
 
     def _stage_job(
         self,

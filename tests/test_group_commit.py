@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
-from ledger.envelope import Recorded
+from ledger.envelope import NewEvent, Recorded
 from ledger.errors import BookOutOfStep, StoreError
 from ledger.events import PositionMarked, PositionOpened
 from ledger.service import Ledger, Plan, mark_command
@@ -429,3 +429,42 @@ async def test_a_mark_the_book_cannot_take_fails_alone_when_folded_with_others(
     folded = fold_records(log[:-1])
     assert live.open == folded.open and live.last_hash == folded.last_hash
     assert after.current_price == 103
+
+
+async def test_a_mark_that_cannot_be_staged_fails_alone_when_staged_with_others(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of marks is staged in one call (ledger.service._decide_marks), all or nothing:
+    when it fails (here, on a mark at price 666) nothing of the run stays staged, its jobs
+    are decided again one at a time, and only that mark's command fails."""
+    poison = Decimal(666)
+    real = StoreTransaction.stage
+    calls: list[int] = []
+
+    def stage(tx: StoreTransaction, batch: Sequence[NewEvent], **kwargs: Any) -> list[Recorded]:
+        calls.append(len(batch))
+        marks = [new.event for new in batch if isinstance(new.event, PositionMarked)]
+        if any(event.mark_price == poison for event in marks):
+            raise ValueError("this store cannot take a mark at 666")
+        return real(tx, batch, **kwargs)
+
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        ids = await _open_three(ledger)
+        a, b, _ = ids
+        deciders = [
+            ledger._decider(mark_command(pid, price))
+            for pid, price in [(a, 101), (b, 201), (a, 666), (b, 202), (a, 102)]
+        ]
+        monkeypatch.setattr(StoreTransaction, "stage", stage)
+        outcomes, transactions = await one_group(ledger, deciders)
+        monkeypatch.undo()
+        assert transactions == 1
+        assert calls[0] == 5, "the run was not staged in one call"
+        assert isinstance(outcomes[2], StoreError), outcomes[2]
+        assert all(isinstance(o, list) and len(o) == 1 for i, o in enumerate(outcomes) if i != 2)
+        live = ledger.book
+    log = await stored(db_path)
+    marks = [r.event.mark_price for r in log if isinstance(r.event, PositionMarked)]
+    assert marks == [101, 201, 202, 102]
+    folded = fold_records(log)
+    assert live.open == folded.open and live.last_hash == folded.last_hash
