@@ -998,14 +998,16 @@ class Ledger:
         initial_margin: Number | None = None,
     ) -> Position:
         """Record a new mark price; raises UnknownPosition, PositionAlreadyClosed, InvalidValue."""
-        await self.execute(
-            mark_command(
-                position_id,
-                price,
-                unrealized_pnl=unrealized_pnl,
-                initial_margin=initial_margin,
-            )
+        command = mark_command(
+            position_id, price, unrealized_pnl=unrealized_pnl, initial_margin=initial_margin
         )
+        # `execute` without its check_command: mark_command checked every field it sets as
+        # check_command would, and left the others at defaults it accepts (tests/
+        # test_bad_types.py::test_every_mark_command_builds_passes_check_command). Marks are
+        # most commands, many at once: this path is what 500 concurrent ones cost.
+        job = _Job(_CommandDecider(command, self._limits), blocking=False)
+        await self._queue().run(job)
+        job.outcome()
         return self._position(position_id)
 
     async def record_funding(

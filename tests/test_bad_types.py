@@ -428,3 +428,41 @@ def test_ensure_decodable_refuses_what_would_not_read_back() -> None:
             ensure_decodable(msgspec.structs.replace(good, **change))
     close = PositionClosed(position_id="p", qty=Decimal(1), price=Decimal(1), realized_pnl=0)  # type: ignore[arg-type]
     ensure_decodable(close)  # an int where a Decimal belongs reads back as the same number
+
+
+def test_every_mark_command_builds_passes_check_command() -> None:
+    """`Ledger.mark` sends mark_command's command to the writer without check_command (see
+    there): so every command mark_command builds, from any input it does not refuse, must pass
+    check_command, and whatever check_command refuses mark_command refuses too."""
+    from ledger.rules import check_command
+    from ledger.service import mark_command
+
+    class Number(Decimal):
+        pass
+
+    class Text(str):
+        pass
+
+    numbers: list[object] = [
+        *NOT_NUMBER, 1, 11, -1, 0, "1.5", " 2 ", 1.5, Decimal("1e15"), Decimal("1e16"),
+        Decimal("1e-12"), Decimal("1e-13"), Decimal("-1e16"), Decimal("sNaN"), "1e400",
+        "-Infinity", 10**20, Number(3), Number("1e16"),
+    ]  # fmt: skip
+    ids: list[object] = [*NOT_STR, "p", " ", "", "\x00", "pos_\u00e9", Text("p"), Text("")]
+    built = 0
+    for position_id in ids:
+        for price in numbers:
+            for pnl in [None, *numbers[::3]]:
+                for margin in [None, *numbers[1::4]]:
+                    try:
+                        command = mark_command(
+                            position_id,  # type: ignore[arg-type]
+                            price,  # type: ignore[arg-type]
+                            unrealized_pnl=pnl,  # type: ignore[arg-type]
+                            initial_margin=margin,  # type: ignore[arg-type]
+                        )
+                    except InvalidValue:
+                        continue
+                    check_command(command)  # raises InvalidValue where mark_command let it by
+                    built += 1
+    assert built > 100
