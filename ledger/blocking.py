@@ -586,6 +586,12 @@ _ROE_TOLERANCE = Decimal("1e-6")
 def _first_mark(command: OpenPosition, kwargs: dict[str, object]) -> PositionMarked | None:
     """The mark a create's current_price / unrealized_pnl / roe_percentage make, checked
     against each other; None when they say nothing beyond the entry."""
+    if (
+        kwargs.get("current_price") is None
+        and kwargs.get("unrealized_pnl") is None
+        and kwargs.get("roe_percentage") is None
+    ):
+        return None  # what the checks below find of three Nones, without the arithmetic
     current = optional_decimal("current_price", kwargs.get("current_price"))
     if current is not None:
         current = positive("current_price", current)

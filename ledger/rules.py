@@ -122,28 +122,32 @@ def _decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
     raise InvalidValue("command", type(command).__name__, "unknown command")
 
 
+# The last Limits object rules_record found valid: frozen, so it stays valid (a check per open
+# was a tenth of deciding one); any other object is checked, a bad one never stored here.
+_limits_checked: Limits | None = None
+
+
 def rules_record(book: Book, limits: Limits) -> list[AnyEvent]:
     """A RulesConfigured event when the limits in force differ from the last ones the log
     recorded, so `verify` judges the log by its own limits. A log that records none was
     written under DEFAULT_LIMITS (5 positions, leverage 1..100), so those are recorded only
     when they come back after other limits."""
-    check_command(limits)
-    if limits.min_leverage < 1 or limits.max_leverage < limits.min_leverage:
-        raise InvalidValue("limits", limits, "need 1 <= min_leverage <= max_leverage")
-    if limits.max_concurrent_positions < 0:
-        raise InvalidValue("limits", limits, "max_concurrent_positions must not be negative")
+    global _limits_checked
+    if limits is not _limits_checked:  # a Ledger passes the same (frozen) Limits every time
+        check_command(limits)
+        if limits.min_leverage < 1 or limits.max_leverage < limits.min_leverage:
+            raise InvalidValue("limits", limits, "need 1 <= min_leverage <= max_leverage")
+        if limits.max_concurrent_positions < 0:
+            raise InvalidValue("limits", limits, "max_concurrent_positions must not be negative")
+        _limits_checked = limits
     recorded = book.rules
     # a log that records none was written under the defaults (the format's documented ones)
-    last = (
-        DEFAULT_LIMITS
-        if recorded is None
-        else Limits(
-            max_concurrent_positions=recorded.max_concurrent_positions,
-            min_leverage=recorded.min_leverage,
-            max_leverage=recorded.max_leverage,
-        )
-    )
-    if last == limits:
+    last = DEFAULT_LIMITS if recorded is None else recorded
+    if (
+        last.max_concurrent_positions == limits.max_concurrent_positions
+        and last.min_leverage == limits.min_leverage
+        and last.max_leverage == limits.max_leverage
+    ):
         return []
     return [
         RulesConfigured(
@@ -237,8 +241,24 @@ def _open_position(book: Book, position_id: str) -> Position:
     raise UnknownPosition(position_id)
 
 
-def _optional(field: str, value: Decimal | None) -> Decimal | None:
-    return None if value is None else to_decimal(field, value)
+# Inside _decide a command has passed check_command (decide runs it first; decide_checked's
+# callers have): each Decimal field is a finite Decimal within the bounds, or None where the
+# field allows it. Only a sign is left to check of such a field (to_decimal, positive and
+# non_negative would check all of it again, and give the same value back).
+
+
+def _above_zero(field: str, value: Decimal) -> Decimal:
+    """`positive` of a checked field; raises InvalidValue."""
+    if value <= 0:
+        raise InvalidValue(field, value, "must be greater than zero")
+    return value
+
+
+def _not_below_zero(field: str, value: Decimal) -> Decimal:
+    """`non_negative` of a checked field; raises InvalidValue."""
+    if value < 0:
+        raise InvalidValue(field, value, "must not be negative")
+    return value
 
 
 def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
@@ -253,8 +273,8 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
         raise InvalidValue("position_idx", command.position_idx, "must be 0, 1 or 2")
     if command.position_id in book.open or command.position_id in book.closed:
         raise InvalidValue("position_id", command.position_id, "already used")
-    qty = positive("qty", command.qty)
-    entry = positive("entry_price", command.entry_price)
+    qty = _above_zero("qty", command.qty)
+    entry = _above_zero("entry_price", command.entry_price)
     leverage = command.leverage
     if (
         isinstance(leverage, bool)
@@ -280,13 +300,14 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
         leverage=leverage,
         source=command.source,
         position_idx=command.position_idx,
-        real_initial_margin=None if margin is None else positive("real_initial_margin", margin),
-        fee=non_negative("fee", command.fee),
-        confidence=_optional("confidence", command.confidence),
+        real_initial_margin=None if margin is None else _above_zero("real_initial_margin", margin),
+        fee=_not_below_zero("fee", command.fee),
+        # checked by check_command: finite Decimals within the bounds, or None
+        confidence=command.confidence,
         open_reason=command.open_reason,
-        atr=_optional("atr", command.atr),
-        adx=_optional("adx", command.adx),
-        volatility=_optional("volatility", command.volatility),
+        atr=command.atr,
+        adx=command.adx,
+        volatility=command.volatility,
         account=command.account,
     )
 
@@ -314,16 +335,17 @@ def _mark(book: Book, command: MarkPosition) -> PositionMarked:
 
 def _partial_exit(book: Book, command: RecordPartialExit) -> list[AnyEvent]:
     position = _open_position(book, command.position_id)
-    if (command.qty is None) == (command.notional is None):
-        raise InvalidValue("qty", command.qty, "give exactly one of qty and exit_size")
-    if command.qty is not None:
-        qty = positive("qty", command.qty)
-    else:
+    given, notional = command.qty, command.notional
+    if given is not None and notional is None:
+        qty = _above_zero("qty", given)
+    elif notional is not None and given is None:
         # converted here, against the entry price of the book the exit is decided on
-        notional = positive("exit_size", command.notional)
+        notional = _above_zero("exit_size", notional)
         qty = bounded("qty", qty_from_notional(notional, position.entry_price))
-    price = positive("price", command.price)
-    fee = non_negative("fee", command.fee)
+    else:
+        raise InvalidValue("qty", given, "give exactly one of qty and exit_size")
+    price = _above_zero("price", command.price)
+    fee = _not_below_zero("fee", command.fee)
     # the dust rule: a remainder or an overshoot within 1e-9 of the opening qty exits all
     settled = settle_exit(qty, position.qty, position.initial_qty)
     if settled is None:
@@ -332,8 +354,6 @@ def _partial_exit(book: Book, command: RecordPartialExit) -> list[AnyEvent]:
     realized = command.realized_pnl
     if realized is None:
         realized = _C.subtract(price_pnl(position.side, qty, position.entry_price, price), fee)
-    else:
-        realized = to_decimal("realized_pnl", realized)
     exit_event = PartialExitRecorded(
         position_id=command.position_id,
         qty=qty,
@@ -363,15 +383,13 @@ def _partial_exit(book: Book, command: RecordPartialExit) -> list[AnyEvent]:
 def _close(book: Book, command: ClosePosition) -> PositionClosed:
     position = _open_position(book, command.position_id)
     price = position.current_price if command.price is None else command.price
-    price = positive("price", price)
-    fee = non_negative("fee", command.fee)
+    price = positive("price", price)  # the last mark's, when the command gives none
+    fee = _not_below_zero("fee", command.fee)
     realized = command.realized_pnl
     if realized is None:
         realized = _C.subtract(
             price_pnl(position.side, position.qty, position.entry_price, price), fee
         )
-    else:
-        realized = to_decimal("realized_pnl", realized)
     return PositionClosed(
         position_id=command.position_id,
         qty=position.qty,

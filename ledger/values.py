@@ -63,11 +63,15 @@ class Side(enum.StrEnum):
         """Accept 'buy'/'sell', 'long'/'short' in any case; raises InvalidValue."""
         if not isinstance(raw, str):
             raise InvalidValue("side", raw, f"expected 'buy' or 'sell', got {type(raw).__name__}")
-        text = raw.strip().lower()
-        aliases = {"buy": cls.BUY, "long": cls.BUY, "sell": cls.SELL, "short": cls.SELL}
-        if text not in aliases:
-            raise InvalidValue("side", raw, "expected 'buy' or 'sell'")
-        return aliases[text]
+        side = _SIDES.get(raw)  # the usual spellings, as they are
+        if side is None:
+            side = _SIDES.get(raw.strip().lower())
+            if side is None:
+                raise InvalidValue("side", raw, "expected 'buy' or 'sell'")
+        return side
+
+
+_SIDES = {"buy": Side.BUY, "long": Side.BUY, "sell": Side.SELL, "short": Side.SELL}
 
 
 class Source(enum.StrEnum):

@@ -101,6 +101,32 @@ async def test_a_log_under_the_defaults_records_none_and_is_judged_by_them(db_pa
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def test_limits_are_checked_per_limits_object_not_once_for_all() -> None:
+    """rules_record checks a Limits object once and trusts that object (it is frozen)
+    afterwards: a bad one given after a good one is still refused, every time."""
+    from ledger.commands import OpenPosition
+    from ledger.rules import decide
+
+    def opening(n: int) -> OpenPosition:
+        return OpenPosition(
+            position_id=f"p{n}", symbol=f"S{n}USDT", side=Side.BUY, qty=Decimal(1),
+            entry_price=Decimal(1), leverage=2,
+        )  # fmt: skip
+
+    good = Limits(max_concurrent_positions=7)
+    backwards = Limits(min_leverage=5, max_leverage=2)
+    mistyped = Limits(max_concurrent_positions="7")  # type: ignore[arg-type]
+    book = Book()
+    for _ in range(2):
+        assert isinstance(decide(book, opening(1), good)[0], RulesConfigured)
+        for bad in (backwards, mistyped, Limits(max_concurrent_positions=-1)):
+            with pytest.raises(InvalidValue):
+                decide(book, opening(2), bad)
+    # the same figures in a new object: checked, and recorded the same
+    again = Limits(max_concurrent_positions=7)
+    assert decide(book, opening(3), again)[0] == decide(book, opening(3), good)[0]
+
+
 def _opened(n: int, leverage: int = 2) -> PositionOpened:
     return PositionOpened(
         position_id=f"p{n}",
