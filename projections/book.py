@@ -10,7 +10,7 @@ from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -39,6 +39,7 @@ from projections.positions import Position
 from projections.stats import Accumulators, SessionSummary, summarize
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class Book:
@@ -498,17 +499,39 @@ def _flat_layers(mapping: MutableMapping[str, Position]) -> list[MutableMapping[
     return [layer for sub in mapping.maps for layer in _flat_layers(sub)]
 
 
+class _Layers(ChainMap[str, V]):
+    """The ChainMap of a book's layered history, with the two reads the rules and the fold
+    make of it on every command (is this id closed? the closed position of this id) as plain
+    loops: ChainMap's own `in` runs a generator, and its `get` looks the key up twice."""
+
+    def __contains__(self, key: object) -> bool:
+        for mapping in self.maps:  # noqa: SIM110  (any() over a generator is the slow way)
+            if key in mapping:
+                return True
+        return False
+
+    @overload
+    def get(self, key: str, default: None = None) -> V | None: ...
+    @overload
+    def get(self, key: str, default: V | T) -> V | T: ...
+    def get(self, key: str, default: object = None) -> object:
+        for mapping in self.maps:
+            if key in mapping:
+                return mapping[key]
+        return default
+
+
 def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
     """A mapping equal to `mapping` whose writes go to a fresh top layer: ChainMap(recent,
     base), base shared and never written again, recent copied (small)."""
     if isinstance(mapping, ChainMap) and len(mapping.maps) == 2:
         recent, base = mapping.maps
         if len(recent) * len(recent) <= len(base) or len(recent) <= 64:
-            return ChainMap(dict(recent), base)
+            return _Layers(dict(recent), base)
         if isinstance(base, LazyClosed):  # a snapshot's closed history: merged undecoded
-            return ChainMap({}, base.merged(recent))  # type: ignore[arg-type]
-        return ChainMap({}, {**base, **recent})
-    return ChainMap({}, dict(mapping) if isinstance(mapping, ChainMap) else mapping)
+            return _Layers({}, base.merged(recent))  # type: ignore[arg-type]
+        return _Layers({}, {**base, **recent})
+    return _Layers({}, dict(mapping) if isinstance(mapping, ChainMap) else mapping)
 
 
 # a margin's text that starts with one of these is not zero (no need to parse it to know)

@@ -477,3 +477,23 @@ def test_open_for_finds_by_symbol_and_side_in_opening_order() -> None:
     short = book.open_for("SOL/USDT:USDT", Side.SELL)
     assert short is not None and short.position_id == short_id
     assert book.open_for("BTC/USDT:USDT") is None
+
+
+def test_layered_history_reads_as_a_chainmap_does() -> None:
+    """The layers a book's history is kept in (`_Layers`) answer `in` and `get` as a
+    ChainMap of the same maps: the top layer first, then the base."""
+    from collections import ChainMap
+
+    from projections.book import _Layers
+
+    top, base = {"a": 1, "b": 2}, {"b": 20, "c": 30}
+    layers, chain = _Layers(dict(top), dict(base)), ChainMap(dict(top), dict(base))
+    for key in ("a", "b", "c", "zz"):
+        assert (key in layers) == (key in chain)
+        assert layers.get(key) == chain.get(key)
+        assert layers.get(key, -1) == chain.get(key, -1)
+    layers["c"] = 3
+    assert layers.get("c") == 3 and layers.maps[1]["c"] == 30
+    del layers["a"]
+    assert "a" not in layers and layers.get("a") is None
+    assert dict(layers) == {"b": 2, "c": 3}
