@@ -745,6 +745,39 @@ async def test_sqlite_reopen_continues_the_chain(db_path: Path) -> None:
         await again.close()
 
 
+async def test_sqlite_reopened_checks_expected_versions_of_streams_it_has_not_seen(
+    db_path: Path,
+) -> None:
+    """A reopened store knows no stream's version until it reads it under the write lock; an
+    append of one event must read every stream it names, those only in expected_versions
+    included, before it compares them (the single-append path reads them too)."""
+    first = SQLiteEventStore(db_path)
+    await first.open()
+    await first.append([new(opened("p0"), "o0"), new(opened("p1"), "o1")])
+    await first.append([new(marked("p1", 101), "m1")])
+    await first.close()
+
+    for expected, outcome in [({"p1": 1}, "conflict"), ({"p1": 2}, "stored")]:
+        again = SQLiteEventStore(db_path)
+        await again.open()
+        try:
+            batch = [new(marked("p0", 102), f"m0-{outcome}")]  # p1 only in expected
+            if outcome == "conflict":
+                with pytest.raises(VersionConflict):
+                    await again.append(batch, expected_versions=expected)
+            else:
+                (record,) = await again.append(batch, expected_versions=expected)
+                assert (record.seq, record.stream, record.version) == (4, "p0", 2)
+        finally:
+            await again.close()
+    assert [row[1:3] for row in sqlite_events(db_path)] == [
+        ("p0", 1),
+        ("p1", 1),
+        ("p1", 2),
+        ("p0", 2),
+    ]
+
+
 async def test_sqlite_sees_what_another_store_on_the_file_appended(db_path: Path) -> None:
     one, two = SQLiteEventStore(db_path), SQLiteEventStore(db_path)
     await one.open()

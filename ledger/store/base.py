@@ -223,6 +223,23 @@ def _stage_appends(tx: StoreTransaction, group: list[_PendingAppend], *, ask: bo
     """Stage each batch of the group, each all-or-nothing on its own. Without `ask`, ids
     are not looked up first (one query per 500 ids, a third of a batch's cost): new ids are
     the rule, and a stored one makes the insert fail, and the group is staged again asking."""
+    if not ask and len(group) == 1:  # the usual group of one caller: no sets, no lookups
+        pending = group[0]
+        batch = pending.batch
+        expected = pending.expected
+        if not tx.versions_complete:
+            known = tx.head.known
+            unknown = [new.stream for new in batch if not known(new.stream)]
+            unknown.extend(stream for stream in expected if not known(stream))
+            if unknown:
+                tx.load_versions(unknown)
+        try:
+            pending.result = tx.stage(batch, expected_versions=expected)
+        except VersionConflict as conflict:
+            pending.error = conflict
+        except Exception as bad:  # this batch alone fails (as below)
+            pending.error = StoreError(f"cannot store this batch: {bad!r}")
+        return
     existing = (
         tx.find_existing([new.event_id for pending in group for new in pending.batch])
         if ask
@@ -465,8 +482,8 @@ class StoreTransaction(abc.ABC):
         schema = SCHEMA_VERSION
         encode, header, sha256 = encode_event, encode_header, _sha256
         epoch, micro = _EPOCH, _MICROSECOND
-        mark = Savepoint(len(rows), head.seq, head.hash)
         seq, digest = head.seq, head.hash
+        mark_rows, mark_seq, mark_hash = len(rows), seq, digest  # a Savepoint, made if needed
         prev = digest.encode("ascii")
         last_at: datetime | None = None
         occurred_us = 0
@@ -545,7 +562,7 @@ class StoreTransaction(abc.ABC):
         except BaseException:
             # a body that cannot be encoded, a stream whose version is unknown: this batch
             # stages nothing, and what was staged before it stays as it was
-            self.rollback_to(mark)
+            self.rollback_to(Savepoint(mark_rows, mark_seq, mark_hash))
             raise
         head.seq = seq
         head.hash = digest

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from _thread import get_ident
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 _FACT_COLUMNS = "seq, occurred_us, schema_version, body"  # see FactRow
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_TAIL = f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq"
 _IDENTITY = (
     "SELECT (SELECT application_id FROM pragma_application_id()),"
     " (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
@@ -160,7 +162,7 @@ class SQLiteEventStore(EventStore):
         super().__init__()
         self.path = Path(path)
         self._synchronous = synchronous
-        self._busy_timeout_ms = busy_timeout_ms
+        self._busy_timeout_ms = int(busy_timeout_ms)
         self._read_only = read_only
         self._clock = clock
         self._conn: sqlite3.Connection | None = None  # the writer's, used holding the role
@@ -216,11 +218,11 @@ class SQLiteEventStore(EventStore):
                 ) from exc
             raise
 
-    def _patiently(self, step: Callable[[], T]) -> T:
+    def _patiently(self, step: Callable[[], T], *, started: float | None = None) -> T:
         """Run step, retrying while another process holds the lock or recovers the WAL of a
         writer that was killed (SQLite answers BUSY there without waiting), up to the busy
-        timeout."""
-        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        timeout from `started` (a first attempt made then: now by default)."""
+        deadline = (time.monotonic() if started is None else started) + self._busy_timeout_ms / 1000
         pause = 0.001
         while True:
             try:
@@ -250,8 +252,8 @@ class SQLiteEventStore(EventStore):
             self.path, isolation_level=None, check_same_thread=False, cached_statements=64
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            self._conn_busy_ms = int(self._busy_timeout_ms)
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            self._conn_busy_ms = self._busy_timeout_ms
             app_id, tables = self._identity_sync(conn)
             self._refuse_foreign(app_id, tables)
             conn.execute("PRAGMA journal_mode = WAL")
@@ -337,8 +339,12 @@ class SQLiteEventStore(EventStore):
     def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:
         if self._read_only:
             raise StoreUnavailable(f"{self.path} is open read-only")
-        self.check_writer_thread()
-        conn = self._writer_connection()
+        writer = self._writer
+        if writer is None or writer._holder != get_ident():  # check_writer_thread(), inlined
+            self.check_writer_thread()  # raises
+        conn = self._conn if not self._reconnect else None
+        if conn is None:
+            conn = self._writer_connection()
         try:
             self._begin(conn)
         except sqlite3.Error as exc:
@@ -346,12 +352,10 @@ class SQLiteEventStore(EventStore):
             raise StoreUnavailable(
                 f"cannot lock {self.path} for writing: {describe(self.path, exc)} ({exc})"
             ) from exc
+        head = self._head
         try:
-            tail_rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (self._head.seq,)
-            ).fetchall()
-            tail = [record_from_row(_staged(row)) for row in tail_rows]
-            head = self._head
+            tail_rows = conn.execute(_TAIL, (head.seq,)).fetchall()
+            tail = [record_from_row(_staged(row)) for row in tail_rows] if tail_rows else []
             for record in tail:  # committed by others: seen, whatever happens next
                 head.seq = record.seq
                 head.hash = record.hash
@@ -382,19 +386,19 @@ class SQLiteEventStore(EventStore):
         """BEGIN IMMEDIATE, waiting for another writer up to the busy timeout; where the role
         may not wait (inline on an event loop) one attempt, then WouldWait."""
         may_wait = self.writer.may_wait
-        busy_ms = int(self._busy_timeout_ms) if may_wait else 0
+        busy_ms = self._busy_timeout_ms if may_wait else 0
         if busy_ms != self._conn_busy_ms:  # only when callers switch between the two
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
             self._conn_busy_ms = busy_ms
-        if may_wait:
-            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
-            return
-        try:
+        started = time.monotonic()
+        try:  # the usual case: taken at once
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if is_busy(exc):
+            if not is_busy(exc):
+                raise
+            if not may_wait:
                 raise WouldWait(str(exc)) from None
-            raise
+            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"), started=started)
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The write connection; after a failed write, a fresh one (a disk that was full, a
