@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, get_args
 
@@ -74,6 +74,20 @@ class MarkText(
 FoldEvent = AnyEvent | MarkText
 # (seq, occurred_us, event): a Fact whose mark may still be text.
 FoldFact = tuple[int, int, FoldEvent]
+# (seq, occurred_us, schema_version, body): a stored event not decoded yet, as a rebuild reads
+# it (Book.apply_facts decodes only what it folds).
+FactRow = tuple[int, int, int, bytes]
+# A page a fold takes: facts already decoded, or rows it decodes itself (one kind a page).
+FoldPage = Sequence[FoldFact] | Sequence[FactRow]
+
+# How the encoder writes every mark (tag first, then the fields in PositionMarked's order, none
+# omitted): the body up to its position id's text, and the endings of a mark that reports no
+# Bybit openTime, and of one that reports nothing a run of marks keeps (a bot's mark: no
+# margin, no openTime, not the exchange's). A fold groups marks by the text after MARK_HEAD
+# without decoding them (tests/test_fold_rows.py holds these to the encoder).
+MARK_HEAD = b'{"type":"PositionMarked","position_id":"'
+NO_OPENED_TAIL = b',"exchange_opened_ms":null}'
+BOT_MARK_TAIL = b',"initial_margin":null,"source":"bot","exchange_opened_ms":null}'
 
 # the union with MarkText in PositionMarked's place (a tag may name one type only)
 _FOLD_TYPES: Any = functools.reduce(
@@ -183,6 +197,28 @@ def decode_for_fold_at(body: bytes, schema_version: int) -> FoldEvent:
             if type(event) is MarkText:
                 return event
     return decode_event(body, schema_version)
+
+
+# The schema versions whose marks read as the current schema's (no upcaster changes a mark
+# from them on): a fold may group such a mark by its body's text.
+MARKS_AS_IS: frozenset[int] = frozenset(
+    version
+    for version in range(1, SCHEMA_VERSION + 1)
+    if not any(("PositionMarked", v) in UPCASTERS for v in range(version, SCHEMA_VERSION))
+)
+
+
+def decode_for_fold_exactly(body: bytes, schema_version: int) -> FoldEvent:
+    """decode_for_fold_at, or where it cannot read the body (a float for a number, say) the
+    exact decoder's event; raises msgspec.ValidationError/DecodeError as decode_event does."""
+    try:
+        return (
+            _fold_decoder.decode(body)
+            if schema_version == SCHEMA_VERSION
+            else decode_for_fold_at(body, schema_version)
+        )
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return decode_event(body, schema_version)
 
 
 def event_type(event: AnyEvent) -> str:

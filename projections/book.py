@@ -7,14 +7,31 @@ book cannot place (a mark for an unknown position, say) is counted in `skipped`,
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar, overload
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, TypeVar, cast, overload
 
 import msgspec
 
-from ledger.codec import FoldFact, MarkText, number_from_text
+from ledger.codec import (
+    BOT_MARK_TAIL,
+    MARK_HEAD,
+    MARKS_AS_IS,
+    NO_OPENED_TAIL,
+    SCHEMA_VERSION,
+    FactRow,
+    FoldEvent,
+    FoldFact,
+    FoldPage,
+    MarkText,
+    decode_for_fold,
+    decode_for_fold_at,
+    decode_for_fold_exactly,
+    number_from_text,
+)
 from ledger.envelope import GENESIS_HASH, Recorded
 from ledger.errors import IntegrityError
 from ledger.events import (
@@ -245,9 +262,10 @@ class Book:
         for record in records:
             self.apply(record)
 
-    def apply_facts(self, facts: Iterable[FoldFact], *, last_hash: str) -> None:
-        """Fold (seq, occurred_us, event) rows in seq order: the same book as `apply` on each
-        record, with last_hash the hash of the last row (facts carry no hashes).
+    def apply_facts(self, facts: FoldPage, *, last_hash: str) -> None:
+        """Fold a page in seq order, facts (seq, occurred_us, event) or rows (seq, occurred_us,
+        schema_version, body) still encoded: the same book as `apply` on each record, with
+        last_hash the hash of the last one (facts carry no hashes).
 
         The rebuild's fast path. Most of a log is marks, and a run of marks on one position
         is decided by its last one: only it sets the price, PnL, ROE and time; the earlier ones
@@ -258,20 +276,31 @@ class Book:
         flows and the closes the statistics count are collected and settled at the end.
         Facts at or below last_seq are ignored.
 
-        A mark may come as `MarkText` (a rebuild's reader leaves its numbers text): only the
-        numbers a fold uses are parsed, and one that is not a number raises IntegrityError at
-        its seq, as decoding the body would have.
+        Rows are decoded here, as far as the fold needs them: a mark is grouped into its run by
+        its body's text (the encoder's form, `MARK_HEAD`) and decoded only if the run's fold
+        reads it (its last mark; an earlier one only for what the last does not report, and
+        not when its body's ending shows it reports none of that); a body in another form is
+        decoded. A mark may also come as `MarkText` (numbers still text): only the numbers a
+        fold uses are parsed. A body the fold needs that does not decode, or a number of it
+        that is not one, raises IntegrityError at its seq, as decoding it would have.
         """
         # position id -> its run of marks waiting, in seq order (a run is only ever started
         # for an open position, and the position's next other event folds it first)
-        runs: dict[str, list[FoldFact]] = {}
         cash: list[tuple[str, Decimal]] = []
         counts: list[tuple[Position, int]] = []
         self._cash, self._counts = cash, counts
         try:
-            last = self._fold_facts(facts, runs)
-            for run in runs.values():
-                self._fold_run(run)
+            if facts and len(facts[0]) == 4:
+                rows = cast(Sequence[FactRow], facts)
+                row_runs: dict[str, list[FactRow]] = {}
+                last = self._fold_rows(rows, row_runs)
+                for position_id, row_run in row_runs.items():
+                    self._fold_row_run(position_id, row_run)
+            else:
+                runs: dict[str, list[FoldFact]] = {}
+                last = self._fold_facts(cast(Sequence[FoldFact], facts), runs)
+                for run in runs.values():
+                    self._fold_run(run)
         finally:
             self._cash = self._counts = None
             self._settle(cash, counts)
@@ -279,7 +308,121 @@ class Book:
             self.last_seq = last
             self.last_hash = last_hash
 
-    def _fold_facts(self, facts: Iterable[FoldFact], runs: dict[str, list[FoldFact]]) -> int:
+    def _fold_rows(self, rows: Sequence[FactRow], runs: dict[str, list[FactRow]]) -> int:
+        """apply_facts' loop over rows: every event folded but the marks left in runs
+        (undecoded); the last seq."""
+        open_ = self.open
+        head = MARK_HEAD
+        start = len(head)
+        as_is = MARKS_AS_IS
+        current = SCHEMA_VERSION
+        decode = decode_for_fold
+        # a mark's position id as its body writes it -> the id (only where the two are the
+        # same text: an id written with escapes is decoded every time)
+        ids: dict[bytes, str] = {}
+        beside_marks = _BESIDE_MARKS
+        timed = _TIMED
+        folds = _FOLDS
+        last = self.last_seq
+        for row in rows:
+            seq, occurred_us, schema, body = row
+            if seq <= last:
+                continue
+            last = seq
+            if body.startswith(head) and schema in as_is:
+                end = body.find(b'"', start)
+                position_id = ids.get(body[start:end]) if end > 0 else None
+                if position_id is None:
+                    position_id = _mark(seq, schema, body).position_id
+                    if end > 0 and body[start:end] == position_id.encode():
+                        ids[body[start:end]] = position_id
+                run = runs.get(position_id)
+                if run is not None:
+                    run.append(row)
+                elif position_id in open_:
+                    runs[position_id] = [row]
+                else:
+                    self.skipped.append(seq)
+                continue
+            try:
+                event = decode(body) if schema == current else decode_for_fold_at(body, schema)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                event = _exactly(seq, schema, body)
+            kind = type(event)
+            if kind is MarkText or kind is PositionMarked:  # a mark not in the encoder's form
+                position_id = event.position_id  # type: ignore[union-attr]
+                run = runs.get(position_id)
+                if run is not None:
+                    run.append(row)
+                elif position_id in open_:
+                    runs[position_id] = [row]
+                else:
+                    self.skipped.append(seq)
+                continue
+            if kind not in beside_marks:
+                of = getattr(event, "position_id", None)
+                if of is not None and of in runs:
+                    self._fold_row_run(of, runs.pop(of))
+            fold_event = folds.get(kind)  # type: ignore[arg-type]
+            if fold_event is not None:
+                at = from_micros(occurred_us) if kind in timed else _NO_TIME
+                fold_event(self, seq, event, at)
+        return last
+
+    def _fold_row_run(self, position_id: str, run: list[FactRow]) -> None:
+        """_fold_run of a run of undecoded marks: the last one decoded, and of the earlier
+        ones, latest first, only those that may report what it does not."""
+        seq, occurred_us, schema, body = run[-1]
+        last = _mark(seq, schema, body)
+        position = self.open[position_id]
+        if type(last) is MarkText:  # only the numbers folded are parsed
+            price = _number(last.mark_price, seq)
+            pnl, margin_text = last.unrealized_pnl, last.initial_margin
+            unrealized = None if pnl is None else _number(pnl, seq)
+            reported = None if margin_text is None else _number(margin_text, seq)
+        else:
+            assert type(last) is PositionMarked
+            price, unrealized, reported = last.mark_price, last.unrealized_pnl, last.initial_margin
+        opened_ms = last.exchange_opened_ms
+        seen = position.exchange_seen or last.source is Source.EXCHANGE
+        if len(run) > 1:
+            # a bot's mark reports nothing a run keeps: only the others are decoded, latest
+            # first, for the margin and the sighting the last mark does not give
+            bot_tail = BOT_MARK_TAIL
+            index = len(run) - 1
+            while (not reported or not seen) and index > 0:
+                index -= 1
+                at, _, version, text = run[index]
+                if text.endswith(bot_tail):
+                    continue
+                mark = _mark(at, version, text)
+                if not reported:  # a mark without a margin keeps the last one reported
+                    margin = mark.initial_margin
+                    if margin is not None and _reported(margin, at):
+                        reported = _number(margin, at)
+                if mark.source is Source.EXCHANGE:
+                    seen = True
+            # Bybit's openTime: looked for only if a mark of the run may report one (a body
+            # that does not end with a null for it); all() and map() run in C
+            if not opened_ms and not all(
+                map(bytes.endswith, map(_BODY, run), repeat(NO_OPENED_TAIL))
+            ):
+                for at, _, version, text in reversed(run):
+                    opened = _mark(at, version, text).exchange_opened_ms
+                    if opened:
+                        opened_ms = opened
+                        break
+        self.open[position_id] = fold.marked_with(
+            position,
+            price=price,
+            unrealized_pnl=unrealized,
+            margin=reported if reported else position.real_initial_margin,
+            opened_ms=opened_ms or position.exchange_opened_ms,
+            seen=seen,
+            at=from_micros(occurred_us),
+        )
+
+    def _fold_facts(self, facts: Sequence[FoldFact], runs: dict[str, list[FoldFact]]) -> int:
         """apply_facts' loop: every fact folded but the marks left in runs; the last seq."""
         open_ = self.open
         text = MarkText
@@ -534,6 +677,7 @@ def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
     return _Layers({}, dict(mapping) if isinstance(mapping, ChainMap) else mapping)
 
 
+_BODY = itemgetter(3)  # a row's body
 # a margin's text that starts with one of these is not zero (no need to parse it to know)
 _NONZERO_LEAD = frozenset("123456789")
 
@@ -552,6 +696,24 @@ def _number(value: Decimal | str | int, seq: int) -> Decimal:
         return number_from_text(value)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:
         raise IntegrityError(seq, f"body does not decode: {exc}") from None
+
+
+def _exactly(seq: int, schema_version: int, body: bytes) -> FoldEvent:
+    """The event of a body the fold's decoder cannot read (a float for a number, say), as the
+    exact decoder reads it; IntegrityError at seq if it does not decode."""
+    try:
+        return decode_for_fold_exactly(body, schema_version)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise IntegrityError(seq, f"body does not decode: {exc}") from None
+
+
+def _mark(seq: int, schema_version: int, body: bytes) -> MarkText | PositionMarked:
+    """A row's mark, decoded (its numbers text where they are); IntegrityError at seq if the
+    body does not decode or is no mark."""
+    event = _exactly(seq, schema_version, body)
+    if type(event) is MarkText or type(event) is PositionMarked:
+        return event
+    raise IntegrityError(seq, f"body is a {type(event).__name__}, written as a mark")
 
 
 def _reported(margin: Decimal | str | int, seq: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import anyio
 import msgspec
@@ -177,9 +178,10 @@ async def fold_saving(
         assert max_us is not None
         done = 0
         for i, fact in enumerate(page):
-            if fact[1] > max_us:
-                max_us = fact[1]
-            seq = fact[0]
+            # a fact (seq, occurred_us, event) or a row (seq, occurred_us, schema, body)
+            seq, occurred_us = cast("tuple[int, int]", fact[:2])
+            if occurred_us > max_us:
+                max_us = occurred_us
             if checkpoints.due(seq) and seq > book.last_seq and seq not in have:
                 book.apply_facts(page[done : i + 1], last_hash=book.last_hash)
                 done = i + 1

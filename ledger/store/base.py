@@ -47,7 +47,9 @@ import msgspec
 
 from ledger.codec import (
     SCHEMA_VERSION,
+    FactRow,
     FoldFact,
+    FoldPage,
     decode_current,
     decode_event,
     decode_for_fold,
@@ -290,10 +292,6 @@ def record_from_row(row: StagedRow) -> Recorded:
         event=event,
         hash=row.hash,
     )
-
-
-# (seq, occurred_us, schema_version, body): the columns a rebuild reads.
-FactRow = tuple[int, int, int, bytes]
 
 
 def facts_from_rows(rows: Sequence[FactRow]) -> list[Fact]:
@@ -872,18 +870,18 @@ class EventStore(abc.ABC):
         to_seq: int | None = None,
         until: datetime | None = None,
         page_size: int = 5000,
-    ) -> AsyncIterator[Sequence[FoldFact]]:
-        """iterate_facts for `Book.apply_facts`: a mark may come as MarkText, its numbers
-        parsed only if the fold folds it (a mark is the last of its run). Raises
-        IntegrityError on a body that does not decode (the numbers of a mark the fold never
-        folds are not parsed: `verify` reads every body). Without `_fact_row_pages`, this is
-        iterate_facts."""
+    ) -> AsyncIterator[FoldPage]:
+        """What `Book.apply_facts` folds, in seq order: pages of rows (FactRow) where the
+        backend reads only the fold's columns (`_fact_row_pages`), which the fold decodes itself,
+        only as far as it folds them (a mark superseded by the next mark of its position is
+        never decoded: `verify` reads every body); otherwise iterate_facts' pages. The fold
+        raises IntegrityError on a body it needs that does not decode."""
         rows = self._fact_row_pages(
             after_seq=after_seq, to_seq=to_seq, until=until, page_size=page_size
         )
         if rows is not None:
             async for page in rows:
-                yield fold_facts_from_rows(page)
+                yield page
             return
         async for facts in self.iterate_facts(
             after_seq=after_seq, to_seq=to_seq, until=until, page_size=page_size

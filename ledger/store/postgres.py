@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from ledger.clock import Clock, system_clock
+from ledger.codec import FactRow
 from ledger.envelope import Recorded
 from ledger.errors import StoreError, StoreUnavailable
 from ledger.store.base import (
@@ -42,7 +43,6 @@ from ledger.store.base import (
     ChainVerifier,
     DuplicateEventId,
     EventStore,
-    FactRow,
     Head,
     RowTuple,
     StagedRow,

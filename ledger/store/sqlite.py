@@ -16,6 +16,7 @@ import aiosqlite
 import anyio
 
 from ledger.clock import Clock, system_clock
+from ledger.codec import FactRow
 from ledger.envelope import Recorded
 from ledger.errors import StoreError, StoreUnavailable
 from ledger.private_files import create_private, written_aside
@@ -25,7 +26,6 @@ from ledger.store.base import (
     ChainVerifier,
     DuplicateEventId,
     EventStore,
-    FactRow,
     Head,
     RowTuple,
     StagedRow,
