@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ledger.codec import FoldPage
 from ledger.errors import StoreError
 from ledger.store.base import EventStore
 from projections.book import Book
@@ -23,14 +24,21 @@ async def fold_log(
 ) -> Book:
     """The book (a new one by default) with the log's events after its last seq folded in,
     up to a seq or an occurred_at time. Raises IntegrityError (a body that does not decode),
-    StoreUnavailable, StoreError. The chain is not checked here (see ledger.audit)."""
+    StoreUnavailable, StoreError. The chain is not checked here (see ledger.audit).
+
+    A book given may be folded on a worker thread (EventStore.fold_pages): no other task may
+    read it until this returns."""
     book = Book() if book is None else book
     start = book.last_seq
-    async for page in store.iterate_fold_facts(
-        after_seq=start, to_seq=to_seq, until=until, page_size=page_size
-    ):
+    folding = book
+
+    def consume(page: FoldPage) -> None:
         # facts carry no hash: the last one is read once, below
-        book.apply_facts(page, last_hash=book.last_hash)
+        folding.apply_facts(page, last_hash=folding.last_hash)
+
+    await store.fold_pages(
+        consume, after_seq=start, to_seq=to_seq, until=until, page_size=page_size
+    )
     if book.last_seq != start:
         last_hash = await store.hash_at(book.last_seq)
         if last_hash is None:

@@ -7,21 +7,23 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
 
 from ledger import snapshot_file
-from ledger.envelope import Fact
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from projections.book import Book, fold_records
 from projections.snapshot import FORMAT_VERSION, decode_snapshot, encode_snapshot
 from tests.strategies import T0
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.anyio
 
@@ -82,18 +84,16 @@ class IterateSpy:
 
     def __init__(self, store: SQLiteEventStore) -> None:
         self.after: list[int] = []
-        # the fold's reads (start-up reads nothing else): its own, and the plain facts
-        for name in ("iterate_fold_facts", "iterate_facts"):
+        # the fold's reads (start-up reads nothing else): a whole fold, its pages, the facts
+        for name in ("fold_pages", "iterate_fold_facts", "iterate_facts"):
             setattr(store, name, self._spy(getattr(store, name)))
 
-    def _spy(
-        self, original: Callable[..., AsyncIterator[Sequence[Fact]]]
-    ) -> Callable[..., AsyncIterator[Sequence[Fact]]]:
-        def iterate(**kwargs: object) -> AsyncIterator[Sequence[Fact]]:
+    def _spy(self, original: Callable[..., T]) -> Callable[..., T]:
+        def iterate(*args: object, **kwargs: object) -> T:
             after_seq = kwargs.get("after_seq", 0)
             assert isinstance(after_seq, int)
             self.after.append(after_seq)
-            return original(**kwargs)
+            return original(*args, **kwargs)
 
         return iterate
 

@@ -20,7 +20,7 @@ import msgspec
 import psycopg
 import pytest
 
-from ledger.codec import encode_event
+from ledger.codec import FoldPage, encode_event
 from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
 from ledger.errors import IntegrityError, StoreError, StoreUnavailable, VersionConflict
 from ledger.events import AnyEvent, BalanceObserved, PositionMarked, PositionOpened, stream_of
@@ -484,6 +484,71 @@ async def test_iterate_fold_facts_fold_into_the_book_of_the_records(store: Event
     assert of(await folded(to_seq=17)) == expected(records[:17])
     assert of(await folded(after_seq=4, to_seq=17)) == expected(records[4:17])
     assert of(await folded(until=T0 + timedelta(seconds=9))) == expected(records[:10])
+
+
+async def test_fold_pages_fold_into_the_book_of_the_records(store: EventStore) -> None:
+    """A whole fold (what start-up runs: on SQLite, read and folded on one worker thread)
+    gives the book the records fold into, whatever the range and the page size."""
+    records = await store.append(sample_batch(23))
+
+    async def folded(**where: object) -> bytes:
+        book = Book()
+        pages: list[int] = []
+
+        def consume(page: FoldPage) -> None:
+            pages.append(len(page))
+            book.apply_facts(page, last_hash="h")
+
+        await store.fold_pages(consume, page_size=4, **where)  # type: ignore[arg-type]
+        assert all(size <= 4 for size in pages)
+        return encode_snapshot(book, T0) + repr(book.skipped).encode()
+
+    def expected(chosen: list[Recorded]) -> bytes:
+        book = fold_records(chosen)
+        book.last_hash = "h"
+        return encode_snapshot(book, T0) + repr(book.skipped).encode()
+
+    assert await folded() == expected(records)
+    assert await folded(to_seq=17) == expected(records[:17])
+    assert await folded(after_seq=4, to_seq=17) == expected(records[4:17])
+    assert await folded(until=T0 + timedelta(seconds=9)) == expected(records[:10])
+    assert await folded(after_seq=23) == encode_snapshot(Book(), T0) + b"[]"  # nothing after
+
+
+async def test_fold_pages_raises_what_the_fold_raises(backend: Backend) -> None:
+    if isinstance(backend, MemoryBackend):
+        pytest.skip("the memory store keeps records decoded: it never reads a body back")
+    await backend.store.append(sample_batch(9))
+    await backend.replace_body(6, b'{"type": "Nonsense"}')
+    book = Book()
+    with pytest.raises(IntegrityError) as caught:
+        await backend.store.fold_pages(
+            lambda page: book.apply_facts(page, last_hash="h"), page_size=4
+        )
+    assert caught.value.seq == 6
+    assert book.last_seq == 4  # the pages before the bad one are in
+    # and the store reads on
+    pages = [page async for page in backend.store.iterate_facts(to_seq=3)]
+    assert [fact[0] for page in pages for fact in page] == [1, 2, 3]
+
+
+async def test_a_cancelled_fold_stops_after_the_page_it_is_on(store: EventStore) -> None:
+    await store.append(sample_batch(12))
+    pages: list[int] = []
+    loop_thread = threading.current_thread()
+    with anyio.CancelScope() as scope:
+
+        def consume(page: FoldPage) -> None:
+            pages.append(page[0][0])
+            if len(pages) == 1:  # cancelled from inside the fold (on SQLite, its own thread)
+                if threading.current_thread() is loop_thread:
+                    scope.cancel()
+                else:
+                    anyio.from_thread.run_sync(scope.cancel)
+
+        await store.fold_pages(consume, page_size=4)
+    assert scope.cancelled_caught
+    assert pages == [1]
 
 
 async def test_sqlite_iterate_facts_names_a_body_that_does_not_decode(db_path: Path) -> None:

@@ -888,6 +888,27 @@ class EventStore(abc.ABC):
         ):
             yield facts
 
+    async def fold_pages(
+        self,
+        consume: Callable[[FoldPage], None],
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        page_size: int = 5000,
+    ) -> None:
+        """consume(page) for each page iterate_fold_facts would yield, in order: a rebuild.
+
+        A backend may read and consume on one worker thread of its own (a whole fold for one
+        hand-off, as SQLite does), so consume must change nothing another task reads
+        meanwhile (a book of its own). Raises what consume raises, StoreUnavailable; a
+        cancelled caller stops it after the page it is on."""
+        async for page in self.iterate_fold_facts(
+            after_seq=after_seq, to_seq=to_seq, until=until, page_size=page_size
+        ):
+            consume(page)
+            await anyio.lowlevel.checkpoint()  # other tasks run, and a cancel lands, between pages
+
     async def end(self) -> Head:
         """Where the committed log ends now: seq and hash only (no stream versions, which
         only a writer needs and which cost a read per stream)."""

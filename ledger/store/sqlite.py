@@ -16,7 +16,7 @@ import aiosqlite
 import anyio
 
 from ledger.clock import Clock, system_clock
-from ledger.codec import FactRow
+from ledger.codec import FactRow, FoldPage
 from ledger.envelope import Recorded
 from ledger.errors import StoreError, StoreUnavailable
 from ledger.private_files import create_private, written_aside
@@ -84,6 +84,24 @@ def _close_writer(conn: sqlite3.Connection) -> None:
         _rollback(conn)
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     conn.close()
+
+
+def _where(
+    *, to_seq: int | None, until: datetime | None, stream: str | None
+) -> tuple[str, list[object]]:
+    """The WHERE of a read after a seq (its first parameter), and the parameters after it."""
+    where = ["seq > ?"]
+    extra: list[object] = []
+    if to_seq is not None:
+        where.append("seq <= ?")
+        extra.append(to_seq)
+    if until is not None:
+        where.append("occurred_us <= ?")
+        extra.append(to_micros(until))
+    if stream is not None:
+        where.append("stream = ?")
+        extra.append(stream)
+    return " AND ".join(where), extra
 
 
 def _staged(row: sqlite3.Row | tuple[object, ...]) -> StagedRow:
@@ -171,6 +189,7 @@ class SQLiteEventStore(EventStore):
         # Reads go through their own connection so they never see a write transaction's
         # uncommitted rows (WAL lets readers and the writer work at once).
         self._reader: aiosqlite.Connection | None = None
+        self._reader_uri = ""  # what the reader opened (fold_pages opens the same)
         self._head = Head()
         # how a read-only store was opened (see ledger.store.read_only), once it is
         self.read_only_open: ReadOnlyOpen | None = None
@@ -198,6 +217,7 @@ class SQLiteEventStore(EventStore):
                 if self.read_only_open is None
                 else self.read_only_open.uri
             )
+            self._reader_uri = reader_uri
             self._reader = await aiosqlite.connect(reader_uri, uri=True, isolation_level=None)
             await self._reader.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             if self._read_only:
@@ -448,6 +468,50 @@ class SQLiteEventStore(EventStore):
             columns=_FACT_COLUMNS,
         )
 
+    async def fold_pages(
+        self,
+        consume: Callable[[FoldPage], None],
+        *,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+        until: datetime | None = None,
+        page_size: int = 5000,
+    ) -> None:
+        # The whole fold is one hand-off: the fold's columns read by one SELECT and folded,
+        # page by page, on one worker thread through a connection of its own. Pages read
+        # through aiosqlite cost two thread hops each, and on a busy machine each hop waits
+        # for a time slice (the 1M-event rebuild, three alternating pairs of runs at load 3
+        # on 2 cores: 4.30, 4.70, 4.07 s that way, 3.24, 3.61, 3.46 s this way).
+        self._reading()  # StoreUnavailable if not open
+        where, extra = _where(to_seq=to_seq, until=until, stream=None)
+        sql = f"SELECT {_FACT_COLUMNS} FROM events WHERE {where} ORDER BY seq"
+        uri, path, busy_ms = self._reader_uri, self.path, int(self._busy_timeout_ms)
+
+        def fold() -> None:
+            try:
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            except sqlite3.DatabaseError as exc:
+                raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
+            try:
+                try:
+                    conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                    cursor = conn.execute(sql, (after_seq, *extra))
+                except sqlite3.DatabaseError as exc:
+                    raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
+                while True:
+                    try:
+                        page: list[FactRow] = cursor.fetchmany(page_size)
+                    except sqlite3.DatabaseError as exc:
+                        raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
+                    if not page:
+                        return
+                    consume(page)
+                    anyio.from_thread.check_cancelled()  # a cancelled caller stops the fold
+            finally:
+                conn.close()
+
+        await anyio.to_thread.run_sync(fold)
+
     async def iterate_rows(
         self,
         *,
@@ -474,18 +538,8 @@ class SQLiteEventStore(EventStore):
         columns: str = _COLUMNS,
     ) -> AsyncIterator[list[RowTuple]]:
         conn = self._reading()
-        where = ["seq > ?"]
-        extra: list[object] = []
-        if to_seq is not None:
-            where.append("seq <= ?")
-            extra.append(to_seq)
-        if until is not None:
-            where.append("occurred_us <= ?")
-            extra.append(to_micros(until))
-        if stream is not None:
-            where.append("stream = ?")
-            extra.append(stream)
-        sql = f"SELECT {columns} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        where, extra = _where(to_seq=to_seq, until=until, stream=stream)
+        sql = f"SELECT {columns} FROM events WHERE {where} ORDER BY seq LIMIT ?"
 
         # One page at a time, no read-ahead: building a page's rows holds the GIL, so a page
         # read on aiosqlite's thread while the caller folds the last one mostly competes with
