@@ -27,6 +27,8 @@ from ledger.codec import (
     FoldFact,
     FoldPage,
     MarkText,
+    decode_current,
+    decode_event,
     decode_for_fold,
     decode_for_fold_at,
     decode_for_fold_exactly,
@@ -373,16 +375,9 @@ class Book:
         """_fold_run of a run of undecoded marks: the last one decoded, and of the earlier
         ones, latest first, only those that may report what it does not."""
         seq, occurred_us, schema, body = run[-1]
-        last = _mark(seq, schema, body)
+        last = _exact_mark(seq, schema, body)  # the mark folded: read exactly, in one call
         position = self.open[position_id]
-        if type(last) is MarkText:  # only the numbers folded are parsed
-            price = _number(last.mark_price, seq)
-            pnl, margin_text = last.unrealized_pnl, last.initial_margin
-            unrealized = None if pnl is None else _number(pnl, seq)
-            reported = None if margin_text is None else _number(margin_text, seq)
-        else:
-            assert type(last) is PositionMarked
-            price, unrealized, reported = last.mark_price, last.unrealized_pnl, last.initial_margin
+        price, unrealized, reported = last.mark_price, last.unrealized_pnl, last.initial_margin
         opened_ms = last.exchange_opened_ms
         seen = position.exchange_seen or last.source is Source.EXCHANGE
         if len(run) > 1:
@@ -705,6 +700,22 @@ def _exactly(seq: int, schema_version: int, body: bytes) -> FoldEvent:
         return decode_for_fold_exactly(body, schema_version)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise IntegrityError(seq, f"body does not decode: {exc}") from None
+
+
+def _exact_mark(seq: int, schema_version: int, body: bytes) -> PositionMarked:
+    """A row's mark, decoded exactly; IntegrityError at seq if the body does not decode or
+    is no mark."""
+    try:
+        event = (
+            decode_current(body)
+            if schema_version == SCHEMA_VERSION
+            else decode_event(body, schema_version)
+        )
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise IntegrityError(seq, f"body does not decode: {exc}") from None
+    if type(event) is PositionMarked:
+        return event
+    raise IntegrityError(seq, f"body is a {type(event).__name__}, written as a mark")
 
 
 def _mark(seq: int, schema_version: int, body: bytes) -> MarkText | PositionMarked:
