@@ -516,7 +516,7 @@ def record_busy_timeouts(store: SQLiteEventStore) -> list[tuple[int, int, str]]:
     seen: list[tuple[int, int, str]] = []
     real = store._begin
 
-    def begin(conn: sqlite3.Connection) -> None:
+    def begin(conn: sqlite3.Connection | sqlite3.Cursor) -> None:  # the writer's cursor
         outcome = "began"
         try:
             real(conn)

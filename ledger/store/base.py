@@ -406,7 +406,11 @@ class StoreTransaction(abc.ABC):
     def __init__(self, head: Head, tail: list[Recorded], recorded_at: datetime) -> None:
         self.head = _Draft(head)
         self.tail = tail
-        self.recorded_us = to_micros(recorded_at)
+        self.recorded_us = (
+            (recorded_at - _EPOCH) // _MICROSECOND  # to_micros(), inlined
+            if recorded_at.tzinfo is not None
+            else to_micros(recorded_at)
+        )
         self.recorded_at = recorded_at
         # rows as they will be inserted, in StagedRow's field order (see RowTuple): plain
         # tuples, so the insert takes them as they are, with no struct or astuple per row

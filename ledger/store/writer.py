@@ -394,11 +394,13 @@ class GroupCommit(Generic[J]):
     def _take(self) -> list[J] | None:
         with self._lock:
             pending = self._pending
-            if not pending:
+            count = len(pending)
+            if count == 1:  # the usual group of one
+                return [pending.popleft()]
+            if not count:
                 self._draining = False
                 return None
-            count = min(len(pending), self._max_group)
-            return [pending.popleft() for _ in range(count)]
+            return [pending.popleft() for _ in range(min(count, self._max_group))]
 
     def _put_back(self, group: list[J]) -> None:
         with self._lock:
