@@ -328,18 +328,25 @@ class GroupCommit(Generic[J]):
         self._pending: deque[J] = deque()
         self._draining = False
 
-    async def run(self, job: J) -> None:
-        """Queue the job and return once it is settled (read its outcome on the job).
+    def run(self, job: J) -> Awaitable[None]:
+        """Queue the job now; the awaitable returned (await it at once) is done once the job
+        is settled (read its outcome on the job).
 
-        A caller cancelled after this began may still have its job committed (and, if it
-        led, the group it took is run before the cancellation goes on)."""
+        A follower awaits its Completion itself: no coroutine of its own to make and to step
+        through when it is woken (of 500 tasks writing at once, 499 follow). A caller
+        cancelled after this began may still have its job committed (and, if it led, the
+        group it took is run before the cancellation goes on)."""
         if self._enter(job):
-            inline = self._inline_async and job.done.on_asyncio
-            try:
-                if inline and _others_scheduled(asyncio.get_running_loop()):
-                    await asyncio.sleep(0)  # tasks scheduled before this one queue their jobs
-            finally:
-                self._lead(inline=inline, may_wait=False)
+            return self._lead_and_wait(job)
+        return job.done.wait()
+
+    async def _lead_and_wait(self, job: J) -> None:
+        inline = self._inline_async and job.done.on_asyncio
+        try:
+            if inline and _others_scheduled(asyncio.get_running_loop()):
+                await asyncio.sleep(0)  # tasks scheduled before this one queue their jobs
+        finally:
+            self._lead(inline=inline, may_wait=False)
         await job.done.wait()
 
     def run_blocking(self, job: J) -> None:
