@@ -311,8 +311,8 @@ class Book:
             self.last_hash = last_hash
 
     def _fold_rows(self, rows: Sequence[FactRow], runs: dict[str, list[FactRow]]) -> int:
-        """apply_facts' loop over rows: every event folded but the marks left in runs
-        (undecoded); the last seq."""
+        """apply_facts' loop over rows (ascending seqs, as the store reads them): every event
+        folded but the marks left in runs (undecoded); the last seq."""
         open_ = self.open
         head = MARK_HEAD
         start = len(head)
@@ -326,16 +326,17 @@ class Book:
         timed = _TIMED
         folds = _FOLDS
         last = self.last_seq
+        if rows and rows[0][0] <= last:  # rows in seq order: those in already come first
+            rows = [row for row in rows if row[0] > last]
+        if not rows:
+            return last
         for row in rows:
-            seq, occurred_us, schema, body = row
-            if seq <= last:
-                continue
-            last = seq
-            if body.startswith(head) and schema in as_is:
+            body = row[3]
+            if body[:start] == head and (row[2] == current or row[2] in as_is):
                 end = body.find(b'"', start)
                 position_id = ids.get(body[start:end]) if end > 0 else None
                 if position_id is None:
-                    position_id = _mark(seq, schema, body).position_id
+                    position_id = _mark(row[0], row[2], body).position_id
                     if end > 0 and body[start:end] == position_id.encode():
                         ids[body[start:end]] = position_id
                 run = runs.get(position_id)
@@ -344,8 +345,9 @@ class Book:
                 elif position_id in open_:
                     runs[position_id] = [row]
                 else:
-                    self.skipped.append(seq)
+                    self.skipped.append(row[0])
                 continue
+            seq, occurred_us, schema, _ = row
             try:
                 event = decode(body) if schema == current else decode_for_fold_at(body, schema)
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -369,7 +371,7 @@ class Book:
             if fold_event is not None:
                 at = from_micros(occurred_us) if kind in timed else _NO_TIME
                 fold_event(self, seq, event, at)
-        return last
+        return rows[-1][0]
 
     def _fold_row_run(self, position_id: str, run: list[FactRow]) -> None:
         """_fold_run of a run of undecoded marks: the last one decoded, and of the earlier

@@ -196,3 +196,25 @@ def test_a_superseded_mark_is_not_decoded() -> None:
     expected = fold_records(records)
     expected.last_hash = "h"
     same(book, expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=events, page=st.integers(1, 12), data=st.data())
+def test_rows_the_book_holds_already_are_passed_over(
+    events: list[AnyEvent], page: int, data: st.DataObject
+) -> None:
+    """A page that starts at or below the book's last seq (a replay from an earlier point)
+    folds only the rows after it."""
+    records = Stamper().stamp_all([*(opened(p) for p in IDS), *events])
+    expected = fold_records(records)
+    expected.last_hash = "h"
+    rows = [row(r) for r in records]
+    cut = data.draw(st.integers(0, len(rows)), label="cut")
+    again = data.draw(st.integers(0, cut), label="replayed from")
+    book = Book()
+    book.apply_facts(rows[:cut], last_hash="h")
+    for start in range(again, len(rows), page):
+        book.apply_facts(rows[start : start + page], last_hash="h")
+    if not rows[again:]:
+        book.last_hash = "h"
+    same(book, expected)
