@@ -1,0 +1,344 @@
+"""Adversarial checks of the write path's fast paths: runs of marks decided together, the
+follower's bare future, the copy-on-write statistics, the lazily decoded marks of a rebuild.
+
+Groups are forced as in test_group_commit: the store's writer thread is held while the jobs
+queue behind it, so they share the one transaction that follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from ledger.envelope import Recorded
+from ledger.errors import InvalidValue, LedgerError, PositionAlreadyClosed, UnknownPosition
+from ledger.events import AnyEvent, PositionClosed, PositionMarked, PositionOpened
+from ledger.rebuild import fold_log
+from ledger.service import Ledger
+from ledger.settings import Settings
+from ledger.store.sqlite import SQLiteEventStore
+from ledger.values import Side
+from projections.book import Book, fold_records
+
+pytestmark = pytest.mark.anyio
+
+SETTINGS = Settings(max_concurrent_positions=1000)
+
+
+def _same_book(a: Book, b: Book) -> None:
+    assert a.last_seq == b.last_seq and a.last_hash == b.last_hash
+    assert a.open == b.open
+    assert dict(a.closed) == dict(b.closed)
+    assert msgspec.json.encode(a.acc) == msgspec.json.encode(b.acc)
+    assert {k: msgspec.json.encode(v) for k, v in a.accounts.items()} == {
+        k: msgspec.json.encode(v) for k, v in b.accounts.items()
+    }
+
+
+async def _in_one_group(ledger: Ledger, calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run each call as a task, all queued behind a held writer thread; each one's result or
+    exception, in order."""
+    hold, held = threading.Event(), threading.Event()
+
+    def holding() -> None:
+        held.set()
+        hold.wait()
+
+    outcomes: list[Any] = [None] * len(calls)
+
+    async def run(i: int) -> None:
+        try:
+            outcomes[i] = await calls[i]()
+        except Exception as exc:
+            outcomes[i] = exc
+
+    try:
+        ledger.store.writer.submit(holding)
+        await anyio.to_thread.run_sync(held.wait)
+        async with anyio.create_task_group() as group:
+            for i in range(len(calls)):
+                group.start_soon(run, i)
+            await anyio.wait_all_tasks_blocked()
+            hold.set()
+    finally:
+        hold.set()
+    return outcomes
+
+
+async def _rebuilt(db_path: Path) -> Book:
+    store = SQLiteEventStore(db_path, read_only=True)
+    await store.open()
+    try:
+        report = await store.verify_chain()
+        assert report.events == (await store.head()).seq
+        book = await fold_log(store)
+        assert msgspec.json.encode(book.acc) == msgspec.json.encode(
+            fold_records(await store.read()).acc
+        )
+        return book
+    finally:
+        await store.close()
+
+
+async def test_500_marks_in_one_group_with_bad_ones_in_the_middle(db_path: Path) -> None:
+    """Each bad mark fails alone with a typed error; every other commits; the last good mark
+    of each position is its price; the live book equals a rebuild from the log."""
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        ids = []
+        for i in range(5):
+            p = await ledger.open_position(
+                f"S{i}USDT", "buy", entry_price=100, leverage=2, qty=1, position_id=f"p{i}"
+            )
+            ids.append(p.position_id)
+        await ledger.close_position("p4", price=110)
+        calls: list[Callable[[], Awaitable[Any]]] = []
+        expected_price: dict[str, Decimal] = {}
+        bad: dict[int, type[LedgerError]] = {}
+        for n in range(500):
+            pid = ids[n % 4]
+            price = Decimal(100) + Decimal(n) / 100
+            if n == 250:
+                bad[n] = UnknownPosition
+                calls.append(lambda: ledger.mark("nope", 101))
+                continue
+            if n == 251:
+                bad[n] = PositionAlreadyClosed
+                calls.append(lambda: ledger.mark("p4", 101))
+                continue
+            if n == 252:
+                bad[n] = InvalidValue
+                calls.append(lambda: ledger.mark("p0", float("nan")))
+                continue
+            if n == 253:
+                bad[n] = InvalidValue
+                calls.append(lambda: ledger.mark("p0", "abc"))
+                continue
+            if n == 254:
+                bad[n] = InvalidValue
+                calls.append(lambda: ledger.mark("p0", -5))
+                continue
+            expected_price[pid] = price
+            calls.append(functools.partial(ledger.mark, pid, price))
+        before = ledger.last_seq
+        outcomes = await _in_one_group(ledger, calls)
+        for n, outcome in enumerate(outcomes):
+            if n in bad:
+                assert isinstance(outcome, bad[n]), (n, outcome)
+            else:
+                assert not isinstance(outcome, BaseException), (n, outcome)
+        assert ledger.last_seq == before + 500 - len(bad)
+        for pid, price in expected_price.items():
+            position = ledger.get_position(pid)
+            assert position is not None and position.current_price == price
+        live = ledger.book
+    _same_book(live, await _rebuilt(db_path))
+
+
+async def test_marks_mixed_with_open_and_close_in_one_group(db_path: Path) -> None:
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        await ledger.open_position(
+            "AUSDT", "buy", entry_price=10, leverage=2, qty=3, position_id="a"
+        )
+        await ledger.open_position(
+            "BUSDT", "sell", entry_price=20, leverage=2, qty=1, position_id="b"
+        )
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            lambda: ledger.mark("a", 11),
+            lambda: ledger.mark("b", 19),
+            lambda: ledger.mark("a", 12),
+            lambda: ledger.close_position("a", price=13),
+            lambda: ledger.mark("a", 14),  # closed by the job before: fails alone
+            lambda: ledger.mark("b", 18),
+            lambda: ledger.open_position(
+                "CUSDT", "buy", entry_price=5, leverage=2, qty=2, position_id="c"
+            ),
+            lambda: ledger.mark("c", 6),
+            lambda: ledger.mark("c", 7),
+            lambda: ledger.mark("nope", 7),
+            lambda: ledger.mark("b", 17),
+        ]
+        outcomes = await _in_one_group(ledger, calls)
+        assert isinstance(outcomes[4], PositionAlreadyClosed)
+        assert isinstance(outcomes[9], UnknownPosition)
+        assert all(
+            not isinstance(o, BaseException) for i, o in enumerate(outcomes) if i not in (4, 9)
+        )
+        assert "a" not in ledger.book.open and "a" in ledger.book.closed
+        # the independent reference: qty 3 bought at 10, closed at 13
+        assert ledger.book.closed["a"].realized_pnl == Decimal(9)
+        assert ledger.book.open["b"].current_price == 17
+        assert ledger.book.open["c"].current_price == 7
+        live = ledger.book
+    rebuilt = await _rebuilt(db_path)
+    _same_book(live, rebuilt)
+
+
+async def test_a_follower_cancelled_while_queued_leaves_no_duplicate_and_no_stray_error(
+    db_path: Path,
+) -> None:
+    """Cancelled before its group runs: its job may still commit (documented), but once at
+    most, the others commit, nothing is reported to the loop's exception handler."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        async with Ledger(db_path, settings=SETTINGS) as ledger:
+            await ledger.open_position(
+                "AUSDT", "buy", entry_price=10, leverage=2, qty=1, position_id="a"
+            )
+            hold, held = threading.Event(), threading.Event()
+
+            def holding() -> None:
+                held.set()
+                hold.wait()
+
+            ledger.store.writer.submit(holding)
+            await anyio.to_thread.run_sync(held.wait)
+            tasks = [asyncio.ensure_future(ledger.mark("a", 10 + i)) for i in range(1, 21)]
+            try:
+                await anyio.wait_all_tasks_blocked()
+                for task in tasks[::3]:
+                    task.cancel()
+            finally:
+                hold.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            cancelled = [t for t in tasks[::3]]
+            assert all(t.cancelled() for t in cancelled)
+            assert all(
+                not isinstance(r, BaseException) for i, r in enumerate(results) if i % 3 != 0
+            )
+            # one more command after: the writer goes on
+            await ledger.mark("a", 99)
+            live = ledger.book
+        rebuilt = await _rebuilt(db_path)
+        _same_book(live, rebuilt)
+        store = SQLiteEventStore(db_path, read_only=True)
+        await store.open()
+        try:
+            records = await store.read()
+        finally:
+            await store.close()
+        marks = [r.event.mark_price for r in records if isinstance(r.event, PositionMarked)]
+        assert len(marks) == len(set(marks)), "a mark was stored twice"
+        assert set(marks) >= {Decimal(10 + i) for i in range(1, 21) if (i - 1) % 3 != 0}
+        assert len({r.event_id for r in records}) == len(records)
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert not reported, reported
+
+
+def _closed(pid: str, symbol: str, pnl: int) -> list[AnyEvent]:
+    return [
+        PositionOpened(
+            position_id=pid,
+            symbol=symbol,
+            side=Side.BUY,
+            qty=Decimal(1),
+            entry_price=Decimal(100),
+            leverage=2,
+        ),
+        PositionClosed(
+            position_id=pid,
+            qty=Decimal(1),
+            price=Decimal(100 + pnl),
+            realized_pnl=Decimal(pnl),
+            reason="t",
+        ),
+    ]
+
+
+def test_statistics_shared_by_copies_never_leak_between_them() -> None:
+    """copy / fork / successor share per_symbol until one side writes: a close folded on any
+    of them never shows in another, nor in the book they came from."""
+    seq = 0
+
+    def records(events: list[AnyEvent]) -> list[Recorded]:
+        nonlocal seq
+        out = []
+        for event in events:
+            seq += 1
+            out.append(
+                Recorded(
+                    seq=seq,
+                    stream="s",
+                    version=seq,
+                    event_id=f"e{seq}",
+                    occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+                    recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
+                    schema_version=1,
+                    event=event,
+                    hash=f"{seq:064x}",
+                )
+            )
+        return out
+
+    base = Book()
+    base.apply_all(records(_closed("a", "AUSDT", 5)))
+    frozen = msgspec.json.encode(base.acc)
+    views = [base.copy(), base.fork(), base.successor()]
+    encoded_views = [msgspec.json.encode(v.acc) for v in views]
+    # fold a close on the base: no view may see it
+    base.apply_all(records(_closed("b", "AUSDT", -3)))
+    assert [msgspec.json.encode(v.acc) for v in views] == encoded_views
+    after_base = msgspec.json.encode(base.acc)
+    assert after_base != frozen
+    # fold different closes on each view: neither the base nor the other views see them
+    for i, view in enumerate(views):
+        view.apply_all(records(_closed(f"v{i}", "AUSDT" if i % 2 else f"X{i}USDT", 7 + i)))
+    assert msgspec.json.encode(base.acc) == after_base
+    figures = [msgspec.json.encode(v.acc) for v in views]
+    assert len(set(figures)) == 3
+    for i, view in enumerate(views):
+        assert view.acc.per_symbol["AUSDT"].closed_trades == (2 if i % 2 else 1)
+        assert view.acc.closed_trades == 2
+    assert base.acc.per_symbol["AUSDT"].closed_trades == 2
+    assert base.acc.closed_trades == 2
+
+
+@pytest.mark.parametrize("kind", ["timer", "reader"])
+async def test_a_task_writing_in_a_loop_never_starves_the_event_loop(
+    db_path: Path, kind: str
+) -> None:
+    """A command run inline may skip its yield when nothing is ready to run, but a task that
+    awaits command after command must still let the loop run its timers and its I/O: a bot's
+    heartbeat, a websocket reader, a timeout around the loop itself (it never fires if the loop
+    never turns). Bounded: the timer is due at once, the socket readable at once."""
+    loop = asyncio.get_running_loop()
+    fired = asyncio.Event()
+    async with Ledger(
+        db_path, settings=Settings(max_concurrent_positions=10, synchronous="NORMAL")
+    ) as ledger:
+        await ledger.open_position(
+            "AUSDT", "buy", entry_price=10, leverage=2, qty=1, position_id="a"
+        )
+        if kind == "timer":
+            loop.call_later(0, fired.set)  # due now: runs at the loop's next turn
+            closing: list[Any] = []
+        else:
+            left, right = socket.socketpair()
+            closing = [left, right]
+            loop.add_reader(left.fileno(), fired.set)
+            right.send(b"x")  # readable now: seen at the loop's next poll
+        try:
+            commands = 0
+            while not fired.is_set() and commands < 200:
+                await ledger.mark("a", 10 + commands % 7)
+                commands += 1
+        finally:
+            if closing:
+                loop.remove_reader(closing[0].fileno())
+                for sock in closing:
+                    sock.close()
+    assert fired.is_set(), f"{commands} commands ran and the loop never turned"
