@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
+import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -342,3 +348,181 @@ async def test_a_task_writing_in_a_loop_never_starves_the_event_loop(
                 for sock in closing:
                     sock.close()
     assert fired.is_set(), f"{commands} commands ran and the loop never turned"
+
+
+async def test_random_groups_live_book_equals_rebuild_and_snapshot_plus_tail(
+    db_path: Path,
+) -> None:
+    """Seeded random groups of opens, marks, partial exits, funding and closes on a few
+    symbols and two streams of commands at once: after every group the live book (forked,
+    shared copy-on-write sums) equals a fold of the log; a reopen from positions.json plus the
+    tail equals it too. The closed figures are checked against sums written here."""
+    rng = random.Random(9)
+    settings = Settings(max_concurrent_positions=1000, snapshot_every_events=7)
+    realized: dict[str, Decimal] = {}  # symbol -> the realized PnL of its closed positions
+    async with Ledger(db_path, settings=settings) as ledger:
+        opened = 0
+        for _ in range(25):
+            calls: list[Callable[[], Awaitable[Any]]] = []
+            live = list(ledger.book.open)
+            for _ in range(rng.randint(1, 12)):
+                roll = rng.random()
+                if roll < 0.25 or not live:
+                    opened += 1
+                    calls.append(
+                        functools.partial(
+                            ledger.open_position,
+                            f"S{opened % 4}USDT",
+                            rng.choice(["buy", "sell"]),
+                            entry_price=rng.randint(90, 110),
+                            leverage=2,
+                            qty=rng.randint(1, 4),
+                            position_id=f"p{opened}",
+                        )
+                    )
+                elif roll < 0.65:
+                    calls.append(
+                        functools.partial(ledger.mark, rng.choice(live), rng.randint(80, 120))
+                    )
+                elif roll < 0.75:
+                    calls.append(
+                        functools.partial(
+                            ledger.register_partial_exit,
+                            rng.choice(live),
+                            price=rng.randint(80, 120),
+                            qty=Decimal("0.5"),
+                        )
+                    )
+                elif roll < 0.85:
+                    calls.append(
+                        functools.partial(
+                            ledger.record_funding,  # a closed one's amends its close
+                            rng.choice(live + list(ledger.book.closed)),
+                            Decimal(rng.randint(-3, 3)) or Decimal(1),
+                            execution_id=f"f{rng.random()}",
+                        )
+                    )
+                else:
+                    calls.append(
+                        functools.partial(
+                            ledger.close_position, rng.choice(live), price=rng.randint(80, 120)
+                        )
+                    )
+            outcomes = await _in_one_group(ledger, calls)
+            for outcome in outcomes:
+                assert (
+                    outcome is None
+                    or not isinstance(outcome, BaseException)
+                    or isinstance(outcome, LedgerError)
+                ), outcome
+            _same_book(ledger.book, fold_records(await ledger.store.read()))
+        live_book = ledger.book
+        for position in live_book.closed.values():
+            realized[position.symbol] = realized.get(position.symbol, Decimal(0)) + (
+                position.realized_pnl
+            )
+        assert live_book.closed, "the random walk closed nothing"
+        for symbol, figures in live_book.acc.per_symbol.items():
+            assert figures.realized_pnl == realized[symbol]
+            assert figures.closed_trades == sum(
+                1 for p in live_book.closed.values() if p.symbol == symbol
+            )
+    async with Ledger(db_path, settings=settings) as reopened:  # positions.json + the tail
+        _same_book(reopened.book, live_book)
+    _same_book(await _rebuilt(db_path), live_book)
+
+
+def test_kill_9_during_groups_of_marks_loses_no_acknowledged_mark(tmp_path: Path) -> None:
+    """A writer committing groups of 40 concurrent marks (the run-of-marks path) killed with
+    SIGKILL: every mark it acknowledged is in the log as acknowledged, the chain verifies, and
+    a ledger reopened on the file has the book a rebuild gives."""
+    db = tmp_path / "ledger.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests._adv_mark_worker", str(db)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    acks: list[list[Any]] = []
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline() or b"{}").get("ready")
+        assert isinstance(ready, int), proc.stderr.read() if proc.stderr else ""
+        while len(acks) < 230:  # mid-way through a group of 40
+            line = proc.stdout.readline()
+            assert line.endswith(b"\n"), "the writer ended early"
+            acks.append(json.loads(line))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    async def check() -> None:
+        store = SQLiteEventStore(db, read_only=True)
+        await store.open()
+        try:
+            records = {r.seq: r for r in await store.read()}
+            await store.verify_chain()
+        finally:
+            await store.close()
+        for seq, event_id, digest, pid, price in acks:
+            stored = records.get(seq)
+            assert stored is not None, f"acknowledged seq {seq} lost"
+            assert (stored.event_id, stored.hash, stored.stream) == (event_id, digest, pid)
+            assert isinstance(stored.event, PositionMarked)
+            assert stored.event.mark_price == Decimal(price)
+        async with Ledger(db) as ledger:
+            live = ledger.book
+        _same_book(live, await _rebuilt(db))
+
+    anyio.run(check)
+
+
+async def test_siblings_created_in_the_leaders_step_join_its_group_and_call_soon_ones_commit(
+    db_path: Path,
+) -> None:
+    """The skip-yield heuristic: tasks a leader creates in the step it leads from are ready,
+    so it yields and they share its transaction; a task created later by a call_soon callback
+    commits in a group of its own. Every write lands once."""
+    loop = asyncio.get_running_loop()
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        await ledger.open_position(
+            "AUSDT", "buy", entry_price=10, leverage=2, qty=1, position_id="a"
+        )
+        transactions = 0
+        real = ledger.store.run_transaction
+
+        def counted(unit: Callable[[Any], Any]) -> Any:
+            nonlocal transactions
+            transactions += 1
+            return real(unit)
+
+        ledger.store.run_transaction = counted  # type: ignore[method-assign]
+        try:
+            siblings = [asyncio.ensure_future(ledger.mark("a", 11 + i)) for i in range(10)]
+            await ledger.mark("a", 30)
+            await asyncio.gather(*siblings)
+            assert transactions == 1, "the siblings did not join the leader's group"
+            late: list[asyncio.Future[Any]] = []
+            loop.call_soon(lambda: late.append(asyncio.ensure_future(ledger.mark("a", 40))))
+            await ledger.mark("a", 41)
+            while not late:
+                await asyncio.sleep(0)
+            await late[0]
+        finally:
+            ledger.store.run_transaction = real  # type: ignore[method-assign]
+        store_records = await ledger.store.read()
+    prices = sorted(
+        r.event.mark_price for r in store_records if isinstance(r.event, PositionMarked)
+    )
+    assert prices == sorted(
+        [Decimal(11 + i) for i in range(10)] + [Decimal(x) for x in (30, 40, 41)]
+    )
