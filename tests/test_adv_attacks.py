@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,8 +28,15 @@ import anyio
 import msgspec
 import pytest
 
-from ledger.envelope import Recorded
-from ledger.errors import InvalidValue, LedgerError, PositionAlreadyClosed, UnknownPosition
+from ledger.blocking import ThreadSafePositionManager
+from ledger.envelope import GENESIS_HASH, Recorded, chain_hash
+from ledger.errors import (
+    IntegrityError,
+    InvalidValue,
+    LedgerError,
+    PositionAlreadyClosed,
+    UnknownPosition,
+)
 from ledger.events import AnyEvent, PositionClosed, PositionMarked, PositionOpened
 from ledger.rebuild import fold_log
 from ledger.service import Ledger
@@ -526,3 +534,147 @@ async def test_siblings_created_in_the_leaders_step_join_its_group_and_call_soon
     assert prices == sorted(
         [Decimal(11 + i) for i in range(10)] + [Decimal(x) for x in (30, 40, 41)]
     )
+
+
+def test_manager_threads_an_async_ledger_and_a_process_on_one_file(tmp_path: Path) -> None:
+    """8 threads through the blocking manager, an async Ledger of this process and a second
+    process, all on one file: the chain verifies, every id is unique, and the manager's book
+    (caught up) equals a rebuild from the log, its realized sums those of its closes."""
+    db = tmp_path / "ledger.db"
+    settings = Settings(max_concurrent_positions=1000)
+    manager = ThreadSafePositionManager(tmp_path / "positions.json", settings=settings)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests._adv_mixed_worker", str(db)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    errors: list[BaseException] = []
+
+    def bot(n: int) -> None:
+        try:
+            for k in range(4):
+                pid = manager.thread_safe_create_position(
+                    symbol=f"T{n}{k}USDT",
+                    side="buy",
+                    entry_price=100.0,
+                    position_size=500.0,
+                    leverage=5,
+                )
+                for step in range(5):
+                    assert manager.update_position_price(pid, 100.0 + step)
+                assert manager.register_partial_exit(pid, 500.0 * 0.3, 110.0, None, "tp1")
+                assert manager.close_position(pid, "done", 105.0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    async def loop_writer() -> None:
+        async with Ledger(db, settings=settings) as ledger:
+            for k in range(5):
+                pid = f"loop-{k}"
+                await ledger.open_position(
+                    f"L{k}USDT", "buy", entry_price=20, leverage=2, qty=3, position_id=pid
+                )
+                await asyncio.gather(*(ledger.mark(pid, 20 + i) for i in range(12)))
+                await ledger.close_position(pid, price=25)
+
+    try:
+        threads = [threading.Thread(target=bot, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        anyio.run(loop_writer)
+        for thread in threads:
+            thread.join(120)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out == b"done\n", err.decode()
+        assert not errors, errors
+        manager._acall(lambda ledger: ledger.refresh())  # what the others wrote since
+        book = manager.ledger.book
+    finally:
+        manager.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rebuilt = anyio.run(_rebuilt, db)
+    _same_book(book, rebuilt)
+    # the process's partial exits (1 of qty 2) leave 2 of its 4 positions a round open
+    assert len(rebuilt.closed) == 8 * 4 + 5 + 6 * 2
+    assert len(rebuilt.open) == 6 * 2
+    # each manager position: 150 USD of 500 exited at 110 from 100 (qty 1.5 -> 15), the rest
+    # (qty 3.5) closed at 105 (17.5): 32.5 each
+    for n in range(8):
+        for k in range(4):
+            (closed,) = [p for p in rebuilt.closed.values() if p.symbol == f"T{n}{k}USDT"]
+            assert closed.realized_pnl == Decimal("32.5")
+    verify = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "--db", str(db), "verify"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.parametrize("rehash", [False, True], ids=["edited", "edited-and-rechained"])
+async def test_a_superseded_mark_edited_to_no_number_is_caught_by_verify(
+    db_path: Path, rehash: bool
+) -> None:
+    """A rebuild parses only the marks it folds (a superseded mark's numbers stay text), so
+    what vouches for every body is verify: an edited mark body, even with the chain's hashes
+    written again to match it, fails verification at its seq, as do the audit's reads."""
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        await ledger.open_position(
+            "AUSDT", "buy", entry_price=10, leverage=2, qty=1, position_id="a"
+        )
+        for price in (11, 12, 13):
+            await ledger.mark("a", price)
+    con = sqlite3.connect(db_path)
+    try:
+        ((seq, body),) = [
+            (row_seq, row_body)
+            for row_seq, row_body in con.execute(
+                "SELECT seq, body FROM events WHERE type = 'PositionMarked'"
+            )
+            if b'"12"' in row_body
+        ]
+        con.execute(
+            "UPDATE events SET body = ? WHERE seq = ?", (body.replace(b'"12"', b'"x"'), seq)
+        )
+        if rehash:
+            prev = GENESIS_HASH
+            for row in con.execute(
+                "SELECT seq, stream, version, event_id, occurred_us, recorded_us,"
+                " schema_version, body FROM events ORDER BY seq"
+            ).fetchall():
+                prev = chain_hash(
+                    prev,
+                    seq=row[0],
+                    stream=row[1],
+                    version=row[2],
+                    event_id=row[3],
+                    occurred_us=row[4],
+                    recorded_us=row[5],
+                    schema_version=row[6],
+                    body=row[7],
+                )
+                con.execute("UPDATE events SET hash = ? WHERE seq = ?", (prev, row[0]))
+        con.commit()
+    finally:
+        con.close()
+    store = SQLiteEventStore(db_path, read_only=True)
+    await store.open()
+    try:
+        with pytest.raises(IntegrityError) as caught:
+            await store.verify_chain()
+        assert caught.value.seq == seq
+    finally:
+        await store.close()
+    stats = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "--db", str(db_path), "stats"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stats.returncode != 0 and f"seq {seq}" in stats.stderr, stats.stderr
