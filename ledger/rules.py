@@ -189,6 +189,8 @@ def check_command(command: Command | Limits) -> None:
 
 
 def _field_specs(cls: type[msgspec.Struct]) -> tuple[_FieldSpec, ...]:
+    if not issubclass(cls, msgspec.Struct):  # a str, None, a class: no command at all
+        raise InvalidValue("command", cls.__name__, "expected a command")
     specs = []
     for field in msgspec.structs.fields(cls):
         declared = field.type

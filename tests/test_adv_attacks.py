@@ -29,6 +29,7 @@ import msgspec
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
+from ledger.commands import MarkPosition
 from ledger.envelope import GENESIS_HASH, Recorded, chain_hash
 from ledger.errors import (
     IntegrityError,
@@ -678,3 +679,22 @@ async def test_a_superseded_mark_edited_to_no_number_is_caught_by_verify(
         timeout=60,
     )
     assert stats.returncode != 0 and f"seq {seq}" in stats.stderr, stats.stderr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["open please", None, 5, object(), MarkPosition, [MarkPosition]],
+    ids=["str", "None", "int", "object", "a command class", "a list"],
+)
+async def test_what_is_no_command_is_refused_with_a_typed_error(db_path: Path, bad: object) -> None:
+    """execute / execute_blocking / transact's check of a command given something that is no
+    command at all: InvalidValue (a LedgerError), nothing appended, the ledger goes on."""
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        before = ledger.last_seq
+        with pytest.raises(InvalidValue):
+            await ledger.execute(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidValue):
+            await anyio.to_thread.run_sync(ledger.execute_blocking, bad)  # type: ignore[arg-type]
+        assert ledger.last_seq == before
+        await ledger.open_position("AUSDT", "buy", entry_price=1, leverage=2, qty=1)
+        assert ledger.last_seq > before
