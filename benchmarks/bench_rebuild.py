@@ -3,9 +3,11 @@
 The log is the scale's (100k events by default, 1M with BENCH_SCALE=full). Target (issue 9):
 the fold (`ledger.rebuild.fold_log`, what start-up runs) takes at most 2x a raw sqlite3 scan
 of every column of the same rows in seq order. Two more cases split the cost: the raw scan of
-only the columns the fold reads (rows), and the store reading and decoding them as the fold
-does, without the fold (rows + decode: `iterate_fold_facts`, marks' numbers left as text);
-the report prints the difference as rows / decode / fold. The fold's peak
+only the columns the fold reads (rows), and the store reading them as the fold does, handed to
+a fold that does nothing (`store.fold_pages`: the rows, still encoded, on the store's worker
+thread); the report prints the differences as rows / store's read / decode + fold (the fold
+decodes a body only as far as it folds it: a mark superseded by the next is never decoded).
+The fold's peak
 memory is measured in a fresh process (its RSS high-water mark; tracemalloc's peak in a second
 run) and kept in extra_info.
 """
@@ -28,7 +30,7 @@ from ledger.store.sqlite import SQLiteEventStore
 GROUP = "rebuild"
 _RAW = "raw sqlite3 SELECT scan"
 _RAW_FACTS = "raw sqlite3 SELECT of the fold's 4 columns"
-_FACTS = "store.iterate_fold_facts (rows + decode, no fold)"
+_FACTS = "store.fold_pages (the fold's rows as it reads them, no decode, no fold)"
 FACT_COLUMNS = "seq, occurred_us, schema_version, body"  # what SQLiteEventStore's fold reads
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +99,9 @@ def test_rebuild_decode_only(
     benchmark: Benchmark, portal: BlockingPortal, scale: Scale, store: SQLiteEventStore
 ) -> None:
     async def count() -> int:
-        return sum([len(page) async for page in store.iterate_fold_facts()])
+        pages: list[int] = []
+        await store.fold_pages(lambda page: pages.append(len(page)))
+        return sum(pages)
 
     total = benchmark.pedantic(lambda: portal.call(count), rounds=scale.rebuild_rounds)
     assert total == scale.log_events

@@ -167,18 +167,19 @@ def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
 
 
 def _rebuild_breakdown(cases: list[dict[str, Any]]) -> list[str]:
-    """Where the rebuild's time goes: rows (the raw scan of the fold's columns), decode (the
-    store reading them into events, less the rows) and fold (the rest), from medians."""
+    """Where the rebuild's time goes: rows (the raw scan of the fold's columns), the store's
+    read (the store reading them as the fold does, less the rows) and decode + fold (the
+    rest: the fold decodes each body only as far as it folds it), from medians."""
     named = {c["case"]: c for c in cases if c["group"] == "rebuild"}
     rows = named.get("raw sqlite3 SELECT of the fold's 4 columns")
-    facts = named.get("store.iterate_fold_facts (rows + decode, no fold)")
+    facts = named.get("store.fold_pages (the fold's rows as it reads them, no decode, no fold)")
     fold = next((c for name, c in named.items() if name.startswith("fold ")), None)
     if rows is None or facts is None or fold is None:
         return []
     parts = {
         "rows": rows["median"],
-        "decode": facts["median"] - rows["median"],
-        "fold": fold["median"] - facts["median"],
+        "store's read": facts["median"] - rows["median"],
+        "decode + fold": fold["median"] - facts["median"],
     }
     shown = ", ".join(f"{name} {_seconds(max(value, 0.0))}" for name, value in parts.items())
     return [f"\nWhere the rebuild's time goes (medians): {shown}; total {_seconds(fold['median'])}"]
