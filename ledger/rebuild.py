@@ -23,8 +23,10 @@ async def fold_log(
     page_size: int = 5000,
 ) -> Book:
     """The book (a new one by default) with the log's events after its last seq folded in,
-    up to a seq or an occurred_at time. Raises IntegrityError (a body that does not decode),
-    StoreUnavailable, StoreError. The chain is not checked here (see ledger.audit).
+    up to a seq or an occurred_at time. Raises IntegrityError for a body the fold reads that
+    does not decode, StoreUnavailable, StoreError. Neither the chain nor a body the fold never
+    reads (a mark superseded by the next mark of its position) is checked here: `ledger verify`
+    and the audit reads check both (see ledger.audit).
 
     A book given may be folded on a worker thread (EventStore.fold_pages): no other task may
     read it until this returns."""
