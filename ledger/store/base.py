@@ -294,6 +294,25 @@ def record_from_row(row: StagedRow) -> Recorded:
     )
 
 
+def read_filter(
+    placeholder: str, *, to_seq: int | None, until: datetime | None, stream: str | None
+) -> tuple[str, list[object]]:
+    """The WHERE of a read of events after a seq (its first parameter), in the backend's
+    placeholder style ("?" or "%s"), and the parameters that follow the seq."""
+    where = [f"seq > {placeholder}"]
+    extra: list[object] = []
+    if to_seq is not None:
+        where.append(f"seq <= {placeholder}")
+        extra.append(to_seq)
+    if until is not None:
+        where.append(f"occurred_us <= {placeholder}")
+        extra.append(to_micros(until))
+    if stream is not None:
+        where.append(f"stream = {placeholder}")
+        extra.append(stream)
+    return " AND ".join(where), extra
+
+
 def facts_from_rows(rows: Sequence[FactRow]) -> list[Fact]:
     """Decode rows straight into facts; raises IntegrityError naming the first bad body."""
     decode = decode_current

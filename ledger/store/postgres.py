@@ -48,10 +48,10 @@ from ledger.store.base import (
     StagedRow,
     StoreTransaction,
     Waiter,
+    read_filter,
     record_from_row,
     records_from_rows,
 )
-from ledger.values import to_micros
 
 TABLE = "position_ledger_events"
 _COLUMNS = (
@@ -434,18 +434,8 @@ class PostgresEventStore(EventStore):
         columns: str = _COLUMNS,
         convert: Callable[[tuple[Any, ...]], Any] | None = None,
     ) -> AsyncIterator[list[RowTuple]]:
-        where = ["seq > %s"]
-        extra: list[object] = []
-        if to_seq is not None:
-            where.append("seq <= %s")
-            extra.append(to_seq)
-        if until is not None:
-            where.append("occurred_us <= %s")
-            extra.append(to_micros(until))
-        if stream is not None:
-            where.append("stream = %s")
-            extra.append(stream)
-        query = f"SELECT {columns} FROM {TABLE} WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
+        where, extra = read_filter("%s", to_seq=to_seq, until=until, stream=stream)
+        query = f"SELECT {columns} FROM {TABLE} WHERE {where} ORDER BY seq LIMIT %s"
         conn = self._reading()
 
         def page(cursor: int) -> list[RowTuple]:

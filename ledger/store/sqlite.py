@@ -30,12 +30,12 @@ from ledger.store.base import (
     RowTuple,
     StagedRow,
     StoreTransaction,
+    read_filter,
     record_from_row,
     records_from_rows,
 )
 from ledger.store.read_only import ReadOnlyOpen, read_only_open
 from ledger.store.writer import WouldWait
-from ledger.values import to_micros
 
 # 'PLDG': marks the file as a position-ledger log so a foreign database is refused.
 APPLICATION_ID = 0x504C4447
@@ -84,24 +84,6 @@ def _close_writer(conn: sqlite3.Connection) -> None:
         _rollback(conn)
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     conn.close()
-
-
-def _where(
-    *, to_seq: int | None, until: datetime | None, stream: str | None
-) -> tuple[str, list[object]]:
-    """The WHERE of a read after a seq (its first parameter), and the parameters after it."""
-    where = ["seq > ?"]
-    extra: list[object] = []
-    if to_seq is not None:
-        where.append("seq <= ?")
-        extra.append(to_seq)
-    if until is not None:
-        where.append("occurred_us <= ?")
-        extra.append(to_micros(until))
-    if stream is not None:
-        where.append("stream = ?")
-        extra.append(stream)
-    return " AND ".join(where), extra
 
 
 def _staged(row: sqlite3.Row | tuple[object, ...]) -> StagedRow:
@@ -490,7 +472,7 @@ class SQLiteEventStore(EventStore):
         # for a time slice (the 1M-event rebuild, three alternating pairs of runs at load 3
         # on 2 cores: 4.30, 4.70, 4.07 s that way, 3.24, 3.61, 3.46 s this way).
         self._reading()  # StoreUnavailable if not open
-        where, extra = _where(to_seq=to_seq, until=until, stream=None)
+        where, extra = read_filter("?", to_seq=to_seq, until=until, stream=None)
         sql = f"SELECT {_FACT_COLUMNS} FROM events WHERE {where} ORDER BY seq"
         uri, path, busy_ms = self._reader_uri, self.path, int(self._busy_timeout_ms)
 
@@ -545,7 +527,7 @@ class SQLiteEventStore(EventStore):
         columns: str = _COLUMNS,
     ) -> AsyncIterator[list[RowTuple]]:
         conn = self._reading()
-        where, extra = _where(to_seq=to_seq, until=until, stream=stream)
+        where, extra = read_filter("?", to_seq=to_seq, until=until, stream=stream)
         sql = f"SELECT {columns} FROM events WHERE {where} ORDER BY seq LIMIT ?"
 
         # One page at a time, no read-ahead: building a page's rows holds the GIL, so a page
