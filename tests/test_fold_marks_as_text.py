@@ -5,6 +5,7 @@ from a snapshot; and a number that is no number still stops the fold when the fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import get_args
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from ledger.codec import (
     SCHEMA_VERSION,
     FactRow,
+    FoldFact,
     MarkText,
     decode_current,
     decode_for_fold,
@@ -33,7 +35,7 @@ from ledger.events import (
     PositionMarked,
     PositionOpened,
 )
-from ledger.store.base import facts_from_rows, fold_facts_from_rows
+from ledger.store.base import facts_from_rows
 from ledger.values import Side, Source, to_micros
 from projections.book import Book, fold_records
 from projections.snapshot import decode_snapshot, encode_snapshot
@@ -115,6 +117,24 @@ def rows_of(records: list[Recorded]) -> list[FactRow]:
     return [
         (r.seq, to_micros(r.occurred_at), SCHEMA_VERSION, encode_event(r.event)) for r in records
     ]
+
+
+def fold_facts_from_rows(rows: list[FactRow]) -> Sequence[FoldFact]:
+    """A page of facts whose marks are MarkText, numbers unparsed (as the fold's decoder reads
+    them), a page it cannot read decoded exactly (IntegrityError naming the first bad body):
+    the third form of page `Book.apply_facts` takes."""
+    current = SCHEMA_VERSION
+    try:
+        return [
+            (
+                seq,
+                at,
+                decode_for_fold(body) if schema == current else decode_for_fold_at(body, schema),
+            )
+            for seq, at, schema, body in rows
+        ]
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return facts_from_rows(rows)
 
 
 def fold_rows(rows: list[FactRow], page: int, convert: object = fold_facts_from_rows) -> Book:

@@ -48,12 +48,9 @@ import msgspec
 from ledger.codec import (
     SCHEMA_VERSION,
     FactRow,
-    FoldFact,
     FoldPage,
     decode_current,
     decode_event,
-    decode_for_fold,
-    decode_for_fold_at,
     encode_event,
     event_type,
 )
@@ -333,24 +330,6 @@ def facts_from_rows(rows: Sequence[FactRow]) -> list[Fact]:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise IntegrityError(seq, f"body does not decode: {exc}") from None
     raise AssertionError("unreachable: a page failed to decode but every row decodes")
-
-
-def fold_facts_from_rows(rows: Sequence[FactRow]) -> Sequence[FoldFact]:
-    """facts_from_rows for a fold: marks come as MarkText, numbers unparsed (see
-    ledger.codec); a page that does not decode so is decoded exactly, which raises
-    IntegrityError naming the first bad body."""
-    decode = decode_for_fold
-    try:
-        return [
-            (
-                seq,
-                occurred_us,
-                decode(body) if schema == SCHEMA_VERSION else decode_for_fold_at(body, schema),
-            )
-            for seq, occurred_us, schema, body in rows
-        ]
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return facts_from_rows(rows)
 
 
 # A stored row as the database returns it, in StagedRow's field order.
