@@ -34,11 +34,12 @@ pytestmark = pytest.mark.anyio
 SETTINGS = Settings(max_concurrent_positions=1000)
 
 
-def opening(position_id: str, threads: list[int]) -> Callable[[Book], Sequence[Plan]]:
-    """A decider opening one position that notes the thread it was decided on."""
+def opening(position_id: str, threads: list[int] | None = None) -> Callable[[Book], Sequence[Plan]]:
+    """A decider opening one position that notes the thread it was decided on in threads."""
 
     def decide(book: Book) -> list[Plan]:
-        threads.append(threading.get_ident())
+        if threads is not None:
+            threads.append(threading.get_ident())
         return [
             Plan(
                 PositionOpened(

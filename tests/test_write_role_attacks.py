@@ -39,30 +39,13 @@ from ledger.store.postgres import PostgresEventStore
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
 from projections.book import Book
+from tests.test_write_role import opening
 
 pytestmark = pytest.mark.anyio
 
 SETTINGS = Settings(max_concurrent_positions=10_000)
 WATCHDOG = 60.0  # seconds a scenario may take before it counts as hung
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def opening(position_id: str) -> Callable[[Book], Sequence[Plan]]:
-    def decide(book: Book) -> list[Plan]:
-        return [
-            Plan(
-                PositionOpened(
-                    position_id=position_id,
-                    symbol=f"{position_id.upper()}USDT",
-                    side=Side.BUY,
-                    qty=Decimal(2),
-                    entry_price=Decimal(10),
-                    leverage=3,
-                )
-            )
-        ]
-
-    return decide
 
 
 def marked(event_id: str, stream: str = "x") -> NewEvent:
