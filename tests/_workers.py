@@ -33,7 +33,7 @@ from ledger.errors import DuplicatePosition, PositionAlreadyClosed
 from ledger.events import PartialExitRecorded, PositionClosed
 from ledger.service import Ledger
 from ledger.settings import Settings
-from ledger.store.base import StagedRow, StoreTransaction
+from ledger.store.base import StoreTransaction, staged_row
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
 from projections.book import Book, fold_records
@@ -295,7 +295,7 @@ async def _crash_main(db: str, snapshot_every_events: int, run: str) -> None:
                 result = unit(tx)
                 # staged, not yet inserted nor committed: tell the parent when this commit
                 # holds a whole-position exit (exit + close), so it can kill mid-commit
-                rows = [StagedRow(*row) for row in tx.rows]
+                rows = [staged_row(row) for row in tx.rows]
                 types = {row.type for row in rows}
                 if {"PartialExitRecorded", "PositionClosed"} <= types:
                     sys.stdout.write(json.dumps({"committing": [r.seq for r in rows]}) + "\n")

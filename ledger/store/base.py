@@ -46,12 +46,13 @@ import anyio
 import msgspec
 
 from ledger.codec import (
+    BODY_BUFFER,
     SCHEMA_VERSION,
     FactRow,
     FoldPage,
     decode_current,
     decode_event,
-    encode_event,
+    encode_into,
     event_type,
 )
 from ledger.envelope import (
@@ -334,6 +335,17 @@ def facts_from_rows(rows: Sequence[FactRow]) -> list[Fact]:
 
 # A stored row as the database returns it, in StagedRow's field order.
 RowTuple = tuple[int, str, int, str, str, int, int, int, bytes, str]
+# A row as staging makes it for the insert (what `StoreTransaction.rows` holds): a RowTuple
+# whose body may be a bytearray (see `encode_body`), the same bytes.
+InsertTuple = tuple[int, str, int, str, str, int, int, int, bytes | bytearray, str]
+
+
+def staged_row(row: InsertTuple) -> StagedRow:
+    """A row of `StoreTransaction.rows` as a StagedRow (its body as bytes, as stored)."""
+    seq, stream, version, event_id, type_, schema, occurred_us, recorded_us, body, digest = row
+    return StagedRow(
+        seq, stream, version, event_id, type_, schema, occurred_us, recorded_us, bytes(body), digest
+    )
 
 
 def row_tuple(row: StagedRow) -> RowTuple:
@@ -410,9 +422,9 @@ class StoreTransaction(abc.ABC):
             else to_micros(recorded_at)
         )
         self.recorded_at = recorded_at
-        # rows as they will be inserted, in StagedRow's field order (see RowTuple): plain
+        # rows as they will be inserted, in StagedRow's field order (see InsertTuple): plain
         # tuples, so the insert takes them as they are, with no struct or astuple per row
-        self.rows: list[RowTuple] = []
+        self.rows: list[InsertTuple] = []
         self._staged_ids: dict[str, Recorded] = {}
 
     @abc.abstractmethod
@@ -480,7 +492,7 @@ class StoreTransaction(abc.ABC):
         recorded_us, recorded_at = self.recorded_us, self.recorded_at
         complete = self.versions_complete
         schema = SCHEMA_VERSION
-        encode, header, sha256 = encode_event, encode_header, _sha256
+        into, header, sha256 = encode_into, encode_header, _sha256
         epoch, micro = _EPOCH, _MICROSECOND
         seq, digest = head.seq, head.hash
         mark_rows, mark_seq, mark_hash = len(rows), seq, digest  # a Savepoint, made if needed
@@ -508,7 +520,8 @@ class StoreTransaction(abc.ABC):
                 version += 1
                 seq += 1
                 event = new.event
-                body = encode(event)
+                body = bytearray(BODY_BUFFER)  # encode_body(), inlined
+                into(event, body)
                 occurred_at = new.occurred_at
                 if occurred_at is not last_at:  # a command's events share one time
                     last_at = occurred_at

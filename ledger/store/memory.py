@@ -19,6 +19,7 @@ from ledger.store.base import (
     StagedRow,
     StoreTransaction,
     record_from_row,
+    staged_row,
 )
 from ledger.values import to_micros
 
@@ -67,7 +68,7 @@ class MemoryEventStore(EventStore):
         self.check_writer_thread()
         tx = _MemoryTransaction(self, self._clock())
         result = unit(tx)  # raises: nothing staged is kept
-        rows = [StagedRow(*row) for row in tx.rows]
+        rows = [staged_row(row) for row in tx.rows]
         taken = [row.event_id for row in rows if row.event_id in self._by_event_id]
         if taken:  # as the database's UNIQUE(event_id) would refuse the insert
             raise DuplicateEventId(f"event_id {taken[0]!r} is stored already")

@@ -44,6 +44,7 @@ from ledger.store.base import (
     DuplicateEventId,
     EventStore,
     Head,
+    InsertTuple,
     RowTuple,
     StagedRow,
     StoreTransaction,
@@ -323,7 +324,7 @@ class PostgresEventStore(EventStore):
         )
         return [_row_tuple(row) for row in rows]
 
-    def _commit_sync(self, rows: list[RowTuple]) -> None:
+    def _commit_sync(self, rows: list[InsertTuple]) -> None:
         """INSERT the rows, NOTIFY followers, COMMIT: one round trip."""
         conn = self._writing()
         with conn.pipeline():
