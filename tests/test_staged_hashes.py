@@ -24,7 +24,7 @@ import pytest
 from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
 from ledger.errors import StoreError
 from ledger.events import AnyEvent, BalanceObserved, PositionMarked, PositionOpened
-from ledger.store.base import Head, StoreTransaction
+from ledger.store.base import STAGE_MANY_FROM, Head, StoreTransaction
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
 
@@ -215,3 +215,112 @@ async def test_staged_bodies_are_bytearrays_stored_as_the_encoded_blob(tmp_path:
         stored = conn.execute("SELECT typeof(body), body FROM events ORDER BY seq").fetchall()
     assert stored == [("blob", bytes(row[8])) for row in tx.rows]
     assert [row[-1] for row in tx.rows] == PINNED
+
+
+# -- a long batch is staged column by column (StoreTransaction._stage_many) -----------------
+
+
+def _long_batch(count: int = STAGE_MANY_FROM + 9) -> list[NewEvent]:
+    """Events on three streams (odd names), times mostly aware with one naive one and some
+    shared, long enough for the column-by-column staging."""
+    streams = ['p"1', "pö\\2", "account"]
+    batch = []
+    for index in range(count):
+        stream = streams[index % 3]
+        event: AnyEvent = (
+            BalanceObserved(total=Decimal(1000 + index), available=Decimal(index))
+            if stream == "account"
+            else PositionMarked(position_id=stream, mark_price=Decimal(f"101.{index}"))
+        )
+        moment = T0 + timedelta(seconds=index // 2, microseconds=index)
+        if index == 7:
+            moment = moment.replace(tzinfo=None)  # naive: taken as UTC
+        batch.append(
+            NewEvent(stream=stream, event=event, event_id=f"m-{index}", occurred_at=moment)
+        )
+    return batch
+
+
+def _head() -> Head:
+    return Head(5, "ab" * 32, {'p"1': 2, "pö\\2": 1, "account": 0})
+
+
+def test_a_long_batch_stages_what_staging_one_event_at_a_time_stages() -> None:
+    batch = _long_batch()
+    assert len(batch) >= STAGE_MANY_FROM
+    whole = _Staging(_head(), [], RECORDED_AT)
+    records = whole.stage(batch)
+    one_by_one = _Staging(_head(), [], RECORDED_AT)
+    singles = [one_by_one.stage([new])[0] for new in batch]
+    assert records == singles
+    assert whole.rows == one_by_one.rows
+    assert _state(whole)[1:] == _state(one_by_one)[1:]
+    prev = "ab" * 32
+    versions = {'p"1': 2, "pö\\2": 1, "account": 0}
+    for index, (row, new) in enumerate(zip(whole.rows, batch, strict=True)):
+        versions[new.stream] += 1
+        assert row[:4] == (6 + index, new.stream, versions[new.stream], new.event_id)
+        assert row[6] == _micros(new.occurred_at)  # the naive one as UTC
+        assert row[7] == _micros(RECORDED_AT)
+        assert row[-1] == _expected_hash(prev, row)  # recomputed here, independently
+        prev = row[-1]
+    assert (whole.head.seq, whole.head.hash) == (5 + len(batch), prev)
+
+
+def test_a_long_batch_with_a_repeated_id_stages_it_once() -> None:
+    batch = _long_batch()
+    batch[12] = NewEvent(
+        stream=batch[3].stream, event=batch[3].event, event_id="m-3", occurred_at=T0
+    )
+    tx = _Staging(_head(), [], RECORDED_AT)
+    records = tx.stage(batch)
+    assert len(tx.rows) == len(batch) - 1
+    assert records[12] is records[3]
+    assert [row[3] for row in tx.rows] == [new.event_id for new in batch if new is not batch[12]]
+
+
+def test_a_long_batch_with_an_id_staged_before_returns_that_record() -> None:
+    tx = _Staging(_head(), [], RECORDED_AT)
+    (kept,) = tx.stage([_long_batch()[4]])
+    records = tx.stage(_long_batch())
+    assert records[4] is kept
+    assert len(tx.rows) == len(records)  # the kept row once, each other event once
+    assert [row[0] for row in tx.rows] == list(range(6, 6 + len(records)))
+
+
+@pytest.mark.parametrize("where", ["an unencodable body", "an unloaded stream"])
+def test_a_long_batch_that_cannot_be_staged_stages_nothing(where: str) -> None:
+    tx = _Staging(_head(), [], RECORDED_AT)
+    tx.stage(_long_batch()[:2])
+    before = _state(tx)
+    batch = [
+        NewEvent(stream=new.stream, event=new.event, event_id=f"x{i}", occurred_at=T0)
+        for i, new in enumerate(_long_batch())
+    ]
+    batch[10] = (
+        _marked('p"1', "bad", price=object())
+        if where == "an unencodable body"
+        else _marked("p3", "bad")
+    )
+    with pytest.raises((StoreError, TypeError)):
+        tx.stage(batch)
+    assert _state(tx) == before
+    assert (tx.head.seq, len(tx.rows)) == (7, 2)
+
+
+@pytest.mark.anyio
+async def test_a_long_batch_with_a_repeated_id_is_stored_once(tmp_path: Path) -> None:
+    batch = _long_batch()
+    batch[12] = NewEvent(
+        stream=batch[3].stream, event=batch[3].event, event_id="m-3", occurred_at=T0
+    )
+    store = SQLiteEventStore(tmp_path / "ledger.db", clock=lambda: RECORDED_AT)
+    await store.open()
+    try:
+        records = await store.append(batch)
+        stored = await store.read()
+        assert (await store.verify_chain()).events == len(batch) - 1
+    finally:
+        await store.close()
+    assert records[12] == records[3]
+    assert [r.event_id for r in stored] == [new.event_id for new in batch if new is not batch[12]]
