@@ -278,7 +278,8 @@ class ThreadSafePositionManager:
         if mark is None and opened_at is None:
             # the command alone, now: the ledger's command path (checked once here, decided
             # in the transaction like any command), the same events as the plan below
-            self.ledger.execute_blocking(command)
+            ledger = self.ledger
+            ledger.transact_blocking(ledger.built_decider(command))
             return command.position_id
         limits = self.settings.limits
 
@@ -295,9 +296,10 @@ class ThreadSafePositionManager:
         self, position_id: str, reason: str, exit_price: Number | None = None
     ) -> bool:
         """Close at exit_price (default: the last mark); False if unknown or already closed."""
+        ledger = self.ledger
         try:
-            self.ledger.execute_blocking(
-                close_command(position_id, reason=reason, price=exit_price)
+            ledger.transact_blocking(
+                ledger.built_decider(close_command(position_id, reason=reason, price=exit_price))
             )
         except (UnknownPosition, PositionAlreadyClosed):
             return False
@@ -315,16 +317,16 @@ class ThreadSafePositionManager:
 
         Raises ExitExceedsPosition and InvalidValue for a bad size or price.
         """
+        ledger = self.ledger
+        command = partial_exit_command(
+            position_id,
+            notional=exit_size,
+            price=exit_price,
+            realized_pnl=realized_pnl,
+            reason=reason,
+        )
         try:
-            self.ledger.execute_blocking(
-                partial_exit_command(
-                    position_id,
-                    notional=exit_size,
-                    price=exit_price,
-                    realized_pnl=realized_pnl,
-                    reason=reason,
-                )
-            )
+            ledger.transact_blocking(ledger.built_decider(command))
         except (UnknownPosition, PositionAlreadyClosed):
             return False
         return True

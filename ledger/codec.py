@@ -142,7 +142,9 @@ def mark_from_text(text: MarkText) -> PositionMarked:
 # Decimal exponents an event may carry (commands are held to 1e-12..1e15; derived figures such
 # as PnL may go further): inside them no fold can overflow or underflow LEDGER_CONTEXT.
 _SAFE_LOW, _SAFE_HIGH = -100, 30
-_NUMBER_FIELDS: dict[type[object], tuple[str, ...]] = {}
+_NUMBER_FIELDS: dict[
+    type[object], tuple[tuple[str, ...], Callable[[object], tuple[object, ...]]]
+] = {}
 
 
 def ensure_decodable(event: AnyEvent) -> bytes:
@@ -162,13 +164,51 @@ def ensure_decodable(event: AnyEvent) -> bytes:
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise InvalidValue(event_type(event), event, f"would not decode: {exc}") from None
     # equal, not byte-identical: an int where a Decimal belongs reads back as the same number
-    if type(back) is not type(event) or back != event:
+    try:
+        same = type(back) is type(event) and back == event
+    except ArithmeticError:  # a signalling NaN signals when compared (an untyped error)
+        same = False
+    if not same:
         raise InvalidValue(event_type(event), event, "does not read back as written")
     cls = type(event)
-    names = _NUMBER_FIELDS.get(cls)
-    if names is None:  # the Decimal-typed fields, once per event type
-        names = tuple(f.name for f in msgspec.structs.fields(cls) if "Decimal" in str(f.type))
-        _NUMBER_FIELDS[cls] = names
+    numbers = _NUMBER_FIELDS.get(cls)
+    if numbers is None:  # the Decimal-typed fields, once per event type
+        numbers = _NUMBER_FIELDS[cls] = _number_fields(cls)
+    names, values_of = numbers
+    # the usual values, each read in one call: a plain Decimal, finite, zero or within the
+    # range, None or an int; anything else (a subclass, a float, out of range) is decided and
+    # named by the loop below
+    for value in values_of(event):
+        if type(value) is Decimal:
+            if value.is_finite() and (not value or _SAFE_LOW <= value.adjusted() <= _SAFE_HIGH):
+                continue
+        elif value is None or type(value) is int:
+            continue
+        _check_numbers(event, names)  # every field, from the first
+        break
+    return body
+
+
+def _number_fields(
+    cls: type[object],
+) -> tuple[tuple[str, ...], Callable[[object], tuple[object, ...]]]:
+    """An event type's Decimal-typed fields, and a function reading all of them at once."""
+    names = tuple(
+        f.name
+        for f in msgspec.structs.fields(cls)  # type: ignore[arg-type]
+        if "Decimal" in str(f.type)
+    )
+    if not names:
+        return names, lambda event: ()
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return names, lambda event: (one(event),)
+    return names, operator.attrgetter(*names)
+
+
+def _check_numbers(event: AnyEvent, names: tuple[str, ...]) -> None:
+    """Raise InvalidValue naming the first number field that is no finite Decimal within the
+    range a fold takes, or a float."""
     for name in names:
         value = getattr(event, name)
         if isinstance(value, Decimal):
@@ -179,7 +219,6 @@ def ensure_decodable(event: AnyEvent) -> bytes:
                 raise InvalidValue(name, value, "outside the range the ledger can fold")
         elif isinstance(value, float):  # money is never a float in the log
             raise InvalidValue(name, value, "a float: convert it once, at the edge")
-    return body
 
 
 def decode_event(body: bytes, schema_version: int = SCHEMA_VERSION) -> AnyEvent:

@@ -68,7 +68,7 @@ def decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
     (check_command), so a command built by hand is held to the same boundary as the API's.
     """
     check_command(command)
-    return _decide(book, command, limits)
+    return decide_checked(book, command, limits)
 
 
 def decide_checked(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
@@ -83,10 +83,6 @@ def decide_checked(book: Book, command: AnyCommand, limits: Limits) -> list[AnyE
     LEDGER_CONTEXT's own methods, and comparisons need no context, so the events do not
     depend on the caller's context either way. Raises a CommandRejected subclass.
     """
-    return _decide(book, command, limits)
-
-
-def _decide(book: Book, command: AnyCommand, limits: Limits) -> list[AnyEvent]:
     if isinstance(command, MarkPosition):  # most commands are marks: asked first
         return [_mark(book, command)]
     if isinstance(command, OpenPosition):
@@ -243,7 +239,7 @@ def _open_position(book: Book, position_id: str) -> Position:
     raise UnknownPosition(position_id)
 
 
-# Inside _decide a command has passed check_command (decide runs it first; decide_checked's
+# Inside decide_checked a command has passed check_command (decide runs it first; decide_checked's
 # callers have): each Decimal field is a finite Decimal within the bounds, or None where the
 # field allows it. Only a sign is left to check of such a field (to_decimal, positive and
 # non_negative would check all of it again, and give the same value back).

@@ -69,6 +69,7 @@ from ledger.values import (
     Side,
     Source,
     aware_time,
+    bounded,
     identifier,
     ledger_context,
     optional_decimal,
@@ -511,7 +512,10 @@ class Ledger:
         records are returned in their place. A caller cancelled after submitting may still
         have its job committed. Raises LedgerError, StoreError.
         """
-        job = _Job(_checked(decider), blocking=False)
+        # a command's own decider (`_CommandDecider`) is checked already (see `_checked`)
+        job = _Job(
+            decider if type(decider) is _CommandDecider else _checked(decider), blocking=False
+        )
         await self._queue().run(job)
         return job.outcome()
 
@@ -545,6 +549,22 @@ class Ledger:
 
     def _decider(self, command: AnyCommand) -> Decider:
         check_command(command)  # a wrong type is refused here, before it is queued
+        return _CommandDecider(command, self._limits)
+
+    def built_decider(self, command: OpenPosition | RecordPartialExit | ClosePosition) -> Decider:
+        """The decider of a command this module's builders made (`open_position`, the
+        manager's create, `partial_exit_command`, `close_command`), checked as `execute`
+        checks a command, without checking twice what the builder checked already.
+
+        The builders check every field they set as check_command would (a Decimal through
+        to_decimal/positive: finite, within the bounds; text through text/identifier) and
+        leave the others at defaults it accepts; only an OpenPosition carries fields they pass
+        as given (`_check_built_open`). Whatever check_command refuses is refused here with
+        the same error (tests/test_bad_types.py::test_built_commands_are_checked_as_execute_checks).
+        Raises InvalidValue.
+        """
+        if type(command) is OpenPosition:
+            _check_built_open(command)
         return _CommandDecider(command, self._limits)
 
     # -- holding the writer role --------------------------------------------------------
@@ -587,9 +607,9 @@ class Ledger:
         jobs and every later one of the group are decided again one at a time, each staged and
         folded at once, so the job whose events cannot be stored or folded still fails alone.
         """
-        state.tail = tx.tail
+        state.tail = tail = tx.tail
         base = self._book if self._broken is None else self._reloaded(tx, state)
-        work = self._fold(base, tx.tail, [])
+        work = self._fold(base, tail, []) if tail else base.successor()
         now = self._clock()
         ids = _EventIds(len(group))
         loaded: set[str] = set()  # streams whose version this transaction knows
@@ -620,9 +640,10 @@ class Ledger:
                 folding = False
                 try:
                     records = self._stage_job(tx, work, job, now, ids, loaded)
-                    appended = [r for r in records if r.seq > work.last_seq]
                     folding = True
-                    work.apply_all(appended)
+                    # a record already in the log (a planned key found stored) or staged by an
+                    # earlier job is at or below work.last_seq: apply passes over it
+                    work.apply_all(records)
                 except Exception as refused:  # handed back to the caller, not swallowed
                     tx.rollback_to(mark)
                     job.result = []
@@ -637,7 +658,7 @@ class Ledger:
                 except BaseException:
                     state.culprit = job
                     raise
-                accepted.extend(appended)
+                accepted.extend(records)
                 job.result = records
                 job.error = None  # decided again after a run of marks failed together
         state.work = work
@@ -934,7 +955,7 @@ class Ledger:
             real_initial_margin=optional_decimal("real_initial_margin", real_initial_margin),
             account=self.account,
         )
-        await self.execute(command)
+        await self.transact(self.built_decider(command))
         return self._position(command.position_id)
 
     async def register_partial_exit(
@@ -955,18 +976,17 @@ class Ledger:
         left closes the position. Raises UnknownPosition, PositionAlreadyClosed,
         ExitExceedsPosition, InvalidValue.
         """
-        await self.execute(
-            partial_exit_command(
-                position_id,
-                price=price,
-                qty=qty,
-                notional=notional,
-                realized_pnl=realized_pnl,
-                fee=fee,
-                reason=reason,
-                rule=rule,
-            )
+        command = partial_exit_command(
+            position_id,
+            price=price,
+            qty=qty,
+            notional=notional,
+            realized_pnl=realized_pnl,
+            fee=fee,
+            reason=reason,
+            rule=rule,
         )
+        await self.transact(self.built_decider(command))
         return self._position(position_id)
 
     async def close_position(
@@ -982,11 +1002,10 @@ class Ledger:
 
         Raises UnknownPosition, PositionAlreadyClosed, InvalidValue.
         """
-        await self.execute(
-            close_command(
-                position_id, reason=reason, price=price, realized_pnl=realized_pnl, fee=fee
-            )
+        command = close_command(
+            position_id, reason=reason, price=price, realized_pnl=realized_pnl, fee=fee
         )
+        await self.transact(self.built_decider(command))
         return self._position(position_id)
 
     async def mark(
@@ -1243,6 +1262,30 @@ def mark_command(
         unrealized_pnl=optional_decimal("unrealized_pnl", unrealized_pnl),
         initial_margin=optional_decimal("initial_margin", initial_margin),
     )
+
+
+def _check_built_open(command: OpenPosition) -> None:
+    """check_command of an OpenPosition from `open_position` or the manager's create. Their
+    builders check entry_price, fee and the optional numbers (to_decimal/positive), give a
+    Side and leave source, position_idx and enforce_limits at their defaults; they pass
+    position_id, symbol, leverage, open_reason and account as given, and a qty derived from
+    a notional unbounded. Those of exactly the type check_command accepts as it is, qty within
+    the bounds: the command passes check_command. Anything else takes check_command itself,
+    which decides and names the field (its first refusal, in field order, as before). Raises
+    InvalidValue."""
+    qty = command.qty
+    if (
+        type(command.position_id) is str
+        and type(command.symbol) is str
+        and type(qty) is Decimal
+        and qty.is_finite()
+        and type(command.leverage) is int
+        and type(command.open_reason) is str
+        and type(command.account) is str
+    ):
+        bounded("qty", qty)  # the one field check_command could still refuse
+    else:
+        check_command(command)
 
 
 def _loop_caller() -> Callable[[Callable[[], None]], None] | None:

@@ -664,14 +664,18 @@ class _Layers(ChainMap[str, V]):
 def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
     """A mapping equal to `mapping` whose writes go to a fresh top layer: ChainMap(recent,
     base), base shared and never written again, recent copied (small)."""
-    if isinstance(mapping, ChainMap) and len(mapping.maps) == 2:
-        recent, base = mapping.maps
+    # a book's own layers, else a plain dict, are known by their type: isinstance of a
+    # ChainMap (an ABC) is a slow call, made twice a fork
+    kind = type(mapping)
+    chained = kind is _Layers or (kind is not dict and isinstance(mapping, ChainMap))
+    if chained and len(mapping.maps) == 2:  # type: ignore[attr-defined]
+        recent, base = mapping.maps  # type: ignore[attr-defined]
         if len(recent) * len(recent) <= len(base) or len(recent) <= 64:
             return _Layers(dict(recent), base)
         if isinstance(base, LazyClosed):  # a snapshot's closed history: merged undecoded
             return _Layers({}, base.merged(recent))  # type: ignore[arg-type]
         return _Layers({}, {**base, **recent})
-    return _Layers({}, dict(mapping) if isinstance(mapping, ChainMap) else mapping)
+    return _Layers({}, dict(mapping) if chained else mapping)
 
 
 _BODY = itemgetter(3)  # a row's body

@@ -466,3 +466,152 @@ def test_every_mark_command_builds_passes_check_command() -> None:
                     check_command(command)  # raises InvalidValue where mark_command let it by
                     built += 1
     assert built > 100
+
+
+def _refusal(check: Callable[[], object]) -> tuple[str, str] | None:
+    try:
+        check()
+    except InvalidValue as refused:
+        return type(refused).__name__, str(refused)
+    return None
+
+
+def test_built_commands_are_checked_as_execute_checks(tmp_path: Path) -> None:
+    """open_position, the manager's create, register_partial_exit and close_position hand
+    their command to the writer through `Ledger.built_decider`, without a second
+    check_command: for every command their builders can make, built_decider refuses exactly
+    what check_command refuses, with the same error (an OpenPosition's fields the builders
+    pass as given included: position_id, symbol, leverage, open_reason, account, and a qty
+    derived from a notional, unbounded)."""
+    import itertools
+
+    from ledger.rules import check_command
+    from ledger.service import close_command, partial_exit_command
+
+    class Number(Decimal):
+        pass
+
+    class Text(str):
+        pass
+
+    class Int(int):
+        pass
+
+    ledger = Ledger(tmp_path / "never-opened.db")  # built_decider needs no open store
+    refused = passed = 0
+
+    def same(command: object) -> None:
+        nonlocal refused, passed
+        expected = _refusal(lambda: check_command(command))  # type: ignore[arg-type]
+        assert _refusal(lambda: ledger.built_decider(command)) == expected, command  # type: ignore[arg-type]
+        refused, passed = refused + (expected is not None), passed + (expected is None)
+
+    texts: list[object] = ["p", "", Text("p"), None, 5, b"p"]
+    quantities: list[object] = [
+        Decimal(5), Decimal("1e15"), Decimal("1e16"), Decimal("-1e27"), Decimal("1e-12"),
+        Decimal("1e-13"), Decimal("NaN"), Decimal("Infinity"), Number(3), Number("1e16"), 5,
+        None, 5.0,
+    ]  # fmt: skip
+    leverages: list[object] = [5, 0, Int(5), True, 5.0, "5", None]
+    for position_id, symbol, qty, leverage, reason, account in itertools.product(
+        texts[:4], texts[:4], quantities, leverages, texts[::2], ["default", None]
+    ):
+        same(
+            OpenPosition(
+                position_id=position_id,  # type: ignore[arg-type]
+                symbol=symbol,  # type: ignore[arg-type]
+                side=Side.BUY,
+                qty=qty,  # type: ignore[arg-type]
+                entry_price=Decimal(10),
+                leverage=leverage,  # type: ignore[arg-type]
+                open_reason=reason,  # type: ignore[arg-type]
+                account=account,  # type: ignore[arg-type]
+            )
+        )
+    numbers: list[object] = [
+        *NOT_NUMBER, 1, -1, 0, "1.5", 1.5, Decimal("1e16"), Decimal("1e-13"), Decimal("sNaN"),
+        "1e400", 10**20, Number(3), Number("1e16"),
+    ]  # fmt: skip
+    for position_id, number, text in itertools.product(
+        [*NOT_STR[:3], "p", " ", Text("p")], numbers, [*NOT_STR[:3], "", Text("r")]
+    ):
+        builds: list[tuple[Callable[..., object], dict[str, object]]] = [
+            (partial_exit_command, {"price": number, "qty": 1, "reason": text}),
+            (partial_exit_command, {"price": 2, "notional": number, "rule": text}),
+            (partial_exit_command, {"price": 2, "qty": 1, "realized_pnl": number}),
+            (close_command, {"price": number, "reason": text}),
+            (close_command, {"realized_pnl": number, "fee": number}),
+        ]
+        for build, args in builds:
+            try:
+                command = build(position_id, **args)
+            except InvalidValue:
+                continue
+            same(command)
+    assert refused > 1000 and passed > 300
+
+
+@pytest.mark.anyio
+async def test_an_open_whose_notional_gives_a_qty_out_of_bounds_is_refused(tmp_path: Path) -> None:
+    """qty derived from a notional is not bounded by its builder: the command path bounds it
+    (as check_command does), so nothing past 1e15 is stored."""
+    async with Ledger(tmp_path / "l.db") as ledger:
+        head = ledger.last_seq
+        with pytest.raises(InvalidValue, match="qty"):
+            await ledger.open_position(
+                "BTCUSDT", "buy", entry_price="1e-12", notional="1e15", leverage=2
+            )
+        assert ledger.last_seq == head
+
+
+def test_the_manager_refuses_a_size_whose_qty_is_out_of_bounds(tmp_path: Path) -> None:
+    with ThreadSafePositionManager(tmp_path / "positions.json") as manager:
+        with pytest.raises(InvalidValue, match="qty"):
+            manager.thread_safe_create_position(
+                symbol="BTCUSDT", side="buy", entry_price=1e-12, position_size=1e15, leverage=2
+            )
+        assert manager.ledger.last_seq == 0
+
+
+def test_ensure_decodable_names_every_number_out_of_what_a_fold_takes() -> None:
+    """Each number field of an event, whatever the field before it holds (a Decimal, an
+    int): a non-finite one, one outside 1e-100..1e30, or a float is refused naming that
+    field; the same event with the field in range passes."""
+    import msgspec
+
+    from ledger.events import PartialExitRecorded
+
+    opened = PositionOpened(
+        position_id="p", symbol="X", side=Side.BUY, qty=Decimal(1), entry_price=Decimal(1),
+        leverage=2, confidence=Decimal("0.5"),
+    )  # fmt: skip
+    exited = PartialExitRecorded(
+        position_id="p", qty=Decimal(1), price=Decimal(2), realized_pnl=Decimal(0)
+    )
+    bad: list[object] = [
+        Decimal("1e31"), Decimal("-1e31"), Decimal("1e-101"), Decimal("NaN"), Decimal("sNaN"),
+        Decimal("-Infinity"), 1.5, 0.0,
+    ]  # fmt: skip
+    fine: list[object] = [Decimal("1e30"), Decimal("-1e-100"), Decimal(0), Decimal("-0"), 7, None]
+    checked = 0
+    for event, fields in (
+        (opened, ["qty", "entry_price", "fee", "confidence", "volatility"]),
+        (exited, ["qty", "price", "realized_pnl", "fee"]),
+    ):
+        for before in [Decimal("0.5"), 3]:  # what the field before holds
+            for field in fields:
+                earlier = fields[: fields.index(field)]
+                base = msgspec.structs.replace(event, **dict.fromkeys(earlier[-1:], before))
+                for value in bad:
+                    with pytest.raises(InvalidValue) as refused:
+                        ensure_decodable(msgspec.structs.replace(base, **{field: value}))
+                    # a NaN never reads back as itself: refused as written, before its range
+                    nan = isinstance(value, Decimal) and value.is_nan()
+                    named = type(base).__name__ if nan else field
+                    assert refused.value.field == named, (field, value)
+                    checked += 1
+                for value in fine:
+                    if value is None and field not in ("confidence", "volatility"):
+                        continue  # a required number
+                    ensure_decodable(msgspec.structs.replace(base, **{field: value}))
+    assert checked > 100
