@@ -9,7 +9,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -131,14 +130,16 @@ class _Job:
         return self.result
 
 
-@dataclass
 class _Group:
     """What one group's transaction saw and made, kept for after it ends."""
 
-    tail: list[Recorded] = field(default_factory=list)
-    work: Book | None = None
-    culprit: _Job | None = None
-    reloaded: bool = False
+    __slots__ = ("culprit", "reloaded", "tail", "work")
+
+    def __init__(self) -> None:
+        self.tail: list[Recorded] = []
+        self.work: Book | None = None
+        self.culprit: _Job | None = None
+        self.reloaded = False
 
 
 def new_position_id() -> str:

@@ -98,6 +98,10 @@ def to_decimal(field: str, raw: object) -> Decimal:
 
     Raises InvalidValue for bools, NaN, infinities and anything unparseable.
     """
+    if type(raw) is Decimal and raw.is_finite():  # the usual case, as the checks below take it
+        size = raw.copy_abs()
+        if size <= MAX_MAGNITUDE and (size >= MIN_MAGNITUDE or not size):
+            return raw
     if isinstance(raw, bool):
         raise InvalidValue(field, raw, "a boolean is not a number")
     if isinstance(raw, Decimal):

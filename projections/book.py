@@ -661,6 +661,14 @@ class _Layers(ChainMap[str, V]):
         return default
 
 
+def _two_layers(recent: MutableMapping[str, V], base: MutableMapping[str, V]) -> _Layers[V]:
+    """_Layers(recent, base) without ChainMap's __init__ (a Python call, and a list of its
+    arguments made only to be copied): a fork makes two of these."""
+    layers: _Layers[V] = _Layers.__new__(_Layers)
+    layers.maps = [recent, base]
+    return layers
+
+
 def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
     """A mapping equal to `mapping` whose writes go to a fresh top layer: ChainMap(recent,
     base), base shared and never written again, recent copied (small)."""
@@ -670,12 +678,12 @@ def _layered(mapping: MutableMapping[str, V]) -> ChainMap[str, V]:
     chained = kind is _Layers or (kind is not dict and isinstance(mapping, ChainMap))
     if chained and len(mapping.maps) == 2:  # type: ignore[attr-defined]
         recent, base = mapping.maps  # type: ignore[attr-defined]
-        if len(recent) * len(recent) <= len(base) or len(recent) <= 64:
-            return _Layers(dict(recent), base)
+        if len(recent) <= 64 or len(recent) * len(recent) <= len(base):
+            return _two_layers(dict(recent), base)
         if isinstance(base, LazyClosed):  # a snapshot's closed history: merged undecoded
-            return _Layers({}, base.merged(recent))  # type: ignore[arg-type]
-        return _Layers({}, {**base, **recent})
-    return _Layers({}, dict(mapping) if chained else mapping)
+            return _two_layers({}, base.merged(recent))  # type: ignore[arg-type]
+        return _two_layers({}, {**base, **recent})
+    return _two_layers({}, dict(mapping) if chained else mapping)
 
 
 _BODY = itemgetter(3)  # a row's body

@@ -349,3 +349,26 @@ def test_resizing_to_the_size_read_back_is_no_trade_and_to_zero_closes(tmp_path:
         half = Fraction(100, 7) / 2
         expected = half * Fraction(1, 2) + half * 1
         assert abs(Fraction(closed.realized_pnl) - expected) < Fraction(1, 10**20)
+
+
+def test_to_decimal_takes_a_decimal_as_it_is_only_within_the_bounds() -> None:
+    """A Decimal given as it is (to_decimal's quick way) is the same object back when finite
+    and zero or within 1e-12..1e15 in magnitude; anything else is refused with InvalidValue."""
+    from ledger.values import to_decimal
+
+    texts = [
+        "0", "-0", "0E-30", "1e15", "-1e15", "1.000000000000000000001e15", "-1.0000000000000001e15",
+        "1e-12", "-1e-12", "9.99999999999999999e-13", "1e-13", "123.456", "1E+999999",
+        "1e-999999", "NaN", "-sNaN", "Infinity", "-Infinity",
+    ]  # fmt: skip
+    for text in texts:
+        value = Decimal(text)
+        # the reference, in exact fractions: finite, and zero or 1e-12 <= |value| <= 1e15
+        finite = text.lstrip("-").lower() not in ("nan", "snan", "infinity")
+        size = abs(Fraction(value)) if finite else None
+        fits = size is not None and (size == 0 or Fraction(1, 10**12) <= size <= Fraction(10**15))
+        if fits:
+            assert to_decimal("x", value) is value, text
+        else:
+            with pytest.raises(InvalidValue):
+                to_decimal("x", value)
