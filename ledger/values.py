@@ -98,10 +98,27 @@ def to_decimal(field: str, raw: object) -> Decimal:
 
     Raises InvalidValue for bools, NaN, infinities and anything unparseable.
     """
-    if type(raw) is Decimal and raw.is_finite():  # the usual case, as the checks below take it
-        size = raw.copy_abs()
+    # The usual cases first, known by their exact type: a Decimal as it is, a float through its
+    # repr, an int; finite and zero or within the bounds, the value. Anything else (a bool, a
+    # subclass, text, a value out of bounds) takes the checks below, which decide and name it.
+    kind = type(raw)
+    if kind is Decimal:
+        value: Decimal = raw  # type: ignore[assignment]
+    elif kind is float:
+        value = Decimal(repr(raw))
+    elif kind is int:
+        value = Decimal(raw)  # type: ignore[arg-type]
+    else:
+        return _to_decimal(field, raw)
+    if value.is_finite():
+        size = value.copy_abs()
         if size <= MAX_MAGNITUDE and (size >= MIN_MAGNITUDE or not size):
-            return raw
+            return value
+    return _to_decimal(field, raw)
+
+
+def _to_decimal(field: str, raw: object) -> Decimal:
+    """to_decimal of any value, each check in turn; raises InvalidValue."""
     if isinstance(raw, bool):
         raise InvalidValue(field, raw, "a boolean is not a number")
     if isinstance(raw, Decimal):

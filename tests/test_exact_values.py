@@ -372,3 +372,41 @@ def test_to_decimal_takes_a_decimal_as_it_is_only_within_the_bounds() -> None:
         else:
             with pytest.raises(InvalidValue):
                 to_decimal("x", value)
+
+
+def test_to_decimal_of_floats_and_ints_is_exact_and_bounded() -> None:
+    """A float is its shortest repr, an int itself, exactly, when zero or within 1e-12..1e15
+    in magnitude; beyond, a NaN, an infinity or a bool is refused. Subclasses of float, int
+    and Decimal are read as their base type's value, under the same bounds."""
+    from ledger.values import to_decimal
+
+    class Real(float):
+        pass
+
+    class Whole(int):
+        pass
+
+    class Exact(Decimal):
+        pass
+
+    values: list[object] = [
+        0.1, 1e15, 1.0000000000000002e15, 1e-12, 9.9e-13, 0.0, -0.0, 1e16, -123.456, 5e-324,
+        float("nan"), float("inf"), float("-inf"), 5, 0, -7, 10**15, 10**15 + 1, -(10**15) - 1,
+        True, False, Real(0.5), Real(1e16), Whole(3), Whole(10**16), Exact("2.5"), Exact("1e16"),
+    ]  # fmt: skip
+    for raw in values:
+        if isinstance(raw, bool):
+            reference = None  # a boolean is not a number
+        elif isinstance(raw, float):
+            finite = raw == raw and raw not in (float("inf"), float("-inf"))
+            reference = Fraction(repr(float(raw))) if finite else None
+        else:
+            reference = Fraction(raw)  # type: ignore[call-overload]
+        fits = reference is not None and (
+            reference == 0 or Fraction(1, 10**12) <= abs(reference) <= 10**15
+        )
+        if fits:
+            assert Fraction(to_decimal("x", raw)) == reference, raw
+        else:
+            with pytest.raises(InvalidValue):
+                to_decimal("x", raw)
