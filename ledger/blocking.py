@@ -279,7 +279,7 @@ class ThreadSafePositionManager:
             # the command alone, now: the ledger's command path (checked once here, decided
             # in the transaction like any command), the same events as the plan below
             ledger = self.ledger
-            ledger.transact_blocking(ledger.built_decider(command))
+            ledger.transact_blocking(ledger._built_decider(command))
             return command.position_id
         limits = self.settings.limits
 
@@ -299,7 +299,7 @@ class ThreadSafePositionManager:
         ledger = self.ledger
         try:
             ledger.transact_blocking(
-                ledger.built_decider(close_command(position_id, reason=reason, price=exit_price))
+                ledger._built_decider(close_command(position_id, reason=reason, price=exit_price))
             )
         except (UnknownPosition, PositionAlreadyClosed):
             return False
@@ -326,7 +326,7 @@ class ThreadSafePositionManager:
             reason=reason,
         )
         try:
-            ledger.transact_blocking(ledger.built_decider(command))
+            ledger.transact_blocking(ledger._built_decider(command))
         except (UnknownPosition, PositionAlreadyClosed):
             return False
         return True

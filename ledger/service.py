@@ -552,10 +552,12 @@ class Ledger:
         check_command(command)  # a wrong type is refused here, before it is queued
         return _CommandDecider(command, self._limits)
 
-    def built_decider(self, command: OpenPosition | RecordPartialExit | ClosePosition) -> Decider:
+    def _built_decider(self, command: OpenPosition | RecordPartialExit | ClosePosition) -> Decider:
         """The decider of a command this module's builders made (`open_position`, the
         manager's create, `partial_exit_command`, `close_command`), checked as `execute`
-        checks a command, without checking twice what the builder checked already.
+        checks a command, without checking twice what the builder checked already. Private
+        to those builders: given a command built any other way it would skip checks that
+        only the builders make.
 
         The builders check every field they set as check_command would (a Decimal through
         to_decimal/positive: finite, within the bounds; text through text/identifier) and
@@ -956,7 +958,7 @@ class Ledger:
             real_initial_margin=optional_decimal("real_initial_margin", real_initial_margin),
             account=self.account,
         )
-        await self.transact(self.built_decider(command))
+        await self.transact(self._built_decider(command))
         return self._position(command.position_id)
 
     async def register_partial_exit(
@@ -987,7 +989,7 @@ class Ledger:
             reason=reason,
             rule=rule,
         )
-        await self.transact(self.built_decider(command))
+        await self.transact(self._built_decider(command))
         return self._position(position_id)
 
     async def close_position(
@@ -1006,7 +1008,7 @@ class Ledger:
         command = close_command(
             position_id, reason=reason, price=price, realized_pnl=realized_pnl, fee=fee
         )
-        await self.transact(self.built_decider(command))
+        await self.transact(self._built_decider(command))
         return self._position(position_id)
 
     async def mark(

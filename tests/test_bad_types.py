@@ -478,8 +478,8 @@ def _refusal(check: Callable[[], object]) -> tuple[str, str] | None:
 
 def test_built_commands_are_checked_as_execute_checks(tmp_path: Path) -> None:
     """open_position, the manager's create, register_partial_exit and close_position hand
-    their command to the writer through `Ledger.built_decider`, without a second
-    check_command: for every command their builders can make, built_decider refuses exactly
+    their command to the writer through `Ledger._built_decider`, without a second
+    check_command: for every command their builders can make, _built_decider refuses exactly
     what check_command refuses, with the same error (an OpenPosition's fields the builders
     pass as given included: position_id, symbol, leverage, open_reason, account, and a qty
     derived from a notional, unbounded)."""
@@ -497,13 +497,13 @@ def test_built_commands_are_checked_as_execute_checks(tmp_path: Path) -> None:
     class Int(int):
         pass
 
-    ledger = Ledger(tmp_path / "never-opened.db")  # built_decider needs no open store
+    ledger = Ledger(tmp_path / "never-opened.db")  # _built_decider needs no open store
     refused = passed = 0
 
     def same(command: object) -> None:
         nonlocal refused, passed
         expected = _refusal(lambda: check_command(command))  # type: ignore[arg-type]
-        assert _refusal(lambda: ledger.built_decider(command)) == expected, command  # type: ignore[arg-type]
+        assert _refusal(lambda: ledger._built_decider(command)) == expected, command  # type: ignore[arg-type]
         refused, passed = refused + (expected is not None), passed + (expected is None)
 
     texts: list[object] = ["p", "", Text("p"), None, 5, b"p"]
