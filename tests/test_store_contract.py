@@ -24,7 +24,7 @@ from ledger.codec import FoldPage, encode_event
 from ledger.envelope import GENESIS_HASH, NewEvent, Recorded
 from ledger.errors import IntegrityError, StoreError, StoreUnavailable, VersionConflict
 from ledger.events import AnyEvent, BalanceObserved, PositionMarked, PositionOpened, stream_of
-from ledger.store.base import EventStore, StagedRow, StoreTransaction
+from ledger.store.base import STAGE_MANY_FROM, EventStore, StagedRow, StoreTransaction
 from ledger.store.memory import MemoryEventStore
 from ledger.store.postgres import TABLE, PostgresEventStore
 from ledger.store.sqlite import SQLiteEventStore
@@ -291,6 +291,26 @@ async def test_batch_gets_gapless_seqs_and_stream_versions(store: EventStore) ->
     assert [r.seq for r in more] == [11, 12]
     assert [r.version for r in more] == [5, 5]
     assert await store.read() == [*records, *more]
+
+
+async def test_a_long_batch_is_stored_as_short_ones_are(store: EventStore) -> None:
+    """A batch long enough to be staged column by column (StoreTransaction._stage_many), with
+    a repeated id, after a short one: gapless seqs, consecutive versions, the bodies read
+    back, the chain verified."""
+    events = sample_batch(STAGE_MANY_FROM + 14)
+    short = await store.append(events[:3])
+    batch = [*events[3:], events[5]]  # e5 again: stored once, its record returned twice
+    records = await store.append(batch)
+    assert [r.seq for r in records] == [*range(4, 4 + len(events) - 3), 6]
+    assert records[-1] == records[2]
+    stored = await store.read()
+    assert stored == [*short, *records[:-1]]
+    assert [r.event for r in stored] == [new.event for new in events]
+    versions: dict[str, int] = {}
+    for record in stored:
+        versions[record.stream] = versions.get(record.stream, 0) + 1
+        assert record.version == versions[record.stream]
+    assert (await store.verify_chain()).events == len(events)
 
 
 async def test_batch_is_all_or_nothing(store: EventStore) -> None:
