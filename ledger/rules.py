@@ -208,7 +208,7 @@ def _check_field(name: str, declared: object, value: object) -> None:
         return
     for kind in allowed:
         if kind is Decimal and isinstance(value, Decimal):
-            if not value.is_finite():
+            if not Decimal.is_finite(value):  # Decimal's own: a subclass may override it
                 raise InvalidValue(name, value, "must be finite")
             bounded(name, value)
             return

@@ -127,7 +127,8 @@ def _to_decimal(field: str, raw: object) -> Decimal:
         value = Decimal(raw)
     elif isinstance(raw, float):
         # repr gives the shortest string that round-trips: 0.1 -> "0.1", not 0.1000000000000000055
-        value = Decimal(repr(raw))
+        # (float's own: a subclass's may say anything)
+        value = Decimal(float.__repr__(raw))
     elif isinstance(raw, str):
         try:
             value = Decimal(raw.strip())
@@ -135,7 +136,9 @@ def _to_decimal(field: str, raw: object) -> Decimal:
             raise InvalidValue(field, raw, "not a number") from None
     else:
         raise InvalidValue(field, raw, f"expected a number, got {type(raw).__name__}")
-    if not value.is_finite():
+    # Decimal's own methods: a subclass may override them (a NaN saying it is finite would
+    # reach a comparison, which raises an untyped InvalidOperation)
+    if not Decimal.is_finite(value):
         raise InvalidValue(field, raw, "must be finite")
     return bounded(field, value, raw)
 
@@ -145,7 +148,7 @@ def bounded(field: str, value: Decimal, raw: object = None) -> Decimal:
 
     copy_abs and comparisons are exact: nothing here depends on any decimal context.
     """
-    size = value.copy_abs()
+    size = Decimal.copy_abs(value)  # Decimal's own (a subclass may override it)
     if size > MAX_MAGNITUDE:
         raise InvalidValue(field, value if raw is None else raw, "magnitude above 1e15")
     if size and size < MIN_MAGNITUDE:

@@ -32,8 +32,29 @@ ROOT = Path(__file__).resolve().parents[1]
 NAIVE = datetime(2025, 1, 7, 17, 0)
 NOT_STR: list[object] = [None, 5, 1.5, True, b"BTCUSDT", ["x"], {"a": 1}, object(), NAIVE]
 NOT_OPTIONAL_STR: list[object] = [v for v in NOT_STR if v is not None]
+
+
+class _LyingDecimal(Decimal):
+    """A Decimal subclass that says every value is finite and small (a hostile caller)."""
+
+    def is_finite(self) -> bool:
+        return True
+
+    def copy_abs(self) -> Decimal:
+        return Decimal(1)
+
+
+class _LyingFloat(float):
+    """A float subclass whose repr is not its value (a hostile caller)."""
+
+    def __repr__(self) -> str:
+        return "1.5"
+
+
 NOT_NUMBER: list[object] = [
     None, True, False, "abc", "", [1], {"x": 1}, object(), NAIVE, b"1", float("nan"), 1j,
+    float("inf"), float("-inf"), Decimal("sNaN"), Decimal("-Infinity"), 10**400, "1e-13",
+    _LyingDecimal("NaN"), _LyingDecimal("sNaN"), _LyingDecimal("1e400"), _LyingFloat(1e300),
 ]  # fmt: skip
 NOT_OPTIONAL_NUMBER: list[object] = [v for v in NOT_NUMBER if v is not None]
 NOT_INT: list[object] = [None, True, 5.5, "5", Decimal("5.5"), [5], object()]
