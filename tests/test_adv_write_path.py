@@ -1,0 +1,177 @@
+"""Attacks on the faster write path (issue 9): decisions on a head another process moved
+past, refusals decided there, real processes racing limits, exits and payments, and the
+staged bytearray bodies read back everywhere a body is read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from ledger.commands import IncreasePosition
+from ledger.envelope import Recorded
+from ledger.errors import UnknownPosition
+from ledger.events import (
+    FundingRecorded,
+    PartialExitRecorded,
+    PositionClosed,
+    PositionMarked,
+    PositionOpened,
+)
+from ledger.service import Ledger
+from ledger.settings import Settings
+from ledger.store.sqlite import SQLiteEventStore
+from projections.book import Book
+from tests import _adv_race_worker as worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def _log(path: Path) -> list[object]:
+    store = SQLiteEventStore(path)
+    await store.open()
+    try:
+        return [record.event for record in await store.read()]
+    finally:
+        await store.close()
+
+
+# -- refusals decided on a stale head are decided again on the current one -----------------
+
+
+@pytest.mark.anyio
+async def test_an_open_refused_on_a_stale_full_book_opens_after_the_other_close(
+    db_path: Path,
+) -> None:
+    """One position at most. B closes the position A opened (on B's stale book it is unknown)
+    and A, whose book still holds it, opens another: on A's stale book that is one too many,
+    on the log it is the only one. Neither stale refusal may reach its caller."""
+    settings = Settings(max_concurrent_positions=1)
+    async with Ledger(db_path, settings=settings) as a, Ledger(db_path, settings=settings) as b:
+        first = await a.open_position("SOL/USDT:USDT", "buy", entry_price=100, qty=1, leverage=5)
+        await b.close_position(first.position_id, price=101, reason="by b")
+        second = await a.open_position("BTC/USDT:USDT", "sell", entry_price=50, qty=2, leverage=5)
+        assert set(a.book.open) == {second.position_id}
+        assert first.position_id in a.book.closed
+    events = await _log(db_path)
+    assert sum(isinstance(e, PositionOpened) for e in events) == 2
+    assert sum(isinstance(e, PositionClosed) for e in events) == 1
+
+
+@pytest.mark.anyio
+async def test_an_exit_refused_on_a_stale_size_succeeds_after_the_other_increase(
+    db_path: Path,
+) -> None:
+    """A opened 1; B adds 2 to it (B's stale book does not know the position); A exits 2:
+    more than A's stale book holds, less than the log's 3."""
+    async with Ledger(db_path) as a, Ledger(db_path) as b:
+        position = await a.open_position("SOL/USDT:USDT", "buy", entry_price=100, qty=1, leverage=5)
+        pid = position.position_id
+        await b.execute(IncreasePosition(position_id=pid, qty=Decimal(2), price=Decimal(100)))
+        after = await a.register_partial_exit(pid, price=110, qty=2)
+        assert after.qty == Decimal(1) and after.is_open
+    events = await _log(db_path)
+    exits = [e for e in events if isinstance(e, PartialExitRecorded)]
+    assert [e.qty for e in exits] == [Decimal(2)]
+
+
+@pytest.mark.anyio
+async def test_a_group_with_a_staged_job_and_a_stale_refusal_is_decided_again(
+    db_path: Path,
+) -> None:
+    """One group of A's: a mark of a position A knows (staged at A's head + 1) and a close of
+    one B opened after A last looked (unknown on A's stale book). The mark's insert meets
+    B's row: the whole group is decided again, and the close succeeds."""
+    async with Ledger(db_path) as a, Ledger(db_path) as b:
+        known = await a.open_position("SOL/USDT:USDT", "buy", entry_price=100, qty=1, leverage=5)
+        other = await b.open_position("ETH/USDT:USDT", "sell", entry_price=10, qty=3, leverage=5)
+        results = await asyncio.gather(
+            a.mark(known.position_id, 105),
+            a.close_position(other.position_id, price=9, reason="by a"),
+            return_exceptions=True,
+        )
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        assert other.position_id in a.book.closed
+        with pytest.raises(UnknownPosition):  # and a real refusal still reaches its caller
+            await b.close_position("never-opened", price=1)
+    events = await _log(db_path)
+    assert sum(isinstance(e, PositionClosed) for e in events) == 1
+    assert sum(isinstance(e, PositionMarked) for e in events) == 1
+
+
+# -- real processes racing a limit, one position's exits and one payment -------------------
+
+
+def test_processes_racing_opens_exits_and_payments_hold_every_limit(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Three processes, each: exit 1 from one shared position of 10 and record the same six
+    payments, six times; then (all together again) open six positions under a limit of
+    seven. Whatever the interleaving, exactly ten exits succeed (the tenth closes it), each
+    payment counts once, exactly seven positions open, and each process was told exactly what
+    the log holds (a refusal decided on a stale head would make fewer succeed than that, an
+    acceptance there more)."""
+    processes = 3
+
+    async def prepare() -> None:
+        async with Ledger(
+            db_path, settings=Settings(max_concurrent_positions=worker.LIMIT)
+        ) as ledger:
+            await ledger.open_position(
+                "SHARED/USDT:USDT", "sell", entry_price=100, qty=10, leverage=2,
+                position_id=worker.SHARED,
+            )  # fmt: skip
+
+    asyncio.run(prepare())
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes, timeout=100)
+    outs = [tmp_path / f"race-{i}.json" for i in range(processes)]
+    procs = [
+        context.Process(target=worker.race, args=(str(db_path), i, start, str(outs[i])))
+        for i in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert [p.exitcode for p in procs] == [0] * processes
+    told = [json.loads(out.read_text(encoding="utf-8")) for out in outs]
+    events = asyncio.run(_log(db_path))
+
+    exits = [e for e in events if isinstance(e, PartialExitRecorded)]
+    assert sum(t["exited"] for t in told) == len(exits) == 10
+    assert sum(Fraction(e.qty) for e in exits) == 10
+    assert sum(t["refused_exit"] for t in told) == processes * worker.ATTEMPTS - 10
+    assert [e.position_id for e in events if isinstance(e, PositionClosed)] == [worker.SHARED]
+
+    payments = [e for e in events if isinstance(e, FundingRecorded)]
+    assert sorted(e.execution_id for e in payments) == [f"pay-{k}" for k in range(worker.ATTEMPTS)]
+    assert sum(Fraction(e.amount) for e in payments) == Fraction(1, 4) * worker.ATTEMPTS
+
+    # then, the shared position closed, opens alone under a limit of seven: exactly seven
+    # succeed, and each refusal was told to the process whose open the log does not hold
+    opened = [e.position_id for e in events if isinstance(e, PositionOpened)][1:]
+    assert sorted(opened) == sorted(pid for t in told for pid in t["opened"])
+    assert len(opened) == worker.LIMIT
+    assert sum(t["too_many"] for t in told) == processes * worker.ATTEMPTS - worker.LIMIT
+    book = Book()
+    book.apply_all(asyncio.run(_records(db_path)))
+    assert sorted(book.open) == sorted(opened)
+
+
+async def _records(path: Path) -> list[Recorded]:
+    store = SQLiteEventStore(path)
+    await store.open()
+    try:
+        return list(await store.read())
+    finally:
+        await store.close()
