@@ -610,6 +610,9 @@ class Ledger:
         jobs and every later one of the group are decided again one at a time, each staged and
         folded at once, so the job whose events cannot be stored or folded still fails alone.
         """
+        for job in group:  # the store may call this again, on a fresh tx: from scratch
+            job.result, job.error = [], None
+        state.culprit, state.reloaded = None, False
         state.tail = tail = tx.tail
         base = self._book if self._broken is None else self._reloaded(tx, state)
         work = self._fold(base, tail, []) if tail else base.successor()

@@ -231,7 +231,10 @@ class DuplicateEventId(StoreError):
 def _stage_appends(tx: StoreTransaction, group: list[_PendingAppend], *, ask: bool) -> None:
     """Stage each batch of the group, each all-or-nothing on its own. Without `ask`, ids
     are not looked up first (one query per 500 ids, a third of a batch's cost): new ids are
-    the rule, and a stored one makes the insert fail, and the group is staged again asking."""
+    the rule, and a stored one makes the insert fail, and the group is staged again asking.
+    Each call starts from scratch (a store may call a unit again: see `run_transaction`)."""
+    for pending in group:
+        pending.error, pending.result = None, []
     if not ask and len(group) == 1:  # the usual group of one caller: no sets, no lookups
         pending = group[0]
         batch = pending.batch
@@ -775,6 +778,12 @@ class EventStore(abc.ABC):
         next: they are committed); call `unit(tx)`, which applies the tail, decides, and
         stages rows through `tx`; insert the staged rows; commit durably; make the draft head
         the store's. Returns what `unit` returned, once the commit is durable.
+
+        `unit` may be called more than once, each time on a fresh `tx` inside a fresh
+        transaction (SQLite decides first on the head it saw and, should the insert show
+        that another process committed after it, rolls back and calls unit again after the
+        tail: see DESIGN in `ledger/store/sqlite.py`). So a unit starts from scratch on each
+        call: it sets every outcome it reports, and only the last call's are kept.
 
         If `unit` raises anything (BaseException included), or the insert or the commit
         fails, the transaction is rolled back, no staged row is stored, and the exception
