@@ -19,7 +19,14 @@ import pytest
 
 from ledger.envelope import NewEvent
 from ledger.errors import PositionAlreadyClosed, TooManyOpenPositions, VersionConflict
-from ledger.events import AnyEvent, PositionClosed, PositionMarked, PositionOpened, stream_of
+from ledger.events import (
+    AnyEvent,
+    FundingRecorded,
+    PositionClosed,
+    PositionMarked,
+    PositionOpened,
+    stream_of,
+)
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.base import StoreTransaction
@@ -94,6 +101,20 @@ async def test_an_open_past_the_limit_decided_on_a_stale_book_is_refused(db_path
         assert len(b.book.open) == 1  # and B's book took A's open, under the lock
         records = await b.store.read()
     assert sum(isinstance(r.event, PositionOpened) for r in records) == 1
+
+
+async def test_a_payment_another_ledger_recorded_meanwhile_counts_once(db_path: Path) -> None:
+    """Funding is idempotent by execution id across processes too: B, which has not seen A's
+    record of the payment, must find it under the lock instead of recording it again."""
+    settings = Settings()
+    async with Ledger(db_path, settings=settings) as a, Ledger(db_path, settings=settings) as b:
+        position = await a.open_position("SOL/USDT:USDT", "buy", entry_price=100, qty=1, leverage=5)
+        pid = position.position_id
+        await a.record_funding(pid, "-1.25", execution_id="fund-1")
+        seen_by_b = await b.record_funding(pid, "-1.25", execution_id="fund-1")
+        assert seen_by_b.funding == Decimal("-1.25")
+        records = await b.store.read()
+    assert sum(isinstance(r.event, FundingRecorded) for r in records) == 1
 
 
 async def test_expected_versions_are_compared_with_the_committed_ones(db_path: Path) -> None:

@@ -8,7 +8,8 @@ tail, versions, existing ids, INSERT, COMMIT) and an event-loop wake-up around e
 
 - `run_transaction(unit)` runs a whole transaction as one call on the thread holding the
   store's *writer role* (`ledger.store.writer`): take the write lock (BEGIN IMMEDIATE), read
-  the tail other processes wrote, call `unit(tx)` (which applies the tail, decides each job
+  the tail other processes wrote (SQLite only once its insert shows there is one: DESIGN of
+  `run_transaction` in `ledger/store/sqlite.py`), call `unit(tx)` (which applies the tail, decides each job
   on a fork of the book, stages its rows: encode, chain hash), insert, COMMIT. `tx` is used
   synchronously: `tail`, `find_existing`, `load_versions`, `stage`, `savepoint` /
   `rollback_to` (one job's rows out, the others stay), `committed_after` (a reload of the

@@ -65,6 +65,7 @@ _IDENTITY = (
     " (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
 )
 Synchronous = Literal["FULL", "NORMAL"]
+
 T = TypeVar("T")
 
 
@@ -345,23 +346,25 @@ class SQLiteEventStore(EventStore):
     def run_transaction(self, unit: Callable[[StoreTransaction], T]) -> T:
         """See `EventStore.run_transaction`; DESIGN: the tail is read only when needed.
 
-        The first attempt reads no tail: it decides on the head this store last saw, and it
-        is committed only once the log proves that head current under the write lock. The
-        proof is the INSERT itself: seq is the INTEGER PRIMARY KEY, every writer of the log
-        inserts seqs gapless from the end it saw, and BEGIN IMMEDIATE holds the lock of every
-        writer in any process from before the unit runs until COMMIT. So the insert of seq
-        head+1 succeeds if and only if no row after the head exists, that is if nobody
-        committed after it: the unit decided on the whole committed log, exactly as if it had
-        read an empty tail. Where the insert does not prove it (the unit staged no row, or
-        raised, or its first row is not seq head+1), one SELECT of the log's end does.
-        When another writer did commit (a PRIMARY KEY conflict, or any other constraint
-        failure: the retry sorts out which), nothing of the attempt is kept: it is rolled
-        back, and the transaction runs again as it always did, the tail read first under
-        the lock, then `unit` called again on a fresh `tx` (units start from scratch each
-        call: see `EventStore.run_transaction`). A decision made on a stale head is thus
-        never committed, nor handed to a caller (a refusal, a raise, an empty result).
-        Saved: one statement of four in a commit (the tail SELECT, costly at FULL, where the
-        caches are cold after each fsync).
+        The first attempt reads no tail: `unit` decides on the head this store last saw, and
+        that is committed only once the log proves the head current under the write lock.
+        The proof is the insert itself: seq is the INTEGER PRIMARY KEY, every writer of the
+        log inserts seqs gapless from the end it saw, and BEGIN IMMEDIATE holds the lock
+        against every writer in any process from before `unit` runs until COMMIT. So the
+        insert of seq head+1 succeeds if and only if no row after the head exists, that is
+        if nobody committed after it: `unit` decided on the whole committed log, exactly as
+        if it had read an empty tail. Where no such insert proves it (`unit` staged no row,
+        or raised, or its first row is not seq head+1), one SELECT of the log's end does,
+        before anything is inserted, committed or handed back.
+        When the head was stale, nothing of the attempt is kept: the tail is read under the
+        same lock (nothing of the attempt was inserted: a stale head fails the first row)
+        and `unit` is called again on a fresh `tx`, as every transaction did before (units
+        start from scratch on each call: see `EventStore.run_transaction`). A constraint
+        failure on a current head (seq head+1 free, or our first row) is a real conflict,
+        raised as before. A decision made on a stale head is thus never committed, nor
+        handed to a caller (a refusal, a raise, a result).
+        What it saves: one statement of four in a usual commit (the tail SELECT, which at
+        synchronous=FULL runs with caches cold after each fsync).
         """
         if self._read_only:
             raise StoreUnavailable(f"{self.path} is open read-only")
@@ -378,9 +381,7 @@ class SQLiteEventStore(EventStore):
         head = self._head
         try:
             done = self._attempt(cur, unit, head, optimistic=True)
-            if done is None:  # another writer committed after our head: nothing is kept
-                _rollback(conn)
-                self._lock(cur)
+            if done is None:  # stale, nothing of it inserted: again, after the tail
                 done = self._attempt(cur, unit, head, optimistic=False)
                 assert done is not None
             result, tx = done
@@ -417,9 +418,9 @@ class SQLiteEventStore(EventStore):
         *,
         optimistic: bool,
     ) -> tuple[T, _SQLiteTransaction] | None:
-        """Run unit and insert its rows, holding the write lock; None when the attempt was
-        optimistic and another writer committed after head (see `run_transaction`). Raises
-        what unit or the insert raises (the caller rolls back)."""
+        """Run unit and insert its rows, holding the write lock. Optimistic (no tail read
+        first): None when another writer committed after head, nothing inserted (see
+        `run_transaction`). Raises what unit or the insert raises (the caller rolls back)."""
         if optimistic:
             tail: list[Recorded] = []
         else:
@@ -456,9 +457,23 @@ class SQLiteEventStore(EventStore):
                 cur.execute(_INSERT, rows[0])
             else:
                 cur.executemany(_INSERT, rows)
-        except sqlite3.IntegrityError:
-            return None  # stale, or a real conflict: the retry, reading the tail, tells
+        except sqlite3.IntegrityError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY or not self._first(
+                cur, head, rows[0]
+            ):
+                # seq head+1 is another writer's: the first row failed, nothing inserted
+                return None
+            raise  # a real conflict, met on the current head
         return result, tx
+
+    @staticmethod
+    def _first(cur: sqlite3.Cursor, head: Head, first: RowTuple) -> bool:
+        """After a constraint failure: whether seq head+1 is free or holds our first row
+        (then head was current). A PRIMARY KEY conflict can only be the first row's (seqs from
+        head+1 on are free when head+1 is), and SQLite reports it before the row's other
+        constraints; this asks the log itself, whichever it reported."""
+        row = cur.execute("SELECT event_id FROM events WHERE seq = ?", (head.seq + 1,)).fetchone()
+        return row is None or row[0] == first[3]
 
     @staticmethod
     def _moved_on(cur: sqlite3.Cursor, head: Head) -> bool:
