@@ -9,14 +9,14 @@ tail, versions, existing ids, INSERT, COMMIT) and an event-loop wake-up around e
 - `run_transaction(unit)` runs a whole transaction as one call on the thread holding the
   store's *writer role* (`ledger.store.writer`): take the write lock (BEGIN IMMEDIATE), read
   the tail other processes wrote (SQLite only once its insert shows there is one: DESIGN of
-  `run_transaction` in `ledger/store/sqlite.py`), call `unit(tx)` (which applies the tail, decides each job
-  on a fork of the book, stages its rows: encode, chain hash), insert, COMMIT. `tx` is used
-  synchronously: `tail`, `find_existing`, `load_versions`, `stage`, `savepoint` /
-  `rollback_to` (one job's rows out, the others stay), `committed_after` (a reload of the
-  book under the lock). The write connection is used only by the role's holder (SQLite: a
-  stdlib `sqlite3` connection; PostgreSQL: a psycopg 3 sync connection, which pipelines the
-  statements). Reads and subscriptions keep their async API (aiosqlite for SQLite) on their
-  own connection, so they never see a transaction's uncommitted rows.
+  `run_transaction` in `ledger/store/sqlite.py`), call `unit(tx)` (which applies the tail,
+  decides each job on a fork of the book, stages its rows: encode, chain hash), insert,
+  COMMIT. `tx` is used synchronously: `tail`, `find_existing`, `load_versions`, `stage`,
+  `savepoint` / `rollback_to` (one job's rows out, the others stay), `committed_after` (a
+  reload of the book under the lock). The write connection is used only by the role's
+  holder (SQLite: a stdlib `sqlite3` connection; PostgreSQL: a psycopg 3 sync connection,
+  which pipelines the statements). Reads and subscriptions keep their async API (aiosqlite
+  for SQLite) on their own connection, so they never see a transaction's uncommitted rows.
 - Who holds the role (see DESIGN in `ledger/store/writer.py`): the caller itself when
   nobody is writing (no hand-off: a plain thread inline; an asyncio task on its loop after
   one yield, so the tasks scheduled with it join its group, and never waiting for a lock
