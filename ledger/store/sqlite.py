@@ -459,7 +459,7 @@ class SQLiteEventStore(EventStore):
                 cur.executemany(_INSERT, rows)
         except sqlite3.IntegrityError as exc:
             if exc.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY or not self._first(
-                cur, head, rows[0]
+                cur, head, rows[0][3]
             ):
                 # seq head+1 is another writer's: the first row failed, nothing inserted
                 return None
@@ -467,13 +467,13 @@ class SQLiteEventStore(EventStore):
         return result, tx
 
     @staticmethod
-    def _first(cur: sqlite3.Cursor, head: Head, first: RowTuple) -> bool:
+    def _first(cur: sqlite3.Cursor, head: Head, event_id: str) -> bool:
         """After a constraint failure: whether seq head+1 is free or holds our first row
         (then head was current). A PRIMARY KEY conflict can only be the first row's (seqs from
         head+1 on are free when head+1 is), and SQLite reports it before the row's other
         constraints; this asks the log itself, whichever it reported."""
         row = cur.execute("SELECT event_id FROM events WHERE seq = ?", (head.seq + 1,)).fetchone()
-        return row is None or row[0] == first[3]
+        return row is None or row[0] == event_id
 
     @staticmethod
     def _moved_on(cur: sqlite3.Cursor, head: Head) -> bool:
