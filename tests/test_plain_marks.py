@@ -1,0 +1,130 @@
+"""A mark of exactly its declared types skips the decoder's round trip
+(`ledger.service._plain_mark`); anything else still takes it and is refused as before."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ledger import codec
+from ledger.codec import decode_event, encode_event, ensure_decodable
+from ledger.errors import InvalidValue
+from ledger.events import PositionMarked, PositionOpened
+from ledger.service import _PLAIN_HIGH, _PLAIN_LOW, Ledger, _plain_mark
+from ledger.store.sqlite import SQLiteEventStore
+from ledger.values import Side, Source, bounded
+from projections.book import fold_records
+
+pytestmark = pytest.mark.anyio
+
+
+class Number(Decimal):
+    """A Decimal subclass: mark_command and check_command let it by, msgspec cannot write it."""
+
+
+class Text(str):
+    """A str subclass: the same."""
+
+
+def test_the_plain_exponents_are_those_of_bounded_numbers_and_inside_the_codecs_range() -> None:
+    assert codec._SAFE_LOW <= _PLAIN_LOW and _PLAIN_HIGH <= codec._SAFE_HIGH
+    for text in ["1e-12", "1.5e-12", "0.001", "1", "999999999999999.99", "1e15", "-1e15"]:
+        assert _PLAIN_LOW <= bounded("x", Decimal(text)).adjusted() <= _PLAIN_HIGH
+
+
+NUMBERS: list[object] = [
+    None, Decimal(0), Decimal("-0"), Decimal("1.5"), Decimal("-3"), Decimal("1e-12"),
+    Decimal("1e15"), Decimal("123456789.123456789"), Decimal("1e-13"), Decimal("1e16"),
+    Decimal("1e-101"), Decimal("1e31"), Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"),
+    Number("2.5"), 3, 2.5, "4", True,
+]  # fmt: skip
+
+
+def test_a_plain_mark_is_exactly_one_the_decoder_reads_back_as_written() -> None:
+    """Every mark _plain_mark passes, ensure_decodable passes and decodes to an equal event;
+    a mark of any other type (a subclass, an int, a float, a str number), or out of range, is
+    not plain."""
+    plain = 0
+    for position_id in ["p", "pos_\u00e9\x00", Text("p")]:
+        for number in NUMBERS:
+            for field in ["mark_price", "unrealized_pnl", "contracts", "initial_margin"]:
+                for source in [Source.BOT, Source.EXCHANGE, "bot"]:
+                    for opened in [None, 1700000000000]:
+                        fields: dict[str, object] = {
+                            "position_id": position_id,
+                            "mark_price": Decimal(7),
+                            field: number,
+                            "source": source,
+                            "exchange_opened_ms": opened,
+                        }
+                        mark = PositionMarked(**fields)  # type: ignore[arg-type]
+                        if not _plain_mark(mark):
+                            continue
+                        plain += 1
+                        ensure_decodable(mark)
+                        back = decode_event(encode_event(mark))
+                        assert type(back) is PositionMarked and back == mark
+                        assert type(position_id) is str and type(source) is Source
+                        assert opened is None
+                        if number is None:
+                            assert field != "mark_price"
+                        else:
+                            assert type(number) is Decimal and number.is_finite()
+                            assert not number or Decimal("1e-12") <= abs(number) <= Decimal("1e15")
+    assert plain > 50
+    other = PositionOpened(
+        position_id="p",
+        symbol="X",
+        side=Side.BUY,
+        qty=Decimal(1),
+        entry_price=Decimal(1),
+        leverage=1,
+    )
+    assert not _plain_mark(other)  # only marks
+
+
+async def test_a_mark_of_a_subclass_is_refused_alone_among_concurrent_marks(
+    db_path: Path,
+) -> None:
+    """A Decimal subclass price, a str subclass id: both pass mark_command, neither is plain,
+    so the decoder's round trip refuses each with InvalidValue (without the guard the store's
+    encoder would fail them as a StoreError) while the other marks of the group commit."""
+    async with Ledger(db_path) as ledger:
+        opened = await ledger.open_position(
+            "BTC/USDT:USDT", "buy", entry_price=100, notional=500, leverage=5
+        )
+        pid = opened.position_id
+        calls: list[tuple[object, object]] = [(pid, Decimal(100 + i)) for i in range(40)]
+        calls[7] = (pid, Number(3))
+        calls[23] = (Text(pid), Decimal(5))
+        outcomes: list[object] = [None] * len(calls)
+
+        async def mark(i: int) -> None:
+            position_id, price = calls[i]
+            try:
+                outcomes[i] = await ledger.mark(position_id, price)  # type: ignore[arg-type]
+            except Exception as exc:
+                outcomes[i] = exc
+
+        async with anyio.create_task_group() as tasks:
+            for i in range(len(calls)):
+                tasks.start_soon(mark, i)
+        refused = [i for i, o in enumerate(outcomes) if isinstance(o, Exception)]
+        assert refused == [7, 23], outcomes
+        assert all(isinstance(outcomes[i], InvalidValue) for i in refused), outcomes
+        live = ledger.book
+    store = SQLiteEventStore(db_path, read_only=True)
+    await store.open()
+    try:
+        assert (await store.verify_chain()).events == (await store.head()).seq
+        log = await store.read()
+    finally:
+        await store.close()
+    marks = [r.event.mark_price for r in log if isinstance(r.event, PositionMarked)]
+    assert marks == [price for i, (_, price) in enumerate(calls) if i not in (7, 23)]
+    assert all(type(m) is Decimal for m in marks)
+    folded = fold_records(log)
+    assert live.open == folded.open and live.last_hash == folded.last_hash
