@@ -65,6 +65,8 @@ from ledger.store.base import EventStore, StoreTransaction, Waiter
 from ledger.store.factory import Location, backup_to_sqlite, is_url, make_store
 from ledger.store.writer import Completion, GroupCommit, WouldWait
 from ledger.values import (
+    MAX_MAGNITUDE,
+    MIN_MAGNITUDE,
     Side,
     Source,
     aware_time,
@@ -1030,10 +1032,18 @@ class Ledger:
         # check_command would, and left the others at defaults it accepts (tests/
         # test_bad_types.py::test_every_mark_command_builds_passes_check_command). Marks are
         # most commands, many at once: this path is what 500 concurrent ones cost.
+        # (and _queue, outcome and _position inlined)
+        jobs = self._jobs
+        if jobs is None:
+            jobs = self._queue()  # raises
         job = _Job(_CommandDecider(command, self._limits), blocking=False)
-        await self._queue().run(job)
-        job.outcome()
-        return self._position(position_id)
+        await jobs.run(job)
+        if job.error is not None:
+            raise job.error
+        position = self._book.get(position_id)
+        if position is None:
+            raise UnknownPosition(position_id)
+        return position
 
     async def record_funding(
         self, position_id: str, amount: Number, *, execution_id: str
@@ -1262,6 +1272,17 @@ def mark_command(
     initial_margin: Number | None = None,
 ) -> MarkPosition:
     """A new mark price; raises InvalidValue."""
+    if (  # the usual mark, a Decimal price alone: what the checks below accept, in one test
+        type(price) is Decimal
+        and unrealized_pnl is None
+        and initial_margin is None
+        and type(position_id) is str
+        and position_id  # identifier: not empty, nor only whitespace (what strip() removes)
+        and not position_id.isspace()
+        and price.is_finite()  # to_decimal; positive and bounded: 0 < 1e-12 <= price <= 1e15
+        and MIN_MAGNITUDE <= price <= MAX_MAGNITUDE
+    ):
+        return MarkPosition(position_id=position_id, mark_price=price)
     return MarkPosition(
         position_id=identifier("position_id", position_id),
         mark_price=positive("price", price),

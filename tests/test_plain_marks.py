@@ -11,11 +11,12 @@ import pytest
 
 from ledger import codec
 from ledger.codec import decode_event, encode_event, ensure_decodable
+from ledger.commands import MarkPosition
 from ledger.errors import InvalidValue
 from ledger.events import PositionMarked, PositionOpened
-from ledger.service import _PLAIN_HIGH, _PLAIN_LOW, Ledger, _plain_mark
+from ledger.service import _PLAIN_HIGH, _PLAIN_LOW, Ledger, _plain_mark, mark_command
 from ledger.store.sqlite import SQLiteEventStore
-from ledger.values import Side, Source, bounded
+from ledger.values import Side, Source, bounded, identifier, positive
 from projections.book import fold_records
 
 pytestmark = pytest.mark.anyio
@@ -128,3 +129,39 @@ async def test_a_mark_of_a_subclass_is_refused_alone_among_concurrent_marks(
     assert all(type(m) is Decimal for m in marks)
     folded = fold_records(log)
     assert live.open == folded.open and live.last_hash == folded.last_hash
+
+
+def _reference_mark(position_id: object, price: object) -> MarkPosition | str:
+    """mark_command's checks written out field by field (no fast path): the command, or the
+    field it refuses."""
+    try:
+        return MarkPosition(
+            position_id=identifier("position_id", position_id),
+            mark_price=positive("price", price),
+        )
+    except InvalidValue as refused:
+        return refused.field
+
+
+def test_mark_commands_fast_path_gives_what_the_field_by_field_checks_give() -> None:
+    """mark_command takes a Decimal price alone in one test: for every id and price, the same
+    command or the same refusal as each field checked on its own (identifier, positive)."""
+    ids: list[object] = ["p", "pos_1", " p ", "", " ", "\t\n", "\u3000", "\x00", Text("p"), 7]
+    prices: list[object] = [
+        Decimal("1e-12"), Decimal("1e-13"), Decimal("0.99e-12"), Decimal("1e15"),
+        Decimal("1.000000000000001e15"), Decimal("1e16"), Decimal(0), Decimal("-0"),
+        Decimal(-5), Decimal("100.25"), Decimal("NaN"), Decimal("sNaN"), Decimal("-Infinity"),
+        Decimal("Infinity"), Number("5"), Number("1e16"), 5, "5", 5.5, True,
+    ]  # fmt: skip
+    for position_id in ids:
+        for price in prices:
+            expected = _reference_mark(position_id, price)
+            try:
+                got: MarkPosition | str = mark_command(position_id, price)  # type: ignore[arg-type]
+            except InvalidValue as refused:
+                got = refused.field
+            assert got == expected, (position_id, price)
+            if isinstance(got, MarkPosition):
+                assert isinstance(expected, MarkPosition)
+                assert type(got.mark_price) is type(expected.mark_price)
+                assert type(got.position_id) is type(expected.position_id)

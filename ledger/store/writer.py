@@ -120,21 +120,18 @@ class Completion:
     __slots__ = ("_blocked", "_future", "_loop")
 
     def __init__(self, *, blocking: bool = False) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._future: asyncio.Future[None] | None = None
+        # no running asyncio loop: another async backend, which waits for the lock on a thread
+        loop = None if blocking else asyncio._get_running_loop()
+        self._loop: asyncio.AbstractEventLoop | None = loop
         # for a thread: a lock held until set (cheaper to make than a threading.Event, and a
         # leader that ran its own job never waits on it)
         self._blocked: threading.Lock | None = None
-        if not blocking:
-            try:
-                self._loop = asyncio.get_running_loop()
-            except RuntimeError:  # another async backend: wait for the lock on a thread
-                self._loop = None
-        if self._loop is not None:
-            self._future = self._loop.create_future()
-        else:
-            self._blocked = threading.Lock()
-            self._blocked.acquire()
+        if loop is not None:
+            self._future: asyncio.Future[None] | None = loop.create_future()
+            return
+        self._future = None
+        blocked = self._blocked = threading.Lock()
+        blocked.acquire()
 
     @property
     def on_asyncio(self) -> bool:
@@ -363,9 +360,14 @@ class GroupCommit(Generic[J]):
         through when it is woken (of 500 tasks writing at once, 499 follow). A caller
         cancelled after this began may still have its job committed (and, if it led, the
         group it took is run before the cancellation goes on)."""
-        if self._enter(job):
+        with self._lock:  # _enter, inlined: 500 tasks at once pass here
+            self._pending.append(job)
+            lead = not self._draining
+            self._draining = True
+        if lead:
             return self._lead_and_wait(job)
-        return job.done.wait()
+        future = job.done._future
+        return future if future is not None else job.done.wait()
 
     async def _lead_and_wait(self, job: J) -> None:
         inline = self._inline_async and job.done.on_asyncio
