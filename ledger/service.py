@@ -175,6 +175,19 @@ class _UuidPool(threading.local):
         self.at = at + 32
         return self.hex[at : at + 32]
 
+    def take_many(self, count: int) -> list[str]:
+        """`take` count times, the pool read and moved once (a thread-local's attribute costs
+        about as much as the rest of an id): a run of marks takes its ids at once. Ids left in
+        a pool too short for count are dropped, never handed out twice."""
+        pool, at = self.hex, self.at
+        end = at + 32 * count
+        if end > len(pool):
+            pool, at = _random_uuids(max(count, _POOL_UUIDS)), 0
+            end = 32 * count
+            self.hex = pool
+        self.at = end
+        return [pool[i : i + 32] for i in range(at, end, 32)]
+
 
 _uuids = _UuidPool()
 
@@ -198,6 +211,9 @@ class _EventIds:
 
     def next(self) -> str:
         return self._pool.take()
+
+    def many(self, count: int) -> list[str]:
+        return self._pool.take_many(count)
 
 
 def _random_uuids(count: int) -> str:
@@ -686,9 +702,8 @@ class Ledger:
         staging or the fold failed: nothing of the run is staged then, and work may hold part
         of it (the caller decides the run again one job at a time)."""
         start = tx.savepoint()
-        fresh: list[NewEvent] = []
+        made: list[AnyEvent] = []
         decided: list[tuple[_Job, int]] = []
-        unknown: set[str] = set()
         for job in run:
             decider = job.decide
             assert type(decider) is _CommandDecider  # see _decides_a_mark
@@ -701,16 +716,18 @@ class Ledger:
             except BaseException:
                 state.culprit = job
                 raise
-            for event in events:
-                stream = stream_of(event)
-                if stream not in loaded:
-                    unknown.add(stream)
-                fresh.append(
-                    NewEvent(stream=stream, event=event, event_id=ids.next(), occurred_at=now)
-                )
+            made.extend(events)
             decided.append((job, len(events)))
-        if not fresh:
+        if not made:
             return []
+        unknown: set[str] = set()
+        fresh: list[NewEvent] = []
+        for event, event_id in zip(made, ids.many(len(made)), strict=True):
+            # a mark's stream is its position (stream_of, without its lookup)
+            stream = event.position_id if type(event) is PositionMarked else stream_of(event)
+            if stream not in loaded:
+                unknown.add(stream)
+            fresh.append(NewEvent(stream=stream, event=event, event_id=event_id, occurred_at=now))
         try:
             if unknown:
                 tx.load_versions(unknown)
@@ -723,10 +740,10 @@ class Ledger:
             tx.rollback_to(start)
             return None
         at = 0
-        for job, made in decided:
-            job.result = records[at : at + made]
+        for job, count in decided:
+            job.result = records[at : at + count]
             job.error = None  # decided again after a run of marks failed together
-            at += made
+            at += count
         return records
 
     def _stage_job(

@@ -26,6 +26,21 @@ def test_ids_are_uuid4_hex_and_distinct_across_many_pool_refills() -> None:
     assert all(int(p[4:], 16) >= 0 for p in positions)
 
 
+def test_ids_taken_many_at_once_are_uuid4_hex_distinct_and_never_handed_out_again() -> None:
+    """A run of marks takes its ids at once (_EventIds.many): runs short and long, across
+    refills and runs larger than a pool, mixed with single ids, never the same id twice."""
+    ids = _EventIds(1)
+    drawn: list[str] = []
+    for count in [1, 3, 255, 2, 256, 257, 600, 1, 31, 1000, 5]:
+        run = ids.many(count)
+        assert len(run) == count
+        drawn += run
+        drawn.append(ids.next())
+    assert len(set(drawn)) == len(drawn)
+    assert all(_is_uuid4_hex(event_id) for event_id in drawn)
+    assert ids.many(0) == []
+
+
 def test_threads_draw_from_pools_of_their_own() -> None:
     drawn: list[list[str]] = [[] for _ in range(4)]
     start = threading.Barrier(4)
