@@ -612,8 +612,7 @@ class Ledger:
             self._after_commit()
         finally:
             if settle:
-                for job in group:
-                    job.done.set()
+                Completion.set_all([job.done for job in group])
 
     def _decide_group(self, tx: StoreTransaction, group: list[_Job], state: _Group) -> None:
         """Decide each job against a fork of the book, in its own guard: any Exception of one
@@ -1404,6 +1403,17 @@ def _plain_mark(event: AnyEvent) -> bool:
     """
     if type(event) is not PositionMarked:
         return False
+    price = event.mark_price
+    if (
+        event.unrealized_pnl is None  # the usual mark, a price alone: one number to look at
+        and event.contracts is None
+        and event.initial_margin is None
+        and type(price) is Decimal
+        and type(event.position_id) is str
+        and type(event.source) is Source
+        and event.exchange_opened_ms is None
+    ):
+        return price.is_finite() and (not price or _PLAIN_LOW <= price.adjusted() <= _PLAIN_HIGH)
     if (
         type(event.position_id) is not str
         or type(event.mark_price) is not Decimal  # the one number it must have
