@@ -10,15 +10,22 @@ caller as a refusal.
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from ledger.envelope import NewEvent
-from ledger.errors import PositionAlreadyClosed, TooManyOpenPositions, VersionConflict
+from ledger.errors import (
+    PositionAlreadyClosed,
+    StoreError,
+    TooManyOpenPositions,
+    VersionConflict,
+)
 from ledger.events import (
     AnyEvent,
     FundingRecorded,
@@ -173,6 +180,33 @@ def unit_mark(price: int, event_id: str) -> Callable[[StoreTransaction], int]:
         return tx.head.seq
 
     return unit
+
+
+async def test_a_gap_after_the_head_fails_the_attempt_whole(db_path: Path) -> None:
+    """Seq head+1 free but a later seq taken (rows deleted by hand under a running writer):
+    the insert of head+1 goes in and a later row fails. That proves no stale head, and the
+    rows already inserted are in the transaction: the attempt must fail whole, never be run
+    again on top of its own rows (a decision with fresh ids committed twice)."""
+    async with two_stores(db_path) as (one, two):
+        await one.append(
+            [new(opened("p0"), "o0"), new(marked("p0", 101), "m1"), new(marked("p0", 102), "m2")]
+        )
+        with closing(sqlite3.connect(db_path)) as raw:
+            raw.execute("DELETE FROM events WHERE seq = 1")
+            raw.commit()
+        calls = itertools.count()
+
+        def unit(tx: StoreTransaction) -> int:
+            n = next(calls)
+            tx.load_versions(["p1"])
+            tx.stage([new(opened("p1"), f"o1-{n}"), new(marked("p1", 101), f"m1-{n}")])
+            return n
+
+        with pytest.raises(StoreError):
+            await two.transact(unit)
+    with closing(sqlite3.connect(db_path)) as raw:
+        stored = [row[0] for row in raw.execute("SELECT event_id FROM events ORDER BY seq")]
+    assert stored == ["m1", "m2"]
 
 
 async def test_an_append_to_a_current_head_reads_no_tail(db_path: Path) -> None:

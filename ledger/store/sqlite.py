@@ -457,11 +457,12 @@ class SQLiteEventStore(EventStore):
                 cur.execute(_INSERT, rows[0])
             else:
                 cur.executemany(_INSERT, rows)
-        except sqlite3.IntegrityError as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY or not self._first(
-                cur, head, rows[0][3]
-            ):
-                # seq head+1 is another writer's: the first row failed, nothing inserted
+        except sqlite3.IntegrityError:
+            # a PRIMARY KEY conflict alone does not prove head stale: with a gap after head
+            # (rows deleted by hand) seq head+1 went in and a later row failed, and those rows
+            # stay in the transaction; only seq head+1 held by another writer says nothing of
+            # ours was inserted
+            if not self._first(cur, head, rows[0][3]):
                 return None
             raise  # a real conflict, met on the current head
         return result, tx
@@ -469,9 +470,8 @@ class SQLiteEventStore(EventStore):
     @staticmethod
     def _first(cur: sqlite3.Cursor, head: Head, event_id: str) -> bool:
         """After a constraint failure: whether seq head+1 is free or holds our first row
-        (then head was current). A PRIMARY KEY conflict can only be the first row's (seqs from
-        head+1 on are free when head+1 is), and SQLite reports it before the row's other
-        constraints; this asks the log itself, whichever it reported."""
+        (then head was current and the failure is a real conflict). This asks the log itself,
+        whichever constraint SQLite reported and whichever row it failed on."""
         row = cur.execute("SELECT event_id FROM events WHERE seq = ?", (head.seq + 1,)).fetchone()
         return row is None or row[0] == event_id
 
