@@ -142,6 +142,9 @@ def mark_from_text(text: MarkText) -> PositionMarked:
 # Decimal exponents an event may carry (commands are held to 1e-12..1e15; derived figures such
 # as PnL may go further): inside them no fold can overflow or underflow LEDGER_CONTEXT.
 _SAFE_LOW, _SAFE_HIGH = -100, 30
+# an int in a Decimal field (it reads back as the same number) is held to the same range:
+# its magnitude below 1e31, so that its adjusted exponent is at most _SAFE_HIGH
+_SAFE_INT = 10 ** (_SAFE_HIGH + 1)
 _NUMBER_FIELDS: dict[
     type[object], tuple[tuple[str, ...], Callable[[object], tuple[object, ...]]]
 ] = {}
@@ -182,7 +185,7 @@ def ensure_decodable(event: AnyEvent) -> bytes:
         if type(value) is Decimal:
             if value.is_finite() and (not value or _SAFE_LOW <= value.adjusted() <= _SAFE_HIGH):
                 continue
-        elif value is None or type(value) is int:
+        elif value is None or (type(value) is int and -_SAFE_INT < value < _SAFE_INT):
             continue
         _check_numbers(event, names)  # every field, from the first
         break
@@ -208,7 +211,7 @@ def _number_fields(
 
 def _check_numbers(event: AnyEvent, names: tuple[str, ...]) -> None:
     """Raise InvalidValue naming the first number field that is no finite Decimal within the
-    range a fold takes, or a float."""
+    range a fold takes, an int outside it, or a float."""
     for name in names:
         value = getattr(event, name)
         if isinstance(value, Decimal):
@@ -219,6 +222,8 @@ def _check_numbers(event: AnyEvent, names: tuple[str, ...]) -> None:
                 raise InvalidValue(name, value, "outside the range the ledger can fold")
         elif isinstance(value, float):  # money is never a float in the log
             raise InvalidValue(name, value, "a float: convert it once, at the edge")
+        elif isinstance(value, int) and not -_SAFE_INT < value < _SAFE_INT:
+            raise InvalidValue(name, value, "outside the range the ledger can fold")
 
 
 def decode_event(body: bytes, schema_version: int = SCHEMA_VERSION) -> AnyEvent:

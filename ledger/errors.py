@@ -43,7 +43,16 @@ class InvalidValue(CommandRejected):
         self.field = field
         self.value = value
         self.why = why
-        super().__init__(f"invalid {field}={value!r}: {why}")
+        super().__init__(f"invalid {field}={_shown(value)}: {why}")
+
+
+def _shown(value: object) -> str:
+    """repr(value), or its type where repr raises: an int over 4,300 digits (ValueError), a
+    caller's object whose __repr__ raises. Refusing bad input must never raise in its place."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"
 
 
 class UnknownPosition(CommandRejected):

@@ -44,6 +44,13 @@ class _LyingDecimal(Decimal):
         return Decimal(1)
 
 
+class _Unshowable:
+    """A caller's object whose repr raises (an error naming it must still be raised)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
 class _LyingFloat(float):
     """A float subclass whose repr is not its value (a hostile caller)."""
 
@@ -55,6 +62,7 @@ NOT_NUMBER: list[object] = [
     None, True, False, "abc", "", [1], {"x": 1}, object(), NAIVE, b"1", float("nan"), 1j,
     float("inf"), float("-inf"), Decimal("sNaN"), Decimal("-Infinity"), 10**400, "1e-13",
     _LyingDecimal("NaN"), _LyingDecimal("sNaN"), _LyingDecimal("1e400"), _LyingFloat(1e300),
+    10**5000, _Unshowable(),
 ]  # fmt: skip
 NOT_OPTIONAL_NUMBER: list[object] = [v for v in NOT_NUMBER if v is not None]
 NOT_INT: list[object] = [None, True, 5.5, "5", Decimal("5.5"), [5], object()]
@@ -596,8 +604,9 @@ def test_the_manager_refuses_a_size_whose_qty_is_out_of_bounds(tmp_path: Path) -
 
 def test_ensure_decodable_names_every_number_out_of_what_a_fold_takes() -> None:
     """Each number field of an event, whatever the field before it holds (a Decimal, an
-    int): a non-finite one, one outside 1e-100..1e30, or a float is refused naming that
-    field; the same event with the field in range passes."""
+    int): a non-finite one, one outside 1e-100..1e30 (an int too: 10**400 reads back as
+    itself, and a fold of it may overflow), or a float is refused naming that field; the
+    same event with the field in range passes."""
     import msgspec
 
     from ledger.events import PartialExitRecorded
@@ -611,9 +620,12 @@ def test_ensure_decodable_names_every_number_out_of_what_a_fold_takes() -> None:
     )
     bad: list[object] = [
         Decimal("1e31"), Decimal("-1e31"), Decimal("1e-101"), Decimal("NaN"), Decimal("sNaN"),
-        Decimal("-Infinity"), 1.5, 0.0,
+        Decimal("-Infinity"), 1.5, 0.0, 10**31, -(10**31), 10**400, 10**5000,
     ]  # fmt: skip
-    fine: list[object] = [Decimal("1e30"), Decimal("-1e-100"), Decimal(0), Decimal("-0"), 7, None]
+    fine: list[object] = [
+        Decimal("1e30"), Decimal("-1e-100"), Decimal(0), Decimal("-0"), 7, None, 10**31 - 1,
+        -(10**31) + 1, 0,
+    ]  # fmt: skip
     checked = 0
     for event, fields in (
         (opened, ["qty", "entry_price", "fee", "confidence", "volatility"]),
@@ -628,7 +640,9 @@ def test_ensure_decodable_names_every_number_out_of_what_a_fold_takes() -> None:
                         ensure_decodable(msgspec.structs.replace(base, **{field: value}))
                     # a NaN never reads back as itself: refused as written, before its range
                     nan = isinstance(value, Decimal) and value.is_nan()
-                    named = type(base).__name__ if nan else field
+                    # so does an int too long for the encoder (over 4,300 digits)
+                    unwritable = type(value) is int and value.bit_length() > 10_000
+                    named = type(base).__name__ if nan or unwritable else field
                     assert refused.value.field == named, (field, value)
                     checked += 1
                 for value in fine:
@@ -636,3 +650,34 @@ def test_ensure_decodable_names_every_number_out_of_what_a_fold_takes() -> None:
                         continue  # a required number
                     ensure_decodable(msgspec.structs.replace(base, **{field: value}))
     assert checked > 100
+
+
+@pytest.mark.anyio
+async def test_a_deciders_int_outside_what_a_fold_takes_is_refused_and_stores_nothing(
+    db_path: Path,
+) -> None:
+    """A decider of the caller's own (Ledger.transact) may plan an int where a Decimal
+    belongs; one outside the range a fold takes is refused with InvalidValue like a Decimal
+    would be, and nothing is stored; an int inside it is stored, and read back as a Decimal."""
+    from ledger.events import PositionMarked
+    from ledger.service import Plan
+
+    async with Ledger(db_path) as ledger:
+        pos = await ledger.open_position("BTCUSDT", "buy", entry_price=10, qty=1, leverage=2)
+        head = ledger.last_seq
+
+        def marking(price: object) -> Callable[[object], list[Plan]]:
+            # an int where the struct declares a Decimal: what a decider of the caller's own
+            # may build (msgspec does not check types on construction)
+            event = PositionMarked(position_id=pos.position_id, mark_price=price)  # type: ignore[arg-type]
+            return lambda book: [Plan(event)]
+
+        for huge in (10**400, -(10**31)):
+            with pytest.raises(InvalidValue):
+                await ledger.transact(marking(huge))
+            assert ledger.last_seq == head
+        await ledger.transact(marking(12))
+        assert ledger.last_seq == head + 1
+    async with Ledger(db_path) as again:
+        position = again.get_position(pos.position_id)
+        assert position is not None and position.current_price == Decimal(12)
