@@ -58,13 +58,13 @@ def _shown(value: object) -> str:
 class UnknownPosition(CommandRejected):
     def __init__(self, position_id: str) -> None:
         self.position_id = position_id
-        super().__init__(f"unknown position {position_id!r}")
+        super().__init__(f"unknown position {_shown(position_id)}")
 
 
 class PositionAlreadyClosed(CommandRejected):
     def __init__(self, position_id: str) -> None:
         self.position_id = position_id
-        super().__init__(f"position {position_id!r} is already closed")
+        super().__init__(f"position {_shown(position_id)} is already closed")
 
 
 class ExitExceedsPosition(CommandRejected):
@@ -73,7 +73,7 @@ class ExitExceedsPosition(CommandRejected):
         self.requested_qty = requested_qty
         self.remaining_qty = remaining_qty
         super().__init__(
-            f"exit of qty {requested_qty} exceeds the {remaining_qty} left in {position_id!r}"
+            f"exit of qty {requested_qty} exceeds the {remaining_qty} left in {_shown(position_id)}"
         )
 
 
@@ -82,7 +82,7 @@ class LeverageOutOfRange(CommandRejected):
         self.leverage = leverage
         self.minimum = minimum
         self.maximum = maximum
-        super().__init__(f"leverage {leverage!r} outside [{minimum}, {maximum}]")
+        super().__init__(f"leverage {_shown(leverage)} outside [{minimum}, {maximum}]")
 
 
 class TooManyOpenPositions(CommandRejected):

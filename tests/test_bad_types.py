@@ -681,3 +681,46 @@ async def test_a_deciders_int_outside_what_a_fold_takes_is_refused_and_stores_no
     async with Ledger(db_path) as again:
         position = again.get_position(pos.position_id)
         assert position is not None and position.current_price == Decimal(12)
+
+
+class _UnshowableStr(str):
+    """A caller's str type whose repr raises."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_refusals_naming_a_value_too_big_to_show_are_still_typed(tmp_path: Path) -> None:
+    """A leverage of 10**5000 (an int too long for repr), an id whose repr raises: the refusal
+    is LeverageOutOfRange / UnknownPosition, never the ValueError or RuntimeError of showing
+    the value, through the async Ledger and the manager alike; nothing is appended."""
+    from ledger.errors import LeverageOutOfRange, UnknownPosition
+
+    async def through_the_ledger() -> None:
+        async with Ledger(tmp_path / "ledger.db") as ledger:
+            with pytest.raises(LeverageOutOfRange):
+                await ledger.open_position(
+                    "BTCUSDT", "buy", entry_price=10, qty=1, leverage=10**5000
+                )
+            with pytest.raises(UnknownPosition):
+                await ledger.close_position(_UnshowableStr("nope"), price=10)
+            with pytest.raises(UnknownPosition):
+                await ledger.mark(_UnshowableStr("nope"), 10)
+            assert ledger.last_seq == 0
+
+    import anyio
+
+    anyio.run(through_the_ledger)
+    with ThreadSafePositionManager(tmp_path / "m" / "positions.json") as manager:
+        head = manager.ledger.last_seq
+        with pytest.raises(LeverageOutOfRange):
+            manager.thread_safe_create_position(
+                symbol="BTCUSDT", side="buy", entry_price=10.0, position_size=100.0,
+                leverage=10**5000,
+            )  # fmt: skip
+        # the seed's answer for an unknown position: False (the refusal was made and caught)
+        assert manager.register_partial_exit(_UnshowableStr("nope"), 1.0, 10.0, 0.0, "r") is False
+        assert manager.close_position(_UnshowableStr("nope"), "r", 10.0) is False
+        assert manager.ledger.last_seq == head
