@@ -175,3 +175,55 @@ async def _records(path: Path) -> list[Recorded]:
         return list(await store.read())
     finally:
         await store.close()
+
+
+# -- the seed's floats through the manager, against an exact reference --------------------
+
+
+def _near(value: Decimal, exact: Fraction) -> bool:
+    """value is exact rounded to 28 significant digits (the ledger's context): within half a
+    unit in its 28th digit."""
+    if exact == 0:
+        return value == 0
+    return abs(Fraction(value) - exact) <= abs(exact) * Fraction(1, 10**27) / 2
+
+
+def test_seed_floats_through_the_manager_are_exact(tmp_path: Path) -> None:
+    """Sizes and prices as the seed's bots send them (floats, `size * 0.5`, a third), through
+    every writing method of the manager: each quantity is the float's shortest decimal over
+    the price rounded once to 28 digits, each realized PnL the float's own decimal exactly,
+    summed exactly, and two halves (or three thirds) of a size close the position."""
+    import random
+
+    from ledger.blocking import ThreadSafePositionManager
+
+    rng = random.Random(9)
+    settings = Settings(max_concurrent_positions=100)
+    with ThreadSafePositionManager(tmp_path / "positions.json", settings=settings) as manager:
+        for n in range(24):
+            entry = round(rng.uniform(0.0001, 70_000), rng.randint(0, 8))
+            size = round(rng.uniform(5, 5_000), rng.randint(0, 4))
+            pids = manager.thread_safe_create_position(
+                symbol=f"S{n}USDT", side=rng.choice(["buy", "sell", "long", "short"]),
+                entry_price=entry, position_size=size, leverage=rng.randint(1, 20),
+            )  # fmt: skip
+            exact_entry = Fraction(repr(entry))
+            position = manager.exact.get_position(pids)
+            assert position is not None
+            assert _near(position.qty, Fraction(repr(size)) / exact_entry), (entry, size)
+            parts = [size * 0.5, size * 0.5] if n % 2 else [size / 3] * 3
+            pnls = [round(rng.uniform(-50, 50), rng.randint(0, 6)) for _ in parts]
+            exit_price = round(entry * rng.uniform(0.8, 1.2), 6) or entry
+            for i, (part, pnl) in enumerate(zip(parts, pnls, strict=True)):
+                assert manager.register_partial_exit(pids, part, exit_price, pnl, f"tp{i}")
+                still = manager.exact.get_position(pids)
+                if i < len(parts) - 1:
+                    assert still is not None, (entry, size, i)
+                    assert still.realized_pnl == sum(
+                        (Decimal(repr(p)) for p in pnls[: i + 1]), Decimal(0)
+                    )
+                else:
+                    assert still is None, (entry, size, parts)
+            (closed,) = [p for p in manager.exact.get_closed_positions() if p.position_id == pids]
+            assert Fraction(closed.realized_pnl) == sum(Fraction(repr(p)) for p in pnls)
+            assert closed.qty == 0
