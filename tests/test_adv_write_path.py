@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger.commands import IncreasePosition
-from ledger.envelope import Recorded
+from ledger.envelope import NewEvent, Recorded
 from ledger.errors import UnknownPosition
 from ledger.events import (
     FundingRecorded,
@@ -22,6 +23,7 @@ from ledger.events import (
     PositionClosed,
     PositionMarked,
     PositionOpened,
+    stream_of,
 )
 from ledger.service import Ledger
 from ledger.settings import Settings
@@ -227,3 +229,49 @@ def test_seed_floats_through_the_manager_are_exact(tmp_path: Path) -> None:
             (closed,) = [p for p in manager.exact.get_closed_positions() if p.position_id == pids]
             assert Fraction(closed.realized_pnl) == sum(Fraction(repr(p)) for p in pnls)
             assert closed.qty == 0
+
+
+# -- store.append groups and long batches on a stale head ---------------------------------
+
+
+def _new(event: object, event_id: str) -> NewEvent:
+    return NewEvent(
+        stream=stream_of(event),  # type: ignore[arg-type]
+        event=event,  # type: ignore[arg-type]
+        event_id=event_id,
+        occurred_at=datetime(2025, 1, 7, tzinfo=UTC),
+    )
+
+
+def _mark(position_id: str, price: int) -> PositionMarked:
+    return PositionMarked(position_id=position_id, mark_price=Decimal(price))
+
+
+@pytest.mark.anyio
+async def test_a_group_of_appends_with_a_stale_version_refusal_is_decided_again(
+    db_path: Path,
+) -> None:
+    """One's group of two appends: a long batch (column by column) expecting p0 at the
+    version two committed, which one's stale cache refuses, and a batch to another stream
+    staged at one's stale head + 1. Both are decided again on the log: both commit, in
+    order, and the chain verifies."""
+    one, two = SQLiteEventStore(db_path), SQLiteEventStore(db_path)
+    await one.open()
+    await two.open()
+    try:
+        await one.append([_new(_mark("p0", 100), "a0")])
+        await two.append([_new(_mark("p0", 101), "b0")], expected_versions={"p0": 1})
+        long = [_new(_mark("p0", 200 + i), f"long{i}") for i in range(20)]
+        first, second = await asyncio.gather(
+            one.append(long, expected_versions={"p0": 2}),
+            one.append([_new(_mark("p1", 300), "other")]),
+        )
+        assert [r.version for r in first] == list(range(3, 23))
+        assert [r.version for r in second] == [1]
+        stored = await two.read()
+        assert [r.event_id for r in stored][:2] == ["a0", "b0"]
+        assert sorted(r.seq for r in stored) == list(range(1, 24))
+        assert (await two.verify_chain()).events == 23
+    finally:
+        await two.close()
+        await one.close()
