@@ -275,3 +275,65 @@ async def test_a_group_of_appends_with_a_stale_version_refusal_is_decided_again(
     finally:
         await two.close()
         await one.close()
+
+
+# -- a writer killed with kill -9 while another Ledger's head goes stale -------------------
+
+
+def test_a_stale_ledger_after_a_writer_killed_mid_transaction_decides_on_the_log(
+    db_path: Path,
+) -> None:
+    """A Ledger opened before another process starts writing (its head goes stale), that
+    process killed with SIGKILL while it writes (mostly inside a transaction): the stale
+    Ledger then closes every position the killed writer acknowledged (unknown on its stale
+    book: each refusal there must be decided again on the log), the killed writer's
+    unacknowledged transaction is not in the log, and the chain verifies."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    async def scenario() -> tuple[list[str], list[object]]:
+        settings = Settings(max_concurrent_positions=10_000)
+        async with Ledger(db_path, settings=settings) as stale:
+            await stale.open_position("A/USDT:USDT", "buy", entry_price=1, qty=1, leverage=2)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests._adv_open_worker", str(db_path)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            watchdog = threading.Timer(60, proc.kill)
+            watchdog.start()
+            acked: list[str] = []
+            try:
+                assert proc.stdout is not None
+                assert proc.stdout.readline() == b"ready\n"
+                while len(acked) < 25:
+                    line = proc.stdout.readline()
+                    assert line.endswith(b"\n"), "the writer ended early"
+                    acked.append(line.decode().strip())
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+            finally:
+                watchdog.cancel()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
+            for pid in acked:
+                await stale.close_position(pid, price=101, reason="after the kill")
+            assert not set(acked) & set(stale.book.open)
+            report = await stale.store.verify_chain()
+            assert report.events == stale.last_seq
+            return acked, [r.event for r in await stale.store.read()]
+
+    acked, events = asyncio.run(scenario())
+    opened = [e.position_id for e in events if isinstance(e, PositionOpened)][1:]
+    # every acknowledged open is there, in order; at most one more (committed, its ack lost)
+    assert opened[: len(acked)] == acked and len(opened) <= len(acked) + 1
+    closed = [e.position_id for e in events if isinstance(e, PositionClosed)]
+    assert closed == acked
