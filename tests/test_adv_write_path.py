@@ -337,3 +337,36 @@ def test_a_stale_ledger_after_a_writer_killed_mid_transaction_decides_on_the_log
     assert opened[: len(acked)] == acked and len(opened) <= len(acked) + 1
     closed = [e.position_id for e in events if isinstance(e, PositionClosed)]
     assert closed == acked
+
+
+@pytest.mark.anyio
+async def test_runs_of_marks_staged_on_a_stale_head_are_decided_again(db_path: Path) -> None:
+    """B writes before each of A's groups, so each group of A's (30 concurrent marks: a run
+    staged column by column, one of them with a close of B's position A never saw) is first
+    decided on a stale head. Every call succeeds, each mark is stored once, the live book is
+    the fold of the log, and the chain verifies."""
+    from datetime import UTC, datetime
+
+    from projections.book import fold_records
+    from projections.snapshot import encode_snapshot
+
+    settings = Settings(max_concurrent_positions=100)
+    async with Ledger(db_path, settings=settings) as a, Ledger(db_path, settings=settings) as b:
+        mine = await a.open_position("SOL/USDT:USDT", "buy", entry_price=100, qty=1, leverage=2)
+        theirs = await b.open_position("BTC/USDT:USDT", "buy", entry_price=100, qty=1, leverage=2)
+        for round_no in range(5):
+            await b.mark(theirs.position_id, 100 + round_no)
+            calls = [a.mark(mine.position_id, Decimal(101) + Decimal(i) / 7) for i in range(30)]
+            if round_no == 4:
+                calls.insert(15, a.close_position(theirs.position_id, price=99))
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+        records = await a.store.read()
+        marks = [r for r in records if isinstance(r.event, PositionMarked)]
+        assert len(marks) == 5 + 5 * 30
+        assert len({r.event_id for r in records}) == len(records)
+        reference = fold_records(records)
+        reference.last_hash = a.book.last_hash
+        at = datetime(2025, 1, 7, tzinfo=UTC)
+        assert encode_snapshot(a.book, at) == encode_snapshot(reference, at)
+        assert (await a.store.verify_chain()).events == len(records) == a.last_seq
