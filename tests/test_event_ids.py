@@ -83,3 +83,42 @@ def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
     parent_ids = {ids.next() for _ in range(8)}
     assert not child_ids & parent_ids
     assert all(_is_uuid4_hex(event_id) for event_id in child_ids)
+
+
+def test_ids_taken_many_at_once_mixed_with_single_ones_never_repeat() -> None:
+    """Runs of marks take their ids at once (`_EventIds.many`): runs of every length, longer
+    than what is left of the pool and longer than a whole pool, mixed with single ids, hand
+    out each id once, each a uuid4."""
+    ids = _EventIds(1)
+    drawn: list[str] = []
+    for count in [*range(1, 40), 255, 256, 257, 600, 1, 31, 500]:
+        drawn.extend(ids.many(count))
+        drawn.append(ids.next())
+    assert len(set(drawn)) == len(drawn)
+    assert all(_is_uuid4_hex(event_id) for event_id in drawn)
+
+
+def test_a_forked_child_taking_many_ids_never_hands_out_its_parents() -> None:
+    """As above for runs taken at once, in the parent and in the child (each group makes its
+    _EventIds inside its transaction, so after any fork; the parent's goes on after it)."""
+    before = _EventIds(1)
+    before.many(3)  # the pool is filled and partly used when the process forks
+    reader, writer = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns of forking a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: its next ids, through the pipe, and out without cleanup
+        try:
+            taken = [*_EventIds(1).many(8), _EventIds(1).next(), *_EventIds(1).many(4)]
+            os.write(writer, "".join(taken).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        child_hex = pipe.read().decode()
+    os.waitpid(pid, 0)
+    child_ids = {child_hex[i : i + 32] for i in range(0, len(child_hex), 32)}
+    assert len(child_ids) == 13
+    parent_ids = {*before.many(8), *_EventIds(1).many(8), before.next()}
+    assert len(parent_ids) == 17
+    assert not child_ids & parent_ids
