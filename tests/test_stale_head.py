@@ -235,3 +235,20 @@ async def _verify(path: Path) -> int:
         return (await store.verify_chain()).events
     finally:
         await store.close()
+
+
+async def test_an_id_another_store_stored_at_the_stale_head_plus_one_is_returned(
+    db_path: Path,
+) -> None:
+    """One stores event id X at seq 3; two, whose head is still 2, appends X too (an append
+    retried by two processes): two's first row fails at seq 3, where the row holds X, but
+    not two's. Nothing of two's went in: its head was stale, and the append returns the
+    stored record (the contract's same-id answer), not an error."""
+    async with two_stores(db_path) as (one, two):
+        await one.append([new(opened("p0"), "o0")])
+        await two.append([new(marked("p0", 101), "m1")])
+        (stored,) = await one.append([new(marked("p0", 102), "X")])
+        (again,) = await two.append([new(marked("p0", 102), "X")])
+        assert again == stored
+        assert [r.event_id for r in await one.read()] == ["o0", "m1", "X"]
+        assert (await one.verify_chain()).events == 3

@@ -452,28 +452,30 @@ class SQLiteEventStore(EventStore):
             if rows:
                 cur.executemany(_INSERT, rows)
             return result, tx
+        conn = cur.connection
+        changes = conn.total_changes  # rows this connection inserted so far
         try:
             if len(rows) == 1:
                 cur.execute(_INSERT, rows[0])
             else:
                 cur.executemany(_INSERT, rows)
         except sqlite3.IntegrityError:
-            # a PRIMARY KEY conflict alone does not prove head stale: with a gap after head
-            # (rows deleted by hand) seq head+1 went in and a later row failed, and those rows
-            # stay in the transaction; only seq head+1 held by another writer says nothing of
-            # ours was inserted
-            if not self._first(cur, head, rows[0][3]):
+            # Stale only when nothing of ours went in (the first row failed) and seq head+1
+            # is held, so by another writer. A PRIMARY KEY conflict alone does not prove it:
+            # with a gap after head (rows deleted by hand) seq head+1 went in and a later row
+            # failed, and those rows stay in the transaction. Nor does the row at head+1
+            # carrying our first row's event id prove it ours: another writer may have stored
+            # that very id there (an append retried by two processes), and then nothing of
+            # ours went in, the head was stale, and the rerun finds the id stored.
+            if conn.total_changes == changes and self._held(cur, head.seq + 1):
                 return None
             raise  # a real conflict, met on the current head
         return result, tx
 
     @staticmethod
-    def _first(cur: sqlite3.Cursor, head: Head, event_id: str) -> bool:
-        """After a constraint failure: whether seq head+1 is free or holds our first row
-        (then head was current and the failure is a real conflict). This asks the log itself,
-        whichever constraint SQLite reported and whichever row it failed on."""
-        row = cur.execute("SELECT event_id FROM events WHERE seq = ?", (head.seq + 1,)).fetchone()
-        return row is None or row[0] == event_id
+    def _held(cur: sqlite3.Cursor, seq: int) -> bool:
+        """Whether the log holds a row at seq (read under the write lock)."""
+        return cur.execute("SELECT 1 FROM events WHERE seq = ?", (seq,)).fetchone() is not None
 
     @staticmethod
     def _moved_on(cur: sqlite3.Cursor, head: Head) -> bool:
