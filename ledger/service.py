@@ -529,7 +529,10 @@ class Ledger:
         encoding or folding its events; the other jobs of the group commit. Planned events
         with an idempotency key already in the log are not appended again; their stored
         records are returned in their place. A caller cancelled after submitting may still
-        have its job committed. Raises LedgerError, StoreError.
+        have its job committed. The decider may be called more than once for one job (when
+        another process committed first, it is decided again on the book with those events):
+        only its last call's events are appended, so it must have no effect of its own beyond
+        the events it returns. Raises LedgerError, StoreError.
         """
         # a command's own decider (`_CommandDecider`) is checked already (see `_checked`)
         job = _Job(
