@@ -6,6 +6,7 @@ import os
 import threading
 import uuid
 import warnings
+from collections.abc import Callable
 
 from ledger.service import _EventIds, new_position_id
 
@@ -13,6 +14,25 @@ from ledger.service import _EventIds, new_position_id
 def _is_uuid4_hex(value: str) -> bool:
     parsed = uuid.UUID(value)
     return parsed.hex == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def _ids_of_a_forked_child(draw: Callable[[], list[str]]) -> set[str]:
+    """The ids `draw` gives in a forked child (read back through a pipe; the child exits
+    without cleanup)."""
+    reader, writer = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns of forking a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(writer, "".join(draw()).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        child_hex = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return {child_hex[i : i + 32] for i in range(0, len(child_hex), 32)}
 
 
 def test_ids_are_uuid4_hex_and_distinct_across_many_pool_refills() -> None:
@@ -31,7 +51,7 @@ def test_ids_taken_many_at_once_are_uuid4_hex_distinct_and_never_handed_out_agai
     refills and runs larger than a pool, mixed with single ids, never the same id twice."""
     ids = _EventIds(1)
     drawn: list[str] = []
-    for count in [1, 3, 255, 2, 256, 257, 600, 1, 31, 1000, 5]:
+    for count in [*range(1, 40), 255, 2, 256, 257, 600, 1, 31, 1000, 500, 5]:
         run = ids.many(count)
         assert len(run) == count
         drawn += run
@@ -64,38 +84,16 @@ def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
     the very ids its parent gives next (the same bytes in both processes' memory)."""
     ids = _EventIds(1)
     ids.next()  # the pool is filled and partly used when the process forks
-    reader, writer = os.pipe()
-    with warnings.catch_warnings():  # 3.12+ warns of forking a process with threads
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: its next ids, through the pipe, and out without cleanup
-        try:
-            child = _EventIds(1)
-            os.write(writer, "".join(child.next() for _ in range(8)).encode())
-        finally:
-            os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader, "rb") as pipe:
-        child_hex = pipe.read().decode()
-    os.waitpid(pid, 0)
-    child_ids = {child_hex[i : i + 32] for i in range(0, len(child_hex), 32)}
+
+    def draw() -> list[str]:
+        child = _EventIds(1)
+        return [child.next() for _ in range(8)]
+
+    child_ids = _ids_of_a_forked_child(draw)
     assert len(child_ids) == 8
     parent_ids = {ids.next() for _ in range(8)}
     assert not child_ids & parent_ids
     assert all(_is_uuid4_hex(event_id) for event_id in child_ids)
-
-
-def test_ids_taken_many_at_once_mixed_with_single_ones_never_repeat() -> None:
-    """Runs of marks take their ids at once (`_EventIds.many`): runs of every length, longer
-    than what is left of the pool and longer than a whole pool, mixed with single ids, hand
-    out each id once, each a uuid4."""
-    ids = _EventIds(1)
-    drawn: list[str] = []
-    for count in [*range(1, 40), 255, 256, 257, 600, 1, 31, 500]:
-        drawn.extend(ids.many(count))
-        drawn.append(ids.next())
-    assert len(set(drawn)) == len(drawn)
-    assert all(_is_uuid4_hex(event_id) for event_id in drawn)
 
 
 def test_a_forked_child_taking_many_ids_never_hands_out_its_parents() -> None:
@@ -103,21 +101,9 @@ def test_a_forked_child_taking_many_ids_never_hands_out_its_parents() -> None:
     _EventIds inside its transaction, so after any fork; the parent's goes on after it)."""
     before = _EventIds(1)
     before.many(3)  # the pool is filled and partly used when the process forks
-    reader, writer = os.pipe()
-    with warnings.catch_warnings():  # 3.12+ warns of forking a process with threads
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: its next ids, through the pipe, and out without cleanup
-        try:
-            taken = [*_EventIds(1).many(8), _EventIds(1).next(), *_EventIds(1).many(4)]
-            os.write(writer, "".join(taken).encode())
-        finally:
-            os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader, "rb") as pipe:
-        child_hex = pipe.read().decode()
-    os.waitpid(pid, 0)
-    child_ids = {child_hex[i : i + 32] for i in range(0, len(child_hex), 32)}
+    child_ids = _ids_of_a_forked_child(
+        lambda: [*_EventIds(1).many(8), _EventIds(1).next(), *_EventIds(1).many(4)]
+    )
     assert len(child_ids) == 13
     parent_ids = {*before.many(8), *_EventIds(1).many(8), before.next()}
     assert len(parent_ids) == 17
