@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import random
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -45,6 +43,7 @@ from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
 from projections.book import Book, fold_records
+from tests._worker_process import kill_9, worker_process
 
 pytestmark = pytest.mark.anyio
 
@@ -470,16 +469,8 @@ def test_kill_9_during_groups_of_marks_loses_no_acknowledged_mark(tmp_path: Path
     SIGKILL: every mark it acknowledged is in the log as acknowledged, the chain verifies, and
     a ledger reopened on the file has the book a rebuild gives."""
     db = tmp_path / "ledger.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests._adv_mark_worker", str(db)],
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    watchdog = threading.Timer(60, proc.kill)
-    watchdog.start()
     acks: list[list[Any]] = []
-    try:
+    with worker_process("tests._adv_mark_worker", str(db)) as proc:
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline() or b"{}").get("ready")
         assert isinstance(ready, int), proc.stderr.read() if proc.stderr else ""
@@ -487,16 +478,7 @@ def test_kill_9_during_groups_of_marks_loses_no_acknowledged_mark(tmp_path: Path
             line = proc.stdout.readline()
             assert line.endswith(b"\n"), "the writer ended early"
             acks.append(json.loads(line))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        kill_9(proc)
 
     async def check() -> None:
         store = SQLiteEventStore(db, read_only=True)

@@ -30,6 +30,7 @@ from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from projections.book import Book
 from tests import _adv_race_worker as worker
+from tests._worker_process import kill_9, worker_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,42 +289,20 @@ def test_a_stale_ledger_after_a_writer_killed_mid_transaction_decides_on_the_log
     Ledger then closes every position the killed writer acknowledged (unknown on its stale
     book: each refusal there must be decided again on the log), the killed writer's
     unacknowledged transaction is not in the log, and the chain verifies."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import threading
 
     async def scenario() -> tuple[list[str], list[object]]:
         settings = Settings(max_concurrent_positions=10_000)
         async with Ledger(db_path, settings=settings) as stale:
             await stale.open_position("A/USDT:USDT", "buy", entry_price=1, qty=1, leverage=2)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests._adv_open_worker", str(db_path)],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            watchdog = threading.Timer(60, proc.kill)
-            watchdog.start()
             acked: list[str] = []
-            try:
+            with worker_process("tests._adv_open_worker", str(db_path)) as proc:
                 assert proc.stdout is not None
                 assert proc.stdout.readline() == b"ready\n"
                 while len(acked) < 25:
                     line = proc.stdout.readline()
                     assert line.endswith(b"\n"), "the writer ended early"
                     acked.append(line.decode().strip())
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-            finally:
-                watchdog.cancel()
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                for pipe in (proc.stdout, proc.stderr):
-                    if pipe is not None:
-                        pipe.close()
+                kill_9(proc)
             for pid in acked:
                 await stale.close_position(pid, price=101, reason="after the kill")
             assert not set(acked) & set(stale.book.open)
