@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -249,7 +250,8 @@ async def watch(
     seen = 0
     updates = follow(store, after_seq=book.last_seq, poll_interval=interval)
     async with aclosing(updates), anyio.create_task_group() as group:
-        group.start_soon(_stop_on_signals, group.cancel_scope)
+        # the handlers are in place before 'watching' is printed: a Ctrl-C after it stops it
+        await group.start(_stop_on_signals, group.cancel_scope)
         with anyio.move_on_after(max_seconds if max_seconds is not None else float("inf")):
             if live_mode:
                 with Live(screen(), console=console, auto_refresh=False, transient=False) as live:
@@ -287,8 +289,11 @@ async def watch(
     return 0
 
 
-async def _stop_on_signals(scope: anyio.CancelScope) -> None:
+async def _stop_on_signals(
+    scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             scope.cancel()
             return
