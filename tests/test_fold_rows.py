@@ -25,8 +25,8 @@ from ledger.errors import IntegrityError
 from ledger.events import AnyEvent, FundingRecorded, PositionClosed, PositionMarked, PositionOpened
 from ledger.values import Side, Source, to_micros
 from projections.book import Book, fold_records
-from projections.snapshot import encode_snapshot
-from tests.strategies import T0, Stamper
+from tests.strategies import Stamper
+from tests.test_fold_marks_as_text import same
 
 # ids a JSON string writes as they are, and ids it must escape (a quote, a backslash, a control)
 IDS = ["a", "pos_54570f052c58", "é-ü", 'q"uote', "back\\slash", "ctl\x01"]
@@ -105,17 +105,6 @@ closes = st.builds(
     realized_pnl=st.decimals(min_value=-50, max_value=50, places=2),
 )
 events = st.lists(st.one_of(marks, marks, marks, marks, marks, fundings, closes), max_size=80)
-
-
-def same(a: Book, b: Book) -> None:
-    assert (a.open, a.closed, a.acc, a.skipped, a.last_seq) == (
-        b.open,
-        b.closed,
-        b.acc,
-        b.skipped,
-        b.last_seq,
-    )
-    assert encode_snapshot(a, T0) == encode_snapshot(b, T0)
 
 
 @settings(max_examples=200, deadline=None)
