@@ -4,8 +4,9 @@
 run holds no case for it. A case is found by the target's id among its `Compare(target_id=...)`
 entries, or else by its group and case name (exact text, or a regular expression).
 
-Ratios are time ratios: the case's time per round over its baseline's, both medians (the
-minimums are printed beside them). "At least 1.5x the rate" is a time ratio of at most 1/1.5.
+Ratios are time ratios: the case's time per unit (event, command, create+close: a round's time
+over what one round does) over its baseline's, both from medians (the minimums are printed
+beside them). "At least 1.5x the rate" is a time ratio of at most 1/1.5.
 """
 
 from __future__ import annotations
