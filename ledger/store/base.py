@@ -729,10 +729,10 @@ async def _polling() -> AsyncIterator[Waiter]:
 class _PendingAppend:
     __slots__ = ("batch", "done", "error", "expected", "result")
 
-    def __init__(self, batch: list[NewEvent], expected: dict[str, int], *, blocking: bool) -> None:
+    def __init__(self, batch: list[NewEvent], expected: dict[str, int], blocking: bool) -> None:
         self.batch = batch
         self.expected = expected
-        self.done = Completion(blocking=blocking)
+        self.done = Completion(blocking=True) if blocking else Completion()
         self.result: list[Recorded] = []
         self.error: BaseException | None = None
 
@@ -870,9 +870,16 @@ class EventStore(abc.ABC):
         with the same event ids: idempotency makes that safe). Raises VersionConflict,
         StoreError.
         """
-        pending = _PendingAppend(list(batch), dict(expected_versions or {}), blocking=False)
-        await self._append_queue().run(pending)
-        return _outcome(pending)
+        appends = self._appends  # _append_queue(), _outcome(): inlined, as on every append
+        if appends is None:
+            raise StoreUnavailable("the store is not open")
+        pending = _PendingAppend(
+            list(batch), dict(expected_versions) if expected_versions else {}, False
+        )
+        await appends.run(pending)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
 
     def append_blocking(
         self,
@@ -881,7 +888,7 @@ class EventStore(abc.ABC):
         expected_versions: Mapping[str, int] | None = None,
     ) -> list[Recorded]:
         """`append` for a plain thread (not the writer thread itself)."""
-        pending = _PendingAppend(list(batch), dict(expected_versions or {}), blocking=True)
+        pending = _PendingAppend(list(batch), dict(expected_versions or {}), True)
         self._append_queue().run_blocking(pending)
         return _outcome(pending)
 

@@ -70,19 +70,6 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _others_scheduled(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether anything is scheduled to run on the loop before a task that yields now.
-
-    An inline leader yields once so the tasks already scheduled join its group; with nothing
-    scheduled that yield is a whole turn of the loop (an I/O poll) that adds nobody, about a
-    tenth of a synchronous=NORMAL append's overhead. Group commit never needs it to be
-    correct: a job queued after the group was taken leads or joins the next one. asyncio's
-    own loops keep their run queue in `_ready`; any other loop is assumed busy (it yields).
-    """
-    ready = getattr(loop, "_ready", None)
-    return ready is None or len(ready) > 0
-
-
 # An inline leader that skipped its yield this many times in a row on its thread's loop
 # yields anyway. A command that skips it never yields at all (its future is resolved before
 # it is awaited), and `_ready` cannot show what the loop has not polled yet: a due timer, a
@@ -102,11 +89,22 @@ _skipped = _SkippedYields()
 
 
 def _yield_first(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether an inline leader yields to its loop before it takes its group."""
-    if _others_scheduled(loop) or _skipped.count >= _MAX_SKIPPED_YIELDS:
-        _skipped.count = 0
+    """Whether an inline leader yields to its loop before it takes its group: when anything
+    is scheduled to run on the loop before a task that yields now, or when it skipped its
+    yield too often in a row (see _MAX_SKIPPED_YIELDS).
+
+    An inline leader yields once so the tasks already scheduled join its group; with nothing
+    scheduled that yield is a whole turn of the loop (an I/O poll) that adds nobody, about a
+    tenth of a synchronous=NORMAL append's overhead. Group commit never needs it to be
+    correct: a job queued after the group was taken leads or joins the next one. asyncio's
+    own loops keep their run queue in `_ready`; any other loop is assumed busy (it yields).
+    """
+    ready = getattr(loop, "_ready", None)
+    skipped = _skipped
+    if ready is None or len(ready) > 0 or skipped.count >= _MAX_SKIPPED_YIELDS:
+        skipped.count = 0
         return True
-    _skipped.count += 1
+    skipped.count += 1
     return False
 
 
@@ -221,15 +219,20 @@ class WriterThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def _hold(self, *, may_wait: bool) -> list[Completion] | None:
+    def _hold(self, may_wait: bool) -> list[Completion] | None:
         """Mark the role (acquired) as this thread's; returns the wake-ups held before (a
         thread may hold two stores' roles, one inside the other)."""
         self._holder, self._may_wait = threading.get_ident(), may_wait
         before, _wakeups.held = _wakeups.held, []
         return before
 
-    def _release(self, before: list[Completion] | None) -> None:
-        """Free the role, then wake the callers whose jobs were settled meanwhile."""
+    def _release(
+        self,
+        before: list[Completion] | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Free the role, then wake the callers whose jobs were settled meanwhile (loop: the
+        loop running on this thread, when the caller knows it: not looked up again)."""
         woken, _wakeups.held = _wakeups.held, before
         self._holder, self._may_wait = None, True
         self._role.release()
@@ -240,7 +243,8 @@ class WriterThread:
             return
         # Completion._wake for each, the loop looked up once: a group of 500 tasks of this
         # thread's own loop is 500 futures resolved here, no other wake-up
-        loop = asyncio._get_running_loop()
+        if loop is None:
+            loop = asyncio._get_running_loop()
         for done in woken:
             future = done._future
             if future is not None and done._loop is loop:
@@ -255,7 +259,7 @@ class WriterThread:
             if fn is None:
                 return
             self._role.acquire()
-            before = self._hold(may_wait=True)
+            before = self._hold(True)
             try:
                 fn()
             except BaseException:  # the callables settle their own callers; keep going
@@ -281,7 +285,7 @@ class WriterThread:
         a caller that may wait (a plain thread) waits for the role instead."""
         if self._stopped or not self._role.acquire(blocking=may_wait):
             return False
-        before = self._hold(may_wait=may_wait)
+        before = self._hold(may_wait)
         try:
             if self._stopped:
                 return False
@@ -375,19 +379,54 @@ class GroupCommit(Generic[J]):
             self._pending.append(job)
             lead = not self._draining
             self._draining = True
-        if lead:
-            return self._lead_and_wait(job)
-        future = job.done._future
-        return future if future is not None else job.done.wait()
+        done = job.done
+        future = done._future
+        if not lead:
+            return future if future is not None else done.wait()
+        if future is None or not self._inline_async:
+            return self._lead_and_wait(job, None)  # hands its group over
+        # An asyncio task (its Completion made on the loop that awaits it, as `await it at
+        # once` means): its group inline on this loop. With nobody to wait for (no yield,
+        # see _yield_first) it runs right here, and the future returned is resolved before
+        # it is awaited: no coroutine of its own, no turn of the loop.
+        loop = done._loop
+        assert loop is not None
+        if _yield_first(loop):
+            return self._lead_and_wait(job, loop)
+        self._lead_on_loop(loop)
+        return future
 
-    async def _lead_and_wait(self, job: J) -> None:
-        inline = self._inline_async and job.done.on_asyncio
+    async def _lead_and_wait(self, job: J, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Lead after one yield to the loop (tasks scheduled before this one queue their
+        jobs), inline on it; or, without a loop to run on (None), hand the group over."""
         try:
-            if inline and _yield_first(asyncio.get_running_loop()):
-                await asyncio.sleep(0)  # tasks scheduled before this one queue their jobs
+            if loop is not None:
+                await asyncio.sleep(0)
         finally:
-            self._lead(inline=inline, may_wait=False)
+            if loop is not None:
+                self._lead_on_loop(loop)
+            else:
+                self._hand_over()
         await job.done.wait()
+
+    def _lead_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """`_lead(inline=True, may_wait=False)` for a task of loop, on its thread: the next
+        group inline if the role is free, else handed over (WriterThread.try_run inlined,
+        its wake-ups resolved on loop without looking it up)."""
+        writer = self._writer
+        if writer._stopped or not writer._role.acquire(False):
+            self._hand_over()
+            return
+        before = writer._hold(False)
+        stopped = True
+        try:
+            stopped = writer._stopped
+            if not stopped:
+                self._lead_one_group()
+        finally:
+            writer._release(before, loop)
+        if stopped:
+            self._hand_over()
 
     def run_blocking(self, job: J) -> None:
         """`run` for a plain thread: it runs its group itself when the role is free. Raises
