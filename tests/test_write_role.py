@@ -153,6 +153,41 @@ async def test_an_async_writer_never_holds_its_loop_waiting_for_another_writers_
             other.close()
 
 
+async def test_an_inline_begin_always_runs_with_the_busy_timeout_at_zero(db_path: Path) -> None:
+    """Inline on a loop, BEGIN IMMEDIATE is tried once (then the group goes to the writer
+    thread, which waits): it runs with the connection's busy timeout at 0, never with the full
+    value the connection opens with or the writer thread sets back. A BEGIN running with
+    the full value would hold the loop for up to busy_timeout_ms while another process
+    writes. Statements are seen through the write connection's trace callback."""
+    loop_thread = threading.get_ident()
+    store = SQLiteEventStore(db_path, busy_timeout_ms=3_000)
+    await store.open()
+    try:
+        assert store._conn is not None
+        busy = [3_000]  # as the connection opens
+        begins: list[tuple[bool, int]] = []
+
+        def trace(sql: str) -> None:
+            if sql.startswith("PRAGMA busy_timeout = "):
+                busy[0] = int(sql.rsplit(" ", 1)[1])
+            elif sql.startswith("BEGIN"):
+                begins.append((threading.get_ident() == loop_thread, busy[0]))
+
+        store._conn.set_trace_callback(trace)
+
+        def mark(i: int) -> list[NewEvent]:
+            event = PositionMarked(position_id="x", mark_price=Decimal(i))
+            return [NewEvent(stream="x", event=event, event_id=f"m{i}", occurred_at=_now())]
+
+        for i in range(3):
+            await store.append(mark(i))
+        await store.transact(lambda tx: None)  # the writer thread: the full value again
+        await store.append(mark(3))
+        assert begins == [(True, 0), (True, 0), (True, 0), (False, 3_000), (True, 0)]
+    finally:
+        await store.close()
+
+
 async def test_a_write_waiting_for_itself_is_refused(db_path: Path) -> None:
     async with Ledger(db_path, settings=SETTINGS) as ledger:
         store = ledger.store
