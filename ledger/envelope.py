@@ -24,8 +24,12 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime
 
 
-class Recorded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A stored event with its envelope."""
+class Recorded(msgspec.Struct, frozen=True, gc=False):
+    """A stored event with its envelope.
+
+    Not kw_only: staging makes a long batch's records positionally, in one C-level map
+    (`StoreTransaction._stage_many`: 0.09 ms for 1,000 against 0.15 by keyword). Everything
+    else names the fields."""
 
     seq: int
     stream: str

@@ -13,8 +13,8 @@ import calendar
 import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -265,6 +265,89 @@ def test_a_long_batch_stages_what_staging_one_event_at_a_time_stages() -> None:
         assert row[-1] == _expected_hash(prev, row)  # recomputed here, independently
         prev = row[-1]
     assert (whole.head.seq, whole.head.hash) == (5 + len(batch), prev)
+
+
+def _at_times(batch: list[NewEvent], times: list[datetime]) -> list[NewEvent]:
+    return [
+        NewEvent(stream=new.stream, event=new.event, event_id=new.event_id, occurred_at=at)
+        for new, at in zip(batch, times, strict=True)
+    ]
+
+
+_SHARED = T0 + timedelta(seconds=5, microseconds=11)
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        # a group's marks, one command's events: one time object for the whole batch
+        pytest.param(lambda n: [_SHARED] * n, id="one aware time"),
+        pytest.param(lambda n: [_SHARED.replace(tzinfo=None)] * n, id="one naive time"),
+        # the first and the last share one object, the others do not: each its own
+        pytest.param(
+            lambda n: (
+                [_SHARED]
+                + [_SHARED + timedelta(microseconds=i) for i in range(1, n - 1)]
+                + [_SHARED]
+            ),
+            id="first and last shared only",
+        ),
+        pytest.param(
+            lambda n: [_SHARED] * (n // 2) + [_SHARED + timedelta(seconds=1)] + [_SHARED] * n,
+            id="one other in the middle",
+        ),
+        # equal instants in other objects (and another zone): one time all the same
+        pytest.param(
+            lambda n: (
+                [_SHARED]
+                + [
+                    _SHARED.astimezone(timezone(timedelta(hours=i % 3 - 1)))
+                    if i % 2
+                    else _SHARED + timedelta(0)
+                    for i in range(1, n - 1)
+                ]
+                + [_SHARED]
+            ),
+            id="equal instants in other objects",
+        ),
+    ],
+)
+def test_a_long_batch_sharing_times_stages_each_event_at_its_own_time(
+    times: Callable[[int], list[datetime]],
+) -> None:
+    batch = _long_batch()
+    batch = _at_times(batch, times(len(batch))[: len(batch)])
+    whole = _Staging(_head(), [], RECORDED_AT)
+    records = whole.stage(batch)
+    one_by_one = _Staging(_head(), [], RECORDED_AT)
+    assert records == [one_by_one.stage([new])[0] for new in batch]
+    assert whole.rows == one_by_one.rows
+    assert [row[6] for row in whole.rows] == [_micros(new.occurred_at) for new in batch]
+    assert [record.occurred_at for record in records] == [new.occurred_at for new in batch]
+    prev = "ab" * 32
+    for row in whole.rows:
+        assert row[-1] == _expected_hash(prev, row)
+        prev = row[-1]
+
+
+def test_a_long_batch_leaves_each_stream_at_its_last_version() -> None:
+    """The next batch (short or long) continues each stream's versions from the long one."""
+    batch = _long_batch()
+    streams = ['p"1', "pö\\2", "account"]
+    whole = _Staging(_head(), [], RECORDED_AT)
+    whole.stage(batch)
+    counts = {stream: sum(new.stream == stream for new in batch) for stream in streams}
+    start = {'p"1': 2, "pö\\2": 1, "account": 0}
+    assert {s: whole.head.version(s) for s in streams} == {s: start[s] + counts[s] for s in streams}
+    more = [
+        NewEvent(stream=new.stream, event=new.event, event_id=f"n-{i}", occurred_at=T0)
+        for i, new in enumerate(batch)
+    ]
+    later = whole.stage(more[:2]) + whole.stage(more[2:])
+    assert [r.version for r in later] == [
+        start[new.stream] + counts[new.stream] + 1 + sum(m.stream == new.stream for m in more[:i])
+        for i, new in enumerate(more)
+    ]
 
 
 def test_a_long_batch_with_a_repeated_id_stages_it_once() -> None:

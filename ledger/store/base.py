@@ -38,10 +38,10 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections import ChainMap
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
+from itertools import count, repeat
 from operator import attrgetter, floordiv, sub
 from typing import TypeVar
 
@@ -82,8 +82,10 @@ J = TypeVar("J", bound=Job)
 _sha256 = hashlib.sha256
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # as ledger.values.to_micros counts
 _MICROSECOND = timedelta(microseconds=1)
-# staging a batch this long or longer goes column by column (see StoreTransaction._stage_many)
-STAGE_MANY_FROM = 16
+# staging a batch this long or longer goes column by column (see StoreTransaction._stage_many):
+# where it costs less CPU than the per-event loop, for a 1,000-event mix as for a run of marks
+# sharing one time (measured: even at about 32, 10% faster from 48, 10-20% from 100)
+STAGE_MANY_FROM = 32
 _event_id_of = attrgetter("event_id")
 _stream_of = attrgetter("stream")
 _event_of = attrgetter("event")
@@ -496,12 +498,14 @@ class StoreTransaction(abc.ABC):
             if staged is not None:
                 return staged
         # One pass, locals only, for short batches (a command's events); long ones go column
-        # by column (_stage_many). What staging adds to SQLite's own work for 1,000 events
-        # (about 2.6 ms of CPU, 2.9 in this loop): the chain's sha256 0.77 (0.44 hashing,
-        # the rest hexdigest's context copy in OpenSSL), the body's JSON 0.5, the time 0.25
-        # (timedelta // timedelta), the header's JSON 0.18, the records 0.15, the rest the
-        # interpreter. Staging cannot overlap the inserts: sqlite3 takes the GIL back after
-        # every row, and a thread holding it makes each take wait the 5 ms switch interval.
+        # by column (_stage_many: from STAGE_MANY_FROM events on, where it is the faster of
+        # the two, measured). What staging adds to SQLite's own work for 1,000 events (about
+        # 2.45 ms of CPU in _stage_many, 2.9 in this loop): the chain's sha256 0.75 (0.25
+        # hashing, the rest OpenSSL's context set-up, copy for hexdigest and clean-up), the
+        # body's JSON 0.45, the time 0.25 (timedelta // timedelta), the header's JSON 0.19,
+        # the records 0.09, the rest the interpreter. Staging cannot overlap the inserts:
+        # sqlite3 takes the GIL back after every row, and a thread holding it makes each take
+        # wait the 5 ms switch interval.
         head = self.head
         own, base = head.own, head.base
         staged_ids = self._staged_ids
@@ -600,11 +604,11 @@ class StoreTransaction(abc.ABC):
 
     def _stage_many(self, batch: Sequence[NewEvent]) -> list[Recorded] | None:
         """`stage` for a long batch, column by column: each step one C-level pass (map, zip)
-        over the batch, so the interpreter runs a loop body only for the stream versions and
-        the chain's hashes (one sha256 each, in order). Everything is computed before anything
-        is staged, so a body that cannot be encoded or a stream whose version is unknown stages
-        nothing. None, staging nothing, when an id repeats in the batch or was staged already
-        in this transaction: `stage`'s loop returns the staged record for those."""
+        over the batch, so the interpreter runs a loop body only for the chain's hashes (one
+        sha256 each, in order). Everything is computed before anything is staged, so a body
+        that cannot be encoded or a stream whose version is unknown stages nothing. None,
+        staging nothing, when an id repeats in the batch or was staged already in this
+        transaction: `stage`'s loop returns the staged record for those."""
         ids = list(map(_event_id_of, batch))
         staged_ids = self._staged_ids
         distinct = set(ids)
@@ -613,7 +617,7 @@ class StoreTransaction(abc.ABC):
         head = self.head
         own, base = head.own, head.base
         streams = list(map(_stream_of, batch))
-        versions_now: dict[str, int] = {}
+        counters: dict[str, Iterator[int]] = {}  # each stream's next versions
         for stream in dict.fromkeys(streams):
             version = own.get(stream)
             if version is None:
@@ -622,65 +626,79 @@ class StoreTransaction(abc.ABC):
                     if not self.versions_complete:
                         raise StoreError(f"stream {stream!r}: load_versions() before staging to it")
                     version = 0
-            versions_now[stream] = version
-        versions: list[int] = []
-        add_version = versions.append
-        for stream in streams:
-            version = versions_now[stream] + 1
-            versions_now[stream] = version
-            add_version(version)
+            counters[stream] = count(version + 1)
+        versions = list(map(next, map(counters.__getitem__, streams)))  # in C
         events = list(map(_event_of, batch))
         bodies = list(map(bytearray, repeat(BODY_BUFFER, len(events))))  # encode_body(), in C
         for _ in map(encode_into, events, bodies):
             pass
         times = list(map(_occurred_of, batch))
-        try:  # to_micros() of aware datetimes, in C
-            occurred = list(map(floordiv, map(sub, times, repeat(_EPOCH)), repeat(_MICROSECOND)))
-        except TypeError:  # a naive one among them: taken as UTC
-            occurred = list(map(to_micros, times))
+        occurred: Sequence[int]
+        first = times[0]
+        if times[-1] is first and times.count(first) == len(times):
+            # one time for the whole batch (a group's marks, a command's events): one
+            # conversion, not one per event (a fifth of staging a run of marks)
+            try:
+                occurred = [(first - _EPOCH) // _MICROSECOND] * len(times)
+            except TypeError:  # naive: taken as UTC
+                occurred = [to_micros(first)] * len(times)
+        else:
+            try:  # to_micros() of aware datetimes, in C
+                occurred = list(
+                    map(floordiv, map(sub, times, repeat(_EPOCH)), repeat(_MICROSECOND))
+                )
+            except TypeError:  # a naive one among them: taken as UTC
+                occurred = list(map(to_micros, times))
         seq = head.seq
         seqs = range(seq + 1, seq + len(ids) + 1)
         recorded_us, schema = self.recorded_us, SCHEMA_VERSION
-        # the chain: sha256(prev_hash || header || "\n" || body), as chain_hash() makes it
-        hashed = map(
-            b"\n".join,
-            zip(
-                map(
-                    encode_header,
-                    zip(
-                        seqs, streams, versions, ids, occurred, repeat(recorded_us), repeat(schema)
+        # the chain: sha256(prev_hash || header || "\n" || body), as chain_hash() makes it;
+        # what is hashed after prev_hash made first, column by column (a lazy map through
+        # the loop below interleaves encoding with hashing, 0.15 ms slower for 1,000)
+        texts = list(
+            map(
+                b"\n".join,
+                zip(
+                    map(
+                        encode_header,
+                        zip(
+                            seqs,
+                            streams,
+                            versions,
+                            ids,
+                            occurred,
+                            repeat(recorded_us),
+                            repeat(schema),
+                        ),
                     ),
+                    bodies,
+                    strict=True,
                 ),
-                bodies,
-                strict=True,
-            ),
+            )
         )
         sha256 = _sha256
         prev = head.hash.encode("ascii")
         digests: list[str] = []
         add_digest = digests.append
-        for text in hashed:
+        for text in texts:
             digest = sha256(prev + text).hexdigest()
             prev = digest.encode("ascii")
             add_digest(digest)
         types = map(_name_of, map(type, events))  # event_type(), in C
-        recorded_at = self.recorded_at
-        records = [
-            Recorded(
-                seq=seq,
-                stream=stream,
-                version=version,
-                event_id=event_id,
-                occurred_at=occurred_at,
-                recorded_at=recorded_at,
-                schema_version=schema,
-                event=event,
-                hash=digest,
+        records = list(  # positional, in C (Recorded's field order)
+            map(
+                Recorded,
+                seqs,
+                streams,
+                versions,
+                ids,
+                times,
+                repeat(self.recorded_at),
+                repeat(schema),
+                events,
+                digests,
             )
-            for seq, stream, version, event_id, occurred_at, event, digest in zip(
-                seqs, streams, versions, ids, times, events, digests, strict=True
-            )
-        ]
+        )
         rows = self.rows
         mark = Savepoint(len(rows), head.seq, head.hash)
         try:
@@ -699,7 +717,8 @@ class StoreTransaction(abc.ABC):
                 )
             )
             staged_ids.update(zip(ids, records, strict=True))
-            own.update(versions_now)
+            for stream, counter in counters.items():
+                own[stream] = next(counter) - 1
             head.seq = seqs[-1]
             head.hash = digests[-1]
         except BaseException:
