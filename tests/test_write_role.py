@@ -7,6 +7,7 @@ recorded inside the deciders and transactions themselves.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -185,6 +186,64 @@ async def test_an_inline_begin_always_runs_with_the_busy_timeout_at_zero(db_path
         await store.append(mark(3))
         assert begins == [(True, 0), (True, 0), (True, 0), (False, 3_000), (True, 0)]
     finally:
+        await store.close()
+
+
+def _mark(event_id: str) -> list[NewEvent]:
+    event = PositionMarked(position_id="x", mark_price=Decimal(1))
+    return [NewEvent(stream="x", event=event, event_id=event_id, occurred_at=_now())]
+
+
+async def test_a_task_appending_in_a_loop_never_starves_its_event_loop(db_path: Path) -> None:
+    """Appends run inline skip their yield while nothing else is ready on the loop (no turn
+    of the loop at all: see GroupCommit.run_now), but a task appending event after event
+    must still let the loop run a timer that is due: bounded by _MAX_SKIPPED_YIELDS."""
+    store = SQLiteEventStore(db_path, synchronous="NORMAL")
+    await store.open()
+    try:
+        for i in range(3):  # past a first lead's yield
+            await store.append(_mark(f"first{i}"))
+        fired = asyncio.Event()
+        asyncio.get_running_loop().call_later(0, fired.set)  # due now: the next turn runs it
+        appends = 0
+        while not fired.is_set() and appends < 200:
+            await store.append(_mark(f"e{appends}"))
+            appends += 1
+        assert fired.is_set(), f"{appends} appends ran and the loop never turned"
+    finally:
+        await store.close()
+
+
+async def test_appends_of_another_loop_never_make_this_loop_skip_its_yield_forever(
+    db_path: Path,
+) -> None:
+    """A store written from two loops (two threads): this loop appends once, then the other
+    appends 16 times, and so on. The count of skipped yields is the store's, not a thread's:
+    had the other loop's leads counted on (or reset) this loop's count, this loop's appends
+    would always fall where the count is low, and it would never turn; a lead after another
+    loop's yields first."""
+    store = SQLiteEventStore(db_path, synchronous="NORMAL")
+    await store.open()
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+    try:
+        for i in range(3):  # this loop's leads alone first
+            await store.append(_mark(f"alone{i}"))
+        fired = asyncio.Event()
+        asyncio.get_running_loop().call_later(0, fired.set)  # due now: the next turn runs it
+        rounds = 0
+        while not fired.is_set() and rounds < 40:
+            await store.append(_mark(f"here{rounds}"))
+            for i in range(16):  # this loop blocked meanwhile: it does not turn
+                there = store.append(_mark(f"there{rounds}-{i}"))
+                asyncio.run_coroutine_threadsafe(there, other).result(timeout=30)
+            rounds += 1
+        assert fired.is_set(), f"{rounds} rounds ran and this loop never turned"
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(timeout=30)
+        other.close()
         await store.close()
 
 

@@ -74,7 +74,14 @@ from ledger.errors import (
     VersionConflict,
 )
 from ledger.store.read_only import ReadOnlyOpen
-from ledger.store.writer import Completion, GroupCommit, Job, WouldWait, WriterThread
+from ledger.store.writer import (
+    Completion,
+    GroupCommit,
+    Job,
+    WouldWait,
+    WriterThread,
+    deferred_completion,
+)
 from ledger.values import from_micros, to_micros
 
 T = TypeVar("T")
@@ -755,7 +762,8 @@ class _PendingAppend:
     def __init__(self, batch: list[NewEvent], expected: dict[str, int], blocking: bool) -> None:
         self.batch = batch
         self.expected = expected
-        self.done = Completion(blocking=True) if blocking else Completion()
+        # deferred: EventStore.append hands it to run_now, which makes its future if needed
+        self.done = Completion(blocking=True) if blocking else deferred_completion()
         self.result: list[Recorded] = []
         self.error: BaseException | None = None
 
@@ -899,7 +907,9 @@ class EventStore(abc.ABC):
         pending = _PendingAppend(
             list(batch), dict(expected_versions) if expected_versions else {}, False
         )
-        await appends.run(pending)
+        waiting = appends.run_now(pending)
+        if waiting is not None:
+            await waiting
         if pending.error is not None:
             raise pending.error
         return pending.result

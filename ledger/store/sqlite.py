@@ -424,7 +424,12 @@ class SQLiteEventStore(EventStore):
                     f" {describe(self.path, exc)} ({exc})"
                 ) from exc
             raise
-        tx.head.publish(head)
+        draft = tx.head  # draft.publish(head), inlined
+        head.seq = draft.seq
+        head.hash = draft.hash
+        own = draft.own
+        if own:
+            head.stream_versions.update(own)
         return result
 
     def _lock(self, cur: sqlite3.Cursor) -> None:

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import queue
 import threading
+from _thread import get_ident
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, Protocol, TypeVar
@@ -70,42 +71,14 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-# An inline leader that skipped its yield this many times in a row on its thread's loop
-# yields anyway. A command that skips it never yields at all (its future is resolved before
-# it is awaited), and `_ready` cannot show what the loop has not polled yet: a due timer, a
+# An inline leader that skipped its yield this many times in a row on its loop yields anyway.
+# A command that skips it never yields at all (its future is resolved before it is awaited,
+# or never made), and `_ready` cannot show what the loop has not polled yet: a due timer, a
 # readable socket. A task awaiting command after command would starve every timer and all
 # I/O of its loop (a timeout around it would never fire); this bounds the wait to a few
-# transactions, at a sixteenth of the turn's cost.
+# transactions, at a sixteenth of the turn's cost. (Counted per queue, see
+# GroupCommit._yield_first: a thread-local count cost about 4% of a NORMAL append.)
 _MAX_SKIPPED_YIELDS = 16
-
-
-class _SkippedYields(threading.local):
-    """How many inline leads in a row skipped their yield on this thread (one loop each)."""
-
-    count = 0
-
-
-_skipped = _SkippedYields()
-
-
-def _yield_first(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether an inline leader yields to its loop before it takes its group: when anything
-    is scheduled to run on the loop before a task that yields now, or when it skipped its
-    yield too often in a row (see _MAX_SKIPPED_YIELDS).
-
-    An inline leader yields once so the tasks already scheduled join its group; with nothing
-    scheduled that yield is a whole turn of the loop (an I/O poll) that adds nobody, about a
-    tenth of a synchronous=NORMAL append's overhead. Group commit never needs it to be
-    correct: a job queued after the group was taken leads or joins the next one. asyncio's
-    own loops keep their run queue in `_ready`; any other loop is assumed busy (it yields).
-    """
-    ready = getattr(loop, "_ready", None)
-    skipped = _skipped
-    if ready is None or len(ready) > 0 or skipped.count >= _MAX_SKIPPED_YIELDS:
-        skipped.count = 0
-        return True
-    skipped.count += 1
-    return False
 
 
 class Completion:
@@ -113,6 +86,9 @@ class Completion:
 
     Made on the caller's side: `Completion(blocking=True)` for a thread that will block,
     `Completion()` inside a running event loop for a task that will await.
+    `deferred_completion()` (inside a running loop) makes its future only once someone
+    else may set it: for a job handed to `GroupCommit.run_now` only (a task that runs its
+    job itself never makes one; set, a Completion without a future wakes nobody).
     """
 
     __slots__ = ("_blocked", "_future", "_loop")
@@ -134,11 +110,13 @@ class Completion:
     @property
     def on_asyncio(self) -> bool:
         """True when the waiter is a task of an asyncio loop (it may run its group inline)."""
-        return self._future is not None
+        return self._loop is not None
 
     def set(self) -> None:
         """Wake the waiter (from any thread; on a thread holding a writer role, once it has
         freed it); never raises."""
+        if self._future is None and self._blocked is None:  # deferred, never made: its
+            return  # task ran the job itself (GroupCommit.run_now), nobody waits
         held = _wakeups.held
         if held is not None:
             held.append(self)
@@ -161,7 +139,9 @@ class Completion:
             with contextlib.suppress(RuntimeError):  # set already
                 self._blocked.release()
             return
-        assert self._loop is not None and self._future is not None
+        if self._future is None:  # deferred, never made: its task ran the job itself
+            return
+        assert self._loop is not None
         if asyncio._get_running_loop() is self._loop:  # its own loop ran the job: no wake-up
             _resolve(self._future)
             return
@@ -180,6 +160,20 @@ class Completion:
         if self._future is not None:
             return self._future
         return anyio.to_thread.run_sync(self.wait_blocking, abandon_on_cancel=True)
+
+
+def deferred_completion() -> Completion:
+    """A Completion for a job handed to `GroupCommit.run_now` (see Completion): on a task of
+    an asyncio loop, its future not made yet; elsewhere as `Completion()`. Made without a
+    keyword argument to parse or an __init__ to call: every append makes one."""
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return Completion()
+    done = Completion.__new__(Completion)
+    done._loop = loop
+    done._blocked = None
+    done._future = None
+    return done
 
 
 class _Call(Generic[T]):
@@ -250,8 +244,9 @@ class WriterThread:
             if future is not None and done._loop is loop:
                 if not future.done():  # a cancelled caller no longer waits
                     future.set_result(None)
-            else:
+            elif future is not None or done._blocked is not None:
                 done._wake()
+            # else: deferred, never made: its task ran the job itself and nobody waits
 
     def _run(self) -> None:
         while True:
@@ -366,6 +361,129 @@ class GroupCommit(Generic[J]):
         self._lock = threading.Lock()
         self._pending: deque[J] = deque()
         self._draining = False
+        # the loop whose inline leads skipped their yield last, and how many in a row
+        self._skipped_on: asyncio.AbstractEventLoop | None = None
+        self._skipped = 0
+
+    def _yield_first(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether an inline leader yields to its loop before it takes its group (call it
+        under the lock): when anything is scheduled to run on the loop before a task that
+        yields now, when it skipped its yield too often in a row (_MAX_SKIPPED_YIELDS), and
+        when the last lead that skipped it here was another loop's.
+
+        An inline leader yields once so the tasks already scheduled join its group; with
+        nothing scheduled that yield is a whole turn of the loop (an I/O poll) that adds
+        nobody, about a tenth of a synchronous=NORMAL append's overhead. Group commit never
+        needs it to be correct: a job queued after the group was taken leads or joins the
+        next one. asyncio's own loops keep their run queue in `_ready`; any other loop is
+        assumed busy (it yields). The count is this queue's: another loop's leads here would
+        otherwise reset it, a yield of theirs standing for one of this loop's, and a loop
+        whose leads fell between them would never yield.
+        """
+        ready = getattr(loop, "_ready", None)
+        if (
+            ready is None
+            or ready
+            or self._skipped_on is not loop
+            or self._skipped >= _MAX_SKIPPED_YIELDS
+        ):
+            self._skipped_on = loop
+            self._skipped = 0
+            return True
+        self._skipped += 1
+        return False
+
+    def run_now(self, job: J) -> Awaitable[None] | None:
+        """`run` for a job whose Completion may be deferred (`deferred_completion()`):
+        None when the job is settled already, else what to await at once.
+
+        The usual sequential write (a task of an asyncio loop, nobody draining, nothing to
+        yield for: see `_yield_first`, the role free) runs its job alone, right here, without
+        queueing it: nobody else can see it, so it needs no future, no wake-up and no group
+        taken under the lock. Jobs other threads queue meanwhile go to the writer thread
+        after it, as behind any inline leader. Everything else (a follower, a leader that
+        yields first, a role taken, a store that would wait, a writer stopping) makes the
+        job's future first, then goes the way `run` goes."""
+        done = job.done
+        loop = done._loop
+        if loop is None or done._future is not None:
+            return self.run(job)
+        if not self._inline_async:  # it hands over: a future first
+            done._future = loop.create_future()
+            return self.run(job)
+        lock = self._lock
+        with lock:
+            if self._draining:  # a follower: visible to the drainer once queued: future first
+                done._future = loop.create_future()
+                self._pending.append(job)
+                return done._future
+            self._draining = True
+            # self._yield_first(loop), inlined
+            ready = getattr(loop, "_ready", None)
+            if (
+                ready is None
+                or ready
+                or self._skipped_on is not loop
+                or self._skipped >= _MAX_SKIPPED_YIELDS
+            ):
+                self._skipped_on = loop
+                self._skipped = 0
+                yield_first = True
+            else:
+                self._skipped += 1
+                yield_first = False
+        if yield_first:
+            return self._queue_led(job, loop, yield_first=True)
+        writer = self._writer
+        if writer._stopped or not writer._role.acquire(False):
+            return self._queue_led(job, loop, yield_first=False)
+        # writer._hold(False), without held wake-ups: process settles only its group's jobs,
+        # and this one's Completion, deferred, wakes nobody
+        writer._holder, writer._may_wait = get_ident(), False
+        queued = True  # unless it ran (or failed) here
+        interrupted: BaseException | None = None
+        try:
+            if not writer._stopped:
+                try:
+                    self._process([job])
+                    queued = False
+                except WouldWait:  # nothing was done: the writer thread runs it, and may wait
+                    pass
+                except Exception:  # process settles its jobs in a finally
+                    log.exception("group commit failed outside its own guards")
+                    queued = False
+                except BaseException as exc:  # KeyboardInterrupt, SystemExit: settled; this
+                    interrupted = exc  # is the caller's own thread: it hears it
+                    queued = False
+        finally:
+            writer._holder, writer._may_wait = None, True
+            writer._role.release()
+        if queued:
+            return self._queue_led(job, loop, yield_first=False)
+        with lock:
+            idle = not self._pending
+            if idle:
+                self._draining = False
+        if not idle:
+            self._hand_over()
+        if interrupted is not None:
+            raise interrupted
+        return None
+
+    def _queue_led(
+        self, job: J, loop: asyncio.AbstractEventLoop, *, yield_first: bool
+    ) -> Awaitable[None]:
+        """The rest of `run` for a leader from `run_now` whose job was not run there: its
+        future made, the job queued first, then led after a yield as `run` leads it, or
+        handed to the writer thread (the role taken, the store would wait, the writer stops:
+        `_lead_on_loop`'s and `_lead_one_group`'s ways)."""
+        future = job.done._future = loop.create_future()
+        with self._lock:
+            self._pending.appendleft(job)
+        if yield_first:
+            return self._lead_and_wait(job, loop)
+        self._hand_over()
+        return future
 
     def run(self, job: J) -> Awaitable[None]:
         """Queue the job now; the awaitable returned (await it at once) is done once the job
@@ -375,12 +493,20 @@ class GroupCommit(Generic[J]):
         through when it is woken (of 500 tasks writing at once, 499 follow). A caller
         cancelled after this began may still have its job committed (and, if it led, the
         group it took is run before the cancellation goes on)."""
+        done = job.done
+        future = done._future
         with self._lock:  # _enter, inlined: 500 tasks at once pass here
             self._pending.append(job)
             lead = not self._draining
             self._draining = True
-        done = job.done
-        future = done._future
+            loop = done._loop
+            yield_first = (
+                lead
+                and future is not None
+                and loop is not None
+                and self._inline_async
+                and self._yield_first(loop)
+            )
         if not lead:
             return future if future is not None else done.wait()
         if future is None or not self._inline_async:
@@ -389,9 +515,8 @@ class GroupCommit(Generic[J]):
         # once` means): its group inline on this loop. With nobody to wait for (no yield,
         # see _yield_first) it runs right here, and the future returned is resolved before
         # it is awaited: no coroutine of its own, no turn of the loop.
-        loop = done._loop
         assert loop is not None
-        if _yield_first(loop):
+        if yield_first:
             return self._lead_and_wait(job, loop)
         self._lead_on_loop(loop)
         return future
