@@ -135,18 +135,17 @@ class Head(msgspec.Struct):
         return Head(self.seq, self.hash, dict(self.stream_versions))
 
 
-class _Draft:
+class _Draft(msgspec.Struct):
     """A transaction's view of the head: its own changes over the store's, in O(1) to start,
     so a commit costs what it writes, not what the log holds. Two plain dicts, not a
-    ChainMap: staging asks for a stream's version once per event."""
+    ChainMap: staging asks for a stream's version once per event. Made from a Head as
+    `_Draft(head.seq, head.hash, {}, head.stream_versions)`: a Struct, made in C on every
+    transaction (no __init__ frame)."""
 
-    __slots__ = ("base", "hash", "own", "seq")
-
-    def __init__(self, base: Head) -> None:
-        self.seq = base.seq
-        self.hash = base.hash
-        self.own: dict[str, int] = {}
-        self.base = base.stream_versions
+    seq: int
+    hash: str
+    own: dict[str, int]  # the streams this transaction staged to: their staged versions
+    base: dict[str, int]  # the store's (Head.stream_versions), read-only here
 
     def known(self, stream: str) -> bool:
         return stream in self.own or stream in self.base
@@ -436,7 +435,7 @@ class StoreTransaction(abc.ABC):
     """
 
     def __init__(self, head: Head, tail: list[Recorded], recorded_at: datetime) -> None:
-        self.head = _Draft(head)
+        self.head = _Draft(head.seq, head.hash, {}, head.stream_versions)
         self.tail = tail
         self.recorded_us = (
             (recorded_at - _EPOCH) // _MICROSECOND  # to_micros(), inlined
@@ -756,16 +755,15 @@ async def _polling() -> AsyncIterator[Waiter]:
     yield _Sleeper()
 
 
-class _PendingAppend:
-    __slots__ = ("batch", "done", "error", "expected", "result")
+class _PendingAppend(msgspec.Struct):
+    """One caller's batch in a group of appends (a GroupCommit job); a Struct: made in C,
+    without an __init__ frame, on every append."""
 
-    def __init__(self, batch: list[NewEvent], expected: dict[str, int], blocking: bool) -> None:
-        self.batch = batch
-        self.expected = expected
-        # deferred: EventStore.append hands it to run_now, which makes its future if needed
-        self.done = Completion(blocking=True) if blocking else deferred_completion()
-        self.result: list[Recorded] = []
-        self.error: BaseException | None = None
+    batch: list[NewEvent]
+    expected: dict[str, int]
+    done: Completion
+    result: list[Recorded] = msgspec.field(default_factory=list)
+    error: BaseException | None = None
 
 
 class EventStore(abc.ABC):
@@ -904,8 +902,9 @@ class EventStore(abc.ABC):
         appends = self._appends  # _append_queue(), _outcome(): inlined, as on every append
         if appends is None:
             raise StoreUnavailable("the store is not open")
+        # deferred: run_now makes its future only if someone else may settle it
         pending = _PendingAppend(
-            list(batch), dict(expected_versions) if expected_versions else {}, False
+            list(batch), dict(expected_versions) if expected_versions else {}, deferred_completion()
         )
         waiting = appends.run_now(pending)
         if waiting is not None:
@@ -921,7 +920,9 @@ class EventStore(abc.ABC):
         expected_versions: Mapping[str, int] | None = None,
     ) -> list[Recorded]:
         """`append` for a plain thread (not the writer thread itself)."""
-        pending = _PendingAppend(list(batch), dict(expected_versions or {}), True)
+        pending = _PendingAppend(
+            list(batch), dict(expected_versions or {}), Completion(blocking=True)
+        )
         self._append_queue().run_blocking(pending)
         return _outcome(pending)
 

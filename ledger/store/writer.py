@@ -13,11 +13,15 @@ role* (`WriterThread`'s role lock). Two kinds of thread take it:
     waiting for the role if another group (of another queue, or the writer thread's) holds it.
   - An asyncio task first yields once to its loop, so every task already scheduled in this
     loop joins the group (500 tasks started at once commit in one transaction, on the loop,
-    without a thread), then runs it on the loop's thread. The loop is held for one
-    transaction: its CPU and, at synchronous=FULL, one fsync (about 0.2-0.4 ms here). It is
-    never held waiting for another writer: a store that would have to wait for a lock
-    (another process writing the same SQLite file, or any PostgreSQL transaction, which is
-    network I/O) raises `WouldWait` before doing anything, and the group goes to the thread.
+    without a thread), then runs it on the loop's thread. With nothing scheduled to join
+    it skips that yield (a whole turn of the loop; one is still taken every
+    _MAX_SKIPPED_YIELDS), and a store append (`GroupCommit.run_now`) then runs its job
+    right where it is queued, before anyone can see it: no future, no wake-up at all.
+    The loop is held for one transaction: its CPU and, at synchronous=FULL, one fsync
+    (about 0.2-0.4 ms here). It is never held waiting for another writer: a store that
+    would have to wait for a lock (another process writing the same SQLite file, or any
+    PostgreSQL transaction, which is network I/O) raises `WouldWait` before doing
+    anything, and the group goes to the thread.
 - The store's *writer thread*, a daemon that owns the role while it runs what is queued to
   it: groups that arrived while someone else was writing (one hand-off each way, shared by
   the whole group), groups that would wait, and everything a backend does that is not a
@@ -71,7 +75,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-# An inline leader that skipped its yield this many times in a row on its loop yields anyway.
+# An inline leader that skipped its yield this many times in a row on its loop yields anyway
+# (run_now: takes a turn of the loop right after its job, nothing being ready to join it).
 # A command that skips it never yields at all (its future is resolved before it is awaited,
 # or never made), and `_ready` cannot show what the loop has not polled yet: a due timer, a
 # readable socket. A task awaiting command after command would starve every timer and all
@@ -412,26 +417,30 @@ class GroupCommit(Generic[J]):
             done._future = loop.create_future()
             return self.run(job)
         lock = self._lock
-        with lock:
+        lock.acquire()  # not `with`: no bound __enter__/__exit__ made and called
+        try:
             if self._draining:  # a follower: visible to the drainer once queued: future first
                 done._future = loop.create_future()
                 self._pending.append(job)
                 return done._future
             self._draining = True
-            # self._yield_first(loop), inlined
+            # self._yield_first(loop), inlined, but a turn only owed to the loop (skipped
+            # too often, nothing ready to join) is taken after the job, not before it
             ready = getattr(loop, "_ready", None)
-            if (
-                ready is None
-                or ready
-                or self._skipped_on is not loop
-                or self._skipped >= _MAX_SKIPPED_YIELDS
-            ):
+            turn_after = False
+            if ready is None or ready or self._skipped_on is not loop:
                 self._skipped_on = loop
                 self._skipped = 0
                 yield_first = True
+            elif self._skipped >= _MAX_SKIPPED_YIELDS:
+                self._skipped = 0
+                yield_first = False
+                turn_after = True
             else:
                 self._skipped += 1
                 yield_first = False
+        finally:
+            lock.release()
         if yield_first:
             return self._queue_led(job, loop, yield_first=True)
         writer = self._writer
@@ -460,15 +469,16 @@ class GroupCommit(Generic[J]):
             writer._role.release()
         if queued:
             return self._queue_led(job, loop, yield_first=False)
-        with lock:
-            idle = not self._pending
-            if idle:
-                self._draining = False
+        lock.acquire()
+        idle = not self._pending
+        if idle:
+            self._draining = False
+        lock.release()
         if not idle:
             self._hand_over()
         if interrupted is not None:
             raise interrupted
-        return None
+        return asyncio.sleep(0) if turn_after else None
 
     def _queue_led(
         self, job: J, loop: asyncio.AbstractEventLoop, *, yield_first: bool
