@@ -81,8 +81,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
 # or never made), and `_ready` cannot show what the loop has not polled yet: a due timer, a
 # readable socket. A task awaiting command after command would starve every timer and all
 # I/O of its loop (a timeout around it would never fire); this bounds the wait to a few
-# transactions, at a sixteenth of the turn's cost. (Counted per queue, see
-# GroupCommit._yield_first: a thread-local count cost about 4% of a NORMAL append.)
+# transactions, at a sixteenth of the turn's cost. (Counted per queue, under its lock, see
+# GroupCommit._yield_first, instead of in a thread-local read and written on every lead.)
 _MAX_SKIPPED_YIELDS = 16
 
 
