@@ -223,8 +223,7 @@ class Book:
         if counts is not None:
             counts.append((done, 1))
             return
-        self.acc.record_close(done)
-        acc.record_close(done)
+        self.acc.record_close_beside(done, acc)
 
     def _amend_close(self, before: Position, after: Position) -> None:
         acc = self._account(before.account)

@@ -95,15 +95,31 @@ class Accumulators(msgspec.Struct, kw_only=True, dict=True):
         self._count(before, -1)
         self._count(after, 1)
 
-    def _count(self, position: Position, sign: int) -> None:
-        pnl = position.realized_pnl if sign > 0 else _C.minus(position.realized_pnl)
-        fees = position.fees if sign > 0 else _C.minus(position.fees)
-        funding = position.funding if sign > 0 else _C.minus(position.funding)
-        per_symbol = self.per_symbol
-        if self._symbols_shared:  # a copy holds this dict too: write a dict of our own
-            per_symbol = self.per_symbol = dict(per_symbol)
-            self._symbols_shared = False
-        before = per_symbol.get(position.symbol) or SymbolStats()
+    def record_close_beside(self, position: Position, other: Accumulators) -> None:
+        """`record_close` of one close on these sums and on other (the fleet's and its
+        account's), the same as the two calls. When the two hold one per_symbol dict (a book
+        of one account: `Book._settle`, `projections.snapshot` and this method make them
+        share it, and two empty ones are equal too), the symbol's new figures are made once
+        and the dict copied once, and both go on sharing the new dict (flagged shared on both
+        sides, so neither writes into it in place): a close used to copy every symbol's
+        figures twice (tests/test_projections.py::test_one_account_shares_its_symbol_figures)."""
+        mine, theirs = self.per_symbol, other.per_symbol
+        if mine is not theirs and (mine or theirs):
+            self._count(position, 1)
+            other._count(position, 1)
+            return
+        self._count(position, 1)
+        other._totals(position, 1, position.realized_pnl)
+        other.share_symbols(self)
+
+    def share_symbols(self, other: Accumulators) -> None:
+        """Hold other's per_symbol dict, equal to this one's, from now on: flagged shared on
+        both sides, so whichever writes next copies it first."""
+        self.per_symbol = other.per_symbol
+        self._symbols_shared = other._symbols_shared = True
+
+    def _totals(self, position: Position, sign: int, pnl: Decimal) -> bool:
+        """The fleet-wide figures of _count; whether the close is a win."""
         self.closed_trades += sign
         self.closed_realized_pnl = _C.add(self.closed_realized_pnl, pnl)
         won = position.realized_pnl > 0
@@ -113,6 +129,18 @@ class Accumulators(msgspec.Struct, kw_only=True, dict=True):
         else:
             self.losses += sign
             self.gross_loss = _C.add(self.gross_loss, pnl)
+        return won
+
+    def _count(self, position: Position, sign: int) -> None:
+        pnl = position.realized_pnl if sign > 0 else _C.minus(position.realized_pnl)
+        fees = position.fees if sign > 0 else _C.minus(position.fees)
+        funding = position.funding if sign > 0 else _C.minus(position.funding)
+        per_symbol = self.per_symbol
+        if self._symbols_shared:  # a copy holds this dict too: write a dict of our own
+            per_symbol = self.per_symbol = dict(per_symbol)
+            self._symbols_shared = False
+        before = per_symbol.get(position.symbol) or SymbolStats()
+        won = self._totals(position, sign, pnl)
         # a new SymbolStats, never the old one changed: copies share them (see copy)
         per_symbol[position.symbol] = SymbolStats(
             closed_trades=before.closed_trades + sign,

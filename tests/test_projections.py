@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -30,6 +31,7 @@ from ledger.values import ZERO, Side
 from projections.book import Book
 from projections.pnl import initial_margin, notional, price_pnl, qty_from_notional, roe_pct
 from projections.positions import Position, Status
+from projections.snapshot import decode_snapshot, encode_snapshot
 from tests.strategies import Stamper
 
 D = Decimal
@@ -465,6 +467,72 @@ def test_copy_and_successor_keep_per_symbol_figures_apart() -> None:
     assert set(copy.summary().per_symbol) == {"SOL/USDT:USDT"}
     assert copy.acc.per_symbol["SOL/USDT:USDT"].closed_trades == 1
     assert set(copy.accounts["default"].per_symbol) == {"SOL/USDT:USDT"}
+
+
+def test_one_account_shares_its_symbol_figures() -> None:
+    """A book of one account keeps its per-symbol figures and the fleet's in one dict
+    (each close then copies it once, not twice), and every figure is still counted once:
+    a close, funding settled after a close (which moves both sides' figures), a second
+    account's close (which must stay out of the first account's figures), each against
+    figures written out here."""
+    session = Session()
+    book = session.book
+    first = session.open(symbol="SOL/USDT:USDT")
+    session.close(first, "110")  # +50
+    assert book.accounts["default"].per_symbol is book.acc.per_symbol
+    second = session.open(symbol="BTC/USDT:USDT")
+    session.close(second, "90")  # -50
+    assert book.accounts["default"].per_symbol is book.acc.per_symbol
+    # funding after the close: both sides take back the old figures and count the new ones
+    session.do(RecordFunding(position_id=first, amount=D("2.5"), execution_id="f1"))
+    for acc in (book.acc, book.accounts["default"]):
+        sol, btc = acc.per_symbol["SOL/USDT:USDT"], acc.per_symbol["BTC/USDT:USDT"]
+        assert (sol.closed_trades, sol.wins, sol.realized_pnl, sol.funding) == (
+            1,
+            1,
+            D("52.5"),
+            D("2.5"),
+        )
+        assert (btc.closed_trades, btc.losses, btc.realized_pnl) == (1, 1, D(-50))
+        assert (acc.closed_trades, acc.wins, acc.losses) == (2, 1, 1)
+    # a second account's close: in the fleet's figures, not in the first account's
+    session.serial += 1
+    other = f"p{session.serial}"
+    session.do(
+        OpenPosition(
+            position_id=other,
+            symbol="ETH/USDT:USDT",
+            side=Side.BUY,
+            qty=D(5),
+            entry_price=D(100),
+            leverage=5,
+            account="second",
+        )
+    )
+    session.close(other, "120")  # +100
+    assert set(book.acc.per_symbol) == {"SOL/USDT:USDT", "BTC/USDT:USDT", "ETH/USDT:USDT"}
+    assert set(book.accounts["default"].per_symbol) == {"SOL/USDT:USDT", "BTC/USDT:USDT"}
+    assert set(book.accounts["second"].per_symbol) == {"ETH/USDT:USDT"}
+    assert book.acc.closed_trades == 3 and book.accounts["default"].closed_trades == 2
+    assert book.accounts["second"].per_symbol["ETH/USDT:USDT"].realized_pnl == D(100)
+
+
+def test_a_snapshot_of_one_account_shares_and_keeps_its_figures() -> None:
+    """A snapshot of a book of one account loads with one per-symbol dict for the account
+    and the fleet; a close folded on its successor counts once on each and leaves the
+    loaded book's figures as they were."""
+    session = Session()
+    session.close(session.open(symbol="SOL/USDT:USDT"), "110")  # +50
+    loaded = decode_snapshot(encode_snapshot(session.book, datetime(2025, 1, 1, tzinfo=UTC)))
+    assert loaded.accounts["default"].per_symbol is loaded.acc.per_symbol
+    session.book = loaded.successor()
+    session.close(session.open(symbol="SOL/USDT:USDT"), "90")  # -50
+    for acc in (session.book.acc, session.book.accounts["default"]):
+        sol = acc.per_symbol["SOL/USDT:USDT"]
+        assert (sol.closed_trades, sol.wins, sol.losses, sol.realized_pnl) == (2, 1, 1, D(0))
+    for acc in (loaded.acc, loaded.accounts["default"]):
+        sol = acc.per_symbol["SOL/USDT:USDT"]
+        assert (sol.closed_trades, sol.realized_pnl) == (1, D(50))
 
 
 def test_open_for_finds_by_symbol_and_side_in_opening_order() -> None:
