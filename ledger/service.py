@@ -630,6 +630,9 @@ class Ledger:
         jobs and every later one of the group are decided again one at a time, each staged and
         folded at once, so the job whose events cannot be stored or folded still fails alone.
         """
+        if len(group) == 1 and self._broken is None and type(group[0].decide) is _CommandDecider:
+            self._decide_one(tx, group[0], state)
+            return
         for job in group:  # the store may call this again, on a fresh tx: from scratch
             job.result, job.error = [], None
         state.culprit, state.reloaded = None, False
@@ -687,6 +690,57 @@ class Ledger:
                 accepted.extend(records)
                 job.result = records
                 job.error = None  # decided again after a run of marks failed together
+        state.work = work
+
+    def _decide_one(self, tx: StoreTransaction, job: _Job, state: _Group) -> None:
+        """`_decide_group` of a group of one command (`_CommandDecider`), on a book in step:
+        what the loop there does for such a group, step for step and guard for guard (the
+        same time taken before deciding, the same ids and staging, a failure of the job
+        rolled back to its savepoint and its fork folded again), without the bookkeeping a
+        group of several needs (runs of marks, the versions and ids the jobs share, the
+        events accepted so far). The sequential command's path: most groups are one job
+        (tests/test_ledger.py::test_a_lone_command_fails_alone_as_in_a_group)."""
+        job.result, job.error = [], None  # the store may call this again: from scratch
+        state.culprit, state.reloaded = None, False
+        state.tail = tail = tx.tail
+        base = self._book
+        work = self._fold(base, tail, []) if tail else base.successor()
+        now = self._clock()
+        decider = job.decide
+        assert type(decider) is _CommandDecider  # see _decide_group
+        mark = tx.savepoint()
+        folding = False
+        with ledger_context():
+            try:
+                fresh = []
+                for event in decider.events(work):
+                    fresh.append(
+                        NewEvent(
+                            stream=stream_of(event),
+                            event=event,
+                            event_id=_uuids.take(),
+                            occurred_at=now,
+                        )
+                    )
+                # a command writes one or two streams, each loaded once, in order
+                tx.load_versions(dict.fromkeys([new.stream for new in fresh]))
+                records = self._staged(tx, fresh)
+                folding = True
+                work.apply_all(records)
+            except Exception as refused:  # handed back to the caller, not swallowed
+                tx.rollback_to(mark)
+                job.error = (
+                    refused
+                    if isinstance(refused, LedgerError) or not folding
+                    else StoreError(f"cannot apply these events, nothing stored: {refused!r}")
+                )
+                if folding:  # the fork took part of this job's events: build it again
+                    work = self._fold(base, tx.tail, [])
+            except BaseException:
+                state.culprit = job
+                raise
+            else:
+                job.result = records
         state.work = work
 
     def _decide_marks(

@@ -194,7 +194,11 @@ class Book:
         self.balances[event.account] = (event.total, event.available)
 
     def _imported(self, seq: int, event: HistoryImported, at: datetime) -> None:
-        self.imported_files[event.file_sha256] = event.file_name
+        # a new mapping, never a write into this one: a successor shares it (`successor`);
+        # imports are a handful in a log's life
+        files = dict(self.imported_files)
+        files[event.file_sha256] = event.file_name
+        self.imported_files = files
 
     def _configured(self, seq: int, event: RulesConfigured, at: datetime) -> None:
         self.rules = event
@@ -547,13 +551,24 @@ class Book:
         other._cash = None
         other._counts = None
         other.open = dict(self.open)
-        other.closed = _layered(self.closed)
+        closed = self.closed
+        if type(closed) is _Layers and len(closed.maps[0]) <= 64:  # _layered's usual case
+            recent, base = closed.maps
+            other.closed = _two_layers(dict(recent), base)
+        else:
+            other.closed = _layered(closed)
         other.balance = self.balance
         other.available = self.available
         other.acc = self.acc.copy()
-        other.accounts = {name: acc.copy() for name, acc in self.accounts.items()}
+        accounts = self.accounts
+        if len(accounts) == 1:  # one account: no comprehension (a call of its own)
+            ((name, acc),) = accounts.items()
+            other.accounts = {name: acc.copy()}
+        else:
+            other.accounts = {name: acc.copy() for name, acc in accounts.items()}
         other.balances = dict(self.balances)
-        other.imported_files = _layered(self.imported_files)
+        # shared: `_imported` replaces the mapping rather than writing into it
+        other.imported_files = self.imported_files
         other.rules = self.rules
         other.last_seq = self.last_seq
         other.last_hash = self.last_hash

@@ -20,8 +20,8 @@ import pytest
 
 from ledger.blocking import ThreadSafePositionManager
 from ledger.envelope import NewEvent, Recorded
-from ledger.errors import BookOutOfStep, StoreError
-from ledger.events import PositionMarked, PositionOpened
+from ledger.errors import BookOutOfStep, ExitExceedsPosition, StoreError
+from ledger.events import PartialExitRecorded, PositionMarked, PositionOpened, RulesConfigured
 from ledger.service import Ledger, Plan, mark_command
 from ledger.settings import Settings
 from ledger.store.base import StoreTransaction
@@ -173,6 +173,70 @@ async def test_one_bad_job_fails_alone_and_the_rest_of_its_group_commits(
     assert [r.seq for r in log] == list(range(1, GOOD + 2))
     assert after.current_price == 12
     assert fold_records(log).open.keys() == {f"good-{i}" for i in range(GOOD)}
+
+
+_POISON = Decimal(666)
+
+
+def _fold_then_fail(real: Callable[..., Any]) -> Callable[..., Any]:
+    """Book.apply that folds an exit at 666 into the book, then raises: a fork left holding
+    part of a job that failed (it must be built again, not published)."""
+
+    def apply(book: Book, record: Recorded) -> None:
+        real(book, record)
+        if isinstance(record.event, PartialExitRecorded) and record.event.price == _POISON:
+            raise ArithmeticError("this book cannot take an exit at 666")
+
+    return apply
+
+
+def _stage_fails(real: Callable[..., Any]) -> Callable[..., Any]:
+    def stage(tx: StoreTransaction, batch: Sequence[NewEvent], **kwargs: Any) -> list[Recorded]:
+        staged: list[Recorded] = real(tx, batch, **kwargs)  # staged, then refused: unstaged
+        if any(getattr(new.event, "price", None) == _POISON for new in batch):
+            raise ValueError("this store cannot take an exit at 666")
+        return staged
+
+    return stage
+
+
+@pytest.mark.parametrize(
+    ("target", "patch", "error"),
+    [
+        pytest.param(None, None, ExitExceedsPosition, id="refused by the rules"),
+        pytest.param(Book, ("apply", _fold_then_fail), StoreError, id="its fold fails"),
+        pytest.param(StoreTransaction, ("stage", _stage_fails), StoreError, id="staging fails"),
+    ],
+)
+async def test_a_lone_command_fails_alone_as_in_a_group(
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    target: Any,
+    patch: tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]] | None,
+    error: type[Exception],
+) -> None:
+    """A command in a group of its own (the sequential case: `Ledger._decide_one`) that is
+    refused, or whose events cannot be staged or folded, fails with its error, stores
+    nothing, leaves the live book a fold of the log, and the next command commits."""
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        position = await ledger.open_position("SOLUSDT", "buy", entry_price=100, qty=5, leverage=5)
+        pid = position.position_id
+        if patch is not None:
+            name, make = patch
+            monkeypatch.setattr(target, name, make(getattr(target, name)))
+        qty = 9 if patch is None else 1  # more than the position holds / a valid exit
+        with pytest.raises(error):
+            await ledger.register_partial_exit(pid, qty=qty, price=_POISON)
+        monkeypatch.undo()
+        live = ledger.book
+        assert live.open[pid].qty == 5 and not live.open[pid].partial_exits
+        after = await ledger.register_partial_exit(pid, qty=2, price=110)
+    log = await stored(db_path)
+    assert [type(r.event) for r in log] == [RulesConfigured, PositionOpened, PartialExitRecorded]
+    folded = fold_records(log[:-1])
+    assert live.open == folded.open and live.last_hash == folded.last_hash
+    assert live.acc == folded.acc and live.last_seq == folded.last_seq == 2
+    assert after.qty == 3 and after.realized_pnl == 20
 
 
 async def test_a_base_exception_rolls_the_group_back_and_no_caller_hears_stored(

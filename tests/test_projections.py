@@ -20,6 +20,7 @@ from ledger.commands import (
 )
 from ledger.events import (
     AnyEvent,
+    HistoryImported,
     PartialExitRecorded,
     PositionClosed,
     PositionMarked,
@@ -467,6 +468,27 @@ def test_copy_and_successor_keep_per_symbol_figures_apart() -> None:
     assert set(copy.summary().per_symbol) == {"SOL/USDT:USDT"}
     assert copy.acc.per_symbol["SOL/USDT:USDT"].closed_trades == 1
     assert set(copy.accounts["default"].per_symbol) == {"SOL/USDT:USDT"}
+
+
+def test_a_successor_shares_imports_and_never_writes_into_them() -> None:
+    """Book.successor shares the record of imported files with the book it came from: an
+    import folded on the successor (or on a copy or a fork) shows there alone."""
+    session = Session()
+    first = HistoryImported(
+        file_sha256="a" * 64, file_name="one.json", open_positions=0, closed_positions=0
+    )
+    second = HistoryImported(
+        file_sha256="b" * 64, file_name="two.json", open_positions=0, closed_positions=0
+    )
+    session.apply(first)
+    before = session.book
+    after = before.successor()
+    after.apply(session.stamper.stamp(second))
+    assert dict(after.imported_files) == {"a" * 64: "one.json", "b" * 64: "two.json"}
+    assert dict(before.imported_files) == {"a" * 64: "one.json"}
+    for other in (before.copy(), before.fork(), before.successor()):
+        other.apply(session.stamper.stamp(second))
+        assert dict(before.imported_files) == {"a" * 64: "one.json"}
 
 
 def test_one_account_shares_its_symbol_figures() -> None:
