@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import threading
 import time
+import types
+import typing
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -16,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 
 from ledger.clock import Clock, system_clock
@@ -42,7 +46,14 @@ from ledger.errors import (
     StoreUnavailable,
     UnknownPosition,
 )
-from ledger.events import AnyEvent, PositionMarked, stream_of
+from ledger.events import (
+    AnyEvent,
+    PartialExitRecorded,
+    PositionClosed,
+    PositionMarked,
+    PositionOpened,
+    stream_of,
+)
 from ledger.output_paths import (
     BACKUP_GLOB,
     check_output,
@@ -1488,6 +1499,64 @@ def _plain_mark(event: AnyEvent) -> bool:
     return True
 
 
+# An int within this magnitude is written and read back as the same int by the codec (JSON
+# numbers read as int64); a larger one takes the decoder's round trip
+_PLAIN_INT = 2**53
+
+
+# an event type's fields read at once, and the exact types each may hold
+_PlainSpec = tuple[Callable[[object], tuple[object, ...]], tuple[tuple[type, ...], ...]]
+
+
+def _plain_fields(cls: type[msgspec.Struct]) -> _PlainSpec:
+    """A position event type's fields read at once, and the exact types each may hold."""
+    fields = msgspec.structs.fields(cls)
+    getter = operator.attrgetter(*(field.name for field in fields))
+    kinds = tuple(
+        typing.get_args(field.type) if isinstance(field.type, types.UnionType) else (field.type,)
+        for field in fields
+    )
+    return getter, kinds
+
+
+# The events of a position's own commands (`open_position`, `register_partial_exit`,
+# `close_position` and the manager's): each field's getter and exact types (see _plain_event)
+_PLAIN_EVENTS: dict[type, _PlainSpec] = {
+    cls: _plain_fields(cls) for cls in (PositionOpened, PartialExitRecorded, PositionClosed)
+}
+
+
+def _plain_event(event: AnyEvent) -> bool:
+    """Whether an event reads back as written without the decoder's round trip
+    (`ensure_decodable`), as `_plain_mark` tells it of a mark, for the events of a position's
+    own commands: every field exactly a type its struct declares (None only where it
+    allows None; a `Side` or `Source` member, never its text; a bool only where a bool is
+    declared), each Decimal finite and zero or within the commands' bounds, each int within
+    2**53, each str ASCII (msgspec cannot write a lone surrogate; any other text is left to
+    the round trip too). msgspec writes exactly those as their text and reads them back
+    equal; anything else takes the round trip, which refuses it with InvalidValue as before
+    (tests/test_plain_marks.py::test_a_plain_event_is_exactly_one_the_decoder_reads_back)."""
+    spec = _PLAIN_EVENTS.get(type(event))
+    if spec is None:
+        return _plain_mark(event)
+    getter, kinds = spec
+    for value, allowed in zip(getter(event), kinds, strict=True):
+        kind = type(value)
+        if kind not in allowed:
+            return False
+        if kind is Decimal:
+            if not value.is_finite() or (  # type: ignore[attr-defined]
+                value and not _PLAIN_LOW <= value.adjusted() <= _PLAIN_HIGH  # type: ignore[attr-defined]
+            ):
+                return False
+        elif kind is str:
+            if not value.isascii():  # type: ignore[attr-defined]
+                return False
+        elif kind is int and not -_PLAIN_INT < value < _PLAIN_INT:  # type: ignore[operator]
+            return False
+    return True
+
+
 class _CommandDecider:
     """The decider of one checked command (`Ledger.execute`): what `_checked` makes of
     `lambda book: [Plan(e) for e in decide(book, command, limits)]`, in one call, the
@@ -1505,7 +1574,7 @@ class _CommandDecider:
         """The command's events, each shown to decode; raises LedgerError."""
         events = decide_checked(book, self.command, self.limits)
         for event in events:
-            if not _plain_mark(event):
+            if not _plain_event(event):
                 ensure_decodable(event)
         return events
 

@@ -1,5 +1,6 @@
 """A mark of exactly its declared types skips the decoder's round trip
-(`ledger.service._plain_mark`); anything else still takes it and is refused as before."""
+(`ledger.service._plain_mark`), as do the events of a position's own commands
+(`_plain_event`); anything else still takes it and is refused as before."""
 
 from __future__ import annotations
 
@@ -7,14 +8,22 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from ledger import codec
 from ledger.codec import decode_event, encode_event, ensure_decodable
 from ledger.commands import MarkPosition
 from ledger.errors import InvalidValue
-from ledger.events import PositionMarked, PositionOpened
-from ledger.service import _PLAIN_HIGH, _PLAIN_LOW, Ledger, _plain_mark, mark_command
+from ledger.events import PartialExitRecorded, PositionClosed, PositionMarked, PositionOpened
+from ledger.service import (
+    _PLAIN_HIGH,
+    _PLAIN_LOW,
+    Ledger,
+    _plain_event,
+    _plain_mark,
+    mark_command,
+)
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side, Source, bounded, identifier, positive
 from projections.book import fold_records
@@ -165,3 +174,107 @@ def test_mark_commands_fast_path_gives_what_the_field_by_field_checks_give() -> 
                 assert isinstance(expected, MarkPosition)
                 assert type(got.mark_price) is type(expected.mark_price)
                 assert type(got.position_id) is type(expected.position_id)
+
+
+# every value tried in each field of an event (a field takes those of its type and the rest)
+VALUES: list[object] = [
+    *NUMBERS, "", "text", "pos_\u00e9", "\ud800", Text("t"), Side.BUY, Source.EXCHANGE, False,
+    0, 2, 2**53 - 1, 2**53, -(2**53), 2**64, 5.0,
+]  # fmt: skip
+GOOD = {
+    PositionOpened: {
+        "position_id": "pos_1",
+        "symbol": "SOLUSDT",
+        "side": Side.SELL,
+        "qty": Decimal(5),
+        "entry_price": Decimal("100.5"),
+        "leverage": 5,
+    },
+    PartialExitRecorded: {
+        "position_id": "pos_1",
+        "qty": Decimal(2),
+        "price": Decimal(110),
+        "realized_pnl": Decimal("-20.25"),
+    },
+    PositionClosed: {
+        "position_id": "pos_1",
+        "qty": Decimal(3),
+        "price": Decimal(105),
+        "realized_pnl": Decimal(15),
+    },
+}
+
+
+@pytest.mark.parametrize("cls", list(GOOD), ids=lambda cls: cls.__name__)
+def test_a_plain_event_is_exactly_one_the_decoder_reads_back(cls: type[PositionOpened]) -> None:
+    """Every event of a position's own commands that _plain_event passes, each field tried
+    with every value, ensure_decodable passes and decodes to an equal event of the same
+    field types; a field of another type than declared (a subclass, a bool for an int, an
+    enum's text), a number out of range, a str that is not ASCII, is not plain."""
+    plain = 0
+    fields = [field.name for field in msgspec.structs.fields(cls)]
+    for name in fields:
+        for value in VALUES:
+            try:
+                event = cls(**{**GOOD[cls], name: value})  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                continue
+            if not _plain_event(event):
+                continue
+            plain += 1
+            ensure_decodable(event)
+            back = decode_event(encode_event(event))
+            assert type(back) is cls and back == event
+            assert [type(getattr(back, f)) for f in fields] == [
+                type(getattr(event, f)) for f in fields
+            ]
+            kind = type(value)
+            if kind is Decimal:
+                assert value.is_finite()  # type: ignore[attr-defined]
+                assert not value or Decimal("1e-12") <= abs(value) <= Decimal("1e15")  # type: ignore[arg-type]
+            elif kind is str:
+                assert value.isascii()  # type: ignore[attr-defined]
+            elif kind is int:
+                assert abs(value) < 2**53  # type: ignore[arg-type]
+            else:
+                assert kind in (type(None), bool, Side, Source)
+    assert plain > 3 * len(fields)
+    assert _plain_event(cls(**GOOD[cls]))  # type: ignore[arg-type]
+
+
+async def test_an_open_with_text_the_codec_cannot_write_is_refused_as_before(
+    db_path: Path,
+) -> None:
+    """A lone surrogate in a reason, a symbol or an id passes the builders (a str), is not
+    plain, and the decoder's round trip refuses it with InvalidValue, storing nothing (without
+    the guard the store's encoder would fail it as a StoreError); text beyond ASCII that the
+    codec does write is stored as given."""
+    async with Ledger(db_path) as ledger:
+        for symbol, fields in (
+            ("SOLUSDT", {"open_reason": "ML \ud800"}),
+            ("SOL\udfffUSDT", {}),
+            ("SOLUSDT", {"position_id": "pos_\ud800"}),
+        ):
+            with pytest.raises(InvalidValue):
+                await ledger.open_position(
+                    symbol,
+                    "buy",
+                    entry_price=100,
+                    qty=5,
+                    leverage=5,
+                    **fields,
+                )
+        assert ledger.last_seq == 0
+        opened = await ledger.open_position(
+            "SOLUSDT", "buy", entry_price=100, qty=5, leverage=5, open_reason="stop \u00e9 \u2028"
+        )
+        closed = await ledger.close_position(opened.position_id, price=101, reason="\u6b62\u640d")
+    assert closed.close_reason == "\u6b62\u640d"
+    store = SQLiteEventStore(db_path, read_only=True)
+    await store.open()
+    try:
+        log = await store.read()
+    finally:
+        await store.close()
+    assert fold_records(log).closed[opened.position_id] == closed
+    assert log[0].event.open_reason == "stop \u00e9 \u2028"  # type: ignore[union-attr]
