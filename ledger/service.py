@@ -5,21 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import os
 import threading
 import time
-import types
-import typing
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup
 
 from ledger.clock import Clock, system_clock
@@ -1504,25 +1500,98 @@ def _plain_mark(event: AnyEvent) -> bool:
 _PLAIN_INT = 2**53
 
 
-# an event type's fields read at once, and the exact types each may hold
-_PlainSpec = tuple[Callable[[object], tuple[object, ...]], tuple[tuple[type, ...], ...]]
-
-
-def _plain_fields(cls: type[msgspec.Struct]) -> _PlainSpec:
-    """A position event type's fields read at once, and the exact types each may hold."""
-    fields = msgspec.structs.fields(cls)
-    getter = operator.attrgetter(*(field.name for field in fields))
-    kinds = tuple(
-        typing.get_args(field.type) if isinstance(field.type, types.UnionType) else (field.type,)
-        for field in fields
+def _plain_number(value: object) -> bool:
+    """Exactly a Decimal, finite, zero or within the commands' bounds (see _plain_event)."""
+    return (
+        type(value) is Decimal
+        and value.is_finite()
+        and (not value or _PLAIN_LOW <= value.adjusted() <= _PLAIN_HIGH)
     )
-    return getter, kinds
+
+
+def _plain_int(value: object) -> bool:
+    """Exactly an int (never a bool) within 2**53 (see _plain_event)."""
+    return type(value) is int and -_PLAIN_INT < value < _PLAIN_INT
+
+
+# Each of these reads every field of its event once, in straight lines: a loop over the
+# fields cost about as much as the round trip it saves (tests/test_plain_marks.py checks
+# that every field of each event is looked at)
+
+
+def _plain_opened(event: PositionOpened) -> bool:
+    position_id, symbol, reason, account = (
+        event.position_id,
+        event.symbol,
+        event.open_reason,
+        event.account,
+    )
+    margin, confidence, atr, adx, volatility = (
+        event.real_initial_margin,
+        event.confidence,
+        event.atr,
+        event.adx,
+        event.volatility,
+    )
+    return (
+        type(position_id) is str
+        and type(symbol) is str
+        and type(reason) is str
+        and type(account) is str
+        and (position_id + symbol + reason + account).isascii()
+        and type(event.side) is Side
+        and type(event.source) is Source
+        and _plain_int(event.leverage)
+        and _plain_int(event.position_idx)
+        and _plain_number(event.qty)
+        and _plain_number(event.entry_price)
+        and _plain_number(event.fee)
+        and (margin is None or _plain_number(margin))
+        and (confidence is None or _plain_number(confidence))
+        and (atr is None or _plain_number(atr))
+        and (adx is None or _plain_number(adx))
+        and (volatility is None or _plain_number(volatility))
+    )
+
+
+def _plain_partial_exit(event: PartialExitRecorded) -> bool:
+    position_id, reason, rule = event.position_id, event.reason, event.rule
+    return (
+        type(position_id) is str
+        and type(reason) is str
+        and (rule is None or type(rule) is str)
+        and (position_id + reason + (rule or "")).isascii()
+        and type(event.source) is Source
+        and type(event.pnl_estimated) is bool
+        and _plain_number(event.qty)
+        and _plain_number(event.price)
+        and _plain_number(event.realized_pnl)
+        and _plain_number(event.fee)
+    )
+
+
+def _plain_closed(event: PositionClosed) -> bool:
+    position_id, reason, ref = event.position_id, event.reason, event.exchange_ref
+    return (
+        type(position_id) is str
+        and type(reason) is str
+        and (ref is None or type(ref) is str)
+        and (position_id + reason + (ref or "")).isascii()
+        and type(event.source) is Source
+        and type(event.pnl_estimated) is bool
+        and _plain_number(event.qty)
+        and _plain_number(event.price)
+        and _plain_number(event.realized_pnl)
+        and _plain_number(event.fee)
+    )
 
 
 # The events of a position's own commands (`open_position`, `register_partial_exit`,
-# `close_position` and the manager's): each field's getter and exact types (see _plain_event)
-_PLAIN_EVENTS: dict[type, _PlainSpec] = {
-    cls: _plain_fields(cls) for cls in (PositionOpened, PartialExitRecorded, PositionClosed)
+# `close_position` and the manager's), each with its check (see _plain_event)
+_PLAIN_EVENTS: dict[type, Callable[[Any], bool]] = {
+    PositionOpened: _plain_opened,
+    PartialExitRecorded: _plain_partial_exit,
+    PositionClosed: _plain_closed,
 }
 
 
@@ -1532,29 +1601,12 @@ def _plain_event(event: AnyEvent) -> bool:
     own commands: every field exactly a type its struct declares (None only where it
     allows None; a `Side` or `Source` member, never its text; a bool only where a bool is
     declared), each Decimal finite and zero or within the commands' bounds, each int within
-    2**53, each str ASCII (msgspec cannot write a lone surrogate; any other text is left to
+    2**53, its text ASCII (msgspec cannot write a lone surrogate; any other text is left to
     the round trip too). msgspec writes exactly those as their text and reads them back
     equal; anything else takes the round trip, which refuses it with InvalidValue as before
     (tests/test_plain_marks.py::test_a_plain_event_is_exactly_one_the_decoder_reads_back)."""
-    spec = _PLAIN_EVENTS.get(type(event))
-    if spec is None:
-        return _plain_mark(event)
-    getter, kinds = spec
-    for value, allowed in zip(getter(event), kinds, strict=True):
-        kind = type(value)
-        if kind not in allowed:
-            return False
-        if kind is Decimal:
-            if not value.is_finite() or (  # type: ignore[attr-defined]
-                value and not _PLAIN_LOW <= value.adjusted() <= _PLAIN_HIGH  # type: ignore[attr-defined]
-            ):
-                return False
-        elif kind is str:
-            if not value.isascii():  # type: ignore[attr-defined]
-                return False
-        elif kind is int and not -_PLAIN_INT < value < _PLAIN_INT:  # type: ignore[operator]
-            return False
-    return True
+    check = _PLAIN_EVENTS.get(type(event))
+    return _plain_mark(event) if check is None else check(event)
 
 
 class _CommandDecider:
