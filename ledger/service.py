@@ -70,7 +70,7 @@ from ledger.snapshot_file import (
 )
 from ledger.store.base import EventStore, StoreTransaction, Waiter
 from ledger.store.factory import Location, backup_to_sqlite, is_url, make_store
-from ledger.store.writer import Completion, GroupCommit, WouldWait
+from ledger.store.writer import Completion, GroupCommit, WouldWait, deferred_completion
 from ledger.values import (
     MAX_MAGNITUDE,
     MIN_MAGNITUDE,
@@ -129,7 +129,9 @@ class _Job:
 
     def __init__(self, decide: Decider, *, blocking: bool) -> None:
         self.decide = decide
-        self.done = Completion(blocking=blocking)
+        # a task's job may run where it is queued (GroupCommit.run_now): its future is made
+        # only if someone else settles it
+        self.done = Completion(blocking=True) if blocking else deferred_completion()
         self.result: list[Recorded] = []
         self.error: BaseException | None = None
 
@@ -545,7 +547,9 @@ class Ledger:
         job = _Job(
             decider if type(decider) is _CommandDecider else _checked(decider), blocking=False
         )
-        await self._queue().run(job)
+        waiting = self._queue().run_now(job)  # None: run and settled already, right here
+        if waiting is not None:
+            await waiting
         return job.outcome()
 
     def transact_blocking(self, decider: Decider) -> list[Recorded]:
@@ -1117,7 +1121,9 @@ class Ledger:
         if jobs is None:
             jobs = self._queue()  # raises
         job = _Job(_CommandDecider(command, self._limits), blocking=False)
-        await jobs.run(job)
+        waiting = jobs.run_now(job)
+        if waiting is not None:
+            await waiting
         if job.error is not None:
             raise job.error
         position = self._book.get(position_id)
