@@ -710,7 +710,7 @@ class Ledger:
         rolled back to its savepoint and its fork folded again), without the bookkeeping a
         group of several needs (runs of marks, the versions and ids the jobs share, the
         events accepted so far). The sequential command's path: most groups are one job
-        (tests/test_ledger.py::test_a_lone_command_fails_alone_as_in_a_group)."""
+        (tests/test_group_commit.py::test_a_lone_command_fails_alone_as_in_a_group)."""
         job.result, job.error = [], None  # the store may call this again: from scratch
         state.culprit, state.reloaded = None, False
         state.tail = tail = tx.tail
@@ -1560,29 +1560,15 @@ def _plain_opened(event: PositionOpened) -> bool:
     )
 
 
-def _plain_partial_exit(event: PartialExitRecorded) -> bool:
-    position_id, reason, rule = event.position_id, event.reason, event.rule
+def _plain_exit(event: PartialExitRecorded | PositionClosed, note: str | None) -> bool:
+    """A partial exit's or a close's check: the same fields but their optional text (note:
+    the exit's rule, the close's exchange_ref)."""
+    position_id, reason = event.position_id, event.reason
     return (
         type(position_id) is str
         and type(reason) is str
-        and (rule is None or type(rule) is str)
-        and (position_id + reason + (rule or "")).isascii()
-        and type(event.source) is Source
-        and type(event.pnl_estimated) is bool
-        and _plain_number(event.qty)
-        and _plain_number(event.price)
-        and _plain_number(event.realized_pnl)
-        and _plain_number(event.fee)
-    )
-
-
-def _plain_closed(event: PositionClosed) -> bool:
-    position_id, reason, ref = event.position_id, event.reason, event.exchange_ref
-    return (
-        type(position_id) is str
-        and type(reason) is str
-        and (ref is None or type(ref) is str)
-        and (position_id + reason + (ref or "")).isascii()
+        and (note is None or type(note) is str)
+        and (position_id + reason + (note or "")).isascii()
         and type(event.source) is Source
         and type(event.pnl_estimated) is bool
         and _plain_number(event.qty)
@@ -1596,8 +1582,8 @@ def _plain_closed(event: PositionClosed) -> bool:
 # `close_position` and the manager's), each with its check (see _plain_event)
 _PLAIN_EVENTS: dict[type, Callable[[Any], bool]] = {
     PositionOpened: _plain_opened,
-    PartialExitRecorded: _plain_partial_exit,
-    PositionClosed: _plain_closed,
+    PartialExitRecorded: lambda event: _plain_exit(event, event.rule),
+    PositionClosed: lambda event: _plain_exit(event, event.exchange_ref),
 }
 
 
