@@ -40,9 +40,9 @@ import hashlib
 from collections import ChainMap
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import count, repeat
-from operator import attrgetter, floordiv, sub
+from operator import attrgetter, floordiv, is_, sub
 from typing import TypeVar
 
 import anyio
@@ -641,16 +641,12 @@ class StoreTransaction(abc.ABC):
         times = list(map(_occurred_of, batch))
         occurred: Sequence[int]
         first = times[0]
-        if (
-            times[-1] is first
-            and (first.tzinfo is None or type(first.tzinfo) is timezone)
-            and times.count(first) == len(times)
-        ):
-            # one time for the whole batch (a group's marks, a command's events): one
-            # conversion, not one per event (a fifth of staging a run of marks). Only naive
-            # or fixed-offset: equal is then the same instant, while in a zone with DST two
-            # times of its one tzinfo compare their wall clocks, fold ignored (the repeated
-            # hour's 02:30 fold=0 == fold=1, an hour apart)
+        if all(map(is_, times, repeat(first))):
+            # one time object for the whole batch (a group's marks, a command's events): one
+            # conversion, not one per event (a fifth of staging a run of marks). The same
+            # object, not equal ones: equal is not the same instant (two times of one DST
+            # zone compare their wall clocks, fold ignored: the repeated hour's 02:30 fold=0
+            # == fold=1, an hour apart; a datetime subclass's __eq__ may say anything)
             try:
                 occurred = [(first - _EPOCH) // _MICROSECOND] * len(times)
             except TypeError:  # naive: taken as UTC
