@@ -20,6 +20,7 @@ import pytest
 
 from ledger.envelope import NewEvent
 from ledger.events import PositionMarked
+from ledger.store.base import EventStore
 from ledger.store.sqlite import SQLiteEventStore
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +40,7 @@ def _batch(tag: str, size: int) -> list[NewEvent]:
 
 
 @contextmanager
-def _role_held_elsewhere(store: SQLiteEventStore) -> Iterator[threading.Event]:
+def _role_held_elsewhere(store: EventStore) -> Iterator[threading.Event]:
     """The writer thread busy until the event is set: an inline lead finds the role taken."""
     release, held = threading.Event(), threading.Event()
 

@@ -7,9 +7,7 @@ caller is in both, one refused or never run in neither), and it equals a fresh f
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import msgspec
@@ -21,24 +19,9 @@ from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from projections.book import Book
+from tests.test_adv_cancel_appends import _role_held_elsewhere
 
 pytestmark = pytest.mark.anyio
-
-
-@contextmanager
-def _role_held_elsewhere(ledger: Ledger) -> Iterator[threading.Event]:
-    release, held = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait()
-
-    ledger.store.writer.submit(hold)
-    held.wait()
-    try:
-        yield release
-    finally:
-        release.set()
 
 
 async def _rebuilt(db_path: Path) -> Book:
@@ -61,7 +44,7 @@ async def test_a_command_cancelled_after_any_number_of_turns_is_in_book_and_log_
     )
     async with Ledger(db, settings=settings) as ledger:
         for turns in range(12):
-            held = _role_held_elsewhere(ledger) if mode == "role taken" else nullcontext()
+            held = _role_held_elsewhere(ledger.store) if mode == "role taken" else nullcontext()
             with held as release:
                 task = asyncio.ensure_future(
                     ledger.open_position(
