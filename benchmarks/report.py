@@ -194,6 +194,34 @@ def _rebuild_breakdown(cases: list[dict[str, Any]]) -> list[str]:
     return [f"\nWhere the rebuild's time goes (medians): {shown}; total {_seconds(fold['median'])}"]
 
 
+def _concurrent_floor(cases: list[dict[str, Any]]) -> list[str]:
+    """What the concurrent target leaves the ledger, from medians of this run: 10x faster than
+    the sequential round allows a tenth of its time; the round's harness alone (the task group
+    starting as many tasks, each returning at once) and raw sqlite3's insert of as many rows in
+    one FULL commit (its 1,000-row executemany round scaled to the round's rows: a lower bound,
+    the commit's fixed cost counted in part) are spent before any command of ours runs."""
+    batch = {c["case"]: c for c in cases if c["group"] == "append-batch"}
+    concurrent = batch.get("Ledger: 500 concurrent commands")
+    sequential = batch.get("Ledger: 500 sequential commands")
+    harness = batch.get("anyio task group alone: 500 tasks, no command")
+    raw = batch.get("raw executemany x1,000, FULL")
+    if concurrent is None or sequential is None or harness is None or raw is None:
+        return []
+    commands = concurrent["per_round"]
+    allowed = sequential["median"] / sequential["per_round"] * commands / 10
+    tasks = harness["median"] / harness["per_round"] * commands
+    rows = raw["median"] / raw["per_round"] * commands
+    floor = tasks + rows
+    verdict = "above" if floor > allowed else "within"
+    return [
+        f"\n{commands:,.0f} concurrent commands: 10x faster than sequential allows "
+        f"{_seconds(allowed)} a round; the anyio task group alone takes {_seconds(tasks)} and "
+        f"raw executemany's insert of as many rows (FULL, scaled from its 1,000-row round) "
+        f"{_seconds(rows)}: {_seconds(floor)} before any command of ours, {verdict} what the "
+        f"target allows; the round took {_seconds(concurrent['median'])}"
+    ]
+
+
 def render(data: dict[str, Any]) -> str:
     """The Markdown report of one pytest-benchmark JSON document."""
     header = ["group", "case", "median", "rate", "vs", "time ratio", "target", "met"]
@@ -213,6 +241,7 @@ def render(data: dict[str, Any]) -> str:
     if notes:
         out.append("\nMemory and sizes (MB):\n" + "\n".join(notes))
     out.extend(_rebuild_breakdown(_cases(data)))
+    out.extend(_concurrent_floor(_cases(data)))
     loads = [float(c["info"]["load_average"]) for c in _cases(data) if "load_average" in c["info"]]
     if loads:
         out.append(

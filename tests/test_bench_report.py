@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.report import rows, target_rows
+from benchmarks.report import render, rows, target_rows
 
 
 def _bench(
@@ -58,3 +58,31 @@ def test_the_per_unit_ratio_still_finds_a_target_not_met() -> None:
 def test_cases_with_the_same_round_compare_as_before() -> None:
     data = _run(1_000, 0.012)
     assert _target(data)[1].startswith("1.20x") and _target(data)[2] == "met"
+
+
+def _concurrent_run(harness_ms: float) -> dict[str, Any]:
+    def case(name: str, median_ms: float, per_round: int) -> dict[str, Any]:
+        return {
+            "group": "append-batch",
+            "name": name,
+            "stats": {"median": median_ms / 1e3, "min": median_ms / 1e3, "rounds": 5},
+            "extra_info": {"case": name, "per_round": per_round, "unit": "commands"},
+        }
+
+    return {
+        "benchmarks": [
+            case("Ledger: 500 sequential commands", 150.0, 500),  # 10x allows 15 ms
+            case("Ledger: 500 concurrent commands", 20.0, 500),
+            case("anyio task group alone: 500 tasks, no command", harness_ms, 500),
+            case("raw executemany x1,000, FULL", 8.0, 1_000),  # 500 rows: 4 ms
+        ]
+    }
+
+
+def test_the_concurrent_floor_adds_the_harness_and_raw_inserts_against_the_allowance() -> None:
+    above = render(_concurrent_run(12.0))
+    assert "allows 15.00 ms a round" in above
+    assert "alone takes 12.00 ms" in above and "4.00 ms: 16.00 ms before any command" in above
+    assert "above what the target allows" in above
+    within = render(_concurrent_run(5.0))
+    assert "9.00 ms before any command of ours, within what the target allows" in within
