@@ -70,7 +70,13 @@ from ledger.snapshot_file import (
 )
 from ledger.store.base import EventStore, StoreTransaction, Waiter
 from ledger.store.factory import Location, backup_to_sqlite, is_url, make_store
-from ledger.store.writer import Completion, GroupCommit, WouldWait, deferred_completion
+from ledger.store.writer import (
+    Completion,
+    GroupCommit,
+    WouldWait,
+    deferred_blocking_completion,
+    deferred_completion,
+)
 from ledger.values import (
     MAX_MAGNITUDE,
     MIN_MAGNITUDE,
@@ -129,9 +135,9 @@ class _Job:
 
     def __init__(self, decide: Decider, *, blocking: bool) -> None:
         self.decide = decide
-        # a task's job may run where it is queued (GroupCommit.run_now): its future is made
-        # only if someone else settles it
-        self.done = Completion(blocking=True) if blocking else deferred_completion()
+        # a job may run where its caller is (GroupCommit.run_now, run_blocking): its future
+        # or lock is made only if someone else settles it
+        self.done = deferred_blocking_completion() if blocking else deferred_completion()
         self.result: list[Recorded] = []
         self.error: BaseException | None = None
 
@@ -562,7 +568,10 @@ class Ledger:
         """
         if self._jobs is not None and self.store.writer.on_thread:
             raise StoreUnavailable("a decider cannot wait for another write")
-        job = _Job(_checked(decider), blocking=True)
+        # a command's own decider (`_CommandDecider`) is checked already (see `_checked`)
+        job = _Job(
+            decider if type(decider) is _CommandDecider else _checked(decider), blocking=True
+        )
         self._queue().run_blocking(job)
         return job.outcome()
 

@@ -11,6 +11,9 @@ role* (`WriterThread`'s role lock). Two kinds of thread take it:
   machines the benchmarks run on, more than a whole transaction at synchronous=NORMAL.
   - A plain thread (the blocking `ThreadSafePositionManager`) runs the group inline, first
     waiting for the role if another group (of another queue, or the writer thread's) holds it.
+    With the role free it runs its job right where it is, before queueing it
+    (`GroupCommit.run_blocking`, as `run_now` does on a loop): nobody else can see the job,
+    so its Completion makes no lock, and no group is taken under the lock.
   - An asyncio task first yields once to its loop, so every task already scheduled in this
     loop joins the group (500 tasks started at once commit in one transaction, on the loop,
     without a thread), then runs it on the loop's thread. With nothing scheduled to join
@@ -139,6 +142,13 @@ class Completion:
         for done in completions:
             done._wake()
 
+    def _arm(self) -> None:
+        """Make a deferred blocking Completion's lock (see deferred_blocking_completion):
+        before its job is queued where another thread may settle it."""
+        if self._blocked is None and self._loop is None:
+            blocked = self._blocked = threading.Lock()
+            blocked.acquire()
+
     def _wake(self) -> None:
         if self._blocked is not None:
             with contextlib.suppress(RuntimeError):  # set already
@@ -165,6 +175,18 @@ class Completion:
         if self._future is not None:
             return self._future
         return anyio.to_thread.run_sync(self.wait_blocking, abandon_on_cancel=True)
+
+
+def deferred_blocking_completion() -> Completion:
+    """A Completion for a plain thread's job handed to `GroupCommit.run_blocking`, its lock
+    not made yet: made (and taken) only when the job is queued where someone else may settle
+    it (`GroupCommit._enter`, `_queue_alone`). A thread that runs its job itself, as the usual
+    sequential command does, never makes one (set unmade, it wakes nobody)."""
+    done = Completion.__new__(Completion)
+    done._loop = None
+    done._future = None
+    done._blocked = None
+    return done
 
 
 def deferred_completion() -> Completion:
@@ -565,15 +587,81 @@ class GroupCommit(Generic[J]):
 
     def run_blocking(self, job: J) -> None:
         """`run` for a plain thread: it runs its group itself when the role is free. Raises
-        StoreUnavailable on a thread holding the role (it would wait for itself)."""
-        if self._writer.on_thread:
+        StoreUnavailable on a thread holding the role (it would wait for itself).
+
+        The usual sequential write (nobody draining, the role free) runs its job alone, right
+        here, without queueing it, as `run_now` does on a loop: nobody else can see it, so its
+        Completion (deferred_blocking_completion) needs no lock, and there is no group to
+        take under the lock nor wake-ups to hold. Jobs other threads queue meanwhile go to
+        the writer thread after it, as behind any inline leader. Otherwise (the role taken,
+        the store stopping, WouldWait) the job is queued first, then led as before: waiting
+        for the role and running the whole group queued by then, or handed over."""
+        writer = self._writer
+        if writer._holder == get_ident():  # writer.on_thread, inlined
             raise StoreUnavailable("a write cannot wait for another while it holds the role")
-        # A thread running an event loop leads even when someone drains already: that one
-        # may be a task of this very loop parked in its yield, which cannot resume while this
-        # thread blocks (a second drainer is safe: each takes its jobs under the lock).
-        if self._enter(job) or asyncio._get_running_loop() is not None:
+        if not self._enter(job):  # queued, its Completion armed: someone else drains
+            # A thread running an event loop leads even so: the one draining may be a task
+            # of this very loop parked in its yield, which cannot resume while this thread
+            # blocks (a second drainer is safe: each takes its jobs under the lock).
+            if asyncio._get_running_loop() is not None:
+                self._lead(inline=True, may_wait=True)
+            job.done.wait_blocking()
+            return
+        # The leader, its job not queued. (WriterThread.try_run and _lead_one_group for a
+        # group of this one job, inlined: this is every sequential blocking command's path.)
+        role = writer._role
+        if writer._stopped or not role.acquire(False):
+            # taken (another queue's group, the writer thread's call) or stopping: queued
+            # first, then as before (the role waited for, the group queued by then run;
+            # or, stopping, every queued job failed)
+            self._queue_alone(job)
             self._lead(inline=True, may_wait=True)
-        job.done.wait_blocking()
+            job.done.wait_blocking()
+            return
+        # writer._hold(True) without held wake-ups: process settles only this job, whose
+        # Completion, unmade, wakes nobody
+        writer._holder, writer._may_wait = get_ident(), True
+        queued = True  # unless it ran (or failed) here
+        interrupted: BaseException | None = None
+        try:
+            if not writer._stopped:
+                try:
+                    self._process([job])
+                    queued = False
+                except WouldWait:  # nothing was done: the writer thread runs it
+                    pass
+                except Exception:  # process settles its jobs in a finally
+                    log.exception("group commit failed outside its own guards")
+                    queued = False
+                except BaseException as exc:  # KeyboardInterrupt, SystemExit: settled; this
+                    interrupted = exc  # is the caller's own thread: it hears it
+                    queued = False
+        finally:
+            writer._holder = None
+            role.release()
+            if queued:  # not run (stopping, WouldWait): the writer thread's, or failed
+                self._queue_alone(job)
+                self._hand_over()
+            else:  # what queued up meanwhile goes to the writer thread
+                lock = self._lock
+                lock.acquire()
+                idle = not self._pending
+                if idle:
+                    self._draining = False
+                lock.release()
+                if not idle:
+                    self._hand_over()
+        if queued:
+            job.done.wait_blocking()
+        elif interrupted is not None:
+            raise interrupted
+
+    def _queue_alone(self, job: J) -> None:
+        """Queue a leader's job that was not run where it led, first (it came first), its
+        Completion armed: someone else may settle it now."""
+        job.done._arm()
+        with self._lock:
+            self._pending.appendleft(job)
 
     def flush(self) -> None:
         """Run every job queued so far, holding the role (call it on the writer thread, e.g.
@@ -584,13 +672,16 @@ class GroupCommit(Generic[J]):
         self._drain()
 
     def _enter(self, job: J) -> bool:
-        """Queue the job; True when the caller must lead (nobody drains now)."""
+        """True when the caller must lead (nobody drains now): the job is not queued then,
+        and is the caller's to run (`run_blocking`). Else the job is queued, its Completion
+        armed: the one draining takes it with the next group."""
         with self._lock:
+            if not self._draining:
+                self._draining = True
+                return True
+            job.done._arm()
             self._pending.append(job)
-            if self._draining:  # the one draining takes it with the next group
-                return False
-            self._draining = True
-            return True
+            return False
 
     def _lead(self, *, inline: bool, may_wait: bool) -> None:
         """Run the next group on this thread (a plain thread waiting for the role if another
