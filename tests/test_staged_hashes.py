@@ -407,3 +407,93 @@ async def test_a_long_batch_with_a_repeated_id_is_stored_once(tmp_path: Path) ->
         await store.close()
     assert records[12] == records[3]
     assert [r.event_id for r in stored] == [new.event_id for new in batch if new is not batch[12]]
+
+
+# -- one event is staged without the loop (StoreTransaction._stage_one) ---------------------
+
+
+def test_one_event_at_a_time_stages_what_one_call_stages() -> None:
+    """The usual append and command stage one event (without the loop): the same rows,
+    records, versions and chain as the same events staged in one call by the loop."""
+    events = _events()
+    together = _Staging(Head(5, "ab" * 32), [], RECORDED_AT)
+    together.versions_complete = True
+    records = together.stage(events)
+    singly = _Staging(Head(5, "ab" * 32), [], RECORDED_AT)
+    singly.versions_complete = True
+    singles = [singly.stage([new])[0] for new in events]
+    assert singles == records
+    assert singly.rows == together.rows
+    assert [type(row[8]) for row in singly.rows] == [bytearray] * len(events)
+    assert (singly.head.seq, singly.head.hash, singly.head.own) == (
+        together.head.seq,
+        together.head.hash,
+        together.head.own,
+    )
+    assert singly._staged_ids == together._staged_ids
+    prev = "ab" * 32
+    for row, new in zip(singly.rows, events, strict=True):
+        assert row[6] == _micros(new.occurred_at)  # the naive one as UTC
+        assert row[-1] == _expected_hash(prev, row)  # recomputed here, independently
+        prev = row[-1]
+
+
+@pytest.mark.anyio
+async def test_appends_of_one_event_each_store_the_pinned_chain(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "ledger.db", clock=lambda: RECORDED_AT)
+    await store.open()
+    try:
+        records = [(await store.append([new]))[0] for new in _events()]
+        assert (await store.verify_chain()).events == len(records)
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        rows = conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
+    assert [row[-1] for row in rows] == [record.hash for record in records] == PINNED
+    assert [row[2] for row in rows] == [1, 1, 2, 1, 2]  # each stream's versions
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(_marked("p1", "x3", price=object()), id="a body that cannot be encoded"),
+        pytest.param(_marked("unloaded", "x3"), id="a stream whose version was not loaded"),
+    ],
+)
+def test_a_one_event_stage_that_fails_stages_nothing(bad: NewEvent) -> None:
+    tx = _Staging(Head(5, "ab" * 32, {"p1": 2, "p2": 1}), [], RECORDED_AT)
+    (kept,) = tx.stage([_marked("p1", "k1")])
+    before = _state(tx)
+    with pytest.raises((StoreError, TypeError)):
+        tx.stage([bad])
+    assert _state(tx) == before
+    assert tx.stage([_marked("p1", "k1")]) == [kept]  # staged already here: its record
+    assert tx.stage([_marked("p1", "k1")])[0] is kept
+    assert _state(tx) == before
+    (next_one,) = tx.stage([_marked("p2", "x3")])  # the failed id is free; the chain goes on
+    assert (next_one.seq, next_one.version) == (7, 2)
+    assert next_one.hash == _expected_hash(kept.hash, tx.rows[-1])
+
+
+class _InterruptOnce(dict[str, int]):
+    """A stream-version map whose first write is interrupted (a KeyboardInterrupt arriving
+    half-way through staging), after the row was appended."""
+
+    interrupted = False
+
+    def __setitem__(self, key: str, value: int) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        super().__setitem__(key, value)
+
+
+@pytest.mark.parametrize("size", [1, 2], ids=["one event", "the loop"])
+def test_a_stage_interrupted_half_way_stages_nothing(size: int) -> None:
+    tx = _Staging(Head(5, "ab" * 32, {"p1": 2, "p2": 1}), [], RECORDED_AT)
+    tx.stage([_marked("p1", "k1")])
+    before = _state(tx)
+    tx.head.own = _InterruptOnce(tx.head.own)
+    with pytest.raises(KeyboardInterrupt):
+        tx.stage([_marked("p2", "x1"), _marked("p2", "x2")][:size])
+    assert _state(tx) == before

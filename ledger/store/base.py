@@ -242,12 +242,22 @@ def _stage_appends(tx: StoreTransaction, group: list[_PendingAppend], *, ask: bo
     are not looked up first (one query per 500 ids, a third of a batch's cost): new ids are
     the rule, and a stored one makes the insert fail, and the group is staged again asking.
     Each call starts from scratch (a store may call a unit again: see `run_transaction`)."""
-    for pending in group:
-        pending.error, pending.result = None, []
     if not ask and len(group) == 1:  # the usual group of one caller: no sets, no lookups
         pending = group[0]
+        pending.error, pending.result = None, []
         batch = pending.batch
         expected = pending.expected
+        if not expected and len(batch) == 1:  # one event: stage()'s own one-event path
+            new = batch[0]
+            stream = new.stream
+            head = tx.head
+            if not tx.versions_complete and stream not in head.own and stream not in head.base:
+                tx.load_versions((stream,))
+            try:
+                pending.result = tx._stage_one(new)
+            except Exception as bad:  # this batch alone fails (as below)
+                pending.error = StoreError(f"cannot store this batch: {bad!r}")
+            return
         if not tx.versions_complete:
             known = tx.head.known
             # each stream asked once (a 1,000-event batch has a few), its events taken in C
@@ -261,6 +271,8 @@ def _stage_appends(tx: StoreTransaction, group: list[_PendingAppend], *, ask: bo
         except Exception as bad:  # this batch alone fails (as below)
             pending.error = StoreError(f"cannot store this batch: {bad!r}")
         return
+    for pending in group:
+        pending.error, pending.result = None, []
     existing = (
         tx.find_existing([new.event_id for pending in group for new in pending.batch])
         if ask
@@ -499,7 +511,10 @@ class StoreTransaction(abc.ABC):
                 actual = self.head.version(stream)
                 if actual != expected:
                     raise VersionConflict(stream, expected, actual)
-        if len(batch) >= STAGE_MANY_FROM:
+        size = len(batch)
+        if size == 1:
+            return self._stage_one(batch[0])
+        if size >= STAGE_MANY_FROM:
             staged = self._stage_many(batch)
             if staged is not None:
                 return staged
@@ -607,6 +622,91 @@ class StoreTransaction(abc.ABC):
         head.seq = seq
         head.hash = digest
         return records
+
+    def _stage_one(self, new: NewEvent) -> list[Recorded]:
+        """`stage([new])` (no expected versions) for one event, the usual append and command:
+        the loop's body without the loop. Setting the loop up (two dozen locals, a savepoint's
+        marks) cost more than its one pass, and a single append runs with caches cold after
+        the last commit's fsync (see DESIGN in ledger/store/sqlite.py): every step counts
+        there. The same hash, row and record as the loop's (tests/test_staged_hashes.py
+        holds the two together); everything is computed before anything is staged."""
+        event_id = new.event_id
+        staged_ids = self._staged_ids
+        already = staged_ids.get(event_id)
+        if already is not None:
+            return [already]
+        head = self.head
+        own = head.own
+        stream = new.stream
+        version = own.get(stream)
+        if version is None:
+            version = head.base.get(stream)
+            if version is None:
+                if not self.versions_complete:
+                    raise StoreError(f"stream {stream!r}: load_versions() before staging to it")
+                version = 0
+        version += 1
+        prev_seq, prev_hash = head.seq, head.hash
+        seq = prev_seq + 1
+        event = new.event
+        body = bytearray(BODY_BUFFER)  # encode_body(), inlined
+        encode_into(event, body)
+        occurred_at = new.occurred_at
+        occurred_us = (
+            (occurred_at - _EPOCH) // _MICROSECOND  # to_micros(), inlined
+            if occurred_at.tzinfo is not None
+            else to_micros(occurred_at)
+        )
+        recorded_us = self.recorded_us
+        # chain_hash(), inlined: sha256(prev_hash || header || "\n" || body)
+        digest = _sha256(
+            b"".join(
+                (
+                    prev_hash.encode("ascii"),
+                    encode_header(
+                        (seq, stream, version, event_id, occurred_us, recorded_us, SCHEMA_VERSION)
+                    ),
+                    b"\n",
+                    body,
+                )
+            )
+        ).hexdigest()
+        record = Recorded(  # positional, in Recorded's field order
+            seq,
+            stream,
+            version,
+            event_id,
+            occurred_at,
+            self.recorded_at,
+            SCHEMA_VERSION,
+            event,
+            digest,
+        )
+        rows = self.rows
+        mark_rows = len(rows)
+        try:
+            rows.append(
+                (
+                    seq,
+                    stream,
+                    version,
+                    event_id,
+                    type(event).__name__,  # event_type(), inlined
+                    SCHEMA_VERSION,
+                    occurred_us,
+                    recorded_us,
+                    body,
+                    digest,
+                )
+            )
+            own[stream] = version
+            staged_ids[event_id] = record
+            head.seq = seq
+            head.hash = digest
+        except BaseException:  # interrupted half-way: nothing of it stays staged
+            self.rollback_to(Savepoint(mark_rows, prev_seq, prev_hash))
+            raise
+        return [record]
 
     def _stage_many(self, batch: Sequence[NewEvent]) -> list[Recorded] | None:
         """`stage` for a long batch, column by column: each step one C-level pass (map, zip)
