@@ -65,6 +65,11 @@ T = TypeVar("T")
 # positions_file is configured; the log goes beside it as ledger.db.
 SEED_POSITIONS_FILE = "positions.json"
 
+# The fields thread_safe_create_position needs (each not None), in the order they are checked,
+# and the usual call's keyword arguments: those and no other.
+_REQUIRED_FIELDS = ("symbol", "side", "entry_price", "position_size", "leverage")
+_ONLY_REQUIRED = frozenset(_REQUIRED_FIELDS)
+
 # The seed's ThreadSafePosition fields a caller may pass to thread_safe_create_position.
 _SEED_FIELDS = frozenset(
     {
@@ -221,10 +226,44 @@ class ThreadSafePositionManager:
         Returns the new position id. Raises InvalidValue, LeverageOutOfRange,
         DuplicatePosition, TooManyOpenPositions.
         """
+        if kwargs.keys() == _ONLY_REQUIRED:
+            # The usual call, the five fields a position needs and no other: what the checks
+            # below make of it, in the same order, without looking up the fifteen fields it
+            # does not give (no time, no mark, no id: a new one; the rest at the defaults the
+            # command gives them). A third of the manager's own CPU of a create.
+            symbol, side, entry_price, size, leverage = (
+                kwargs["symbol"],
+                kwargs["side"],
+                kwargs["entry_price"],
+                kwargs["position_size"],
+                kwargs["leverage"],
+            )
+            if not (
+                symbol is None
+                or side is None
+                or entry_price is None
+                or size is None
+                or leverage is None
+            ):
+                entry = positive("entry_price", entry_price)
+                if isinstance(leverage, float) and leverage.is_integer():
+                    leverage = int(leverage)
+                command = OpenPosition(
+                    position_id=new_position_id(),
+                    symbol=text("symbol", symbol),
+                    side=Side.parse(side),
+                    qty=qty_from_notional(positive("position_size", size), entry),
+                    entry_price=entry,
+                    leverage=leverage,  # type: ignore[arg-type]  # decide() checks it
+                    account=self.account,
+                )
+                ledger = self.ledger
+                ledger.transact_blocking(ledger._built_decider(command))
+                return command.position_id
         unknown = set(kwargs) - _SEED_FIELDS
         if unknown:
             raise InvalidValue("kwargs", sorted(unknown), "not a position field")
-        for required in ("symbol", "side", "entry_price", "position_size", "leverage"):
+        for required in _REQUIRED_FIELDS:
             if kwargs.get(required) is None:
                 raise InvalidValue(required, None, "is required")
         for closing in ("close_time", "close_reason"):

@@ -14,6 +14,7 @@ hanging the suite.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from ledger.errors import StoreUnavailable
 from ledger.service import Ledger, Plan
 from ledger.settings import Settings
 from ledger.store.base import StoreTransaction
+from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import (
     Completion,
     GroupCommit,
@@ -257,13 +259,18 @@ def test_an_interrupt_in_a_lone_blocking_job_reaches_its_caller_and_the_queue_go
 # -- through the Ledger and the manager -----------------------------------------------------
 
 
-def _on_own_loop(db_path: Path, scenario: Callable[[Ledger], Any]) -> Any:
+def _on_own_loop(
+    db_path: Path, scenario: Callable[[Ledger], Any], store: SQLiteEventStore | None = None
+) -> Any:
     """Open a Ledger on an event loop of its own thread, run scenario(ledger) on a plain
     thread (the way a bot calls it), close; fails instead of hanging past the watchdog."""
     outcome: list[Any] = []
 
     async def main() -> None:
-        async with Ledger(db_path, settings=SETTINGS) as ledger:
+        opened = (
+            Ledger(store=store, settings=SETTINGS) if store else Ledger(db_path, settings=SETTINGS)
+        )
+        async with opened as ledger:
             outcome.append(await anyio.to_thread.run_sync(scenario, ledger))
 
     loop_thread = start(lambda: anyio.run(main))
@@ -358,3 +365,81 @@ def test_manager_threads_writing_at_once_commit_everything_in_shared_groups(
         assert transactions[1:] == [ledger.store.writer._thread.ident]  # one group of three
         # four opens, and the RulesConfigured a ledger under non-default limits records once
         assert ledger.last_seq == first_seq + 5
+
+
+def _on_thread_counting(ledger: Ledger) -> list[int]:
+    """The thread of every transaction the ledger's store runs from now on."""
+    transactions: list[int] = []
+    real = ledger.store.run_transaction
+
+    def counted(unit: Callable[[StoreTransaction], Any]) -> Any:
+        transactions.append(threading.get_ident())
+        return real(unit)
+
+    ledger.store.run_transaction = counted  # type: ignore[method-assign]
+    return transactions
+
+
+def _begins(store: SQLiteEventStore, then: Callable[[], None]) -> list[BaseException | None]:
+    """Each BEGIN the store makes the whole way (`_begin`: None) or goes on with after a first
+    attempt failed (`_begin_again`: what that raised); then() runs before the latter."""
+    seen: list[BaseException | None] = []
+    real_begin, real_again = store._begin, store._begin_again
+
+    def begin(conn: Any) -> None:
+        seen.append(None)
+        real_begin(conn)
+
+    def again(conn: Any, failed: Any, started: float) -> None:
+        seen.append(failed)
+        then()
+        real_again(conn, failed, started)
+
+    store._begin = begin  # type: ignore[method-assign]
+    store._begin_again = again  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("freed", [True, False])
+def test_a_blocking_command_meeting_another_writers_lock_waits_on_its_own_thread(
+    db_path: Path, freed: bool
+) -> None:
+    """Another connection holds the write lock when a thread's command begins: its first
+    BEGIN waits the busy timeout on the thread itself, and its retries go on from there
+    (`_begin_again` told what the first attempt raised, not a second wait from scratch). The lock
+    freed meanwhile, the command commits on its thread; held past the timeout, it fails with
+    StoreUnavailable, and the next command commits inline again."""
+    store = SQLiteEventStore(db_path, busy_timeout_ms=200)
+
+    def scenario(ledger: Ledger) -> tuple[list[BaseException | None], str, list[str]]:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            transactions = _on_thread_counting(ledger)
+
+            def free_the_lock() -> None:
+                if freed and other.in_transaction:
+                    other.execute("COMMIT")
+
+            begins = _begins(store, free_the_lock)
+            try:
+                ledger.transact_blocking(opening("waited"))
+                heard = "stored"
+            except StoreUnavailable as exc:
+                heard = "lock" if "lock" in str(exc) else repr(exc)
+            if other.in_transaction:
+                other.execute("COMMIT")
+            if not freed:
+                ledger.transact_blocking(opening("after"))
+            me = threading.get_ident()
+            assert set(transactions) == {me}
+            return begins, heard, sorted(ledger.book.open)
+        finally:
+            other.close()
+
+    begins, heard, opened = _on_own_loop(db_path, scenario, store)
+    assert heard == ("stored" if freed else "lock")
+    assert opened == (["waited"] if freed else ["after"])
+    # one BEGIN gone on with, the first attempt's own: none made again from scratch
+    (first,) = begins
+    assert isinstance(first, sqlite3.OperationalError) and "locked" in str(first)

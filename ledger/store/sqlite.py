@@ -373,7 +373,19 @@ class SQLiteEventStore(EventStore):
         cur = self._cursor
         if cur is None or cur.connection is not conn:
             cur = self._cursor = conn.cursor()
-        if writer._may_wait or self._conn_busy_ms:
+        if writer._may_wait:
+            if self._conn_busy_ms == self._busy_timeout_ms:
+                # a thread (the blocking manager's, the writer thread), the busy timeout set
+                # already: _begin's usual case, inlined as below; a first attempt that fails
+                # goes on from where _begin would (its retries counted from this attempt)
+                started = time.monotonic()
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    self._lock(cur, failed=exc, started=started)
+            else:
+                self._lock(cur)
+        elif self._conn_busy_ms:
             self._lock(cur)
         else:  # inline on a loop, the busy timeout at 0 already: _begin's usual case
             try:
@@ -432,10 +444,17 @@ class SQLiteEventStore(EventStore):
             head.stream_versions.update(own)
         return result
 
-    def _lock(self, cur: sqlite3.Cursor) -> None:
-        """BEGIN IMMEDIATE (see `_begin`); raises StoreUnavailable, WouldWait."""
+    def _lock(
+        self, cur: sqlite3.Cursor, *, failed: sqlite3.Error | None = None, started: float = 0.0
+    ) -> None:
+        """BEGIN IMMEDIATE (see `_begin`; failed: what a first attempt made at `started`, the
+        busy timeout right for the role, raised: see `_begin_again`); raises
+        StoreUnavailable, WouldWait."""
         try:
-            self._begin(cur)
+            if failed is None:
+                self._begin(cur)
+            else:
+                self._begin_again(cur, failed, started)
         except sqlite3.Error as exc:
             self._reconnect = True
             raise StoreUnavailable(
@@ -508,8 +527,7 @@ class SQLiteEventStore(EventStore):
     def _begin(self, conn: sqlite3.Connection | sqlite3.Cursor) -> None:
         """BEGIN IMMEDIATE, waiting for another writer up to the busy timeout; where the role
         may not wait (inline on an event loop) one attempt, then WouldWait."""
-        may_wait = self.writer.may_wait
-        busy_ms = self._busy_timeout_ms if may_wait else 0
+        busy_ms = self._busy_timeout_ms if self.writer.may_wait else 0
         if busy_ms != self._conn_busy_ms:  # only when callers switch between the two
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
             self._conn_busy_ms = busy_ms
@@ -517,11 +535,19 @@ class SQLiteEventStore(EventStore):
         try:  # the usual case: taken at once
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if not is_busy(exc):
-                raise
-            if not may_wait:
-                raise WouldWait(str(exc)) from None
-            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"), started=started)
+            self._begin_again(conn, exc, started)
+
+    def _begin_again(
+        self, conn: sqlite3.Connection | sqlite3.Cursor, failed: sqlite3.Error, started: float
+    ) -> None:
+        """`_begin` after its first attempt, made at `started` with the busy timeout right for
+        the role, raised failed: busy, a role that may wait retries up to the busy timeout
+        from then (`_patiently`), one that may not raises WouldWait; anything else is raised."""
+        if not isinstance(failed, sqlite3.OperationalError) or not is_busy(failed):
+            raise failed
+        if not self.writer.may_wait:
+            raise WouldWait(str(failed)) from None
+        self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"), started=started)
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The write connection; after a failed write, a fresh one (a disk that was full, a
