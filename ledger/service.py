@@ -618,7 +618,17 @@ class Ledger:
         state = _Group()
         settle = True
         try:
-            self.store.run_transaction(lambda tx: self._decide_group(tx, group, state))
+            if len(group) == 1 and type(group[0].decide) is _CommandDecider:
+                # a group of one command: `_decide_one` while the book is in step (asked on
+                # each call: the store may call the unit again, see `_decide_group`)
+                job = group[0]
+                self.store.run_transaction(
+                    lambda tx: self._decide_one(tx, job, state)
+                    if self._broken is None
+                    else self._decide_group(tx, group, state)
+                )
+            else:
+                self.store.run_transaction(lambda tx: self._decide_group(tx, group, state))
         except WouldWait:  # nothing was decided: the writer thread runs the group again
             settle = False
             raise
@@ -650,9 +660,6 @@ class Ledger:
         jobs and every later one of the group are decided again one at a time, each staged and
         folded at once, so the job whose events cannot be stored or folded still fails alone.
         """
-        if len(group) == 1 and self._broken is None and type(group[0].decide) is _CommandDecider:
-            self._decide_one(tx, group[0], state)
-            return
         for job in group:  # the store may call this again, on a fresh tx: from scratch
             job.result, job.error = [], None
         state.culprit, state.reloaded = None, False
@@ -742,8 +749,8 @@ class Ledger:
                             occurred_at=now,
                         )
                     )
-                # a command writes one or two streams, each loaded once, in order
-                tx.load_versions(dict.fromkeys([new.stream for new in fresh]))
+                # a command writes one or two streams (load_versions loads each once)
+                tx.load_versions([new.stream for new in fresh])
                 records = self._staged(tx, fresh)
                 folding = True
                 work.apply_all(records)
@@ -939,7 +946,15 @@ class Ledger:
             return
         if self._subscribers:
             call(self._wake_subscribers)
-        if not self._snapshot_running and self._snapshot_due():
+        if self._snapshot_running:
+            return
+        # a snapshot is due every snapshot_every_events events, or once the last one is
+        # snapshot_every_seconds old with events behind it
+        settings = self.settings
+        behind = self._book.last_seq - self._snapshot_seq
+        if behind >= settings.snapshot_every_events or (
+            behind and time.monotonic() - self._snapshot_at >= settings.snapshot_every_seconds
+        ):
             call(self._start_background_snapshot)
 
     def _wake_subscribers(self) -> None:
@@ -947,13 +962,6 @@ class Ledger:
         self._appended = anyio.Event()
 
     # -- snapshots ----------------------------------------------------------------------
-
-    def _snapshot_due(self) -> bool:
-        behind = self._book.last_seq - self._snapshot_seq
-        if behind >= self.settings.snapshot_every_events:
-            return True
-        overdue = time.monotonic() - self._snapshot_at >= self.settings.snapshot_every_seconds
-        return bool(behind and overdue)
 
     def _start_background_snapshot(self) -> None:
         if self._snapshot_running or self._task_group is None:
@@ -1569,10 +1577,14 @@ def _plain_opened(event: PositionOpened) -> bool:
     )
 
 
-def _plain_exit(event: PartialExitRecorded | PositionClosed, note: str | None) -> bool:
+def _plain_exit(event: PartialExitRecorded | PositionClosed) -> bool:
     """A partial exit's or a close's check: the same fields but their optional text (note:
     the exit's rule, the close's exchange_ref)."""
     position_id, reason = event.position_id, event.reason
+    if type(event) is PositionClosed:
+        note = event.exchange_ref
+    else:
+        note = event.rule  # type: ignore[union-attr]  # a partial exit (see _PLAIN_EVENTS)
     return (
         type(position_id) is str
         and type(reason) is str
@@ -1591,8 +1603,8 @@ def _plain_exit(event: PartialExitRecorded | PositionClosed, note: str | None) -
 # `close_position` and the manager's), each with its check (see _plain_event)
 _PLAIN_EVENTS: dict[type, Callable[[Any], bool]] = {
     PositionOpened: _plain_opened,
-    PartialExitRecorded: lambda event: _plain_exit(event, event.rule),
-    PositionClosed: lambda event: _plain_exit(event, event.exchange_ref),
+    PartialExitRecorded: _plain_exit,
+    PositionClosed: _plain_exit,
 }
 
 

@@ -33,6 +33,7 @@ LEDGER_CONTEXT = decimal.Context(
 # sum, product or quotient the ledger makes can overflow, underflow or lose a whole digit.
 MAX_MAGNITUDE = Decimal("1e15")
 MIN_MAGNITUDE = Decimal("1e-12")
+_MAX_INT = 10**15  # MAX_MAGNITUDE as an int
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -104,10 +105,13 @@ def to_decimal(field: str, raw: object) -> Decimal:
     kind = type(raw)
     if kind is Decimal:
         value: Decimal = raw  # type: ignore[assignment]
+    elif kind is int:
+        # an int is zero or at least 1 in magnitude: within the bounds up to 1e15
+        if -_MAX_INT <= raw <= _MAX_INT:  # type: ignore[operator]
+            return Decimal(raw)  # type: ignore[arg-type]
+        return _to_decimal(field, raw)
     elif kind is float:
         value = Decimal(repr(raw))
-    elif kind is int:
-        value = Decimal(raw)  # type: ignore[arg-type]
     else:
         return _to_decimal(field, raw)
     if value.is_finite():
