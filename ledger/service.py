@@ -553,10 +553,15 @@ class Ledger:
         job = _Job(
             decider if type(decider) is _CommandDecider else _checked(decider), blocking=False
         )
-        waiting = self._queue().run_now(job)  # None: run and settled already, right here
+        jobs = self._jobs  # self._queue(), its usual case first (every command comes here)
+        if jobs is None:
+            jobs = self._queue()  # raises
+        waiting = jobs.run_now(job)  # None: run and settled already, right here
         if waiting is not None:
             await waiting
-        return job.outcome()
+        if job.error is not None:  # job.outcome()
+            raise job.error
+        return job.result
 
     def transact_blocking(self, decider: Decider) -> list[Recorded]:
         """`transact` from a plain thread: blocks it until the commit is durable.
@@ -623,9 +628,11 @@ class Ledger:
                 # each call: the store may call the unit again, see `_decide_group`)
                 job = group[0]
                 self.store.run_transaction(
-                    lambda tx: self._decide_one(tx, job, state)
-                    if self._broken is None
-                    else self._decide_group(tx, group, state)
+                    lambda tx: (
+                        self._decide_one(tx, job, state)
+                        if self._broken is None
+                        else self._decide_group(tx, group, state)
+                    )
                 )
             else:
                 self.store.run_transaction(lambda tx: self._decide_group(tx, group, state))
@@ -1056,12 +1063,15 @@ class Ledger:
             entry_price=entry,
             leverage=leverage,
             fee=to_decimal("fee", fee),
-            confidence=optional_decimal("confidence", confidence),
+            # optional_decimal of each, without a call for the usual None
+            confidence=None if confidence is None else to_decimal("confidence", confidence),
             open_reason=open_reason,
-            atr=optional_decimal("atr", atr),
-            adx=optional_decimal("adx", adx),
-            volatility=optional_decimal("volatility", volatility),
-            real_initial_margin=optional_decimal("real_initial_margin", real_initial_margin),
+            atr=None if atr is None else to_decimal("atr", atr),
+            adx=None if adx is None else to_decimal("adx", adx),
+            volatility=None if volatility is None else to_decimal("volatility", volatility),
+            real_initial_margin=None
+            if real_initial_margin is None
+            else to_decimal("real_initial_margin", real_initial_margin),
             account=self.account,
         )
         await self.transact(self._built_decider(command))
@@ -1581,10 +1591,8 @@ def _plain_exit(event: PartialExitRecorded | PositionClosed) -> bool:
     """A partial exit's or a close's check: the same fields but their optional text (note:
     the exit's rule, the close's exchange_ref)."""
     position_id, reason = event.position_id, event.reason
-    if type(event) is PositionClosed:
-        note = event.exchange_ref
-    else:
-        note = event.rule  # type: ignore[union-attr]  # a partial exit (see _PLAIN_EVENTS)
+    # a close's exchange_ref, else a partial exit's rule (_PLAIN_EVENTS: exactly one of them)
+    note = event.exchange_ref if isinstance(event, PositionClosed) else event.rule
     return (
         type(position_id) is str
         and type(reason) is str

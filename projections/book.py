@@ -92,8 +92,11 @@ class Book:
         event = record.event
         if isinstance(event, PositionMarked):
             self._mark(record.seq, event, record.occurred_at)
-        else:
-            self._fold(record.seq, event, record.occurred_at)
+            return
+        # every event but a mark: one method per event type
+        fold_event = _FOLDS.get(type(event))
+        if fold_event is not None:
+            fold_event(self, record.seq, event, record.occurred_at)
 
     def _mark(self, seq: int, event: PositionMarked, at: datetime) -> None:
         position = self.open.get(event.position_id)
@@ -101,12 +104,6 @@ class Book:
             self.skipped.append(seq)
         else:
             self.open[event.position_id] = fold.marked(position, event, at)
-
-    def _fold(self, seq: int, event: AnyEvent, at: datetime) -> None:
-        """Every event but a mark (see _mark): one method per event type."""
-        fold_event = _FOLDS.get(type(event))
-        if fold_event is not None:
-            fold_event(self, seq, event, at)
 
     def _opened(self, seq: int, event: PositionOpened, at: datetime) -> None:
         if event.position_id in self.open or event.position_id in self.closed:
@@ -762,7 +759,7 @@ def _reported(margin: Decimal | str | int, seq: int) -> bool:
     return bool(_number(margin, seq))
 
 
-# the fold of each event type but a mark (Book._fold)
+# the fold of each event type but a mark (Book.apply)
 _FOLDS: dict[type[AnyEvent], Callable[[Book, int, Any, datetime], None]] = {
     PositionOpened: Book._opened,
     PartialExitRecorded: Book._partly_exited,

@@ -313,6 +313,38 @@ async def test_a_book_that_cannot_take_committed_events_refuses_commands_until_i
     assert good_ids(await stored(db_path)) == {"good-0", "good-1"}
 
 
+async def test_a_lone_command_on_a_book_out_of_step_reloads_it_as_a_group_does(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case above through a command's own methods (a group of one command, which takes
+    `_decide_one` while the book is in step): refused with BookOutOfStep while the book
+    cannot take the other process's event, then the book is reloaded from the log (the
+    mark at 13 in it) before the command is decided, not decided on the book left behind."""
+    async with Ledger(db_path, settings=SETTINGS) as ledger:
+        first = await ledger.open_position("AUSDT", "buy", entry_price=10, qty=2, leverage=3)
+        other = Ledger(db_path, settings=SETTINGS)
+        async with other:
+            await other.mark(first.position_id, 13)
+        real_marked = fold.marked
+
+        def broken_marked(position: Any, event: PositionMarked, at: datetime) -> Any:
+            if event.mark_price == 13:
+                raise RuntimeError("fold bug")
+            return real_marked(position, event, at)
+
+        monkeypatch.setattr(fold, "marked", broken_marked)
+        for _ in range(2):
+            with pytest.raises(BookOutOfStep):
+                await ledger.open_position("BUSDT", "buy", entry_price=10, qty=2, leverage=3)
+        assert ledger.active_positions() == [first]
+        monkeypatch.undo()
+        second = await ledger.open_position("BUSDT", "buy", entry_price=10, qty=2, leverage=3)
+        assert ledger.get_position(first.position_id).current_price == 13  # type: ignore[union-attr]
+        await ledger.mark(second.position_id, 11)
+        assert ledger.last_seq == 5  # rules recorded, open, the other's mark, open, mark
+        assert ledger.get_position(second.position_id).current_price == 11  # type: ignore[union-attr]
+
+
 # -- hand-offs ---------------------------------------------------------------------------------
 
 
