@@ -84,7 +84,7 @@ def decide_checked(book: Book, command: AnyCommand, limits: Limits) -> list[AnyE
     depend on the caller's context either way. Raises a CommandRejected subclass.
     """
     if isinstance(command, MarkPosition):  # most commands are marks: asked first
-        return [_mark(book, command)]
+        return [decide_mark(book, command)]
     if isinstance(command, OpenPosition):
         return [*rules_record(book, limits), _open(book, command, limits)]
     if isinstance(command, RecordPartialExit):
@@ -310,7 +310,10 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
     )
 
 
-def _mark(book: Book, command: MarkPosition) -> PositionMarked:
+def decide_mark(book: Book, command: MarkPosition) -> PositionMarked:
+    """`decide_checked` of a mark command (one that passed `check_command`): its one event.
+    The Ledger decides a run of marks in one group with it (`Ledger._decide_marks`). Raises
+    UnknownPosition, PositionAlreadyClosed, InvalidValue."""
     _open_position(book, command.position_id)
     # The command passed check_command (each number a finite Decimal within the bounds, or
     # None where allowed): only the signs are left to check. Marks are most of a log.

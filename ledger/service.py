@@ -59,7 +59,7 @@ from ledger.output_paths import (
     snapshot_file,
 )
 from ledger.rebuild import fold_log
-from ledger.rules import check_command, decide_checked
+from ledger.rules import check_command, decide_checked, decide_mark
 from ledger.settings import ALL_ACCOUNTS, Settings
 from ledger.snapshot_file import (
     file_identity,
@@ -792,13 +792,18 @@ class Ledger:
         staging or the fold failed: nothing of the run is staged then, and work may hold part
         of it (the caller decides the run again one job at a time)."""
         start = tx.savepoint()
-        made: list[AnyEvent] = []
-        decided: list[tuple[_Job, int]] = []
+        made: list[PositionMarked] = []
+        decided: list[_Job] = []  # each with its one event in made
         for job in run:
             decider = job.decide
             assert type(decider) is _CommandDecider  # see _decides_a_mark
             try:
-                events = decider.events(work)
+                # decider.events(work) of a MarkPosition (exactly, see _decides_a_mark): its
+                # one event, shown to decode (a mark is checked by _plain_mark), without the
+                # dispatch on the command's and the event's type for each mark of the run
+                event = decide_mark(work, decider.command)  # type: ignore[arg-type]
+                if not _plain_mark(event):
+                    ensure_decodable(event)
             except Exception as refused:  # handed back to the caller, not swallowed
                 job.result = []
                 job.error = refused
@@ -806,15 +811,14 @@ class Ledger:
             except BaseException:
                 state.culprit = job
                 raise
-            made.extend(events)
-            decided.append((job, len(events)))
+            made.append(event)
+            decided.append(job)
         if not made:
             return []
         unknown: set[str] = set()
         fresh: list[NewEvent] = []
         for event, event_id in zip(made, ids.many(len(made)), strict=True):
-            # a mark's stream is its position (stream_of, without its lookup)
-            stream = event.position_id if type(event) is PositionMarked else stream_of(event)
+            stream = event.position_id  # a mark's stream is its position (see stream_of)
             if stream not in loaded:
                 unknown.add(stream)
             fresh.append(NewEvent(stream=stream, event=event, event_id=event_id, occurred_at=now))
@@ -829,11 +833,9 @@ class Ledger:
         if not _fold_waiting(work, records, now):
             tx.rollback_to(start)
             return None
-        at = 0
-        for job, count in decided:
-            job.result = records[at : at + count]
+        for job, record in zip(decided, records, strict=True):
+            job.result = [record]
             job.error = None  # decided again after a run of marks failed together
-            at += count
         return records
 
     def _stage_job(

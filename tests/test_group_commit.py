@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
@@ -482,6 +483,90 @@ async def test_marks_folded_together_leave_the_book_a_fold_of_the_log_gives(
     # the generic decider saw the marks before it: 206 + 1
     b_marks = [r.event.mark_price for r in log if isinstance(r.event, PositionMarked)]
     assert [m for m in b_marks if m // 100 == 2] == [202, 206, 207, 208, 209]
+
+
+class _Price(Decimal):
+    """A Decimal subclass: check_command lets it by, msgspec cannot write it."""
+
+
+async def test_marks_decided_together_give_what_each_decided_alone_gives(
+    tmp_path: Path,
+) -> None:
+    """A run of mark commands in one group (`_decide_marks`, which decides each with
+    `rules.decide_mark` and checks its event with `_plain_mark`) gives each command what the
+    same command decided in a group of its own gives (`_CommandDecider.events`): the same
+    refusal (type and message) or the same event, for marks the rules refuse (unknown,
+    closed, a price, contracts or margin below zero), marks the codec must refuse (a Decimal
+    subclass) and marks with every optional figure, of the bot and of the exchange."""
+    from ledger.commands import MarkPosition
+    from ledger.values import Source
+
+    def commands(a: str, b: str, c: str) -> list[MarkPosition]:
+        d = Decimal
+        return [
+            MarkPosition(position_id=a, mark_price=d(101)),
+            MarkPosition(position_id="nobody", mark_price=d(1)),
+            MarkPosition(position_id=b, mark_price=d("202.5"), unrealized_pnl=d("-3.25")),
+            MarkPosition(position_id=c, mark_price=d(301)),
+            MarkPosition(position_id=a, mark_price=d(-1)),
+            MarkPosition(position_id=a, mark_price=d(0)),
+            MarkPosition(position_id=a, mark_price=d(5), contracts=d(-1)),
+            MarkPosition(position_id=a, mark_price=d(5), initial_margin=d(-2)),
+            MarkPosition(position_id=b, mark_price=_Price(7)),
+            MarkPosition(position_id=b, mark_price=d(8), unrealized_pnl=_Price(1)),
+            MarkPosition(
+                position_id=b, mark_price=d("203.125"), unrealized_pnl=d("1e-12"),
+                contracts=d("3"), initial_margin=d("1e15"), source=Source.EXCHANGE,
+            ),
+            MarkPosition(position_id=a, mark_price=d("1e-12"), initial_margin=d(0)),
+            MarkPosition(position_id=a, mark_price=d("104")),
+        ]  # fmt: skip
+
+    def outcome(result: object) -> object:
+        if isinstance(result, BaseException):
+            return (type(result), str(result))
+        assert isinstance(result, list)
+        return [(r.stream, r.event) for r in result]
+
+    async def setup(ledger: Ledger) -> list[str]:
+        a, b, c = await _open_three(ledger)
+        await ledger.close_position(c, price=300)
+        return [a, b, c]
+
+    async with Ledger(tmp_path / "together.db", settings=SETTINGS) as ledger:
+        ids = await setup(ledger)
+        deciders = [ledger._decider(command) for command in commands(*ids)]
+        together, transactions = await one_group(ledger, deciders)
+        assert transactions == 1, "the jobs did not share one group"
+        live = ledger.book
+    async with Ledger(tmp_path / "alone.db", settings=SETTINGS) as other:
+        other_ids = await setup(other)
+        alone: list[object] = []
+        for command in commands(*other_ids):
+            try:
+                alone.append(await other.execute(command))
+            except Exception as exc:
+                alone.append(exc)
+    renamed = dict(zip(other_ids, ids, strict=True))
+    expected = [outcome(result) for result in alone]
+    got = [outcome(result) for result in together]
+    for i, (mine, theirs) in enumerate(zip(got, expected, strict=True)):
+        if isinstance(theirs, list):
+            theirs = [
+                (renamed[stream], msgspec.structs.replace(event, position_id=renamed[stream]))
+                for stream, event in theirs
+            ]
+        elif renamed:
+            text = theirs[1]  # type: ignore[index]
+            for old, new in renamed.items():
+                text = text.replace(old, new)
+            theirs = (theirs[0], text)  # type: ignore[index]
+        assert mine == theirs, (i, mine, theirs)
+    refused = [i for i, o in enumerate(got) if isinstance(o, tuple)]
+    assert refused == [1, 3, 4, 5, 6, 7, 8, 9], got
+    log = await stored(tmp_path / "together.db")
+    folded = fold_records(log)
+    assert live.open == folded.open and live.last_hash == folded.last_hash
 
 
 async def test_a_mark_the_book_cannot_take_fails_alone_when_folded_with_others(
