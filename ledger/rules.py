@@ -49,6 +49,7 @@ from ledger.values import (
     Source,
     bounded,
     exact,
+    market_key,
     non_negative,
     positive,
     to_decimal,
@@ -281,11 +282,17 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
     ):
         raise LeverageOutOfRange(leverage, limits.min_leverage, limits.max_leverage)
     if command.enforce_limits:  # per account: bots sharing a ledger do not limit each other
-        account = command.account
-        existing = book.open_for(command.symbol, command.side, account=account)
-        if existing is not None:
-            raise DuplicatePosition(command.symbol, command.side.value, existing.position_id)
-        count = book.open_count(account)
+        # book.open_for(symbol, side, account=account), then book.open_count(account), in one
+        # pass over the open positions: the first of the account's on this market and side
+        # is the duplicate, as open_for finds it, and a duplicate is refused first
+        account, side = command.account, command.side
+        market = market_key(command.symbol)
+        count = 0
+        for position in book.open.values():
+            if position.account == account:
+                count += 1
+                if position.side is side and market_key(position.symbol) == market:
+                    raise DuplicatePosition(command.symbol, side.value, position.position_id)
         if count >= limits.max_concurrent_positions:
             raise TooManyOpenPositions(limits.max_concurrent_positions, count)
     margin = command.real_initial_margin

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.blocking import ThreadSafePositionManager
 from ledger.commands import (
@@ -36,6 +38,7 @@ from ledger.errors import (
     TooManyOpenPositions,
     UnknownPosition,
 )
+from ledger.events import PositionOpened
 from ledger.rules import check_command, decide, decide_checked
 from ledger.service import Ledger
 from ledger.settings import Settings
@@ -324,6 +327,67 @@ def test_decide_refuses_a_reused_position_id() -> None:
     )
     with pytest.raises(InvalidValue):
         decide(book, other, Limits())
+
+
+_SPELLINGS = ["SOL/USDT:USDT", "SOL/USDT", "solusdt", " SOLUSDT ", "BTC/USDT:USDT", "BTCUSDT"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    held=st.lists(
+        st.tuples(st.sampled_from(_SPELLINGS), st.sampled_from(list(Side)), st.sampled_from("ab")),
+        max_size=7,
+    ),
+    symbol=st.sampled_from(_SPELLINGS),
+    side=st.sampled_from(list(Side)),
+    account=st.sampled_from("ab"),
+    limit=st.integers(0, 5),
+    enforce=st.booleans(),
+)
+def test_an_open_is_refused_as_a_duplicate_or_over_the_limit_as_the_reference_says(
+    held: list[tuple[str, Side, str]],
+    symbol: str,
+    side: Side,
+    account: str,
+    limit: int,
+    enforce: bool,
+) -> None:
+    """The duplicate and limit rules of an open (one pass over the open positions in
+    `rules._open`) against a reference written here: the first open position of the same
+    account on the same market (any spelling) and side is the duplicate, named in the
+    error, and refused before the limit; else the account's open positions at or above
+    the limit refuse it; other accounts' positions never count; without enforce_limits
+    neither rule applies."""
+    stamper = Stamper()
+    book = Book()
+    for n, (held_symbol, held_side, owner) in enumerate(held):
+        event = PositionOpened(
+            position_id=f"p{n}", symbol=held_symbol, side=held_side, qty=Decimal(1),
+            entry_price=Decimal(10), leverage=2, account=owner,
+        )  # fmt: skip
+        book.apply(stamper.stamp(event))
+    command = OpenPosition(
+        position_id="new", symbol=symbol, side=side, qty=Decimal(1), entry_price=Decimal(10),
+        leverage=2, account=account, enforce_limits=enforce,
+    )  # fmt: skip
+    limits = Limits(max_concurrent_positions=limit)
+
+    def market(text: str) -> str:  # the reference's own: BTC/USDT:USDT, BTCUSDT -> BTCUSDT
+        return text.strip().upper().split(":")[0].replace("/", "")
+
+    mine = [(n, s, d) for n, (s, d, owner) in enumerate(held) if owner == account]
+    twins = [n for n, s, d in mine if market(s) == market(symbol) and d is side]
+    try:
+        events = decide_checked(book, command, limits)
+    except DuplicatePosition as refused:
+        assert enforce and twins, refused
+        assert refused.existing_id == f"p{twins[0]}"
+    except TooManyOpenPositions as refused:
+        assert enforce and not twins and len(mine) >= limit, refused
+        assert (refused.limit, refused.open_count) == (limit, len(mine))
+    else:
+        assert not enforce or (not twins and len(mine) < limit)
+        assert [type(e) for e in events][-1] is PositionOpened
 
 
 def test_decide_turns_an_exit_of_everything_into_exit_and_close() -> None:
