@@ -300,6 +300,19 @@ def _stage_appends(tx: StoreTransaction, group: list[_PendingAppend], *, ask: bo
             pending.result = staged
 
 
+def _group_failed(group: list[_PendingAppend], failure: BaseException) -> None:
+    """Give each batch of a group whose transaction failed (nothing of it stored) its error:
+    the one staging gave it, else the failure (a StoreError unless the ledger's own)."""
+    error = (
+        failure
+        if isinstance(failure, LedgerError)
+        else StoreError(f"append failed, nothing of this group was stored: {failure!r}")
+    )
+    for pending in group:
+        pending.error = pending.error or error
+        pending.result = []
+
+
 def _outcome(pending: _PendingAppend) -> list[Recorded]:
     if pending.error is not None:
         raise pending.error
@@ -1049,14 +1062,7 @@ class EventStore(abc.ABC):
                 pending.error, pending.result = None, []
             raise
         except BaseException as failure:
-            error = (
-                failure
-                if isinstance(failure, LedgerError)
-                else StoreError(f"append failed, nothing of this group was stored: {failure!r}")
-            )
-            for pending in group:
-                pending.error = pending.error or error
-                pending.result = []
+            _group_failed(group, failure)
             if not isinstance(failure, Exception):  # KeyboardInterrupt, SystemExit: the
                 raise  # thread running the group (a caller inline) hears it too, once settled
         finally:
