@@ -248,14 +248,14 @@ def _open_position(book: Book, position_id: str) -> Position:
 
 def _above_zero(field: str, value: Decimal) -> Decimal:
     """`positive` of a checked field; raises InvalidValue."""
-    if value <= 0:
+    if value <= ZERO:  # ZERO, not 0: a Decimal compared with an int converts it each time
         raise InvalidValue(field, value, "must be greater than zero")
     return value
 
 
 def _not_below_zero(field: str, value: Decimal) -> Decimal:
     """`non_negative` of a checked field; raises InvalidValue."""
-    if value < 0:
+    if value < ZERO:
         raise InvalidValue(field, value, "must not be negative")
     return value
 
@@ -325,11 +325,11 @@ def decide_mark(book: Book, command: MarkPosition) -> PositionMarked:
     # The command passed check_command (each number a finite Decimal within the bounds, or
     # None where allowed): only the signs are left to check. Marks are most of a log.
     price, contracts, margin = command.mark_price, command.contracts, command.initial_margin
-    if price <= 0:
+    if price <= ZERO:
         raise InvalidValue("mark_price", price, "must be greater than zero")
-    if contracts is not None and contracts < 0:
+    if contracts is not None and contracts < ZERO:
         raise InvalidValue("contracts", contracts, "must not be negative")
-    if margin is not None and margin < 0:
+    if margin is not None and margin < ZERO:
         raise InvalidValue("initial_margin", margin, "must not be negative")
     return PositionMarked(
         position_id=command.position_id,

@@ -34,6 +34,7 @@ LEDGER_CONTEXT = decimal.Context(
 MAX_MAGNITUDE = Decimal("1e15")
 MIN_MAGNITUDE = Decimal("1e-12")
 _MAX_INT = 10**15  # MAX_MAGNITUDE as an int
+_MIN_INT = -_MAX_INT
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -107,7 +108,7 @@ def to_decimal(field: str, raw: object) -> Decimal:
         value: Decimal = raw  # type: ignore[assignment]
     elif kind is int:
         # an int is zero or at least 1 in magnitude: within the bounds up to 1e15
-        if -_MAX_INT <= raw <= _MAX_INT:  # type: ignore[operator]
+        if _MIN_INT <= raw <= _MAX_INT:  # type: ignore[operator]
             return Decimal(raw)  # type: ignore[arg-type]
         return _to_decimal(field, raw)
     elif kind is float:
@@ -195,7 +196,7 @@ def flag(field: str, raw: object) -> bool:
 def positive(field: str, raw: object) -> Decimal:
     """A finite Decimal > 0; raises InvalidValue."""
     value = to_decimal(field, raw)
-    if value <= 0:
+    if value <= ZERO:  # ZERO, not 0: a Decimal compared with an int converts it each time
         raise InvalidValue(field, raw, "must be greater than zero")
     return value
 
@@ -203,7 +204,7 @@ def positive(field: str, raw: object) -> Decimal:
 def non_negative(field: str, raw: object) -> Decimal:
     """A finite Decimal >= 0; raises InvalidValue."""
     value = to_decimal(field, raw)
-    if value < 0:
+    if value < ZERO:
         raise InvalidValue(field, raw, "must not be negative")
     return value
 

@@ -34,7 +34,7 @@ def settle_exit(requested: Decimal, remaining: Decimal, opening_qty: Decimal) ->
     difference = _C.subtract(remaining, requested)
     if difference.copy_abs() <= dust_of(opening_qty):
         return remaining
-    if difference < 0:
+    if difference < ZERO:  # ZERO, not 0: a Decimal compared with an int converts it
         return None
     return requested
 
@@ -57,7 +57,7 @@ def initial_margin(
     """The exchange's margin when known, else notional / leverage (zero, so ROE is zero, for a
     leverage below 1 that only a log written around the rules can hold: a projection never
     raises on a stored event; `verify` names it)."""
-    if real_initial_margin is not None and real_initial_margin > 0:
+    if real_initial_margin is not None and real_initial_margin > ZERO:
         return real_initial_margin
     if leverage < 1:
         return ZERO
@@ -66,7 +66,7 @@ def initial_margin(
 
 def roe_pct(unrealized_pnl: Decimal, margin: Decimal) -> Decimal:
     """Return on equity in percent; zero when there is no margin."""
-    if margin <= 0:
+    if margin <= ZERO:
         return ZERO
     return _C.multiply(_C.divide(unrealized_pnl, margin), HUNDRED)
 

@@ -233,7 +233,7 @@ def partly_exited(position: Position, event: PartialExitRecorded, at: datetime) 
         pnl_estimated=event.pnl_estimated,
     )
     estimates = position.estimates
-    if event.pnl_estimated and event.qty > 0:
+    if event.pnl_estimated and event.qty > ZERO:
         estimates = (
             *estimates,
             Estimate(qty=event.qty, pnl_per_qty=_C.divide(event.realized_pnl, event.qty)),
@@ -291,7 +291,7 @@ def closed(position: Position, event: PositionClosed, at: datetime) -> Position:
                 *position.estimates,
                 Estimate(qty=event.qty, pnl_per_qty=_C.divide(event.realized_pnl, event.qty)),
             )
-            if event.pnl_estimated and event.qty > 0
+            if event.pnl_estimated and event.qty > ZERO
             else position.estimates
         ),
     )
@@ -307,7 +307,7 @@ def amended(position: Position, event: PnlAmended) -> Position:
         used = min(left, estimate.qty)
         left = _C.subtract(left, used)
         rest = _C.subtract(estimate.qty, used)
-        if rest > 0:
+        if rest > ZERO:
             estimates.append(Estimate(qty=rest, pnl_per_qty=estimate.pnl_per_qty))
     still = bool(estimates)
     realized = _C.subtract(_C.add(position.realized_pnl, event.realized_pnl), event.estimated_pnl)

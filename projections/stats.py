@@ -122,7 +122,7 @@ class Accumulators(msgspec.Struct, kw_only=True, dict=True):
         """The fleet-wide figures of _count; whether the close is a win."""
         self.closed_trades += sign
         self.closed_realized_pnl = _C.add(self.closed_realized_pnl, pnl)
-        won = position.realized_pnl > 0
+        won = position.realized_pnl > ZERO  # ZERO, not 0: no int converted each close
         if won:
             self.wins += sign
             self.gross_profit = _C.add(self.gross_profit, pnl)
