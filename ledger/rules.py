@@ -43,7 +43,7 @@ from ledger.events import (
     RulesConfigured,
 )
 from ledger.values import (
-    LEDGER_CONTEXT,
+    LEDGER_ARITHMETIC,
     ZERO,
     Side,
     Source,
@@ -58,7 +58,7 @@ from projections.book import Book
 from projections.pnl import price_pnl, qty_from_notional, settle_exit
 from projections.positions import Position
 
-_C = LEDGER_CONTEXT
+_C = LEDGER_ARITHMETIC  # LEDGER_CONTEXT's methods, bound once (ledger.values)
 
 
 @exact

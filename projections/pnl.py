@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ledger.values import LEDGER_CONTEXT, ZERO, Side
+from ledger.values import LEDGER_ARITHMETIC, ZERO, Side
 
 HUNDRED = Decimal(100)
-_C = LEDGER_CONTEXT
+_C = LEDGER_ARITHMETIC  # LEDGER_CONTEXT's methods, bound once (ledger.values)
 
 # The dust rule, the one place it lives: a remainder, or an overshoot, within this fraction of
 # the opening quantity is rounding (of a notional-to-qty division, of a float), not a real

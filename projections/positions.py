@@ -25,11 +25,11 @@ from ledger.events import (
     PositionMarked,
     PositionOpened,
 )
-from ledger.values import LEDGER_CONTEXT, ZERO, Side, Source
+from ledger.values import LEDGER_ARITHMETIC, ZERO, Side, Source
 from projections.pnl import initial_margin, notional, price_pnl, roe_pct
 
 # Folds do their arithmetic through the ledger's context object, never the caller's context.
-_C = LEDGER_CONTEXT
+_C = LEDGER_ARITHMETIC  # LEDGER_CONTEXT's methods, bound once (ledger.values)
 
 
 class Status(enum.StrEnum):

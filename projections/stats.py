@@ -10,11 +10,11 @@ from decimal import Decimal
 
 import msgspec
 
-from ledger.values import LEDGER_CONTEXT, ZERO, exact
+from ledger.values import LEDGER_ARITHMETIC, ZERO, exact
 from projections.positions import Position
 
 # Sums go through the ledger's context object, never the caller's context.
-_C = LEDGER_CONTEXT
+_C = LEDGER_ARITHMETIC  # LEDGER_CONTEXT's methods, bound once (ledger.values)
 
 
 class SymbolStats(msgspec.Struct, kw_only=True):

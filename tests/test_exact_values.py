@@ -410,3 +410,46 @@ def test_to_decimal_of_floats_and_ints_is_exact_and_bounded() -> None:
         else:
             with pytest.raises(InvalidValue):
                 to_decimal("x", raw)
+
+
+def test_the_ledger_arithmetic_is_the_ledger_contexts_own() -> None:
+    """LEDGER_ARITHMETIC's methods (what the rules and folds compute with) are LEDGER_CONTEXT's
+    own, bound to that very context object: 28 digits, half-even, whatever context the caller
+    set (checked against exact fractions rounded here)."""
+    from ledger.values import LEDGER_ARITHMETIC, LEDGER_CONTEXT
+
+    for name in ("add", "subtract", "multiply", "divide", "minus"):
+        method = getattr(LEDGER_ARITHMETIC, name)
+        assert method.__self__ is LEDGER_CONTEXT, name
+        assert method.__name__ == name
+
+    def rounded(value: Fraction) -> Decimal:
+        """value to 28 significant digits, half to even (for the values below: 0 < value)."""
+        digits = 0
+        while value * 10**digits < 10**27:
+            digits += 1
+        while value * 10**digits >= 10**28:
+            digits -= 1
+        scaled = value * Fraction(10) ** digits
+        whole, rest = divmod(scaled.numerator, scaled.denominator)
+        if 2 * rest > scaled.denominator or (2 * rest == scaled.denominator and whole % 2):
+            whole += 1
+        return Decimal(whole).scaleb(-digits)
+
+    third, big, tiny = Decimal(2), Decimal("123456789.123456789"), Decimal("1e-20")
+    with decimal.localcontext(decimal.Context(prec=3, rounding=decimal.ROUND_DOWN)):
+        got = [
+            LEDGER_ARITHMETIC.divide(third, Decimal(3)),
+            LEDGER_ARITHMETIC.add(big, tiny),
+            LEDGER_ARITHMETIC.multiply(big, big),
+            LEDGER_ARITHMETIC.subtract(big, tiny),
+        ]
+        negated = LEDGER_ARITHMETIC.minus(Decimal("-1.5"))
+    expected = [
+        rounded(Fraction(2, 3)),
+        rounded(Fraction(big) + Fraction(tiny)),
+        rounded(Fraction(big) * Fraction(big)),
+        rounded(Fraction(big) - Fraction(tiny)),
+    ]
+    assert got == expected
+    assert negated == Decimal("1.5")
