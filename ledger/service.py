@@ -571,14 +571,19 @@ class Ledger:
         Not from a decider (it holds the writer role), which would wait for itself. Raises
         LedgerError, StoreError.
         """
-        if self._jobs is not None and self.store.writer.on_thread:
+        jobs = self._jobs  # self._queue(), its usual case first (every manager command)
+        if jobs is None:
+            jobs = self._queue()  # raises
+        if self.store.writer.on_thread:
             raise StoreUnavailable("a decider cannot wait for another write")
         # a command's own decider (`_CommandDecider`) is checked already (see `_checked`)
         job = _Job(
             decider if type(decider) is _CommandDecider else _checked(decider), blocking=True
         )
-        self._queue().run_blocking(job)
-        return job.outcome()
+        jobs.run_blocking(job)
+        if job.error is not None:  # job.outcome()
+            raise job.error
+        return job.result
 
     def _queue(self) -> GroupCommit[_Job]:
         jobs = self._jobs
