@@ -245,6 +245,13 @@ def utc(moment: datetime) -> datetime:
     A moment past the ends of datetime's range once moved to UTC (9999-12-31T23:59:59-14:00,
     0001-01-01T00:00:00+14:00) is clamped to the end it passed: as a bound it means "all".
     """
+    if type(moment) is not datetime:
+        # A subclass (pandas.Timestamp is one) is made a plain datetime of the same fields,
+        # read with datetime's own methods: the stores take a time's microseconds from its
+        # own arithmetic (to_micros, `_stage_one`: moment - epoch), which a subclass may
+        # override, and positions.json's codec writes plain datetimes only
+        # (tests/test_adv_time_subclass.py).
+        moment = datetime.combine(datetime.date(moment), datetime.timetz(moment))
     if moment.tzinfo is None or moment.utcoffset() is None:
         return moment.replace(tzinfo=UTC)
     try:
