@@ -154,3 +154,35 @@ async def test_lone_appends_one_after_another_continue_each_stream_and_the_chain
         {"p1": 4, "p2": 3},
     )
     assert (await store.verify_chain()).events == 7
+
+
+class _InterruptAfterBegin:
+    """The store's cursor, interrupted (a KeyboardInterrupt) right after its next BEGIN
+    took the lock: an interrupt arriving between two steps of the transaction."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+        self.connection = cursor.connection
+        self.interrupted = 0
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        done = self._cursor.execute(sql, *args)  # type: ignore[arg-type]
+        if sql == "BEGIN IMMEDIATE" and not self.interrupted:
+            self.interrupted += 1
+            raise KeyboardInterrupt
+        return done
+
+
+async def test_a_lone_append_interrupted_after_its_begin_leaves_no_transaction_open(
+    store: SQLiteEventStore,
+) -> None:
+    assert store._cursor is not None
+    interrupting = _InterruptAfterBegin(store._cursor)
+    store._cursor = cast(sqlite3.Cursor, interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        await store.append([_mark("interrupted")])
+    assert interrupting.interrupted == 1
+    assert store._conn is not None and not store._conn.in_transaction
+    (next_one,) = await store.append([_mark("next")])  # the lock was given back
+    assert next_one.seq == 2
+    assert await _stored_ids(store) == ["first", "next"]

@@ -509,13 +509,13 @@ class SQLiteEventStore(EventStore):
             or cur.connection is not self._conn
         ):
             return False
-        try:
-            cur.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error:  # the lock taken, or worse: the general way says which
-            return False
         conn = cur.connection
         head = self._head
         try:
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error:  # the lock taken, or worse: the general way says which
+                return False
             clock = self._clock
             tx = _SQLiteTransaction(
                 head, [], datetime.now(UTC) if clock is system_clock else clock()
