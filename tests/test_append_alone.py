@@ -186,3 +186,25 @@ async def test_a_lone_append_interrupted_after_its_begin_leaves_no_transaction_o
     (next_one,) = await store.append([_mark("next")])  # the lock was given back
     assert next_one.seq == 2
     assert await _stored_ids(store) == ["first", "next"]
+
+
+@pytest.mark.parametrize("caller", ["task", "thread"])
+async def test_a_transaction_interrupted_after_its_begin_leaves_no_transaction_open(
+    store: SQLiteEventStore, caller: str
+) -> None:
+    # two events: the general way (`run_transaction`), inline on the loop (busy timeout at 0)
+    # or on a plain thread that may wait (its own BEGIN, the busy timeout set)
+    assert store._cursor is not None
+    interrupting = _InterruptAfterBegin(store._cursor)
+    store._cursor = cast(sqlite3.Cursor, interrupting)
+    batch = [_mark("interrupted-1"), _mark("interrupted-2")]
+    with pytest.raises(KeyboardInterrupt):
+        if caller == "task":
+            await store.append(batch)
+        else:
+            await anyio.to_thread.run_sync(store.append_blocking, batch)
+    assert interrupting.interrupted == 1
+    assert store._conn is not None and not store._conn.in_transaction
+    (next_one,) = await store.append([_mark("next")])  # the lock was given back
+    assert next_one.seq == 2
+    assert await _stored_ids(store) == ["first", "next"]

@@ -391,27 +391,29 @@ class SQLiteEventStore(EventStore):
         cur = self._cursor
         if cur is None or cur.connection is not conn:
             cur = self._cursor = conn.cursor()
-        if writer._may_wait:
-            if self._conn_busy_ms == self._busy_timeout_ms:
-                # a thread (the blocking manager's, the writer thread), the busy timeout set
-                # already: _begin's usual case, inlined as below; a first attempt that fails
-                # goes on from where _begin would (its retries counted from this attempt)
-                started = time.monotonic()
-                try:
-                    cur.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as exc:
-                    self._lock(cur, failed=exc, started=started)
-            else:
-                self._lock(cur)
-        elif self._conn_busy_ms:
-            self._lock(cur)
-        else:  # inline on a loop, the busy timeout at 0 already: _begin's usual case
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error:
-                self._lock(cur)  # once more, the whole way: WouldWait, StoreUnavailable
         head = self._head
         try:
+            # BEGIN inside the guard: an interrupt (KeyboardInterrupt, SystemExit) landing
+            # right after BEGIN IMMEDIATE took the lock rolls back and gives the lock back
+            if writer._may_wait:
+                if self._conn_busy_ms == self._busy_timeout_ms:
+                    # a thread (the blocking manager's, the writer thread), the busy timeout
+                    # set already: _begin's usual case, inlined as below; a first attempt that
+                    # fails goes on from where _begin would (its retries counted from it)
+                    started = time.monotonic()
+                    try:
+                        cur.execute("BEGIN IMMEDIATE")
+                    except sqlite3.Error as exc:
+                        self._lock(cur, failed=exc, started=started)
+                else:
+                    self._lock(cur)
+            elif self._conn_busy_ms:
+                self._lock(cur)
+            else:  # inline on a loop, the busy timeout at 0 already: _begin's usual case
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error:
+                    self._lock(cur)  # once more, the whole way: WouldWait, StoreUnavailable
             # The optimistic attempt (no tail read first), its usual case inlined: one row
             # at seq head+1, whose insert proves the head current. Stale: nothing of it is
             # inserted, and `_attempt` reads the tail and runs unit again.
