@@ -1,0 +1,131 @@
+"""Attack (adversary): a KeyboardInterrupt landing in the thread that runs a group right after
+its COMMIT returned.
+
+Python runs a signal's handler (SIGINT: KeyboardInterrupt, in the main thread) at the next
+check after a call returns, so it can land right after `cur.execute("COMMIT")` in
+`SQLiteEventStore.run_transaction`, before the head is published. The main thread of a seed
+bot leads groups holding other threads' commands (it runs every job queued while it waited for
+the writer role). Those other callers must not be told "nothing of this group was stored"
+when it was: a bot retries a command it was told failed (a partial exit recorded twice).
+Here the interrupt is delivered at that exact point with a trace function (deterministic: the
+same exception, the same place a signal's handler would raise it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import anyio
+
+from ledger.blocking import ThreadSafePositionManager
+from ledger.events import PositionOpened
+from ledger.settings import Settings
+from ledger.store.sqlite import SQLiteEventStore
+from tests._workers import audit_log, book_state
+from tests.test_adv_blocking_storm import seed_kwargs
+
+WATCHDOG = 60.0
+OTHERS = 3
+
+
+def interrupt_after_commit() -> Any:
+    """A trace function raising KeyboardInterrupt in this thread at the first line of
+    run_transaction after its COMMIT, once."""
+    code = SQLiteEventStore.run_transaction.__code__
+    lines, first = inspect.getsourcelines(SQLiteEventStore.run_transaction)
+    commit = [first + i for i, line in enumerate(lines) if 'cur.execute("COMMIT")' in line]
+    after = [first + i for i, line in enumerate(lines) if line.strip().startswith("draft =")]
+    assert len(commit) == 1 and after and after[0] > commit[0], "run_transaction changed shape"
+    target = after[0]
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and frame.f_lineno == target:
+            sys.settrace(None)
+            raise KeyboardInterrupt("a signal, right after COMMIT returned")
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        return local if frame.f_code is code else None
+
+    return tracer
+
+
+def test_an_interrupt_after_commit_never_tells_the_groups_other_callers_nothing_was_stored(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ledger.db"
+    settings = Settings(max_concurrent_positions=100)
+    with ThreadSafePositionManager(tmp_path / "p.json", db_path=db, settings=settings) as m:
+        m.thread_safe_create_position(**seed_kwargs("WARMUSDT"))
+        ledger = m.ledger
+        queue, writer = ledger._queue(), ledger.store.writer
+        # the writer thread holds the role until every caller is queued: this thread leads
+        # the group (it entered first and waits for the role), the others join it
+        hold, held = threading.Event(), threading.Event()
+
+        def holding() -> None:
+            held.set()
+            hold.wait(WATCHDOG)
+
+        writer.submit(holding)
+        assert held.wait(WATCHDOG)
+        lead_in, others_in = threading.Event(), threading.Semaphore(0)
+        real_enter = queue._enter
+
+        def counted_enter(job: Any) -> bool:
+            leads = real_enter(job)
+            if threading.current_thread() is threading.main_thread():
+                lead_in.set()
+            else:
+                others_in.release()
+            return leads
+
+        queue._enter = counted_enter  # type: ignore[method-assign]
+        heard: dict[int, object] = {}
+
+        def other(i: int) -> None:
+            try:
+                heard[i] = m.thread_safe_create_position(**seed_kwargs(f"O{i}USDT"))
+            except BaseException as exc:  # handed to the test
+                heard[i] = exc
+
+        others = [threading.Thread(target=other, args=(i,), daemon=True) for i in range(OTHERS)]
+
+        def start_others_then_release() -> None:
+            assert lead_in.wait(WATCHDOG)
+            for thread in others:
+                thread.start()
+            for _ in others:
+                assert others_in.acquire(timeout=WATCHDOG)
+            hold.set()
+
+        helper = threading.Thread(target=start_others_then_release, daemon=True)
+        helper.start()
+        sys.settrace(interrupt_after_commit())
+        try:
+            led: object = m.thread_safe_create_position(**seed_kwargs("MAINUSDT"))
+        except KeyboardInterrupt as exc:
+            led = exc
+        finally:
+            sys.settrace(None)
+        for thread in [helper, *others]:
+            thread.join(WATCHDOG)
+        queue._enter = real_enter  # type: ignore[method-assign]
+        assert isinstance(led, KeyboardInterrupt)  # the leader's thread hears its interrupt
+        after = m.thread_safe_create_position(**seed_kwargs("AFTERUSDT"))
+        live = book_state(ledger.book)
+
+    audit = anyio.run(audit_log, db)
+    stored = {r.event.symbol for r in audit.records if isinstance(r.event, PositionOpened)}
+    assert {"MAINUSDT", *(f"O{i}USDT" for i in range(OTHERS))} <= stored  # all committed
+    for i, answer in heard.items():
+        # committed: each caller is told so (its position's id), never "nothing was stored"
+        assert isinstance(answer, str), (i, answer)
+        assert answer in audit.fold.open
+    assert after in audit.fold.open
+    assert live == book_state(audit.fold)
