@@ -8,7 +8,9 @@ bot leads groups holding other threads' commands (it runs every job queued while
 the writer role). Those other callers must not be told "nothing of this group was stored"
 when it was: a bot retries a command it was told failed (a partial exit recorded twice).
 Here the interrupt is delivered at that exact point with a trace function (deterministic: the
-same exception, the same place a signal's handler would raise it).
+same exception, the same place a signal's handler would raise it), and, as the control, right
+before the COMMIT runs (after the insert returned): then nothing is stored and each caller
+hears so.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from types import FrameType
 from typing import Any
 
 import anyio
+import pytest
 
 from ledger.blocking import ThreadSafePositionManager
+from ledger.errors import StoreError
 from ledger.events import PositionOpened
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
@@ -33,20 +37,21 @@ WATCHDOG = 60.0
 OTHERS = 3
 
 
-def interrupt_after_commit() -> Any:
-    """A trace function raising KeyboardInterrupt in this thread at the first line of
-    run_transaction after its COMMIT, once."""
+def interrupt_at(where: str) -> Any:
+    """A trace function raising KeyboardInterrupt in this thread once, in run_transaction:
+    at its first line after the COMMIT ("after"), or at the COMMIT itself, before it runs
+    (after the insert returned: "before")."""
     code = SQLiteEventStore.run_transaction.__code__
     lines, first = inspect.getsourcelines(SQLiteEventStore.run_transaction)
     commit = [first + i for i, line in enumerate(lines) if 'cur.execute("COMMIT")' in line]
     after = [first + i for i, line in enumerate(lines) if line.strip().startswith("draft =")]
     assert len(commit) == 1 and after and after[0] > commit[0], "run_transaction changed shape"
-    target = after[0]
+    target = after[0] if where == "after" else commit[0]
 
     def local(frame: FrameType, event: str, arg: object) -> Any:
         if event == "line" and frame.f_lineno == target:
             sys.settrace(None)
-            raise KeyboardInterrupt("a signal, right after COMMIT returned")
+            raise KeyboardInterrupt(f"a signal, right {where} COMMIT")
         return local
 
     def tracer(frame: FrameType, event: str, arg: object) -> Any:
@@ -55,8 +60,9 @@ def interrupt_after_commit() -> Any:
     return tracer
 
 
-def test_an_interrupt_after_commit_never_tells_the_groups_other_callers_nothing_was_stored(
-    tmp_path: Path,
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_an_interrupt_around_commit_tells_the_groups_other_callers_what_was_stored(
+    tmp_path: Path, where: str
 ) -> None:
     db = tmp_path / "ledger.db"
     settings = Settings(max_concurrent_positions=100)
@@ -106,7 +112,7 @@ def test_an_interrupt_after_commit_never_tells_the_groups_other_callers_nothing_
 
         helper = threading.Thread(target=start_others_then_release, daemon=True)
         helper.start()
-        sys.settrace(interrupt_after_commit())
+        sys.settrace(interrupt_at(where))
         try:
             led: object = m.thread_safe_create_position(**seed_kwargs("MAINUSDT"))
         except KeyboardInterrupt as exc:
@@ -122,10 +128,16 @@ def test_an_interrupt_after_commit_never_tells_the_groups_other_callers_nothing_
 
     audit = anyio.run(audit_log, db)
     stored = {r.event.symbol for r in audit.records if isinstance(r.event, PositionOpened)}
-    assert {"MAINUSDT", *(f"O{i}USDT" for i in range(OTHERS))} <= stored  # all committed
-    for i, answer in heard.items():
-        # committed: each caller is told so (its position's id), never "nothing was stored"
-        assert isinstance(answer, str), (i, answer)
-        assert answer in audit.fold.open
+    group = {"MAINUSDT", *(f"O{i}USDT" for i in range(OTHERS))}
+    if where == "after":
+        assert group <= stored  # all committed
+        for i, answer in heard.items():
+            # committed: each caller is told so (its position's id), never "nothing stored"
+            assert isinstance(answer, str), (i, answer)
+            assert answer in audit.fold.open
+    else:
+        assert not group & stored  # rolled back: nothing of it, and each caller hears so
+        for i, answer in heard.items():
+            assert isinstance(answer, StoreError) and "nothing" in str(answer), (i, answer)
     assert after in audit.fold.open
     assert live == book_state(audit.fold)
