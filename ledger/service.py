@@ -645,19 +645,58 @@ class Ledger:
             settle = False
             raise
         except BaseException as failure:
-            self._fail_group(group, state, failure)
-            if state.culprit is None and not isinstance(failure, Exception):
-                raise  # KeyboardInterrupt, SystemExit in this thread (not a decider's own)
+            if (
+                isinstance(failure, Exception)
+                or state.culprit is not None
+                or not self._stored_anyway(group, state)
+            ):
+                self._fail_group(group, state, failure)
+                if state.culprit is None and not isinstance(failure, Exception):
+                    raise  # KeyboardInterrupt, SystemExit in this thread (not a decider's own)
+                return
+            # An interrupt of this thread that landed after the COMMIT returned (a signal's
+            # handler runs right after a call): the group is stored, so its callers hear
+            # their results, the book is published, and this thread hears its interrupt
+            # (tests/test_adv_interrupt_after_commit.py).
+            self._publish(state)
+            raise
         else:
-            assert state.work is not None
-            self._book = state.work  # publish: one assignment, readers see all or nothing
-            if state.reloaded:
-                self._broken = None
-                log.warning("the book was reloaded from the log at seq %d", self._book.last_seq)
-            self._after_commit()
+            self._publish(state)
         finally:
             if settle:
                 Completion.set_all([job.done for job in group])
+
+    def _publish(self, state: _Group) -> None:
+        """The live book after a group's transaction committed."""
+        assert state.work is not None
+        self._book = state.work  # publish: one assignment, readers see all or nothing
+        if state.reloaded:
+            self._broken = None
+            log.warning("the book was reloaded from the log at seq %d", self._book.last_seq)
+        self._after_commit()
+
+    def _stored_anyway(self, group: list[_Job], state: _Group) -> bool:
+        """Whether a group whose transaction raised an interrupt (no Exception: a
+        KeyboardInterrupt or SystemExit of this thread, not a decider's) is stored all the
+        same: every event it staged is in the log with the hash it staged (an interrupt that
+        landed after the COMMIT returned). Asked in a transaction of its own, which stages
+        nothing (and reads the tail, so the store's head takes the group's events); anything
+        it cannot tell (it fails, or would wait) counts as not stored."""
+        staged = [record for job in group for record in job.result]
+        if not staged or state.work is None:
+            return False
+        try:
+            found = self.store.run_transaction(
+                lambda tx: tx.find_existing([record.event_id for record in staged])
+            )
+        except BaseException:  # cannot tell (another interrupt included): not stored
+            return False
+        return all(
+            (stored := found.get(record.event_id)) is not None
+            and stored.seq == record.seq
+            and stored.hash == record.hash
+            for record in staged
+        )
 
     def _decide_group(self, tx: StoreTransaction, group: list[_Job], state: _Group) -> None:
         """Decide each job against a fork of the book, in its own guard: any Exception of one
