@@ -18,6 +18,8 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,8 +28,9 @@ import anyio
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
+from ledger.envelope import NewEvent
 from ledger.errors import StoreError
-from ledger.events import PositionOpened
+from ledger.events import PositionMarked, PositionOpened
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from tests._workers import audit_log, book_state
@@ -141,3 +144,100 @@ def test_an_interrupt_around_commit_tells_the_groups_other_callers_what_was_stor
             assert isinstance(answer, StoreError) and "nothing" in str(answer), (i, answer)
     assert after in audit.fold.open
     assert live == book_state(audit.fold)
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_an_interrupt_around_commit_tells_a_group_of_appends_what_was_stored(
+    db_path: Path, where: str
+) -> None:
+    """The same for the store's own group of appends (`EventStore._commit_appends`): a thread
+    leads the group holding other threads' appends; the interrupt lands around its COMMIT."""
+
+    def event(event_id: str) -> NewEvent:
+        return NewEvent(
+            stream=event_id,
+            event=PositionMarked(position_id=event_id, mark_price=Decimal(101)),
+            event_id=event_id,
+            occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+
+    async def main() -> tuple[object, dict[int, object], list[str]]:
+        store = SQLiteEventStore(db_path)
+        await store.open()
+        try:
+            await store.append([event("warm")])
+            queue, writer = store._append_queue(), store.writer
+            hold, held = threading.Event(), threading.Event()
+
+            def holding() -> None:
+                held.set()
+                hold.wait(WATCHDOG)
+
+            writer.submit(holding)
+            assert await anyio.to_thread.run_sync(held.wait, WATCHDOG)
+            lead_in, others_in = threading.Event(), threading.Semaphore(0)
+            real_enter = queue._enter
+            leader: list[int] = []
+
+            def counted_enter(job: Any) -> bool:
+                leads = real_enter(job)
+                if leader and threading.get_ident() == leader[0]:
+                    lead_in.set()
+                else:
+                    others_in.release()
+                return leads
+
+            queue._enter = counted_enter  # type: ignore[method-assign]
+            heard: dict[int, object] = {}
+
+            def other(i: int) -> None:
+                try:
+                    heard[i] = store.append_blocking([event(f"o{i}")])[0].seq
+                except BaseException as exc:  # handed to the test
+                    heard[i] = exc
+
+            def lead() -> object:
+                leader.append(threading.get_ident())
+                sys.settrace(interrupt_at(where))
+                try:
+                    return store.append_blocking([event("lead")])[0].seq
+                except KeyboardInterrupt as exc:
+                    return exc
+                finally:
+                    sys.settrace(None)
+
+            others = [threading.Thread(target=other, args=(i,), daemon=True) for i in range(3)]
+
+            def start_others_then_release() -> None:
+                assert lead_in.wait(WATCHDOG)
+                for thread in others:
+                    thread.start()
+                for _ in others:
+                    assert others_in.acquire(timeout=WATCHDOG)
+                hold.set()
+
+            helper = threading.Thread(target=start_others_then_release, daemon=True)
+            helper.start()
+            led = await anyio.to_thread.run_sync(lead)
+            for thread in [helper, *others]:
+                await anyio.to_thread.run_sync(thread.join, WATCHDOG)
+            queue._enter = real_enter  # type: ignore[method-assign]
+            (after,) = await store.append([event("after")])
+            assert after.seq == (await store.head()).seq
+            ids = [r.event_id for r in await store.read()]
+            assert (await store.verify_chain()).events == len(ids)
+            return led, heard, ids
+        finally:
+            await store.close()
+
+    led, heard, ids = anyio.run(main)
+    assert isinstance(led, KeyboardInterrupt)  # the leading thread hears its interrupt
+    group = {"lead", "o0", "o1", "o2"}
+    if where == "after":
+        assert group <= set(ids)
+        assert all(isinstance(answer, int) for answer in heard.values()), heard
+    else:
+        assert not group & set(ids)
+        for answer in heard.values():
+            assert isinstance(answer, StoreError) and "nothing" in str(answer), heard
+    assert ids[-1] == "after" and len(ids) == len(set(ids))
