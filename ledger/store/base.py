@@ -1062,6 +1062,12 @@ class EventStore(abc.ABC):
                 pending.error, pending.result = None, []
             raise
         except BaseException as failure:
+            if not isinstance(failure, Exception) and self._appended_anyway(group):
+                # an interrupt of this thread that landed after the COMMIT returned (a
+                # signal's handler runs right after a call): stored, and each appender hears
+                # so (a batch that failed alone keeps its error); this thread hears its
+                # interrupt (tests/test_adv_interrupt_after_commit.py)
+                raise
             _group_failed(group, failure)
             if not isinstance(failure, Exception):  # KeyboardInterrupt, SystemExit: the
                 raise  # thread running the group (a caller inline) hears it too, once settled
@@ -1069,6 +1075,28 @@ class EventStore(abc.ABC):
             if settle:
                 for pending in group:
                     pending.done.set()
+
+    def _appended_anyway(self, group: list[_PendingAppend]) -> bool:
+        """Whether a group of appends whose transaction raised an interrupt is stored all the
+        same: each record its batches staged (those that did not fail alone) is in the log
+        with its hash. Asked in a transaction of its own that stages nothing (and reads the
+        tail, so the head takes the group's events); anything it cannot tell (it fails, or
+        would wait) counts as not stored."""
+        staged = [record for pending in group if pending.error is None for record in pending.result]
+        if not staged:
+            return False
+        try:
+            found = self.run_transaction(
+                lambda tx: tx.find_existing([record.event_id for record in staged])
+            )
+        except BaseException:  # cannot tell (another interrupt included): not stored
+            return False
+        return all(
+            (stored := found.get(record.event_id)) is not None
+            and stored.seq == record.seq
+            and stored.hash == record.hash
+            for record in staged
+        )
 
     @abc.abstractmethod
     def iterate_rows(
