@@ -8,9 +8,10 @@ bot leads groups holding other threads' commands (it runs every job queued while
 the writer role). Those other callers must not be told "nothing of this group was stored"
 when it was: a bot retries a command it was told failed (a partial exit recorded twice).
 Here the interrupt is delivered at that exact point with a trace function (deterministic: the
-same exception, the same place a signal's handler would raise it), and, as the control, right
-before the COMMIT runs (after the insert returned): then nothing is stored and each caller
-hears so.
+same exception, the same place a signal's handler would raise it), also with another writer
+committing in between (the live book must take its event as well), and, as the control,
+right before the COMMIT runs (after the insert returned): then nothing is stored and each
+caller hears so.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -40,20 +42,22 @@ WATCHDOG = 60.0
 OTHERS = 3
 
 
-def interrupt_at(where: str) -> Any:
+def interrupt_at(where: str, meanwhile: Callable[[], object] | None = None) -> Any:
     """A trace function raising KeyboardInterrupt in this thread once, in run_transaction:
     at its first line after the COMMIT ("after"), or at the COMMIT itself, before it runs
-    (after the insert returned: "before")."""
+    (after the insert returned: "before"); meanwhile() first (another writer's commit)."""
     code = SQLiteEventStore.run_transaction.__code__
     lines, first = inspect.getsourcelines(SQLiteEventStore.run_transaction)
     commit = [first + i for i, line in enumerate(lines) if 'cur.execute("COMMIT")' in line]
     after = [first + i for i, line in enumerate(lines) if line.strip().startswith("draft =")]
     assert len(commit) == 1 and after and after[0] > commit[0], "run_transaction changed shape"
-    target = after[0] if where == "after" else commit[0]
+    target = commit[0] if where == "before" else after[0]
 
     def local(frame: FrameType, event: str, arg: object) -> Any:
         if event == "line" and frame.f_lineno == target:
             sys.settrace(None)
+            if meanwhile is not None:
+                meanwhile()
             raise KeyboardInterrupt(f"a signal, right {where} COMMIT")
         return local
 
@@ -63,14 +67,17 @@ def interrupt_at(where: str) -> Any:
     return tracer
 
 
-@pytest.mark.parametrize("where", ["after", "before"])
+@pytest.mark.parametrize("where", ["after", "after, another writer meanwhile", "before"])
 def test_an_interrupt_around_commit_tells_the_groups_other_callers_what_was_stored(
     tmp_path: Path, where: str
 ) -> None:
     db = tmp_path / "ledger.db"
     settings = Settings(max_concurrent_positions=100)
-    with ThreadSafePositionManager(tmp_path / "p.json", db_path=db, settings=settings) as m:
-        m.thread_safe_create_position(**seed_kwargs("WARMUSDT"))
+    with (
+        ThreadSafePositionManager(tmp_path / "p.json", db_path=db, settings=settings) as m,
+        ThreadSafePositionManager(tmp_path / "b.json", db_path=db, settings=settings) as other_bot,
+    ):
+        warm = m.thread_safe_create_position(**seed_kwargs("WARMUSDT"))
         ledger = m.ledger
         queue, writer = ledger._queue(), ledger.store.writer
         # the writer thread holds the role until every caller is queued: this thread leads
@@ -115,7 +122,12 @@ def test_an_interrupt_around_commit_tells_the_groups_other_callers_what_was_stor
 
         helper = threading.Thread(target=start_others_then_release, daemon=True)
         helper.start()
-        sys.settrace(interrupt_at(where))
+        # another writer of the file commits after the group's COMMIT, before the group's
+        # transaction hears the interrupt: the live book must take its event too
+        meanwhile = None if where != "after, another writer meanwhile" else (
+            lambda: other_bot.update_position_price(warm, 123)
+        )  # fmt: skip
+        sys.settrace(interrupt_at(where.split(",")[0], meanwhile))
         try:
             led: object = m.thread_safe_create_position(**seed_kwargs("MAINUSDT"))
         except KeyboardInterrupt as exc:
@@ -132,7 +144,7 @@ def test_an_interrupt_around_commit_tells_the_groups_other_callers_what_was_stor
     audit = anyio.run(audit_log, db)
     stored = {r.event.symbol for r in audit.records if isinstance(r.event, PositionOpened)}
     group = {"MAINUSDT", *(f"O{i}USDT" for i in range(OTHERS))}
-    if where == "after":
+    if where != "before":
         assert group <= stored  # all committed
         for i, answer in heard.items():
             # committed: each caller is told so (its position's id), never "nothing stored"
