@@ -679,24 +679,38 @@ class Ledger:
         """Whether a group whose transaction raised an interrupt (no Exception: a
         KeyboardInterrupt or SystemExit of this thread, not a decider's) is stored all the
         same: every event it staged is in the log with the hash it staged (an interrupt that
-        landed after the COMMIT returned). Asked in a transaction of its own, which stages
-        nothing (and reads the tail, so the store's head takes the group's events); anything
-        it cannot tell (it fails, or would wait) counts as not stored."""
+        landed after the COMMIT returned). Asked in a transaction of its own that stages
+        nothing; the tail it reads (the store's head takes it) is folded as the group's:
+        into its book when stored, else with the failed transaction's tail. Anything it
+        cannot tell (it fails, or would wait) counts as not stored."""
         staged = [record for job in group for record in job.result]
         if not staged or state.work is None:
             return False
+        seen: list[Recorded] = []
+
+        def ask(tx: StoreTransaction) -> dict[str, Recorded]:
+            seen[:] = tx.tail  # the last call's (the store may call it again)
+            return tx.find_existing([record.event_id for record in staged])
+
         try:
-            found = self.store.run_transaction(
-                lambda tx: tx.find_existing([record.event_id for record in staged])
-            )
+            found = self.store.run_transaction(ask)
         except BaseException:  # cannot tell (another interrupt included): not stored
             return False
-        return all(
-            (stored := found.get(record.event_id)) is not None
-            and stored.seq == record.seq
-            and stored.hash == record.hash
+        stored = all(
+            (mine := found.get(record.event_id)) is not None
+            and mine.seq == record.seq
+            and mine.hash == record.hash
             for record in staged
         )
+        if not stored:
+            state.tail = [*state.tail, *seen]  # folded by _fail_group
+            return False
+        if seen:  # others' events committed after the group's (apply skips the group's own)
+            try:
+                state.work = self._fold(state.work, seen, [])
+            except BookOutOfStep:  # the next command reloads the book (see _fold)
+                log.error("%s", self._broken)
+        return True
 
     def _decide_group(self, tx: StoreTransaction, group: list[_Job], state: _Group) -> None:
         """Decide each job against a fork of the book, in its own guard: any Exception of one
