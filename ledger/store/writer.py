@@ -468,9 +468,23 @@ class GroupCommit(Generic[J]):
         writer = self._writer
         if writer._stopped or not writer._role.acquire(False):
             return self._queue_led(job, loop, yield_first=False)
-        # writer._hold(False), without held wake-ups: process settles only its group's jobs,
-        # and this one's Completion, deferred, wakes nobody
-        writer._holder, writer._may_wait = get_ident(), False
+        queued, interrupted = self._run_alone(job, may_wait=False)
+        if queued:
+            return self._queue_led(job, loop, yield_first=False)
+        self._stop_leading()
+        if interrupted is not None:
+            raise interrupted
+        return asyncio.sleep(0) if turn_after else None
+
+    def _run_alone(self, job: J, *, may_wait: bool) -> tuple[bool, BaseException | None]:
+        """Run a leader's lone job right where it is, holding the writer role its caller has
+        just taken (`run_now`, `run_blocking`), then free the role: (queued, interrupted).
+        queued: not run (the writer stopping, WouldWait), nothing done, the job the caller's
+        to queue; interrupted: a KeyboardInterrupt or SystemExit of this thread, the job
+        settled, for the caller to raise once done. (writer._hold without held wake-ups:
+        process settles only this job, whose Completion, deferred, wakes nobody.)"""
+        writer = self._writer
+        writer._holder, writer._may_wait = get_ident(), may_wait
         queued = True  # unless it ran (or failed) here
         interrupted: BaseException | None = None
         try:
@@ -489,18 +503,19 @@ class GroupCommit(Generic[J]):
         finally:
             writer._holder, writer._may_wait = None, True
             writer._role.release()
-        if queued:
-            return self._queue_led(job, loop, yield_first=False)
-        lock.acquire()
+        return queued, interrupted
+
+    def _stop_leading(self) -> None:
+        """After a leader's group, the role freed: what queued up meanwhile goes to the
+        writer thread; with nothing queued, nobody drains any more."""
+        lock = self._lock
+        lock.acquire()  # not `with`: no bound __enter__/__exit__ made and called
         idle = not self._pending
         if idle:
             self._draining = False
         lock.release()
         if not idle:
             self._hand_over()
-        if interrupted is not None:
-            raise interrupted
-        return asyncio.sleep(0) if turn_after else None
 
     def _queue_led(
         self, job: J, loop: asyncio.AbstractEventLoop, *, yield_first: bool
@@ -607,10 +622,9 @@ class GroupCommit(Generic[J]):
                 self._lead(inline=True, may_wait=True)
             job.done.wait_blocking()
             return
-        # The leader, its job not queued. (WriterThread.try_run and _lead_one_group for a
-        # group of this one job, inlined: this is every sequential blocking command's path.)
-        role = writer._role
-        if writer._stopped or not role.acquire(False):
+        # The leader, its job not queued: it runs it alone if the role is free (every
+        # sequential blocking command's path)
+        if writer._stopped or not writer._role.acquire(False):
             # taken (another queue's group, the writer thread's call) or stopping: queued
             # first, then as before (the role waited for, the group queued by then run;
             # or, stopping, every queued job failed)
@@ -618,42 +632,14 @@ class GroupCommit(Generic[J]):
             self._lead(inline=True, may_wait=True)
             job.done.wait_blocking()
             return
-        # writer._hold(True) without held wake-ups: process settles only this job, whose
-        # Completion, unmade, wakes nobody
-        writer._holder, writer._may_wait = get_ident(), True
-        queued = True  # unless it ran (or failed) here
-        interrupted: BaseException | None = None
-        try:
-            if not writer._stopped:
-                try:
-                    self._process([job])
-                    queued = False
-                except WouldWait:  # nothing was done: the writer thread runs it
-                    pass
-                except Exception:  # process settles its jobs in a finally
-                    log.exception("group commit failed outside its own guards")
-                    queued = False
-                except BaseException as exc:  # KeyboardInterrupt, SystemExit: settled; this
-                    interrupted = exc  # is the caller's own thread: it hears it
-                    queued = False
-        finally:
-            writer._holder = None
-            role.release()
-            if queued:  # not run (stopping, WouldWait): the writer thread's, or failed
-                self._queue_alone(job)
-                self._hand_over()
-            else:  # what queued up meanwhile goes to the writer thread
-                lock = self._lock
-                lock.acquire()
-                idle = not self._pending
-                if idle:
-                    self._draining = False
-                lock.release()
-                if not idle:
-                    self._hand_over()
-        if queued:
+        queued, interrupted = self._run_alone(job, may_wait=True)
+        if queued:  # not run (stopping, WouldWait): the writer thread's, or failed
+            self._queue_alone(job)
+            self._hand_over()
             job.done.wait_blocking()
-        elif interrupted is not None:
+            return
+        self._stop_leading()
+        if interrupted is not None:
             raise interrupted
 
     def _queue_alone(self, job: J) -> None:
@@ -732,12 +718,7 @@ class GroupCommit(Generic[J]):
             log.exception("group commit failed outside its own guards")
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: the jobs are settled;
             interrupted = exc  # this is the caller's own thread: it hears it, not a log line
-        with self._lock:
-            idle = not self._pending
-            if idle:
-                self._draining = False
-        if not idle:
-            self._hand_over()
+        self._stop_leading()
         if interrupted is not None:
             raise interrupted
 
