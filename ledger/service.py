@@ -678,30 +678,13 @@ class Ledger:
     def _stored_anyway(self, group: list[_Job], state: _Group) -> bool:
         """Whether a group whose transaction raised an interrupt (no Exception: a
         KeyboardInterrupt or SystemExit of this thread, not a decider's) is stored all the
-        same: every event it staged is in the log with the hash it staged (an interrupt that
-        landed after the COMMIT returned). Asked in a transaction of its own that stages
-        nothing; the tail it reads (the store's head takes it) is folded as the group's:
-        into its book when stored, else with the failed transaction's tail. Anything it
-        cannot tell (it fails, or would wait) counts as not stored."""
+        same (`EventStore.stored_as_staged`: an interrupt that landed after the COMMIT
+        returned). The tail that asking read (the store's head takes it) is folded as the
+        group's: into its book when stored, else with the failed transaction's tail."""
         staged = [record for job in group for record in job.result]
         if not staged or state.work is None:
             return False
-        seen: list[Recorded] = []
-
-        def ask(tx: StoreTransaction) -> dict[str, Recorded]:
-            seen[:] = tx.tail  # the last call's (the store may call it again)
-            return tx.find_existing([record.event_id for record in staged])
-
-        try:
-            found = self.store.run_transaction(ask)
-        except BaseException:  # cannot tell (another interrupt included): not stored
-            return False
-        stored = all(
-            (mine := found.get(record.event_id)) is not None
-            and mine.seq == record.seq
-            and mine.hash == record.hash
-            for record in staged
-        )
+        stored, seen = self.store.stored_as_staged(staged)
         if not stored:
             state.tail = [*state.tail, *seen]  # folded by _fail_group
             return False

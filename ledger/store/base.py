@@ -1079,24 +1079,34 @@ class EventStore(abc.ABC):
     def _appended_anyway(self, group: list[_PendingAppend]) -> bool:
         """Whether a group of appends whose transaction raised an interrupt is stored all the
         same: each record its batches staged (those that did not fail alone) is in the log
-        with its hash. Asked in a transaction of its own that stages nothing (and reads the
-        tail, so the head takes the group's events); anything it cannot tell (it fails, or
-        would wait) counts as not stored."""
+        with its hash (see `stored_as_staged`)."""
         staged = [record for pending in group if pending.error is None for record in pending.result]
-        if not staged:
-            return False
+        return bool(staged) and self.stored_as_staged(staged)[0]
+
+    def stored_as_staged(self, staged: Sequence[Recorded]) -> tuple[bool, list[Recorded]]:
+        """After a write transaction raised an interrupt (a KeyboardInterrupt or SystemExit
+        of the thread running it, which may land right after its COMMIT returned): whether
+        every record it staged is in the log at its seq with its hash, and the tail this
+        asking read (events committed after this store's head: the head takes them, the
+        caller's own among them). Asked in a transaction of its own that stages nothing;
+        anything it cannot tell (it fails, or would wait) is (False, [])."""
+        tail: list[Recorded] = []
+
+        def ask(tx: StoreTransaction) -> dict[str, Recorded]:
+            tail[:] = tx.tail  # the last call's (a store may call a unit again)
+            return tx.find_existing([record.event_id for record in staged])
+
         try:
-            found = self.run_transaction(
-                lambda tx: tx.find_existing([record.event_id for record in staged])
-            )
+            found = self.run_transaction(ask)
         except BaseException:  # cannot tell (another interrupt included): not stored
-            return False
-        return all(
-            (stored := found.get(record.event_id)) is not None
-            and stored.seq == record.seq
-            and stored.hash == record.hash
+            return False, []
+        stored = all(
+            (mine := found.get(record.event_id)) is not None
+            and mine.seq == record.seq
+            and mine.hash == record.hash
             for record in staged
         )
+        return stored, tail
 
     @abc.abstractmethod
     def iterate_rows(
