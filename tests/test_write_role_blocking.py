@@ -282,14 +282,7 @@ def test_a_failing_lone_blocking_command_fails_alone_and_the_next_runs_inline(
     db_path: Path,
 ) -> None:
     def scenario(ledger: Ledger) -> tuple[str, list[int], list[str], int]:
-        transactions: list[int] = []
-        real = ledger.store.run_transaction
-
-        def counted(unit: Callable[[StoreTransaction], Any]) -> Any:
-            transactions.append(threading.get_ident())
-            return real(unit)
-
-        ledger.store.run_transaction = counted  # type: ignore[method-assign]
+        transactions = _on_thread_counting(ledger)
 
         def refusing(book: Book) -> Sequence[Plan]:
             raise ValueError("refused by the decider")
