@@ -50,6 +50,7 @@ from ledger.store.base import (
     staged_row,
 )
 from ledger.store.sqlite import SQLiteEventStore
+from ledger.store.wal import presize_wal, wal_target_bytes
 from ledger.values import Side, Source
 from projections.book import Book
 
@@ -467,11 +468,18 @@ def staged_rows(events: Sequence[NewEvent], *, per_commit: int) -> list[tuple[ob
 
 
 def raw_connection(path: Path, synchronous: str) -> sqlite3.Connection:
-    """A stdlib connection in autocommit mode with the store's pragmas (WAL, synchronous)."""
+    """A stdlib connection in autocommit mode with the store's pragmas (WAL, synchronous),
+    its WAL sized as the store sizes its own at FULL (ledger.store.wal), before any round."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA busy_timeout = 10000")
+    if synchronous == "FULL":
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        autocheckpoint = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        conn.execute("BEGIN IMMEDIATE")
+        presize_wal(f"{Path(path).resolve()}-wal", wal_target_bytes(page_size, autocheckpoint))
+        conn.execute("COMMIT")
     return conn
 
 

@@ -14,7 +14,9 @@ evicts the caches meanwhile, so that CPU runs cold: the same difference above ra
 30 us an append at NORMAL and 45-80 us once a 200 us sleep or an 8 MB memory copy followed
 each commit of both (NORMAL; a 200 us busy spin instead left it at 30-40). So an append's
 CPU counts several times over at FULL, and the usual one runs as few steps as it can:
-`StoreTransaction._stage_one`, `SQLiteEventStore._append_alone`.
+`StoreTransaction._stage_one`, `SQLiteEventStore._append_alone`. (The fdatasync itself is
+cheaper once the WAL stops growing: a FULL store sizes its WAL before its first commit, as
+ledger.store.wal explains; the raw baseline's WAL is sized the same way.)
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from ledger.store.base import (
     records_from_rows,
 )
 from ledger.store.read_only import ReadOnlyOpen, read_only_open
+from ledger.store.wal import presize_wal, wal_target_bytes
 from ledger.store.writer import WouldWait
 
 # 'PLDG': marks the file as a position-ledger log so a foreign database is refused.
@@ -104,6 +107,17 @@ def _close_writer(conn: sqlite3.Connection) -> None:
         _rollback(conn)
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     conn.close()
+
+
+def _wal_to_size(conn: sqlite3.Connection) -> tuple[str, int] | None:
+    """The WAL's path (beside the database file as SQLite resolved it) and the size its
+    checkpoint cycle reaches; None where there is nothing to size."""
+    files = {str(row[1]): str(row[2]) for row in conn.execute("PRAGMA database_list")}
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    autocheckpoint = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    target = wal_target_bytes(page_size, autocheckpoint)
+    main = files.get("main", "")
+    return (f"{main}-wal", target) if main and target else None
 
 
 def _staged(row: sqlite3.Row | tuple[object, ...]) -> StagedRow:
@@ -185,6 +199,9 @@ class SQLiteEventStore(EventStore):
         self._cursor: sqlite3.Cursor | None = None
         self._conn_busy_ms = 0  # the write connection's busy timeout now (0: never waits)
         self._reconnect = False  # a write failed: start the next one on a fresh connection
+        # (the WAL's path, the size to write it to) until the first write transaction of a
+        # FULL connection has sized it: see ledger.store.wal
+        self._wal_to_size: tuple[str, int] | None = None
         # Reads go through their own connection so they never see a write transaction's
         # uncommitted rows (WAL lets readers and the writer work at once).
         self._reader: aiosqlite.Connection | None = None
@@ -277,6 +294,7 @@ class SQLiteEventStore(EventStore):
             self._refuse_foreign(app_id, tables)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._wal_to_size = _wal_to_size(conn) if self._synchronous == "FULL" else None
             if app_id != APPLICATION_ID:
                 self._create(conn)
             why = unwritable_reason(self.path)
@@ -414,6 +432,8 @@ class SQLiteEventStore(EventStore):
                     cur.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error:
                     self._lock(cur)  # once more, the whole way: WouldWait, StoreUnavailable
+            if self._wal_to_size is not None:
+                self._size_wal()
             # The optimistic attempt (no tail read first), its usual case inlined: one row
             # at seq head+1, whose insert proves the head current. Stale: nothing of it is
             # inserted, and `_attempt` reads the tail and runs unit again.
@@ -518,6 +538,8 @@ class SQLiteEventStore(EventStore):
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error:  # the lock taken, or worse: the general way says which
                 return False
+            if self._wal_to_size is not None:
+                self._size_wal()
             clock = self._clock
             tx = _SQLiteTransaction(
                 head, [], datetime.now(UTC) if clock is system_clock else clock()
@@ -555,6 +577,12 @@ class SQLiteEventStore(EventStore):
         pending.result = records
         pending.done.set()
         return True
+
+    def _size_wal(self) -> None:
+        """Once a connection, holding the write lock: see ledger.store.wal."""
+        to_size, self._wal_to_size = self._wal_to_size, None
+        if to_size is not None:
+            presize_wal(*to_size)
 
     def _lock(
         self, cur: sqlite3.Cursor, *, failed: sqlite3.Error | None = None, started: float = 0.0
