@@ -246,12 +246,7 @@ def utc(moment: datetime) -> datetime:
     0001-01-01T00:00:00+14:00) is clamped to the end it passed: as a bound it means "all".
     """
     if type(moment) is not datetime:
-        # A subclass (pandas.Timestamp is one) is made a plain datetime of the same fields,
-        # read with datetime's own methods: the stores take a time's microseconds from its
-        # own arithmetic (to_micros, `_stage_one`: moment - epoch), which a subclass may
-        # override, and positions.json's codec writes plain datetimes only
-        # (tests/test_adv_time_subclass.py).
-        moment = datetime.combine(datetime.date(moment), datetime.timetz(moment))
+        moment = plain_datetime(moment)
     if moment.tzinfo is None or moment.utcoffset() is None:
         return moment.replace(tzinfo=UTC)
     try:
@@ -297,8 +292,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
+def plain_datetime(moment: datetime) -> datetime:
+    """A datetime subclass's moment (pandas.Timestamp is one) as a plain datetime of the same
+    fields, read with datetime's own methods: the stores take a time's microseconds from its
+    arithmetic (moment - epoch), which a subclass may override, and positions.json's codec
+    writes plain datetimes only (tests/test_adv_time_subclass.py)."""
+    return datetime.combine(datetime.date(moment), datetime.timetz(moment))
+
+
 def to_micros(moment: datetime) -> int:
     """Microseconds since the epoch, exact (no float on the way); naive input is taken as UTC."""
+    if type(moment) is not datetime:
+        moment = plain_datetime(moment)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _MICROSECOND

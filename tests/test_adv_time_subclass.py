@@ -6,6 +6,9 @@ must not change what is stored: the event is stored at the instant the caller na
 reference here: calendar.timegm of its UTC fields, read with datetime's own methods), and the
 live book equals the book rebuilt from the log.
 
+The same through the store's own API (`NewEvent.occurred_at`, a store's clock), where no edge
+of the ledger made the time a plain datetime first.
+
 Controls of the same shape with plain datetimes (an offset zone, a DST fold, a naive time)
 hold as they are.
 """
@@ -23,11 +26,14 @@ from zoneinfo import ZoneInfo
 import anyio
 import pytest
 
+from benchmarks._data import EventMix, take
 from ledger.blocking import ThreadSafePositionManager
 from ledger.commands import OpenPosition
+from ledger.envelope import NewEvent
 from ledger.rules import decide
 from ledger.service import Ledger, Plan
 from ledger.settings import Settings
+from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
 from projections.book import Book
 from tests._workers import book_state
@@ -122,3 +128,48 @@ def test_a_plan_time_is_stored_at_the_instant_it_names(tmp_path: Path, name: str
     expected = instant_us(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
     assert last_occurred_us(db) == expected
     assert anyio.run(rebuilt, db) == live
+
+
+# -- the store's own API: NewEvent.occurred_at and a clock's time are the caller's objects --
+
+
+def _store_times(db: Path) -> list[tuple[int, int]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT occurred_us, recorded_us FROM events ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [(int(occurred), int(recorded)) for occurred, recorded in rows]
+
+
+def _skewed(moment: datetime) -> Skewed:
+    return Skewed.combine(moment.date(), moment.timetz())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shape", ["one event", "one time for a batch", "a time each"])
+async def test_the_store_stores_a_subclass_time_at_the_instant_it_names(
+    tmp_path: Path, shape: str
+) -> None:
+    base = datetime(2026, 3, 8, 6, 59, 59, 123456, tzinfo=UTC)
+    events = take(EventMix(seed=11), 3)
+    one = _skewed(base)
+    times = {
+        "one event": [one],
+        "one time for a batch": [one, one, one],
+        "a time each": [_skewed(base + timedelta(seconds=i)) for i in range(3)],
+    }[shape]
+    batch = [
+        NewEvent(stream=e.stream, event=e.event, event_id=e.event_id, occurred_at=t)
+        for e, t in zip(events, times, strict=False)
+    ]
+    recorded = _skewed(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
+    store = SQLiteEventStore(tmp_path / "ledger.db", clock=lambda: recorded)
+    await store.open()
+    try:
+        await store.append(batch)
+    finally:
+        await store.close()
+    assert _store_times(tmp_path / "ledger.db") == [
+        (instant_us(t), instant_us(recorded)) for t in times
+    ]

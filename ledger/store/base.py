@@ -97,6 +97,7 @@ _event_id_of = attrgetter("event_id")
 _stream_of = attrgetter("stream")
 _event_of = attrgetter("event")
 _occurred_of = attrgetter("occurred_at")
+_PLAIN = {datetime}
 _name_of = attrgetter("__name__")
 
 
@@ -464,8 +465,8 @@ class StoreTransaction(abc.ABC):
         self.tail = tail
         self.recorded_us = (
             (recorded_at - _EPOCH) // _MICROSECOND  # to_micros(), inlined
-            if recorded_at.tzinfo is not None
-            else to_micros(recorded_at)
+            if type(recorded_at) is datetime and recorded_at.tzinfo is not None
+            else to_micros(recorded_at)  # naive, or a subclass: see values.plain_datetime
         )
         self.recorded_at = recorded_at
         # rows as they will be inserted, in StagedRow's field order (see InsertTuple): plain
@@ -582,7 +583,7 @@ class StoreTransaction(abc.ABC):
                     last_at = occurred_at
                     occurred_us = (
                         (occurred_at - epoch) // micro  # to_micros(), inlined
-                        if occurred_at.tzinfo is not None
+                        if type(occurred_at) is datetime and occurred_at.tzinfo is not None
                         else to_micros(occurred_at)
                     )
                 # chain_hash(), inlined: sha256(prev_hash || header || "\n" || body)
@@ -667,7 +668,7 @@ class StoreTransaction(abc.ABC):
         occurred_at = new.occurred_at
         occurred_us = (
             (occurred_at - _EPOCH) // _MICROSECOND  # to_micros(), inlined
-            if occurred_at.tzinfo is not None
+            if type(occurred_at) is datetime and occurred_at.tzinfo is not None
             else to_micros(occurred_at)
         )
         recorded_us = self.recorded_us
@@ -760,17 +761,16 @@ class StoreTransaction(abc.ABC):
             # object, not equal ones: equal is not the same instant (two times of one DST
             # zone compare their wall clocks, fold ignored: the repeated hour's 02:30 fold=0
             # == fold=1, an hour apart; a datetime subclass's __eq__ may say anything)
-            try:
-                occurred = [(first - _EPOCH) // _MICROSECOND] * len(times)
-            except TypeError:  # naive: taken as UTC
-                occurred = [to_micros(first)] * len(times)
-        else:
+            occurred = [to_micros(first)] * len(times)
+        elif set(map(type, times)) == _PLAIN:  # no subclass: see values.plain_datetime
             try:  # to_micros() of aware datetimes, in C
                 occurred = list(
                     map(floordiv, map(sub, times, repeat(_EPOCH)), repeat(_MICROSECOND))
                 )
             except TypeError:  # a naive one among them: taken as UTC
                 occurred = list(map(to_micros, times))
+        else:
+            occurred = list(map(to_micros, times))
         seq = head.seq
         seqs = range(seq + 1, seq + len(ids) + 1)
         recorded_us, schema = self.recorded_us, SCHEMA_VERSION
