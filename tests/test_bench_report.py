@@ -60,7 +60,7 @@ def test_cases_with_the_same_round_compare_as_before() -> None:
     assert _target(data)[1].startswith("1.20x") and _target(data)[2] == "met"
 
 
-def _concurrent_run(harness_ms: float) -> dict[str, Any]:
+def _concurrent_run(harness_ms: float, *, staging: bool = False) -> dict[str, Any]:
     def case(name: str, median_ms: float, per_round: int) -> dict[str, Any]:
         return {
             "group": "append-batch",
@@ -75,14 +75,29 @@ def _concurrent_run(harness_ms: float) -> dict[str, Any]:
             case("Ledger: 500 concurrent commands", 20.0, 500),
             case("anyio task group alone: 500 tasks, no command", harness_ms, 500),
             case("raw executemany x1,000, FULL", 8.0, 1_000),  # 500 rows: 4 ms
+            *([case(_STAGING, 2.0, 1_000)] if staging else []),  # 500 events: 1 ms
         ]
     }
+
+
+_STAGING = "staging alone x1,000 (encode, chain hash, records; no database)"
 
 
 def test_the_concurrent_floor_adds_the_harness_and_raw_inserts_against_the_allowance() -> None:
     above = render(_concurrent_run(12.0))
     assert "allows 15.00 ms a round" in above
-    assert "alone takes 12.00 ms" in above and "4.00 ms: 16.00 ms before any command" in above
-    assert "above what the target allows" in above
+    assert "alone 12.00 ms" in above and "4.00 ms: 16.00 ms before any command" in above
+    assert (
+        "above what the target allows, 0 s left" in above or "above what the target allows" in above
+    )
     within = render(_concurrent_run(5.0))
-    assert "9.00 ms before any command of ours, within what the target allows" in within
+    assert "9.00 ms before any command is decided, folded or answered, within" in within
+    assert "6.00 ms left for the ledger" in within
+
+
+def test_the_concurrent_floor_counts_the_staging_every_event_needs_when_measured() -> None:
+    text = render(_concurrent_run(10.0, staging=True))
+    assert "staging as many events (scaled from its 1,000-event round) 1.00 ms" in text
+    assert "15.00 ms before any command" in text and "within what the target allows" in text
+    text = render(_concurrent_run(10.5, staging=True))
+    assert "15.50 ms before any command" in text and "allows by 500.0 µs" in text
