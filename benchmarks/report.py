@@ -210,7 +210,7 @@ def _concurrent_floor(cases: list[dict[str, Any]]) -> list[str]:
     staging = batch.get(_STAGING_ALONE)
     if concurrent is None or sequential is None or harness is None or raw is None:
         return []
-    commands = concurrent["per_round"]
+    commands = float(concurrent["per_round"])
 
     def scaled(case: dict[str, Any]) -> float:
         return float(case["median"]) / float(case["per_round"]) * commands
