@@ -104,7 +104,7 @@ async def test_two_stores_on_one_file_size_it_once_and_store_what_both_append(
     assert await _stored(db) == ids
 
 
-def test_sizing_creates_no_file_and_leaves_a_file_that_is_not_a_wal_as_it_was(
+def test_sizing_creates_no_file_follows_no_link_and_leaves_a_file_that_is_not_a_wal_as_it_was(
     tmp_path: Path,
 ) -> None:
     missing = tmp_path / "none.db-wal"
@@ -114,6 +114,12 @@ def test_sizing_creates_no_file_and_leaves_a_file_that_is_not_a_wal_as_it_was(
     foreign.write_bytes(b"not a WAL: somebody's notes")
     assert not presize_wal(str(foreign), 1 << 20)
     assert foreign.read_bytes() == b"not a WAL: somebody's notes"
+    empty = tmp_path / "elsewhere"
+    empty.write_bytes(b"")
+    link = tmp_path / "linked.db-wal"
+    link.symlink_to(empty)
+    assert not presize_wal(str(link), 1 << 20)
+    assert empty.stat().st_size == 0
 
 
 @pytest.mark.anyio

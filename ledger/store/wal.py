@@ -46,10 +46,11 @@ def wal_target_bytes(page_size: int, autocheckpoint_pages: int) -> int:
 
 def presize_wal(wal_path: str, target_bytes: int) -> bool:
     """Write zeros from the end of the WAL at wal_path to target_bytes and fdatasync them;
-    True when it did. The caller holds the database's write lock. Never creates a file;
-    leaves one that is not a WAL, or that it could not extend, as it was."""
+    True when it did. The caller holds the database's write lock. Never creates a file nor
+    follows a symbolic link; leaves a file that is not a WAL, or that it could not extend, as
+    it was."""
     try:
-        fd = os.open(wal_path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(wal_path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
