@@ -28,7 +28,9 @@ file that is not a WAL (its magic checked) leave the file as it was and the comm
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import stat
 
 WAL_HEADER_BYTES = 32
 WAL_FRAME_HEADER_BYTES = 24
@@ -50,11 +52,27 @@ def presize_wal(wal_path: str, target_bytes: int) -> bool:
     follows a symbolic link; leaves a file that is not a WAL, or that it could not extend, as
     it was."""
     try:
-        fd = os.open(wal_path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # Never through a symbolic link (SQLite's own -wal is never one: it resolves the
+        # database's path itself): the path is looked at first, so nothing but a plain file
+        # is opened, and the file opened must be that very one (a link put there meanwhile
+        # names another). A file object, not a bare descriptor: made whole by one C call, so
+        # an interrupt can never find the descriptor unowned (a signal's handler runs right
+        # after a call returns: after os.open, before its result was bound, the descriptor
+        # was lost for the process's life, and with it the deleted WAL's blocks); however
+        # this function is left, the object closes it. "r+": read-write, close-on-exec,
+        # never created.
+        seen = os.lstat(wal_path)
+        if not stat.S_ISREG(seen.st_mode):
+            return False
+        wal = io.FileIO(wal_path, "r+")
     except OSError:
         return False
-    try:
-        size = os.fstat(fd).st_size
+    with wal:
+        fd = wal.fileno()
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+            return False
+        size = opened.st_size
         if size >= target_bytes or not _is_wal(fd, size):
             return False
         missing = target_bytes - size
@@ -67,8 +85,6 @@ def presize_wal(wal_path: str, target_bytes: int) -> bool:
                 os.ftruncate(fd, size)
             return False
         return True
-    finally:
-        os.close(fd)
 
 
 def _is_wal(fd: int, size: int) -> bool:
