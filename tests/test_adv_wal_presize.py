@@ -31,12 +31,10 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import anyio
 import pytest
 
 import ledger.store.sqlite as sqlite_store
@@ -177,3 +175,268 @@ async def test_an_interrupt_before_any_opcode_of_the_sizing_leaves_no_descriptor
     else:
         pytest.fail("the sizing never ran whole")
     assert fired > 50  # every opcode of the sizing was a landing place
+
+
+# -- the locks SQLite holds, the paths it resolves --------------------------------------------
+
+
+def _posix_locks(pid: int) -> list[tuple[str, ...]]:
+    """This pid's POSIX locks in /proc/locks: (kind, type, device:inode, start, end)."""
+    locks = []
+    with open("/proc/locks") as listing:
+        for line in listing:
+            fields = line.split()
+            if fields[1] == "->":  # a waiter, not a holder
+                continue
+            if fields[1] == "POSIX" and fields[4] == str(pid):
+                locks.append((fields[1], fields[3], fields[5], fields[6], fields[7]))
+    return sorted(locks)
+
+
+_TRY_WRITE = (
+    "import sqlite3, sys\n"
+    "c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+    "try:\n"
+    "    c.execute('BEGIN IMMEDIATE')\n"
+    "    print('took the lock')\n"
+    "except sqlite3.OperationalError as exc:\n"
+    "    print(exc)\n"
+)
+
+
+def _other_process_writes(db: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _TRY_WRITE, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+async def test_the_sizing_keeps_every_lock_sqlite_holds_and_other_processes_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POSIX locks belong to a process and an inode: closing any descriptor of a file drops
+    every lock the process holds on it. SQLite (os_unix.c) locks the database file and -shm,
+    never -wal, so the sizing's own open and close of -wal must leave them all held."""
+    db = tmp_path / "ledger.db"
+    seen: list[tuple[list[tuple[str, ...]], list[tuple[str, ...]], str, str]] = []
+    real = presize_wal
+
+    def watched(wal_path: str, target: int) -> bool:
+        before = _posix_locks(os.getpid())
+        sized = real(wal_path, target)
+        after = _posix_locks(os.getpid())
+        st = os.stat(wal_path)
+        wal_inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        seen.append((before, after, wal_inode, _other_process_writes(db)))
+        return sized
+
+    monkeypatch.setattr(sqlite_store, "presize_wal", watched)
+    store = SQLiteEventStore(db, synchronous="FULL")
+    await store.open()
+    try:
+        [record] = await store.append(take(EventMix(seed=13), 1))
+    finally:
+        await store.close()
+    [(before, after, wal_inode, other)] = seen
+    assert before == after
+    assert any(lock[1] == "WRITE" for lock in after)  # the WAL write lock, on -shm
+    assert all(lock[2] != wal_inode for lock in after)
+    assert other == "database is locked"
+    assert _other_process_writes(db) == "took the lock"
+    assert await _stored(db) == [(record.seq, record.event_id)]
+
+
+async def test_a_symlinked_path_to_a_name_with_odd_characters_sizes_the_wal_sqlite_uses(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "real dir"
+    real.mkdir()
+    target = real / "odd ?#%&=\n name é.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(target)
+    store = SQLiteEventStore(link, synchronous="FULL")
+    await store.open()
+    ids: list[tuple[int, str]] = []
+    try:
+        for event in take(EventMix(seed=14), 20):
+            [record] = await store.append([event])
+            ids.append((record.seq, record.event_id))
+            assert _wal(target).stat().st_size == wal_target_bytes(4096, 1000)
+    finally:
+        await store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.db", "real dir"]
+    assert await _stored(link) == ids
+
+
+# -- readers, other writers, checkpoints around the sizing --------------------------------------
+
+
+async def test_a_snapshot_other_writers_checkpoints_and_closes_around_the_sizing_change_nothing(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ledger.db"
+    wal, target = _wal(db), wal_target_bytes(4096, 1000)
+    events = iter(take(EventMix(seed=15), 200))
+    acked: list[tuple[int, str]] = []
+
+    async def append(store: SQLiteEventStore) -> None:
+        [record] = await store.append([next(events)])
+        acked.append((record.seq, record.event_id))
+
+    normal = SQLiteEventStore(db, synchronous="NORMAL")  # never sizes: its frames come first
+    await normal.open()
+    for _ in range(5):
+        await append(normal)
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM events").fetchone() == (5,)
+    full = SQLiteEventStore(db, synchronous="FULL")
+    await full.open()
+    try:
+        passer_by = sqlite3.connect(db)  # opens, reads, closes: never the last connection
+        passer_by.execute("SELECT COUNT(*) FROM events").fetchone()
+        passer_by.close()
+        frames_then = wal.stat().st_size
+        assert 0 < frames_then < target
+        await append(full)  # sizes past the other store's frames
+        assert wal.stat().st_size == target
+        for i in range(30):
+            await append(full if i % 2 else normal)
+        blocked = sqlite3.connect(db, timeout=0, isolation_level=None)
+        busy, _, _ = blocked.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 1  # the reader's snapshot holds the WAL
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone() == (5,)
+        reader.execute("COMMIT")
+        assert blocked.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone() == (0, 0, 0)
+        blocked.close()
+        assert wal.stat().st_size == 0
+        await append(normal)  # the WAL restarts from its header, grows
+        late = SQLiteEventStore(db, synchronous="FULL")
+        await late.open()
+        try:
+            await append(late)  # a new connection sizes it again, past those frames
+            assert wal.stat().st_size == target
+            for i in range(30):
+                await append((late, full, normal)[i % 3])
+        finally:
+            await late.close()
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone() == (len(acked),)
+    finally:
+        reader.close()
+        await full.close()
+        await normal.close()
+    assert not wal.exists()
+    assert await _stored(db) == acked
+
+
+# -- kill -9 around the sizing ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["written", "synced", "committed"])
+async def test_a_kill_while_or_right_after_sizing_loses_nothing_acknowledged_adds_nothing(
+    tmp_path: Path, stage: str
+) -> None:
+    db = tmp_path / "ledger.db"
+    acked: list[tuple[int, str]] = []
+    tried: list[str] = []
+    stopped = None
+    with subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "_adv_wal_kill_worker.py"), str(db), stage],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) as worker:
+        watchdog = threading.Timer(WATCHDOG, worker.kill)  # a hung worker fails the test
+        watchdog.start()
+        try:
+            assert worker.stdout is not None
+            for line in worker.stdout:
+                said = json.loads(line)
+                if "ack" in said:
+                    acked.append((said["ack"][0], said["ack"][1]))
+                elif "try" in said:
+                    tried.append(said["try"])
+                else:
+                    stopped = said["stop"]
+                    break
+            os.kill(worker.pid, signal.SIGKILL)
+            assert worker.wait(WATCHDOG) == -signal.SIGKILL
+        finally:
+            watchdog.cancel()
+            worker.kill()
+    assert stopped == stage
+    assert len(acked) == (6 if stage == "committed" else 5)
+    wal = _wal(db)
+    assert wal.stat().st_size == wal_target_bytes(4096, 1000)  # the zeros are there
+    # recovery by another process (this one), which appends and sizes in its turn
+    store = SQLiteEventStore(db, synchronous="FULL")
+    await store.open()
+    try:
+        [after] = await store.append(take(EventMix(seed=23), 1))
+    finally:
+        await store.close()
+    stored = await _stored(db)
+    assert stored == [*acked, (len(acked) + 1, after.event_id)]  # nothing lost, nothing extra
+
+
+# -- page sizes, the benchmark's baseline --------------------------------------------------------
+
+
+@pytest.mark.parametrize("page_size", [1024, 8192])
+async def test_another_page_size_is_sized_to_its_own_cycle_and_never_grows_in_it(
+    tmp_path: Path, page_size: int
+) -> None:
+    db = tmp_path / "ledger.db"
+    store = SQLiteEventStore(db, synchronous="NORMAL")
+    await store.open()
+    ids = [(r.seq, r.event_id) for r in await store.append(take(EventMix(seed=16), 10))]
+    await store.close()
+    with sqlite3.connect(db, isolation_level=None) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute(f"PRAGMA page_size = {page_size}")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA journal_mode = WAL")
+        assert conn.execute("PRAGMA page_size").fetchone() == (page_size,)
+    conn.close()
+    store = SQLiteEventStore(db, synchronous="FULL")
+    await store.open()
+    sizes: set[int] = set()
+    try:
+        for event in take(EventMix(seed=17), 300):
+            [record] = await store.append([event])
+            ids.append((record.seq, record.event_id))
+            sizes.add(_wal(db).stat().st_size)
+    finally:
+        await store.close()
+    assert sizes == {wal_target_bytes(page_size, 1000)}
+    assert await _stored(db) == ids
+
+
+async def test_the_raw_baseline_wal_is_sized_as_the_store_sizes_its_own(tmp_path: Path) -> None:
+    """If the baseline's sizing silently did nothing, raw sqlite3 would pay the growing
+    file's fdatasyncs that the store does not: a kinder yardstick for the store."""
+    ours = tmp_path / "ours.db"
+    store = SQLiteEventStore(ours, synchronous="FULL")
+    await store.open()
+    try:
+        await store.append(take(EventMix(seed=18), 1))
+        sized = _wal(ours).stat().st_size
+    finally:
+        await store.close()
+    raw = {}
+    for synchronous in ("FULL", "NORMAL"):
+        path = tmp_path / f"raw-{synchronous}.db"
+        await create_empty_log(path)
+        conn = raw_connection(path, synchronous)
+        try:
+            raw[synchronous] = _wal(path).stat().st_size
+        finally:
+            conn.close()
+    assert raw["FULL"] == sized == wal_target_bytes(4096, 1000)
+    assert raw["NORMAL"] < sized
