@@ -15,6 +15,9 @@ attacked as a hostile user and an unlucky operator would:
 - kill -9 of the sizing process while the zeros are written, once they are, and right after
   its commit: recovery by another process holds every acknowledged event, on a chain that
   verifies, and nothing else;
+- a nearly full disk, where the zeros fit but then fill it: the sizing took the space the
+  close's checkpoint and positions.json needed (the snapshot failed, the WAL stayed behind
+  with every event in it); it must leave at least what it would take;
 - page sizes other than 4096: each is sized to its own cycle and never grows within it;
 - the benchmark's raw baseline: its WAL is sized as the store sizes its own (so the baseline
   pays no growing-file fdatasyncs the store does not pay: the comparison stays honest).
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,6 +44,8 @@ import pytest
 import ledger.store.sqlite as sqlite_store
 from benchmarks._data import EventMix, create_empty_log, raw_connection, take
 from ledger.envelope import NewEvent
+from ledger.service import Ledger
+from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.wal import _is_wal, presize_wal, wal_target_bytes
 
@@ -383,6 +389,50 @@ async def test_a_kill_while_or_right_after_sizing_loses_nothing_acknowledged_add
         await store.close()
     stored = await _stored(db)
     assert stored == [*acked, (len(acked) + 1, after.event_id)]  # nothing lost, nothing extra
+
+
+# -- a nearly full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    point = tmp_path / "mnt"
+    point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
+
+
+async def test_on_a_nearly_full_disk_the_sizing_leaves_the_space_the_ledger_needs(
+    small_disk: Path,
+) -> None:
+    """Room for the zeros and a little more: sized, the disk is full and the close's
+    checkpoint cannot copy the WAL into the database file, nor positions.json be written.
+    Unsized, the WAL takes only what the commands write and all of it fits."""
+    db, snapshot = small_disk / "ledger.db", small_disk / "positions.json"
+    settings = Settings(
+        snapshot_every_events=10**9, snapshot_every_seconds=10**6, max_concurrent_positions=1000
+    )
+    stat = os.statvfs(small_disk)
+    free = wal_target_bytes(4096, 1000) + 64 * 1024
+    (small_disk / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - free))
+    async with Ledger(db, snapshot_path=snapshot, settings=settings) as ledger:
+        for i in range(100):
+            await ledger.open_position(f"F{i}USDT", "long", entry_price=10, qty=1, leverage=2)
+        await ledger.write_snapshot()  # raises SnapshotError when it cannot be written
+        last = ledger.last_seq
+    assert not _wal(db).exists()  # the close's checkpoint copied everything into the file
+    assert [seq for seq, _ in await _stored(db)] == list(range(1, last + 1))
+    assert json.loads(snapshot.read_bytes())["last_seq"] == last
 
 
 # -- page sizes, the benchmark's baseline --------------------------------------------------------
