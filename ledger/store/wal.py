@@ -23,6 +23,10 @@ end. SQLite reads a WAL frame by frame and stops at the first whose salts and ch
 continue the header's, so zeros past the last frame are never read as frames (the state of any
 WAL after a checkpoint restarted it). It is best-effort: a full disk, a file-size limit, a
 file that is not a WAL (its magic checked) leave the file as it was and the commit goes on.
+And it sizes only where the disk keeps as much free again as the zeros take: on a nearly full
+disk they would take the space the ledger needs next, which a WAL growing with its commits
+leaves (the close's checkpoint copying the WAL into the database file, positions.json:
+tests/test_adv_wal_presize.py); the checkpoint of a whole cycle needs at most what it sized.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ def presize_wal(wal_path: str, target_bytes: int) -> bool:
         if size >= target_bytes or not _is_wal(fd, size):
             return False
         missing = target_bytes - size
+        disk = os.fstatvfs(fd)
+        if disk.f_bavail * disk.f_frsize < 2 * missing:
+            return False  # a nearly full disk: the space is the ledger's (see above)
         try:
             if os.pwrite(fd, bytes(missing), size) != missing:
                 raise OSError("short write")
