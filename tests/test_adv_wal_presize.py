@@ -490,3 +490,25 @@ async def test_the_raw_baseline_wal_is_sized_as_the_store_sizes_its_own(tmp_path
             conn.close()
     assert raw["FULL"] == sized == wal_target_bytes(4096, 1000)
     assert raw["NORMAL"] < sized
+
+
+def test_a_link_put_in_place_after_the_path_was_looked_at_is_not_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is a plain file when the sizing looks at it and a symbolic link when it
+    opens it (another user's swap in between): the file opened is not the one looked at,
+    nothing is written. A FIFO (or anything but a plain file) is not even opened."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    link = tmp_path / "swapped.db-wal"
+    link.symlink_to(elsewhere)
+    looked_at = os.lstat(plain)
+    monkeypatch.setattr(os, "lstat", lambda path: looked_at)
+    assert not presize_wal(str(link), 1 << 20)
+    monkeypatch.undo()
+    assert elsewhere.stat().st_size == 0 and plain.stat().st_size == 0
+    fifo = tmp_path / "fifo.db-wal"
+    os.mkfifo(fifo)
+    assert not presize_wal(str(fifo), 1 << 20)
