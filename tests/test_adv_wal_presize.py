@@ -44,6 +44,7 @@ import pytest
 import ledger.store.sqlite as sqlite_store
 from benchmarks._data import EventMix, create_empty_log, raw_connection, take
 from ledger.envelope import NewEvent
+from ledger.errors import StoreError
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
@@ -512,3 +513,40 @@ def test_a_link_put_in_place_after_the_path_was_looked_at_is_not_written_through
     fifo = tmp_path / "fifo.db-wal"
     os.mkfifo(fifo)
     assert not presize_wal(str(fifo), 1 << 20)
+
+
+async def test_a_reconnect_after_a_failed_write_sizes_nothing_twice_and_stores_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver's error fails a write after its transaction sized the WAL: the next write
+    opens a new connection, whose first transaction asks again and writes nothing."""
+    db = tmp_path / "ledger.db"
+    calls: list[tuple[bool, int]] = []
+
+    def watched(wal_path: str, target: int) -> bool:
+        sized = presize_wal(wal_path, target)
+        calls.append((sized, os.path.getsize(wal_path)))
+        return sized
+
+    monkeypatch.setattr(sqlite_store, "presize_wal", watched)
+    store = SQLiteEventStore(db, synchronous="FULL")
+    await store.open()
+    events = take(EventMix(seed=19), 2)
+    try:
+        # the reader has read: it keeps the WAL (else the old write connection, the last to
+        # use it, removes it on its way out and the new one sizes the new WAL: also right)
+        assert await store.read() == []
+
+        def fail(_: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+
+        with pytest.raises(StoreError, match="injected"):
+            await store.transact(fail)
+        assert store._reconnect
+        first = await store.append(events[:1])
+        second = await store.append(events[1:])
+    finally:
+        await store.close()
+    target = wal_target_bytes(4096, 1000)
+    assert calls == [(True, target), (False, target)]
+    assert await _stored(db) == [(r.seq, r.event_id) for r in (*first, *second)]
