@@ -14,11 +14,12 @@ role* (`WriterThread`'s role lock). Two kinds of thread take it:
     With the role free it runs its job right where it is, before queueing it
     (`GroupCommit.run_blocking`, as `run_now` does on a loop): nobody else can see the job,
     so its Completion makes no lock, and no group is taken under the lock.
-  - An asyncio task first yields once to its loop, so every task already scheduled in this
-    loop joins the group (500 tasks started at once commit in one transaction, on the loop,
-    without a thread), then runs it on the loop's thread. With nothing scheduled to join
-    it skips that yield (a whole turn of the loop; one is still taken every
-    _MAX_SKIPPED_YIELDS), and a store append (`GroupCommit.run_now`) then runs its job
+  - An asyncio task first yields once to its loop (its lead runs in a task of the loop after
+    the tasks already scheduled, see the DESIGN note on interrupts), so every task already
+    scheduled in this loop joins the group (500 tasks started at once commit in one
+    transaction, on the loop, without a thread), then runs it on the loop's thread. With
+    nothing scheduled to join it skips that yield (a whole turn of the loop; one is still
+    taken every _MAX_SKIPPED_YIELDS), and a store append (`GroupCommit.run_now`) then runs its job
     right where it is queued, before anyone can see it: no future, no wake-up at all.
     The loop is held for one transaction: its CPU and, at synchronous=FULL, one fsync
     (about 0.2-0.4 ms here). It is never held waiting for another writer: a store that
@@ -34,6 +35,54 @@ Callers are woken once: a plain thread through a `threading.Event`, an asyncio t
 its future (resolved directly on its own loop, through `call_soon_threadsafe` from another
 thread). Nothing is acknowledged before the group's transaction commits (see
 `EventStore.run_transaction`).
+
+DESIGN: an interrupt anywhere in the write path
+-----------------------------------------------
+A signal's Python handler (SIGINT's KeyboardInterrupt, a bot's handler raising SystemExit)
+runs in the main thread between two instructions: right after a C call returned (a
+`lock.acquire()` that took the lock, before the `try:` that would give it back), at a
+function's entry, at a backward jump. The caller's thread holds four things on the way: the
+queue's lock, the lead of its queue (`_draining`, whoever set it drains), the writer role, and
+the role's held wake-ups (thread-local). Left held, every later write and `close()` wait for
+ever. No `try` placed after an acquire can close that window, and widening every `try` still
+leaves the steps that mark who holds what. So each is made recoverable instead: whether this
+thread holds it is a fact set in one step, read back by one recovery.
+
+- The role and the locks are `_thread.RLock`s, whose ownership is set by the C acquire itself:
+  `_is_owned()` answers "did my acquire return?" with no step in between. RLock may only be
+  released by its owner: the role is never handed between threads, each holder frees it on
+  its own thread. `with lock:` alone would do for a lock taken blocking (no handler runs
+  between a C `__enter__` and its block in CPython 3.11, tests/test_write_role_interrupts.py
+  shows it), but the role is taken without blocking (`acquire(False)`), which `with` cannot;
+  and a `with` whose block ends normally calls `__exit__` after instructions its exception
+  table leaves out. The cost: an RLock's acquire and release are a few C instructions more.
+- The held wake-ups are one `_Held` list made first, then stored in one step; it names its
+  writer and the list before it, so a recovery restores it and wakes what it holds (waking is
+  idempotent; done before the list is restored, so an interrupt in it finds them again).
+- The lead needs no owner: a drainer too many is harmless (each takes its jobs under the
+  lock), none while jobs are queued hangs them. A recovery drops the lead when nothing is
+  queued, else hands it to the writer thread. No Python function can guard its own first
+  instruction (a handler runs at a function's entry), so the lead is never handed to one
+  without a guard around the call. A task that leads after a turn of its loop does so in a
+  generator-based coroutine (`_lead_and_wait`) started inside the caller's guard, up to a
+  first `yield` inside its own: when the task awaits it, it resumes there, guarded (a
+  native coroutine's first instruction would run in the caller's `await`, unguarded).
+  Closed unawaited (garbage collection, anywhere), it takes nothing: the writer drains.
+- RLock's re-entrance is never used (a recovery would free an outer holder's role): a thread
+  holding the role never asks for it again (a blocking write there is refused, `run_blocking`;
+  a task's writes run only from its own steps, never inside a group's synchronous process;
+  no finalizer of ours takes anything).
+- A group is noted as taken (`_taken`) before its jobs leave the queue, so each job is queued
+  or taken at every instruction; a leader interrupted before process's own guards settled
+  a job (its Completion is not among the role's held wake-ups) puts it back (`_untake`).
+
+Every entry point a caller's thread runs (`run_now`, `run`, `run_blocking`, `_lead_on_loop`,
+`WriterThread.try_run`) is one `try` whose `except BaseException` recovers (`_recover`,
+`WriterThread._let_go`) and re-raises: free on the usual path (an exception table entry), and
+the usual path's own releases stay plain statements inside it, so an interrupt between any
+two of them is recovered too. The interrupted caller hears its exception; its job, if it was
+still queued, is taken back (not run), else it was run and settled. A second signal landing
+inside the recovery itself is not covered (no Python code can be).
 """
 
 from __future__ import annotations
@@ -43,10 +92,12 @@ import contextlib
 import logging
 import queue
 import threading
-from _thread import get_ident
+import types
+from _thread import RLock, get_ident
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from itertools import islice
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -63,11 +114,44 @@ class WouldWait(Exception):
     writer thread instead. Never reaches a caller."""
 
 
+class _Role(RLock):  # type: ignore[misc]  # final in typeshed; subclassable in CPython
+    """The writer role: an RLock (see DESIGN: its owner is set by the acquire itself)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def _is_owned(self) -> bool: ...
+
+    def locked(self) -> bool:
+        """Whether any thread holds it (for diagnostics and tests; not on the write path)."""
+        if self._is_owned():
+            return True
+        if self.acquire(False):
+            self.release()
+            return False
+        return True
+
+
+def _owned(lock: RLock) -> bool:
+    return lock._is_owned()  # type: ignore[attr-defined, no-any-return]  # not in typeshed
+
+
+class _Held(list["Completion"]):
+    """The Completions set on a thread while it holds one writer role (see _Wakeups): the
+    writer whose role it is and the list held before (a thread may hold two stores' roles,
+    one inside the other), so a recovery finds them (WriterThread._let_go)."""
+
+    __slots__ = ("before", "writer")
+    before: _Held | None
+    writer: WriterThread
+
+
 class _Wakeups(threading.local):
     """Completions set on this thread while it holds a writer role: woken once it has freed
     the role, so a woken caller's next write finds the role free (no needless hand-off)."""
 
-    held: list[Completion] | None = None
+    held: _Held | None = None
 
 
 _wakeups = _Wakeups()
@@ -76,6 +160,31 @@ _wakeups = _Wakeups()
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():  # a cancelled caller no longer waits
         future.set_result(None)
+
+
+def _wake_held(held: _Held, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Wake the callers whose Completions were held (after their thread freed the role),
+    then restore the thread's wake-ups held before. Run again after an interrupt in it
+    (WriterThread._let_go) it wakes them again, which wakes nobody twice; the list is
+    restored last, so until then a recovery finds it."""
+    before = held.before
+    if held:
+        if before is not None:  # still inside another role of this thread: after that one
+            before.extend(held)
+        else:
+            # Completion._wake for each, the loop looked up once: a group of 500 tasks of
+            # this thread's own loop is 500 futures resolved here, no other wake-up
+            if loop is None:
+                loop = asyncio._get_running_loop()
+            for done in held:
+                future = done._future
+                if future is not None and done._loop is loop:
+                    if not future.done():  # a cancelled caller no longer waits
+                        future.set_result(None)
+                elif future is not None or done._blocked is not None:
+                    done._wake()
+                # else: deferred, never made: its task ran the job itself and nobody waits
+    _wakeups.held = before
 
 
 # An inline leader that skipped its yield this many times in a row on its loop yields anyway
@@ -166,8 +275,12 @@ class Completion:
     def wait_blocking(self) -> None:
         if self._blocked is None:
             raise RuntimeError("this Completion was made for an event loop")
-        self._blocked.acquire()
-        self._blocked.release()  # set stays set for any later wait
+        blocked = self._blocked
+        blocked.acquire()
+        try:  # noqa: SIM105 (a `try` costs nothing unless it raises; suppress() is a call)
+            blocked.release()  # set stays set for any later wait
+        except RuntimeError:  # set again meanwhile: a recovery wakes again (_wake_held)
+            pass
 
     def wait(self) -> Awaitable[None]:
         """What the waiter awaits: on asyncio its future itself (no coroutine of its own to
@@ -232,48 +345,47 @@ class WriterThread:
 
     def __init__(self, name: str) -> None:
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = RLock()  # an RLock: see DESIGN (an interrupt anywhere in the write path)
         self._stopped = False
-        self._role = threading.Lock()
-        self._holder: int | None = None  # the thread holding the role
-        self._may_wait = True
+        self._role = _Role()
+        self._holder: int | None = None  # the thread holding the role (set once it holds it)
+        self._may_wait = True  # set by every holder right after it took the role
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def _hold(self, may_wait: bool) -> list[Completion] | None:
-        """Mark the role (acquired) as this thread's; returns the wake-ups held before (a
-        thread may hold two stores' roles, one inside the other)."""
-        self._holder, self._may_wait = threading.get_ident(), may_wait
-        before, _wakeups.held = _wakeups.held, []
-        return before
+    def _hold(self, may_wait: bool) -> _Held:
+        """Mark the role (acquired) as this thread's and hold its wake-ups from now on: the
+        list made whole first, then made this thread's in one store (see DESIGN)."""
+        self._holder = get_ident()
+        self._may_wait = may_wait
+        held = _Held()
+        held.writer = self
+        held.before = _wakeups.held
+        _wakeups.held = held
+        return held
 
-    def _release(
-        self,
-        before: list[Completion] | None,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
+    def _release(self, held: _Held, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Free the role, then wake the callers whose jobs were settled meanwhile (loop: the
         loop running on this thread, when the caller knows it: not looked up again)."""
-        woken, _wakeups.held = _wakeups.held, before
-        self._holder, self._may_wait = None, True
+        self._holder = None
+        self._may_wait = True
         self._role.release()
-        if not woken:
-            return
-        if before is not None:  # still inside another role of this thread: after that one
-            before.extend(woken)
-            return
-        # Completion._wake for each, the loop looked up once: a group of 500 tasks of this
-        # thread's own loop is 500 futures resolved here, no other wake-up
-        if loop is None:
-            loop = asyncio._get_running_loop()
-        for done in woken:
-            future = done._future
-            if future is not None and done._loop is loop:
-                if not future.done():  # a cancelled caller no longer waits
-                    future.set_result(None)
-            elif future is not None or done._blocked is not None:
-                done._wake()
-            # else: deferred, never made: its task ran the job itself and nobody waits
+        _wake_held(held, loop)
+
+    def _let_go(self) -> None:
+        """After an interrupt of this thread anywhere in holding the role (see DESIGN): free
+        the role and this writer's lock if this thread holds them, and wake what it settled
+        meanwhile. Each step is asked of state set in one step; a no-op when nothing is held."""
+        lock = self._lock
+        while _owned(lock):
+            lock.release()
+        held = _wakeups.held
+        if self._role._is_owned():
+            self._holder = None
+            self._may_wait = True
+            self._role.release()
+        if held is not None and held.writer is self:
+            _wake_held(held, None)
 
     def _run(self) -> None:
         while True:
@@ -281,13 +393,13 @@ class WriterThread:
             if fn is None:
                 return
             self._role.acquire()
-            before = self._hold(True)
+            held = self._hold(True)
             try:
                 fn()
             except BaseException:  # the callables settle their own callers; keep going
                 log.exception("a job of the store's writer failed")
             finally:
-                self._release(before)
+                self._release(held)
 
     @property
     def on_thread(self) -> bool:
@@ -304,16 +416,20 @@ class WriterThread:
     def try_run(self, fn: Callable[[], None], *, may_wait: bool) -> bool:
         """Run fn on this thread holding the role: False (fn not run) when the store is
         closing, or when the role is taken and the caller may not wait (an event loop);
-        a caller that may wait (a plain thread) waits for the role instead."""
-        if self._stopped or not self._role.acquire(blocking=may_wait):
-            return False
-        before = self._hold(may_wait)
+        a caller that may wait (a plain thread) waits for the role instead. Whatever fn or
+        an interrupt raises, the role is freed first (see DESIGN)."""
         try:
+            if self._stopped or not self._role.acquire(may_wait):
+                return False
+            held = self._hold(may_wait)
             if self._stopped:
+                self._release(held)
                 return False
             fn()
-        finally:
-            self._release(before)
+            self._release(held)
+        except BaseException:
+            self._let_go()
+            raise
         return True
 
     def submit(self, fn: Callable[[], None]) -> None:
@@ -385,9 +501,10 @@ class GroupCommit(Generic[J]):
         self._process = process
         self._max_group = max_group
         self._inline_async = inline_async
-        self._lock = threading.Lock()
+        self._lock = RLock()  # an RLock: see DESIGN (an interrupt anywhere in the write path)
         self._pending: deque[J] = deque()
         self._draining = False
+        self._taken: list[J] | None = None  # the group being run (see _take), by the role's holder
         # the loop whose inline leads skipped their yield last, and how many in a row
         self._skipped_on: asyncio.AbstractEventLoop | None = None
         self._skipped = 0
@@ -439,39 +556,43 @@ class GroupCommit(Generic[J]):
             done._future = loop.create_future()
             return self.run(job)
         lock = self._lock
-        lock.acquire()  # not `with`: no bound __enter__/__exit__ made and called
-        try:
-            if self._draining:  # a follower: visible to the drainer once queued: future first
-                done._future = loop.create_future()
-                self._pending.append(job)
-                return done._future
-            self._draining = True
-            # self._yield_first(loop), inlined, but a turn only owed to the loop (skipped
-            # too often, nothing ready to join) is taken after the job, not before it
-            ready = getattr(loop, "_ready", None)
-            turn_after = False
-            if ready is None or ready or self._skipped_on is not loop:
-                self._skipped_on = loop
-                self._skipped = 0
-                yield_first = True
-            elif self._skipped >= _MAX_SKIPPED_YIELDS:
-                self._skipped = 0
-                yield_first = False
-                turn_after = True
-            else:
-                self._skipped += 1
-                yield_first = False
-        finally:
-            lock.release()
-        if yield_first:
-            return self._queue_led(job, loop, yield_first=True)
-        writer = self._writer
-        if writer._stopped or not writer._role.acquire(False):
-            return self._queue_led(job, loop, yield_first=False)
-        queued, interrupted = self._run_alone(job, may_wait=False)
-        if queued:
-            return self._queue_led(job, loop, yield_first=False)
-        self._stop_leading()
+        try:  # recovers from an interrupt anywhere in here (see DESIGN)
+            lock.acquire()  # not `with`: no bound __enter__/__exit__ made and called
+            try:
+                if self._draining:  # a follower: visible to the drainer once queued: future
+                    done._future = loop.create_future()  # first
+                    self._pending.append(job)
+                    return done._future
+                self._draining = True
+                # self._yield_first(loop), inlined, but a turn only owed to the loop (skipped
+                # too often, nothing ready to join) is taken after the job, not before it
+                ready = getattr(loop, "_ready", None)
+                turn_after = False
+                if ready is None or ready or self._skipped_on is not loop:
+                    self._skipped_on = loop
+                    self._skipped = 0
+                    yield_first = True
+                elif self._skipped >= _MAX_SKIPPED_YIELDS:
+                    self._skipped = 0
+                    yield_first = False
+                    turn_after = True
+                else:
+                    self._skipped += 1
+                    yield_first = False
+            finally:
+                lock.release()
+            if yield_first:
+                return self._queue_led(job, loop, yield_first=True)
+            writer = self._writer
+            if writer._stopped or not writer._role.acquire(False):
+                return self._queue_led(job, loop, yield_first=False)
+            queued, interrupted = self._run_alone(job, may_wait=False)
+            if queued:
+                return self._queue_led(job, loop, yield_first=False)
+            self._stop_leading()
+        except BaseException:
+            self._recover(job)
+            raise
         if interrupted is not None:
             raise interrupted
         return asyncio.sleep(0) if turn_after else None
@@ -482,28 +603,52 @@ class GroupCommit(Generic[J]):
         queued: not run (the writer stopping, WouldWait), nothing done, the job the caller's
         to queue; interrupted: a KeyboardInterrupt or SystemExit of this thread, the job
         settled, for the caller to raise once done. (writer._hold without held wake-ups:
-        process settles only this job, whose Completion, deferred, wakes nobody.)"""
+        process settles only this job, whose Completion, deferred, wakes nobody.) Call it
+        inside the caller's recovering `try` (an interrupt between its steps: `_recover`)."""
         writer = self._writer
-        writer._holder, writer._may_wait = get_ident(), may_wait
+        writer._holder = get_ident()
+        writer._may_wait = may_wait
         queued = True  # unless it ran (or failed) here
         interrupted: BaseException | None = None
-        try:
-            if not writer._stopped:
-                try:
-                    self._process([job])
-                    queued = False
-                except WouldWait:  # nothing was done: the writer thread runs it, and may wait
-                    pass
-                except Exception:  # process settles its jobs in a finally
-                    log.exception("group commit failed outside its own guards")
-                    queued = False
-                except BaseException as exc:  # KeyboardInterrupt, SystemExit: settled; this
-                    interrupted = exc  # is the caller's own thread: it hears it
-                    queued = False
-        finally:
-            writer._holder, writer._may_wait = None, True
-            writer._role.release()
+        if not writer._stopped:
+            try:
+                self._process([job])
+                queued = False
+            except WouldWait:  # nothing was done: the writer thread runs it, and may wait
+                pass
+            except Exception:  # process settles its jobs in a finally
+                log.exception("group commit failed outside its own guards")
+                queued = False
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit: settled; this
+                interrupted = exc  # is the caller's own thread: it hears it
+                queued = False
+        writer._holder = None
+        writer._may_wait = True
+        writer._role.release()
         return queued, interrupted
+
+    def _recover(self, job: J | None) -> None:
+        """After an interrupt (or any exception) of this thread anywhere in a write, before it
+        is re-raised (see DESIGN): give back the queue's lock and the writer role if it holds
+        them (their wake-ups woken), take its job back if it is still queued (it is not run),
+        and leave nothing queued without a drainer: the lead dropped when nothing is queued,
+        else handed to the writer thread. A no-op for what it does not hold."""
+        lock = self._lock
+        while _owned(lock):
+            lock.release()
+        self._writer._let_go()
+        with lock:
+            pending = self._pending
+            if job is not None:
+                for index, queued in enumerate(pending):
+                    if queued is job:
+                        del pending[index]
+                        break
+            idle = not pending
+            if idle:
+                self._draining = False
+        if not idle:
+            self._hand_over()
 
     def _stop_leading(self) -> None:
         """After a leader's group, the role freed: what queued up meanwhile goes to the
@@ -528,7 +673,9 @@ class GroupCommit(Generic[J]):
         with self._lock:
             self._pending.appendleft(job)
         if yield_first:
-            return self._lead_and_wait(job, loop)
+            led = self._lead_and_wait(job, loop, future)
+            next(led)  # into its guard (see DESIGN)
+            return led
         self._hand_over()
         return future
 
@@ -539,64 +686,94 @@ class GroupCommit(Generic[J]):
         A follower awaits its Completion itself: no coroutine of its own to make and to step
         through when it is woken (of 500 tasks writing at once, 499 follow). A caller
         cancelled after this began may still have its job committed (and, if it led, the
-        group it took is run before the cancellation goes on)."""
+        group it takes is run before the cancellation goes on)."""
         done = job.done
         future = done._future
-        with self._lock:  # _enter, inlined: 500 tasks at once pass here
-            self._pending.append(job)
-            lead = not self._draining
-            self._draining = True
-            loop = done._loop
-            yield_first = (
-                lead
-                and future is not None
-                and loop is not None
-                and self._inline_async
-                and self._yield_first(loop)
-            )
-        if not lead:
-            return future if future is not None else done.wait()
-        if future is None or not self._inline_async:
-            return self._lead_and_wait(job, None)  # hands its group over
-        # An asyncio task (its Completion made on the loop that awaits it, as `await it at
-        # once` means): its group inline on this loop. With nobody to wait for (no yield,
-        # see _yield_first) it runs right here, and the future returned is resolved before
-        # it is awaited: no coroutine of its own, no turn of the loop.
-        assert loop is not None
-        if yield_first:
-            return self._lead_and_wait(job, loop)
-        self._lead_on_loop(loop)
+        try:  # recovers from an interrupt anywhere in here (see DESIGN)
+            with self._lock:  # _enter, inlined: 500 tasks at once pass here
+                self._pending.append(job)
+                lead = not self._draining
+                self._draining = True
+                loop = done._loop
+                yield_first = (
+                    lead
+                    and future is not None
+                    and loop is not None
+                    and self._inline_async
+                    and self._yield_first(loop)
+                )
+            if not lead:
+                return future if future is not None else done.wait()
+            if future is None or not self._inline_async:
+                self._hand_over()
+                return done.wait()
+            # An asyncio task (its Completion made on the loop that awaits it, as `await it
+            # at once` means): its group inline on this loop. With nobody to wait for (no
+            # yield, see _yield_first) it runs right here, and the future returned is
+            # resolved before it is awaited: no coroutine of its own, no turn of the loop.
+            assert loop is not None
+            if yield_first:
+                led = self._lead_and_wait(job, loop, future)
+                next(led)  # into its guard (see DESIGN)
+                return led
+            self._lead_on_loop(loop)
+        except BaseException:
+            self._recover(job)
+            raise
         return future
 
-    async def _lead_and_wait(self, job: J, loop: asyncio.AbstractEventLoop | None) -> None:
-        """Lead after one yield to the loop (tasks scheduled before this one queue their
-        jobs), inline on it; or, without a loop to run on (None), hand the group over."""
+    @types.coroutine
+    def _lead_and_wait(
+        self, job: J, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+    ) -> Generator[None, None, None]:
+        """Lead inline on loop after one turn of it (tasks scheduled before this one queue
+        their jobs first), then wait for the job's future. A generator-based coroutine, which
+        its maker starts (`next`) inside its own guard, up to the first `yield` here; the
+        task awaiting it resumes it there, inside this guard, and yields once (the turn). A
+        cancellation (or an interrupt) in the turn still leads the group it took before it
+        goes on to the task, which hears it."""
+        turned = False
         try:
-            if loop is not None:
-                await asyncio.sleep(0)
-        finally:
-            if loop is not None:
+            yield  # started up to here by its maker
+            yield  # the turn: a bare yield, as asyncio.sleep(0) makes
+            turned = True
+            self._lead_on_loop(loop)
+        except GeneratorExit:
+            # closed without being run on (its maker was interrupted and recovered the lead;
+            # or its task was dropped): at garbage collection, which may come anywhere, even
+            # inside a group this thread holds, so nothing is taken here (the role is an
+            # RLock: see DESIGN): the writer thread drains whatever is queued
+            self._writer._queue.put(self._drain)
+            raise
+        except BaseException:
+            if turned:  # in the lead, which recovered (or at its entry: nothing done yet)
+                self._recover(job)
+                raise
+            try:  # cancelled (or interrupted) in the turn: the group it leads runs first
                 self._lead_on_loop(loop)
-            else:
-                self._hand_over()
-        await job.done.wait()
+            except BaseException:
+                self._recover(job)
+                raise
+            raise
+        yield from future
 
     def _lead_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """`_lead(inline=True, may_wait=False)` for a task of loop, on its thread: the next
         group inline if the role is free, else handed over (WriterThread.try_run inlined,
         its wake-ups resolved on loop without looking it up)."""
         writer = self._writer
-        if writer._stopped or not writer._role.acquire(False):
-            self._hand_over()
-            return
-        before = writer._hold(False)
-        stopped = True
-        try:
+        try:  # recovers from an interrupt anywhere in here (see DESIGN)
+            if writer._stopped or not writer._role.acquire(False):
+                self._hand_over()
+                return
+            held = writer._hold(False)
             stopped = writer._stopped
             if not stopped:
                 self._lead_one_group()
-        finally:
-            writer._release(before, loop)
+            writer._release(held, loop)
+        except BaseException:
+            self._recover(None)
+            raise
         if stopped:
             self._hand_over()
 
@@ -614,31 +791,35 @@ class GroupCommit(Generic[J]):
         writer = self._writer
         if writer._holder == get_ident():  # writer.on_thread, inlined
             raise StoreUnavailable("a write cannot wait for another while it holds the role")
-        if not self._enter(job):  # queued, its Completion armed: someone else drains
-            # A thread running an event loop leads even so: the one draining may be a task
-            # of this very loop parked in its yield, which cannot resume while this thread
-            # blocks (a second drainer is safe: each takes its jobs under the lock).
-            if asyncio._get_running_loop() is not None:
+        try:  # recovers from an interrupt anywhere in here (see DESIGN)
+            if not self._enter(job):  # queued, its Completion armed: someone else drains
+                # A thread running an event loop leads even so: the one draining may be a
+                # task of this very loop waiting for its turn, which cannot come while this
+                # thread blocks (a second drainer is safe: each takes its jobs under the lock).
+                if asyncio._get_running_loop() is not None:
+                    self._lead(inline=True, may_wait=True)
+                job.done.wait_blocking()
+                return
+            # The leader, its job not queued: it runs it alone if the role is free (every
+            # sequential blocking command's path)
+            if writer._stopped or not writer._role.acquire(False):
+                # taken (another queue's group, the writer thread's call) or stopping: queued
+                # first, then as before (the role waited for, the group queued by then run;
+                # or, stopping, every queued job failed)
+                self._queue_alone(job)
                 self._lead(inline=True, may_wait=True)
-            job.done.wait_blocking()
-            return
-        # The leader, its job not queued: it runs it alone if the role is free (every
-        # sequential blocking command's path)
-        if writer._stopped or not writer._role.acquire(False):
-            # taken (another queue's group, the writer thread's call) or stopping: queued
-            # first, then as before (the role waited for, the group queued by then run;
-            # or, stopping, every queued job failed)
-            self._queue_alone(job)
-            self._lead(inline=True, may_wait=True)
-            job.done.wait_blocking()
-            return
-        queued, interrupted = self._run_alone(job, may_wait=True)
-        if queued:  # not run (stopping, WouldWait): the writer thread's, or failed
-            self._queue_alone(job)
-            self._hand_over()
-            job.done.wait_blocking()
-            return
-        self._stop_leading()
+                job.done.wait_blocking()
+                return
+            queued, interrupted = self._run_alone(job, may_wait=True)
+            if queued:  # not run (stopping, WouldWait): the writer thread's, or failed
+                self._queue_alone(job)
+                self._hand_over()
+                job.done.wait_blocking()
+                return
+            self._stop_leading()
+        except BaseException:
+            self._recover(job)
+            raise
         if interrupted is not None:
             raise interrupted
 
@@ -690,37 +871,66 @@ class GroupCommit(Generic[J]):
                 job.done.set()
 
     def _take(self) -> list[J] | None:
+        """The next group, taken out of the queue (call holding the role); noted as `_taken`
+        before it leaves the queue, so that each job is always queued or taken (or both, for
+        an instruction): an interrupt of the leader puts back what it never ran (_untake)."""
         with self._lock:
             pending = self._pending
             count = len(pending)
-            if count == 1:  # the usual group of one
-                return [pending.popleft()]
             if not count:
                 self._draining = False
                 return None
-            return [pending.popleft() for _ in range(min(count, self._max_group))]
+            if count <= self._max_group:  # the usual case: the whole queue, in one C call
+                group = self._taken = list(pending)
+                pending.clear()
+                return group
+            group = self._taken = list(islice(pending, self._max_group))
+            for _ in group:
+                pending.popleft()
+            return group
 
     def _put_back(self, group: list[J]) -> None:
         with self._lock:
             self._pending.extendleft(reversed(group))
+            self._taken = None
+
+    def _untake(self) -> None:
+        """After an interrupt of this thread while it led a group, holding the role: the jobs
+        it took that process never settled (their Completions are not among this role's held
+        wake-ups: interrupted before its own guards ran, nothing done) go back to the front
+        of the queue, but for any still there. A no-op with no group taken."""
+        taken = self._taken
+        if taken is None:
+            return
+        held = _wakeups.held
+        settled = {id(done) for done in held} if held is not None else set()
+        with self._lock:
+            pending = self._pending
+            queued = {id(job) for job in pending}
+            back = [job for job in taken if id(job.done) not in settled and id(job) not in queued]
+            pending.extendleft(reversed(back))
+            self._taken = None
 
     def _lead_one_group(self) -> None:
-        """Inline: one group, then the writer thread takes whatever queued up meanwhile."""
-        group = self._take()
-        if group is None:
-            return
-        interrupted: BaseException | None = None
+        """Inline: one group, then the writer thread takes whatever queued up meanwhile. A
+        KeyboardInterrupt or SystemExit (of process, whose guards settle the group, or landing
+        anywhere here) reaches the caller's thread, which hears it; what was never run is put
+        back, and the caller's recovery leaves nothing queued without a drainer."""
         try:
-            self._process(group)
-        except WouldWait:  # nothing was done: the writer thread runs it, and may wait
-            self._put_back(group)
-        except Exception:  # process settles its jobs in a finally
-            log.exception("group commit failed outside its own guards")
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit: the jobs are settled;
-            interrupted = exc  # this is the caller's own thread: it hears it, not a log line
+            group = self._take()
+            if group is None:
+                return
+            try:
+                self._process(group)
+            except WouldWait:  # nothing was done: the writer thread runs it, and may wait
+                self._put_back(group)
+            except Exception:  # process settles its jobs in a finally
+                log.exception("group commit failed outside its own guards")
+            self._taken = None
+        except BaseException:
+            self._untake()
+            raise
         self._stop_leading()
-        if interrupted is not None:
-            raise interrupted
 
     def _drain(self) -> None:
         while (group := self._take()) is not None:
@@ -732,3 +942,4 @@ class GroupCommit(Generic[J]):
                     job.done.set()
             except BaseException:  # process settles its jobs in a finally; keep draining
                 log.exception("group commit failed outside its own guards")
+            self._taken = None
