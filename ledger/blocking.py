@@ -529,27 +529,61 @@ class ExactView:
 
 class _TradingLock:
     """A lock that can be taken in one thread and given back in another (the async path takes
-    it from a worker thread), and that says how many are waiting for it."""
+    it from a worker thread), and that says how many are waiting for it.
+
+    Held for a ticket (each `Trading` block's own object), so giving it back is exact: an
+    interrupt (KeyboardInterrupt, a handler's SystemExit: CPython raises them in the main
+    thread between any two instructions, the entry of `Condition.__exit__` included) that
+    lands anywhere in `acquire` leaves it not held for that ticket, one landing anywhere in
+    `release` still gives it back, and neither leaves the condition's own lock with the
+    interrupted thread (tests/test_trading_lock_interrupts.py). Without the ticket, giving back
+    after an interrupt could free a hold another thread had taken meanwhile."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
-        self._held = False
+        self._holder: object | None = None
         self.waiting = 0
 
-    def acquire(self) -> None:
-        with self._condition:
-            self.waiting += 1
-            try:
-                while self._held:
-                    self._condition.wait()
-            finally:
-                self.waiting -= 1
-            self._held = True
+    def acquire(self, ticket: object) -> None:
+        condition = self._condition
+        try:
+            with condition:
+                self.waiting += 1
+                try:
+                    while self._holder is not None:
+                        condition.wait()
+                finally:
+                    self.waiting -= 1
+                self._holder = ticket
+            return  # inside the try: so is every instruction after the hold was taken
+        except BaseException:
+            self.give_back(ticket)
+            raise
 
-    def release(self) -> None:
-        with self._condition:
-            self._held = False
-            self._condition.notify()
+    def release(self, ticket: object) -> None:
+        try:
+            with self._condition:
+                if self._holder is ticket:
+                    self._holder = None
+                    # all: a waiter interrupted right after Condition.wait queued its waiter
+                    # lock left it queued, and a notify() may go to that one, lost
+                    self._condition.notify_all()
+        except BaseException:
+            self.give_back(ticket)
+            raise
+
+    def give_back(self, ticket: object) -> None:
+        """After an interrupt: the condition's lock freed if the interrupted thread still has
+        it (`Condition.__enter__` took it, `__exit__` had not given it back), then the hold
+        given back if ticket has it."""
+        condition = self._condition
+        while condition._is_owned():  # type: ignore[attr-defined]
+            condition.release()
+        with condition:
+            if self._holder is ticket:
+                self._holder = None
+            if self._holder is None:  # a notify the interrupted waiter took is passed on
+                condition.notify_all()
 
 
 class Trading:
@@ -558,9 +592,15 @@ class Trading:
 
     def __init__(self, lock: _TradingLock) -> None:
         self._lock = lock
+        self._ticket = object()
 
     def __enter__(self) -> None:
-        self._lock.acquire()
+        try:
+            self._lock.acquire(self._ticket)
+            return  # inside the try, as in acquire
+        except BaseException:
+            self._lock.give_back(self._ticket)
+            raise
 
     def __exit__(
         self,
@@ -568,23 +608,22 @@ class Trading:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._lock.release()
+        # an interrupt at release's own first instruction gave nothing back (only this
+        # method's own first instruction, before any `try` can start, is left uncovered: as
+        # for any __exit__ written in Python)
+        try:
+            self._lock.release(self._ticket)
+        except BaseException:
+            self._lock.give_back(self._ticket)
+            raise
 
     async def __aenter__(self) -> None:
-        acquired = False
-
-        def take() -> None:
-            nonlocal acquired
-            self._lock.acquire()
-            acquired = True
-
         # the event loop keeps running while this waits; a cancellation waits for the thread,
-        # so `acquired` says for sure whether there is a lock to give back
+        # and giving back is exact (the ticket), so whatever the thread did is undone
         try:
-            await anyio.to_thread.run_sync(take)
+            await anyio.to_thread.run_sync(self._lock.acquire, self._ticket)
         except BaseException:
-            if acquired:
-                self._lock.release()
+            self._lock.release(self._ticket)
             raise
 
     async def __aexit__(
@@ -593,7 +632,7 @@ class Trading:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._lock.release()
+        self._lock.release(self._ticket)
 
 
 def _sole_error(exc: BaseException) -> BaseException:

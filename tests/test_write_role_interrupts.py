@@ -76,12 +76,17 @@ WRITE_PATH = frozenset(
 
 
 class Inject:
-    """A trace function for this thread: counts the instructions it executes in WRITE_PATH
-    and raises `error` just before the one numbered `at` (never, with at=None); with `only`
-    set, in that asyncio task's frames only."""
+    """A trace function for this thread: counts the instructions it executes in `codes` (the
+    write path unless told) and raises `error` just before the one numbered `at` (never, with
+    at=None); with `only` set, in that asyncio task's frames only."""
 
-    def __init__(self, at: int | None, error: type[BaseException] = KeyboardInterrupt) -> None:
-        self.at, self.error = at, error
+    def __init__(
+        self,
+        at: int | None,
+        error: type[BaseException] = KeyboardInterrupt,
+        codes: frozenset[CodeType] = WRITE_PATH,
+    ) -> None:
+        self.at, self.error, self.codes = at, error, codes
         self.count = 0
         self.where: str | None = None
         self.only: asyncio.Task[Any] | None = None
@@ -101,7 +106,7 @@ class Inject:
         return self._local
 
     def _global(self, frame: FrameType, event: str, arg: object) -> Any:
-        if frame.f_code in WRITE_PATH and (
+        if frame.f_code in self.codes and (
             self.only is None or asyncio.current_task() is self.only
         ):
             frame.f_trace_opcodes = True
