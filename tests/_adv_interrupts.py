@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import ledger.blocking
@@ -21,16 +21,21 @@ LOCK_CODE = {ledger.store.writer.__file__, ledger.blocking.__file__, ledger.serv
 
 class InterruptAt:
     """A trace (sys.settrace, this thread) that raises KeyboardInterrupt before the `at`-th
-    opcode run in LOCK_CODE's frames, once; with `task`, only while that asyncio task is the
-    one running (not in the loop's own callbacks, where asyncio lets it end the loop)."""
+    opcode run in LOCK_CODE's frames (only those of the code objects `only`, if given),
+    once; with `task`, only while that asyncio task is the one running (not in the loop's
+    own callbacks, where asyncio lets it end the loop)."""
 
-    def __init__(self, at: int, task: asyncio.Task[Any] | None = None) -> None:
-        self.at, self.task = at, task
+    def __init__(
+        self, at: int, task: asyncio.Task[Any] | None = None, only: set[CodeType] | None = None
+    ) -> None:
+        self.at, self.task, self.only = at, task, only
         self.seen = 0
         self.where: tuple[str, int, int] | None = None
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename not in LOCK_CODE:
+        if frame.f_code.co_filename not in LOCK_CODE or (
+            self.only is not None and frame.f_code not in self.only
+        ):
             return None
         frame.f_trace_opcodes = True
         return self._opcode

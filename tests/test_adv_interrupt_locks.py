@@ -17,7 +17,9 @@ from pathlib import Path
 import anyio
 
 from ledger.blocking import ThreadSafePositionManager
+from ledger.service import Ledger
 from ledger.settings import Settings
+from projections.book import fold_records
 from tests._adv_interrupts import InterruptAt, bounded
 from tests._workers import audit_log, book_state
 
@@ -78,6 +80,45 @@ def test_an_interrupt_before_any_opcode_of_a_thread_command_wedges_nothing(
     fired, live = outcome
     assert fired > 100
     assert live == book_state(anyio.run(audit_log, tmp_path / "ledger.db").fold)
+
+
+def test_an_interrupt_between_a_commit_and_its_group_settled_keeps_the_book_a_fold_of_the_log(
+    tmp_path: Path,
+) -> None:
+    """An interrupt before each opcode of the Ledger's group commit (`Ledger._commit_group`,
+    `_publish`), a manager command at a time from a thread: after each, the live book is a
+    fold of the log. It was not when the interrupt landed between the transaction's return
+    (committed) and the book's publication: the log held the command, the book did not."""
+    manager = ThreadSafePositionManager(
+        file_path=tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
+    )
+    only = {Ledger._commit_group.__code__, Ledger._publish.__code__}
+
+    def attack() -> int:
+        fired = 0
+        for at in range(1, 10_000):
+            trace = InterruptAt(at, only=only)
+            sys.settrace(trace)
+            try:
+                _create(manager, f"C{at}USDT")
+            except KeyboardInterrupt:
+                assert trace.where is not None
+            finally:
+                sys.settrace(None)
+            if trace.where is None:
+                return fired
+            fired += 1
+            records = manager._portal.call(manager.ledger.store.read)  # type: ignore[union-attr]
+            assert book_state(manager.ledger.book) == book_state(fold_records(records)), (
+                f"the live book is not the log's after an interrupt at {trace.where}"
+            )
+        return fired
+
+    try:
+        fired = bounded(attack, "the attack", WATCHDOG)
+    finally:
+        bounded(manager.close, "close")
+    assert isinstance(fired, int) and fired > 20
 
 
 def test_an_interrupt_before_any_opcode_of_a_task_command_wedges_nothing(tmp_path: Path) -> None:
