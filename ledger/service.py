@@ -626,7 +626,13 @@ class Ledger:
     def _commit_group(self, group: list[_Job]) -> None:
         """One transaction for the group; the live book changes only once it is committed."""
         state = _Group()
-        settle = True
+        # Settling is the try's last step, and every way out of it settles again: an
+        # interrupt at any instruction between the COMMIT and the group settled (the book
+        # not yet published, or the Completions not yet set) would otherwise leave a stored
+        # group unpublished, or unsettled, which the writer takes for never run and queues
+        # again (GroupCommit._untake): run twice. Made before anything is done (an interrupt
+        # here: nothing done, and the writer puts the group back, rightly).
+        dones = [job.done for job in group]
         try:
             if len(group) == 1 and type(group[0].decide) is _CommandDecider:
                 # a group of one command: `_decide_one` while the book is in step (asked on
@@ -641,30 +647,31 @@ class Ledger:
                 )
             else:
                 self.store.run_transaction(lambda tx: self._decide_group(tx, group, state))
+            self._publish(state)
+            Completion.set_all(dones)
         except WouldWait:  # nothing was decided: the writer thread runs the group again
-            settle = False
             raise
         except BaseException as failure:
-            if (
-                isinstance(failure, Exception)
-                or state.culprit is not None
-                or not self._stored_anyway(group, state)
-            ):
-                self._fail_group(group, state, failure)
-                if state.culprit is None and not isinstance(failure, Exception):
-                    raise  # KeyboardInterrupt, SystemExit in this thread (not a decider's own)
-                return
-            # An interrupt of this thread that landed after the COMMIT returned (a signal's
-            # handler runs right after a call): the group is stored, so its callers hear
-            # their results, the book is published, and this thread hears its interrupt
-            # (tests/test_adv_interrupt_after_commit.py).
-            self._publish(state)
-            raise
-        else:
-            self._publish(state)
-        finally:
-            if settle:
-                Completion.set_all([job.done for job in group])
+            try:
+                if state.work is not None and self._book is state.work:
+                    raise  # published (stored): an error after it, or an interrupt
+                if (
+                    isinstance(failure, Exception)
+                    or state.culprit is not None
+                    or not self._stored_anyway(group, state)
+                ):
+                    self._fail_group(group, state, failure)
+                    if state.culprit is None and not isinstance(failure, Exception):
+                        raise  # KeyboardInterrupt, SystemExit in this thread (not a decider's)
+                    return
+                # An interrupt of this thread that landed after the COMMIT returned (a
+                # signal's handler runs right after a call): the group is stored, so its
+                # callers hear their results, the book is published, and this thread hears
+                # its interrupt (tests/test_adv_interrupt_after_commit.py).
+                self._publish(state)
+                raise
+            finally:
+                Completion.set_all(dones)
 
     def _publish(self, state: _Group) -> None:
         """The live book after a group's transaction committed."""
