@@ -557,8 +557,11 @@ class GroupCommit(Generic[J]):
             return self.run(job)
         lock = self._lock
         try:  # recovers from an interrupt anywhere in here (see DESIGN)
-            lock.acquire()  # not `with`: no bound __enter__/__exit__ made and called
+            # the acquire inside the inner try: the NOP CPython 3.11 emits for a nested
+            # `try:` line lies outside every exception-table range, the outer one's too, so a
+            # trace's interrupt there, the lock taken just before, escaped _recover
             try:
+                lock.acquire()  # not `with`: no bound __enter__/__exit__ made and called
                 if self._draining:  # a follower: visible to the drainer once queued: future
                     done._future = loop.create_future()  # first
                     self._pending.append(job)
@@ -580,7 +583,8 @@ class GroupCommit(Generic[J]):
                     self._skipped += 1
                     yield_first = False
             finally:
-                lock.release()
+                if _owned(lock):  # an interrupt before the acquire returned: not taken
+                    lock.release()
             if yield_first:
                 return self._queue_led(job, loop, yield_first=True)
             writer = self._writer
