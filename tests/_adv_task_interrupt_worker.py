@@ -71,7 +71,11 @@ async def attack(folder: Path) -> tuple[int, str]:
                 if not wheres:
                     break
                 fired += 1
-                print(json.dumps({"interrupted": wheres, "together": together, "at": at}), file=sys.stderr, flush=True)
+                print(
+                    json.dumps({"interrupted": wheres, "together": together, "at": at}),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 other = f"B{together}-{at}USDT"
                 await anyio.to_thread.run_sync(
                     bounded, lambda s=other: led.execute_blocking(_open(s)), f"{wheres}"
