@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks._data import EventMix, take
 from ledger.store.sqlite import SQLiteEventStore
-from ledger.store.wal import presize_wal
+from ledger.store.wal import MAX_SIZED_BYTES, presize_wal, wal_target_bytes
 
 
 def _cycle_bytes(db: Path) -> int:
@@ -169,3 +169,10 @@ _LIMITED_WRITER = textwrap.dedent(
     anyio.run(main, sys.argv[1])
     """
 )
+
+
+def test_the_size_written_ahead_is_one_cycle_and_at_most_16_mib() -> None:
+    assert wal_target_bytes(4096, 1000) == 32 + (1000 + 64) * (24 + 4096)
+    assert wal_target_bytes(65536, 1000) == MAX_SIZED_BYTES == 16 * 1024 * 1024
+    assert wal_target_bytes(4096, 100_000) == MAX_SIZED_BYTES
+    assert wal_target_bytes(4096, 0) == 0 and wal_target_bytes(4096, -1) == 0

@@ -40,14 +40,18 @@ WAL_HEADER_BYTES = 32
 WAL_FRAME_HEADER_BYTES = 24
 _WAL_MAGIC = (0x377F0682, 0x377F0683)  # little- / big-endian checksums: both are WALs
 _MARGIN_FRAMES = 64  # a checkpoint runs after the commit that passes the threshold
+MAX_SIZED_BYTES = 16 << 20  # the default cycle (4 KiB pages, 1,000 of them) is 4.3 MB
 
 
 def wal_target_bytes(page_size: int, autocheckpoint_pages: int) -> int:
-    """The size SQLite's own cycle takes a WAL to (0: no automatic checkpoint, no cycle)."""
+    """The size SQLite's own cycle takes a WAL to (0: no automatic checkpoint, no cycle), at
+    most MAX_SIZED_BYTES: a database made with 64 KiB pages or a large wal_autocheckpoint
+    would have every start write and fsync tens of MB first; past that size its commits grow
+    the file, as all did before."""
     if autocheckpoint_pages <= 0 or page_size <= 0:
         return 0
     frames = autocheckpoint_pages + _MARGIN_FRAMES
-    return WAL_HEADER_BYTES + frames * (WAL_FRAME_HEADER_BYTES + page_size)
+    return min(WAL_HEADER_BYTES + frames * (WAL_FRAME_HEADER_BYTES + page_size), MAX_SIZED_BYTES)
 
 
 def presize_wal(wal_path: str, target_bytes: int) -> bool:
