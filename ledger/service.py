@@ -796,16 +796,18 @@ class Ledger:
             try:
                 fresh = []
                 for event in decider.events(work):
+                    stream = stream_of(event)
+                    if type(event) is PositionOpened:
+                        # a position the book has no events of: its stream is new, which
+                        # the store may take without reading it (proven before the COMMIT)
+                        tx.assume_new((stream,))
+                    else:  # a command writes one or two streams (each loaded once)
+                        tx.load_versions((stream,))
                     fresh.append(
                         NewEvent(
-                            stream=stream_of(event),
-                            event=event,
-                            event_id=_uuids.take(),
-                            occurred_at=now,
+                            stream=stream, event=event, event_id=_uuids.take(), occurred_at=now
                         )
                     )
-                # a command writes one or two streams (load_versions loads each once)
-                tx.load_versions([new.stream for new in fresh])
                 records = self._staged(tx, fresh)
                 folding = True
                 work.apply_all(records)

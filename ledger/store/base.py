@@ -495,6 +495,15 @@ class StoreTransaction(abc.ABC):
         """
         return None
 
+    def assume_new(self, streams: Iterable[str]) -> None:
+        """`load_versions` of streams the caller expects to hold no events yet (the position
+        a command opens: the book has none by that id). A store that reads versions may stage
+        to them as new without reading, provided it proves them new before it commits, and
+        runs the unit again on their stored versions when one is not (SQLite: see
+        `run_transaction`): the caller sees what `load_versions` would have given it.
+        """
+        self.load_versions(streams)
+
     def savepoint(self) -> Savepoint:
         """Mark the staging so far; `rollback_to` discards what is staged after the mark."""
         return Savepoint(len(self.rows), self.head.seq, self.head.hash)

@@ -120,6 +120,17 @@ def _wal_to_size(conn: sqlite3.Connection) -> tuple[str, int] | None:
     return (f"{main}-wal", target) if main and target else None
 
 
+def _drop_unproven(own: dict[str, int], assumed: list[str]) -> None:
+    """Leave out of a committed transaction's versions each stream `assume_new` took as new
+    that it inserted nothing to (its version 0: the job rolled back, or staged elsewhere):
+    nothing proved it new, so the store's cache must not say so. One it inserted to was
+    proven new by that insert (UNIQUE(stream, version) takes version 1 only in an empty
+    stream), or by reading (`assumed_wrongly`)."""
+    for stream in assumed:
+        if own.get(stream) == 0:
+            del own[stream]
+
+
 def _staged(row: sqlite3.Row | tuple[object, ...]) -> StagedRow:
     return StagedRow(*row)
 
@@ -130,12 +141,39 @@ class _SQLiteTransaction(StoreTransaction):
     _conn: sqlite3.Connection
 
     versions_complete = False
+    # Streams staged to as new without reading their versions (`assume_new`), None while
+    # there are none; what proves each new before the COMMIT: see `run_transaction`
+    assumed: list[str] | None = None
+    # False on the run after an assumption was found wrong (`_attempt`): read them all
+    may_assume = True
 
     def load_versions(self, streams: Iterable[str]) -> None:
-        head = self.head
-        missing = [stream for stream in dict.fromkeys(streams) if not head.known(stream)]
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
+        own, base = self.head.own, self.head.base
+        missing: dict[str, None] = {}
+        for stream in streams:  # a loop, not a comprehension: most calls ask for one stream
+            if stream not in own and stream not in base:
+                missing[stream] = None
+        if missing:
+            self._read_versions(list(missing))
+
+    def assume_new(self, streams: Iterable[str]) -> None:
+        if not self.may_assume:
+            self.load_versions(streams)
+            return
+        own, base = self.head.own, self.head.base
+        for stream in streams:
+            if stream not in own and stream not in base:
+                own[stream] = 0  # staged from version 1, as a stream that does not exist
+                if self.assumed is None:
+                    self.assumed = [stream]
+                else:
+                    self.assumed.append(stream)
+
+    def _read_versions(self, streams: list[str]) -> dict[str, int]:
+        """The stored versions of these streams (0: none), read into the store's cache."""
+        versions: dict[str, int] = {}
+        for start in range(0, len(streams), 500):
+            chunk = streams[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._conn.execute(
                 f"SELECT stream, MAX(version) FROM events WHERE stream IN ({marks})"
@@ -143,11 +181,19 @@ class _SQLiteTransaction(StoreTransaction):
                 chunk,
             ).fetchall()
             found = {str(stream): int(version) for stream, version in rows}
-            # committed facts read under the write lock: valid for the store whatever this
-            # transaction does, so they go into the store's own cache (the head's versions)
-            store_versions = head.base
             for stream in chunk:
-                store_versions[stream] = found.get(stream, 0)
+                versions[stream] = found.get(stream, 0)
+        # committed facts read under the write lock: valid for the store whatever this
+        # transaction does, so they go into the store's own cache (the head's versions)
+        self.head.base.update(versions)
+        return versions
+
+    def assumed_wrongly(self) -> bool:
+        """Whether a stream `assume_new` took as new holds events (read under the write
+        lock, into the store's cache: a run of the unit again stages after them)."""
+        if self.assumed is None:
+            return False
+        return any(self._read_versions(self.assumed).values())
 
     def committed_after(self, seq: int) -> list[Recorded]:
         rows = self._conn.execute(
@@ -396,6 +442,14 @@ class SQLiteEventStore(EventStore):
         handed to a caller (a refusal, a raise, a result).
         What it saves: one statement of four in a usual commit (the tail SELECT, which at
         synchronous=FULL runs with caches cold after each fsync).
+        A stream `unit` took as new (`assume_new`: the position an open creates) is staged
+        from version 1 without reading its version, and proven empty the same way: the insert
+        of a lone row, since UNIQUE(stream, version) takes version 1 only in an empty stream
+        (a refusal on a current head is then read: if such a stream holds events, `unit`
+        runs again on their versions, as when the head was stale); where no lone insert
+        proves it, by reading its version before anything is inserted. A version nothing
+        proved is never kept in the store's cache (`_drop_unproven`). What it saves: the
+        SELECT of an open's stream, a fifth statement.
         """
         if self._read_only:
             raise StoreUnavailable(f"{self.path} is open read-only")
@@ -456,10 +510,13 @@ class SQLiteEventStore(EventStore):
                         cur.execute(_INSERT, rows[0])
                     except sqlite3.IntegrityError:
                         # one statement failed whole, so nothing of ours went in: stale when
-                        # seq head+1 is held (see _insert_proving)
-                        if not self._held(cur, head.seq + 1):
+                        # seq head+1 is held (see _insert_proving), or when a stream taken
+                        # as new holds events (UNIQUE(stream, version) refused version 1)
+                        if not self._held(cur, head.seq + 1) and not tx.assumed_wrongly():
                             raise
                         stale = True
+                elif tx.assumed is not None and tx.assumed_wrongly():
+                    stale = True  # nothing inserted: proven new by reading, not by the insert
                 else:
                     stale = not self._insert_proving(cur, rows, head)
             if stale:  # nothing of it inserted: again, after the tail
@@ -476,6 +533,8 @@ class SQLiteEventStore(EventStore):
         head.hash = draft.hash
         own = draft.own
         if own:
+            if tx.assumed is not None:
+                _drop_unproven(own, tx.assumed)
             head.stream_versions.update(own)
         return result
 
@@ -615,6 +674,7 @@ class SQLiteEventStore(EventStore):
             head.stream_versions[record.stream] = record.version
         tx = _SQLiteTransaction(head, tail, self._clock())
         tx._conn = cur.connection
+        tx.may_assume = False  # nothing here would prove a stream new: read every version
         result = unit(tx)
         rows = tx.rows
         if len(rows) == 1:
