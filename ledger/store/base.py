@@ -675,12 +675,14 @@ class StoreTransaction(abc.ABC):
         body = bytearray(BODY_BUFFER)  # encode_body(), inlined
         encode_into(event, body)
         occurred_at = new.occurred_at
+        recorded_us = self.recorded_us
         occurred_us = (
-            (occurred_at - _EPOCH) // _MICROSECOND  # to_micros(), inlined
+            recorded_us  # a command's events occur when recorded (Ledger._decide_one)
+            if occurred_at is self.recorded_at
+            else (occurred_at - _EPOCH) // _MICROSECOND  # to_micros(), inlined
             if type(occurred_at) is datetime and occurred_at.tzinfo is not None
             else to_micros(occurred_at)
         )
-        recorded_us = self.recorded_us
         # chain_hash(), inlined: sha256(prev_hash || header || "\n" || body)
         digest = _sha256(
             b"".join(
