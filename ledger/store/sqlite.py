@@ -529,13 +529,21 @@ class SQLiteEventStore(EventStore):
                 raise
             raise failure from exc
         draft = tx.head  # draft.publish(head), inlined
-        head.seq = draft.seq
-        head.hash = draft.hash
-        own = draft.own
-        if own:
+        try:
+            head.seq = draft.seq
+            head.hash = draft.hash
+            own = draft.own
+            if own:
+                if tx.assumed is not None:
+                    _drop_unproven(own, tx.assumed)
+                head.stream_versions.update(own)
+        except BaseException:
+            # committed, an interrupt half-way through its publishing: finished, so the
+            # head's seq never runs ahead of its hash (dropping again drops nothing more)
             if tx.assumed is not None:
-                _drop_unproven(own, tx.assumed)
-            head.stream_versions.update(own)
+                _drop_unproven(draft.own, tx.assumed)
+            draft.publish(head)
+            raise
         return result
 
     def _failure(self, exc: BaseException) -> BaseException:
