@@ -76,6 +76,7 @@ from ledger.store.writer import (
     WouldWait,
     deferred_blocking_completion,
     deferred_completion,
+    signalled_here,
 )
 from ledger.values import (
     LEDGER_CONTEXT,
@@ -659,20 +660,28 @@ class Ledger:
             try:
                 if state.work is not None and self._book is state.work:
                     raise  # published (stored): an error after it, or an interrupt
-                if (
-                    isinstance(failure, Exception)
-                    or state.culprit is not None
-                    or not self._stored_anyway(group, state)
+                culprit = state.culprit
+                if isinstance(failure, Exception) or (
+                    culprit is not None and not signalled_here(culprit.done)
                 ):
-                    self._fail_group(group, state, failure)
-                    if state.culprit is None and not isinstance(failure, Exception):
-                        raise  # KeyboardInterrupt, SystemExit in this thread (not a decider's)
+                    self._fail_group(group, state, failure)  # a decider's own, its caller's
                     return
-                # An interrupt of this thread that landed after the COMMIT returned (a
-                # signal's handler runs right after a call): the group is stored, so its
-                # callers hear their results, the book is published, and this thread hears
-                # its interrupt (tests/test_adv_interrupt_after_commit.py).
-                self._publish(state)
+                # KeyboardInterrupt, SystemExit of this thread, never another caller's (see
+                # DESIGN in ledger/store/writer.py)
+                stored = self._stored_anyway(group, state)
+                if stored:
+                    # it landed after the COMMIT returned (a signal's handler runs right
+                    # after a call): the group is stored, so its callers hear their results,
+                    # the book is published (tests/test_adv_interrupt_after_commit.py)
+                    self._publish(state)
+                    raise
+                if stored is False and signalled_here():
+                    # a signal's, nothing stored: unsettled, the group is put back and run
+                    # again by the writer thread (tests/test_leader_interrupts.py)
+                    self._fold_tail(state)
+                    dones = []
+                    raise
+                self._fail_group(group, state, failure)
                 raise
             finally:
                 Completion.set_all(dones)
@@ -686,19 +695,20 @@ class Ledger:
             log.warning("the book was reloaded from the log at seq %d", self._book.last_seq)
         self._after_commit()
 
-    def _stored_anyway(self, group: list[_Job], state: _Group) -> bool:
+    def _stored_anyway(self, group: list[_Job], state: _Group) -> bool | None:
         """Whether a group whose transaction raised an interrupt (no Exception: a
         KeyboardInterrupt or SystemExit of this thread, not a decider's) is stored all the
         same (`EventStore.stored_as_staged`: an interrupt that landed after the COMMIT
-        returned). The tail that asking read (the store's head takes it) is folded as the
-        group's: into its book when stored, else with the failed transaction's tail."""
+        returned); None when that cannot be told. The tail that asking read (the store's
+        head takes it) is folded as the group's: into its book when stored, else with the
+        failed transaction's tail."""
         staged = [record for job in group for record in job.result]
         if not staged or state.work is None:
             return False
         stored, seen = self.store.stored_as_staged(staged)
         if not stored:
-            state.tail = [*state.tail, *seen]  # folded by _fail_group
-            return False
+            state.tail = [*state.tail, *seen]  # folded by _fail_group or _fold_tail
+            return stored
         if seen:  # others' events committed after the group's (apply skips the group's own)
             try:
                 state.work = self._fold(state.work, seen, [])
@@ -995,8 +1005,12 @@ class Ledger:
             elif job.error is None:
                 job.error = error
         log.error("append failed, nothing of this group was stored: %s", error)
+        self._fold_tail(state)
+
+    def _fold_tail(self, state: _Group) -> None:
+        """After a transaction that stored nothing: the events of other processes it read."""
         if state.tail and self._broken is None:
-            try:  # other processes' events did commit
+            try:  # they did commit
                 self._book = self._fold(self._book, state.tail, [])
             except BookOutOfStep:
                 log.error("%s", self._broken)

@@ -1092,15 +1092,16 @@ class EventStore(abc.ABC):
         same: each record its batches staged (those that did not fail alone) is in the log
         with its hash (see `stored_as_staged`)."""
         staged = [record for pending in group if pending.error is None for record in pending.result]
-        return bool(staged) and self.stored_as_staged(staged)[0]
+        return bool(staged) and self.stored_as_staged(staged)[0] is True
 
-    def stored_as_staged(self, staged: Sequence[Recorded]) -> tuple[bool, list[Recorded]]:
+    def stored_as_staged(self, staged: Sequence[Recorded]) -> tuple[bool | None, list[Recorded]]:
         """After a write transaction raised an interrupt (a KeyboardInterrupt or SystemExit
         of the thread running it, which may land right after its COMMIT returned): whether
         every record it staged is in the log at its seq with its hash, and the tail this
         asking read (events committed after this store's head: the head takes them, the
         caller's own among them). Asked in a transaction of its own that stages nothing;
-        anything it cannot tell (it fails, or would wait) is (False, [])."""
+        anything it cannot tell (it fails, or would wait) is (None, []): a caller may run
+        again only what was surely not stored."""
         tail: list[Recorded] = []
 
         def ask(tx: StoreTransaction) -> dict[str, Recorded]:
@@ -1109,8 +1110,8 @@ class EventStore(abc.ABC):
 
         try:
             found = self.run_transaction(ask)
-        except BaseException:  # cannot tell (another interrupt included): not stored
-            return False, []
+        except BaseException:  # cannot tell (another interrupt included)
+            return None, []
         stored = all(
             (mine := found.get(record.event_id)) is not None
             and mine.seq == record.seq

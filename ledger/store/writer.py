@@ -83,6 +83,14 @@ the usual path's own releases stay plain statements inside it, so an interrupt b
 two of them is recovered too. The interrupted caller hears its exception; its job, if it was
 still queued, is taken back (not run), else it was run and settled. A second signal landing
 inside the recovery itself is not covered (no Python code can be).
+
+A leader's interrupt is its own, never its followers': a signal lands anywhere the main thread
+runs, the decision of another thread's job inside the group's transaction included. A group's
+process asks `signalled_here` whether a KeyboardInterrupt or SystemExit raised there may be a
+signal's: then this thread hears it, and the group, surely not stored, is left unsettled, so
+the leader puts it back (`_untake`) and the writer thread runs it again (the leader's own job
+taken out by its recovery); stored, each caller hears its result. Elsewhere no signal lands:
+one raised in a job's decision is that job's own (its caller hears it, the group fails).
 """
 
 from __future__ import annotations
@@ -185,6 +193,17 @@ def _wake_held(held: _Held, loop: asyncio.AbstractEventLoop | None) -> None:
                     done._wake()
                 # else: deferred, never made: its task ran the job itself and nobody waits
     _wakeups.held = before
+
+
+def signalled_here(waiter: Completion | None = None) -> bool:
+    """Whether a KeyboardInterrupt or SystemExit raised on this thread while it ran a group
+    (inside the job whose caller waits on `waiter`, if given) may be a signal's, so this
+    thread's own and not the job's. Python runs signal handlers in the main thread only; a job
+    of a task of this thread's own loop is this thread's already (its caller hears it)."""
+    if get_ident() != threading.main_thread().ident:
+        return False
+    loop = None if waiter is None else waiter._loop
+    return loop is None or loop is not asyncio._get_running_loop()
 
 
 # An inline leader that skipped its yield this many times in a row on its loop yields anyway
@@ -606,8 +625,9 @@ class GroupCommit(Generic[J]):
         just taken (`run_now`, `run_blocking`), then free the role: (queued, interrupted).
         queued: not run (the writer stopping, WouldWait), nothing done, the job the caller's
         to queue; interrupted: a KeyboardInterrupt or SystemExit of this thread, the job
-        settled, for the caller to raise once done. (writer._hold without held wake-ups:
-        process settles only this job, whose Completion, deferred, wakes nobody.) Call it
+        settled or not run, for the caller to raise once done. (writer._hold without held
+        wake-ups: process settles only this job, whose Completion, deferred, wakes nobody.)
+        Call it
         inside the caller's recovering `try` (an interrupt between its steps: `_recover`)."""
         writer = self._writer
         writer._holder = get_ident()
@@ -623,8 +643,8 @@ class GroupCommit(Generic[J]):
             except Exception:  # process settles its jobs in a finally
                 log.exception("group commit failed outside its own guards")
                 queued = False
-            except BaseException as exc:  # KeyboardInterrupt, SystemExit: settled; this
-                interrupted = exc  # is the caller's own thread: it hears it
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit: settled, or
+                interrupted = exc  # not run; this is the caller's own thread: it hears it
                 queued = False
         writer._holder = None
         writer._may_wait = True
@@ -917,9 +937,10 @@ class GroupCommit(Generic[J]):
 
     def _lead_one_group(self) -> None:
         """Inline: one group, then the writer thread takes whatever queued up meanwhile. A
-        KeyboardInterrupt or SystemExit (of process, whose guards settle the group, or landing
-        anywhere here) reaches the caller's thread, which hears it; what was never run is put
-        back, and the caller's recovery leaves nothing queued without a drainer."""
+        KeyboardInterrupt or SystemExit (of process, whose guards settle the group or leave
+        it unsettled, not stored, or landing anywhere here) reaches the caller's thread, which
+        hears it; what was never run or settled is put back, and the caller's recovery leaves
+        nothing queued without a drainer."""
         try:
             group = self._take()
             if group is None:
