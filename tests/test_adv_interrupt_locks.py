@@ -7,8 +7,11 @@ wait is bounded and fails, none is a timed race."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import anyio
@@ -136,3 +139,50 @@ def test_an_interrupt_before_any_opcode_of_a_task_command_wedges_nothing(tmp_pat
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["fired"] > 100
     assert result["live"] == result["fold"]
+
+
+def test_a_sigint_storm_on_a_process_of_manager_writes_leaves_a_store_that_works(
+    tmp_path: Path,
+) -> None:
+    """Real SIGINTs, one at a time (the next once the last was heard), to a process whose
+    main thread and three helper threads write through one ThreadSafePositionManager
+    (tests/_adv_sigint_storm_worker.py); the main thread hears each as KeyboardInterrupt and
+    goes on. Then: the helpers finish, a new write completes, the live book is a fold of the
+    log, every acknowledged helper command is stored, close() returns."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests._adv_sigint_storm_worker", str(tmp_path), "3"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        watchdog = threading.Timer(WATCHDOG, worker.kill)
+        watchdog.start()
+        result = None
+        try:
+            assert worker.stdout is not None and worker.stdin is not None
+            sent = 0
+            for line in worker.stdout:
+                said = json.loads(line)
+                if "result" in said:
+                    result = said["result"]
+                    break
+                if sent < SIGNALS:  # each report ("interrupted": n) asks for the next one
+                    os.kill(worker.pid, signal.SIGINT)
+                    sent += 1
+                elif sent == SIGNALS:
+                    worker.stdin.write("stop\n")
+                    worker.stdin.flush()
+                    sent += 1
+            assert worker.stderr is not None
+            errors = worker.stderr.read()
+            assert worker.wait(WATCHDOG) == 0, errors[-20_000:]
+        finally:
+            watchdog.cancel()
+            worker.kill()
+    assert result is not None, errors[-20_000:]
+    assert result["heard"] >= SIGNALS and result["errors"] == [], result
+    assert result["helpers_alive"] == 0 and result["write_after"] == "ok", result
+    assert result["close"] == "ok" and result["book_is_fold"], result
+    assert result["helper_acked_stored"] and result["main_stored_attempted"], result
