@@ -186,11 +186,12 @@ class _UuidPool(threading.local):
     at = 0
 
     def take(self) -> str:
-        at = self.at
-        if at == len(self.hex):
-            self.hex, at = _random_uuids(_POOL_UUIDS), 0
+        pool, at = self.hex, self.at  # each attribute read once (see take_many)
+        if at == len(pool):
+            pool, at = _random_uuids(_POOL_UUIDS), 0
+            self.hex = pool
         self.at = at + 32
-        return self.hex[at : at + 32]
+        return pool[at : at + 32]
 
     def take_many(self, count: int) -> list[str]:
         """`take` count times, the pool read and moved once (a thread-local's attribute costs
