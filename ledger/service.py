@@ -928,7 +928,10 @@ class Ledger:
             for event in decider.events(work):
                 stream = stream_of(event)
                 if stream not in loaded:  # a command writes one or two streams
-                    tx.load_versions((stream,))
+                    if type(event) is PositionOpened:  # a new stream (see _decide_one)
+                        tx.assume_new((stream,))
+                    else:
+                        tx.load_versions((stream,))
                     loaded.add(stream)
                 fresh.append(
                     NewEvent(stream=stream, event=event, event_id=ids.next(), occurred_at=now)

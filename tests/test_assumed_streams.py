@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import pytest
 
 from ledger.envelope import NewEvent
@@ -237,3 +238,38 @@ async def test_the_run_after_a_wrong_assumption_reads_every_version(db_path: Pat
 
         assert await store.transact(unit) == 2
     assert await _stored(db_path) == [("o0", "p0", 1), ("o1", "p1", 1), ("m-p1", "p1", 2)]
+
+
+async def test_opens_in_one_group_with_a_stream_that_holds_events_follow_them(
+    db_path: Path,
+) -> None:
+    """Three opens decided in one transaction (a group), one on a stream that holds a stray
+    event: the rows are proven new by reading before they go in, and the group is decided
+    again on the stored version, every open stored."""
+    async with opened_store(db_path) as store:
+        await store.append([new(marked("pos_x", 101), "stray")])
+    quiet = Settings(snapshot_every_events=10**9, snapshot_every_seconds=10**6)
+    async with Ledger(db_path, settings=quiet) as ledger:
+        statements: list[str] = []
+
+        def install() -> None:
+            conn = ledger.store._conn  # type: ignore[attr-defined]
+            conn.set_trace_callback(statements.append)
+
+        await ledger.store.writer.call(install)
+
+        async def open_one(position_id: str, symbol: str) -> None:
+            await ledger.open_position(
+                symbol, "buy", entry_price=100, qty=1, leverage=5, position_id=position_id
+            )
+
+        async with anyio.create_task_group() as group:
+            for position_id, symbol in (("pos_a", "AUSDT"), ("pos_x", "XUSDT"), ("pos_b", "BUSDT")):
+                group.start_soon(open_one, position_id, symbol)
+        versions = {
+            pid: [r.version for r in await ledger.history(pid)]
+            for pid in ("pos_a", "pos_x", "pos_b")
+        }
+    assert [s.split(" ")[0] for s in statements].count("BEGIN") == 1  # one group
+    assert versions == {"pos_a": [1], "pos_x": [1, 2], "pos_b": [1]}
+    assert len(await _stored(db_path)) == 4
