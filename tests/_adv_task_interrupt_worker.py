@@ -1,6 +1,6 @@
 """A process for test_adv_interrupt_locks' task attack: a Ledger on a loop in this process's
 main thread; tasks make commands (one alone, then three at once) while an interrupt is
-injected before each opcode of the write path's lock code in turn (tests/_adv_interrupts.py),
+injected before each opcode of the write path's lock code in turn (tests/_interrupts.py),
 heard by the task running it. After each: a command from another thread and one from a task
 must complete (bounded). Prints {"fired": n, "live": ..., "fold": ...} as its last line; a hang
 dumps every thread's stack and ends the process (faulthandler).
@@ -23,7 +23,7 @@ from ledger.commands import OpenPosition
 from ledger.service import Ledger, new_position_id
 from ledger.settings import Settings
 from ledger.values import Side
-from tests._adv_interrupts import BOUND, InterruptAt, bounded
+from tests._interrupts import BOUND, LOCK_CODE, Inject, bounded
 from tests._workers import audit_log, book_state
 
 SETTINGS = Settings(
@@ -46,10 +46,10 @@ async def attack(folder: Path) -> tuple[int, str]:
     fired = 0
     async with Ledger(folder / "ledger.db", settings=SETTINGS) as led:
 
-        async def command(symbol: str, at: int) -> tuple[str, int, int] | None:
+        async def command(symbol: str, at: int) -> str | None:
             task = asyncio.current_task()
             assert task is not None
-            trace = InterruptAt(at, task)
+            trace = Inject(at, files=LOCK_CODE, task=task, nops=True)
             sys.settrace(trace)
             try:
                 await led.execute(_open(symbol))
@@ -60,7 +60,7 @@ async def attack(folder: Path) -> tuple[int, str]:
             return trace.where
 
         for together in (1, 3):
-            for at in range(1, 100_000):
+            for at in range(100_000):
                 wheres = [
                     where
                     for where in await asyncio.gather(

@@ -18,7 +18,6 @@ again succeeds, leaving the live book equal to a fold of the log.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,6 +37,7 @@ from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import GroupCommit, WriterThread
 from projections.book import Book, fold_records
+from tests._interrupts import on_thread
 from tests._workers import book_state
 
 WATCHDOG = 60.0
@@ -59,23 +59,6 @@ class Once:
             self.fired += 1
             raise self.error("injected")
         return self.real(*args, **kwargs)
-
-
-def on_thread(work: Callable[[], object]) -> object:
-    """work() on a fresh plain thread (joined with a watchdog): its result or its exception."""
-    box: list[object] = []
-
-    def body() -> None:
-        try:
-            box.append(work())
-        except BaseException as exc:  # the injected one too: handed to the test
-            box.append(exc)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    thread.join(WATCHDOG)
-    assert not thread.is_alive(), "the caller hung"
-    return box[0]
 
 
 def assert_free(writer: WriterThread, queue: GroupCommit[Any]) -> None:
@@ -116,7 +99,7 @@ def test_an_interrupt_in_a_lone_blocking_create_fails_it_alone_and_frees_everyth
     ledger_ = manager.ledger
     assert on_thread(lambda: manager.thread_safe_create_position(
         symbol="WARMUSDT", side="short", entry_price=10, position_size=50, leverage=2
-    ))  # fmt: skip
+    ), WATCHDOG)  # fmt: skip
     if step == "decide":
         once = Once(ledger.service.decide_checked, error)  # type: ignore[attr-defined]
         monkeypatch.setattr(ledger.service, "decide_checked", once)
@@ -132,13 +115,14 @@ def test_an_interrupt_in_a_lone_blocking_create_fails_it_alone_and_frees_everyth
         monkeypatch.setattr(Book, "apply_all", apply_all)
     before = ledger_.last_seq
     once.armed = True
-    heard = on_thread(lambda: create(manager))
+    heard = on_thread(lambda: create(manager), WATCHDOG)
     assert once.fired == 1
     heard_as_raised(heard, error)
     assert ledger_.last_seq == before
     assert_free(ledger_.store.writer, ledger_._queue())
     assert "XUSDT" not in {p.symbol for p in ledger_.book.open.values()}
-    pid = on_thread(lambda: create(manager))  # the same call again: no duplicate left behind
+    # the same call again: no duplicate left behind
+    pid = on_thread(lambda: create(manager), WATCHDOG)
     assert isinstance(pid, str) and pid in ledger_.book.open
     assert ledger_.last_seq == before + 1
     assert_free(ledger_.store.writer, ledger_._queue())
@@ -182,7 +166,7 @@ def test_an_interrupt_staging_a_lone_one_event_append_stores_nothing(
             once.armed = True
             if caller == "thread":
                 heard = await anyio.to_thread.run_sync(
-                    lambda: on_thread(lambda: store.append_blocking([mark(1)]))
+                    lambda: on_thread(lambda: store.append_blocking([mark(1)]), WATCHDOG)
                 )
             else:
                 try:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import inspect
 import sys
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,6 +38,7 @@ from ledger.errors import StoreError
 from ledger.events import PositionMarked, PositionOpened
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
+from tests._interrupts import LedGroup
 from tests._workers import audit_log, book_state
 from tests.test_adv_blocking_storm import seed_kwargs
 
@@ -82,64 +83,28 @@ def test_an_interrupt_around_commit_tells_the_groups_other_callers_what_was_stor
     ):
         warm = m.thread_safe_create_position(**seed_kwargs("WARMUSDT"))
         ledger = m.ledger
-        queue, writer = ledger._queue(), ledger.store.writer
-        # the writer thread holds the role until every caller is queued: this thread leads
-        # the group (it entered first and waits for the role), the others join it
-        hold, held = threading.Event(), threading.Event()
-
-        def holding() -> None:
-            held.set()
-            hold.wait(WATCHDOG)
-
-        writer.submit(holding)
-        assert held.wait(WATCHDOG)
-        lead_in, others_in = threading.Event(), threading.Semaphore(0)
-        real_enter = queue._enter
-
-        def counted_enter(job: Any) -> bool:
-            leads = real_enter(job)
-            if threading.current_thread() is threading.main_thread():
-                lead_in.set()
-            else:
-                others_in.release()
-            return leads
-
-        queue._enter = counted_enter  # type: ignore[method-assign]
-        heard: dict[int, object] = {}
-
-        def other(i: int) -> None:
-            try:
-                heard[i] = m.thread_safe_create_position(**seed_kwargs(f"O{i}USDT"))
-            except BaseException as exc:  # handed to the test
-                heard[i] = exc
-
-        others = [threading.Thread(target=other, args=(i,), daemon=True) for i in range(OTHERS)]
-
-        def start_others_then_release() -> None:
-            assert lead_in.wait(WATCHDOG)
-            for thread in others:
-                thread.start()
-            for _ in others:
-                assert others_in.acquire(timeout=WATCHDOG)
-            hold.set()
-
-        helper = threading.Thread(target=start_others_then_release, daemon=True)
-        helper.start()
+        # this thread leads the group (it enters first and waits for the role), the others
+        # join it
+        leading = LedGroup(ledger._queue(), ledger.store.writer, WATCHDOG)
         # another writer of the file commits after the group's COMMIT, before the group's
         # transaction hears the interrupt: the live book must take its event too
         meanwhile = None if where != "after, another writer meanwhile" else (
             lambda: other_bot.update_position_price(warm, 123)
         )  # fmt: skip
-        sys.settrace(interrupt_at(where.split(",")[0], meanwhile))
-        try:
-            led: object = m.thread_safe_create_position(**seed_kwargs("MAINUSDT"))
-        except KeyboardInterrupt as exc:
-            led = exc
-        finally:
-            sys.settrace(None)
-        for thread in [helper, *others]:
-            thread.join(WATCHDOG)
-        queue._enter = real_enter  # type: ignore[method-assign]
+
+        def lead() -> object:
+            sys.settrace(interrupt_at(where.split(",")[0], meanwhile))
+            try:
+                return m.thread_safe_create_position(**seed_kwargs("MAINUSDT"))
+            finally:
+                sys.settrace(None)
+
+        others = [
+            partial(m.thread_safe_create_position, **seed_kwargs(f"O{i}USDT"))
+            for i in range(OTHERS)
+        ]
+        led, heard = leading.run(lead, others)
+        leading.restore()
         assert isinstance(led, KeyboardInterrupt)  # the leader's thread hears its interrupt
         after = m.thread_safe_create_position(**seed_kwargs("AFTERUSDT"))
         live = book_state(ledger.book)
@@ -149,7 +114,7 @@ def test_an_interrupt_around_commit_tells_the_groups_other_callers_what_was_stor
     group = {"MAINUSDT", *(f"O{i}USDT" for i in range(OTHERS))}
     if where != "before":
         assert group <= stored  # all committed
-        for i, answer in heard.items():
+        for i, answer in enumerate(heard):
             # committed: each caller is told so (its position's id), never "nothing stored"
             assert isinstance(answer, str), (i, answer)
             assert answer in audit.fold.open
@@ -157,7 +122,7 @@ def test_an_interrupt_around_commit_tells_the_groups_other_callers_what_was_stor
         # rolled back: the leader's command not run; the others', put back, committed once
         assert "MAINUSDT" not in stored
         assert group - {"MAINUSDT"} <= stored
-        for i, answer in heard.items():
+        for i, answer in enumerate(heard):
             assert isinstance(answer, str), (i, answer)
             assert answer in audit.fold.open
     symbols = [r.event.symbol for r in audit.records if isinstance(r.event, PositionOpened)]
@@ -181,67 +146,26 @@ def test_an_interrupt_around_commit_tells_a_group_of_appends_what_was_stored(
             occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
         )
 
-    async def main() -> tuple[object, dict[int, object], list[str]]:
+    async def main() -> tuple[object, list[object], list[str]]:
         store = SQLiteEventStore(db_path)
         await store.open()
         try:
             await store.append([event("warm")])
-            queue, writer = store._append_queue(), store.writer
-            hold, held = threading.Event(), threading.Event()
-
-            def holding() -> None:
-                held.set()
-                hold.wait(WATCHDOG)
-
-            writer.submit(holding)
-            assert await anyio.to_thread.run_sync(held.wait, WATCHDOG)
-            lead_in, others_in = threading.Event(), threading.Semaphore(0)
-            real_enter = queue._enter
-            leader: list[int] = []
-
-            def counted_enter(job: Any) -> bool:
-                leads = real_enter(job)
-                if leader and threading.get_ident() == leader[0]:
-                    lead_in.set()
-                else:
-                    others_in.release()
-                return leads
-
-            queue._enter = counted_enter  # type: ignore[method-assign]
-            heard: dict[int, object] = {}
-
-            def other(i: int) -> None:
-                try:
-                    heard[i] = store.append_blocking([event(f"o{i}")])[0].seq
-                except BaseException as exc:  # handed to the test
-                    heard[i] = exc
+            leading = LedGroup(store._append_queue(), store.writer, WATCHDOG)
 
             def lead() -> object:
-                leader.append(threading.get_ident())
                 sys.settrace(interrupt_at(where))
                 try:
                     return store.append_blocking([event("lead")])[0].seq
-                except KeyboardInterrupt as exc:
-                    return exc
                 finally:
                     sys.settrace(None)
 
-            others = [threading.Thread(target=other, args=(i,), daemon=True) for i in range(3)]
+            def other(i: int) -> object:
+                return store.append_blocking([event(f"o{i}")])[0].seq
 
-            def start_others_then_release() -> None:
-                assert lead_in.wait(WATCHDOG)
-                for thread in others:
-                    thread.start()
-                for _ in others:
-                    assert others_in.acquire(timeout=WATCHDOG)
-                hold.set()
-
-            helper = threading.Thread(target=start_others_then_release, daemon=True)
-            helper.start()
-            led = await anyio.to_thread.run_sync(lead)
-            for thread in [helper, *others]:
-                await anyio.to_thread.run_sync(thread.join, WATCHDOG)
-            queue._enter = real_enter  # type: ignore[method-assign]
+            others = [partial(other, i) for i in range(3)]
+            led, heard = await anyio.to_thread.run_sync(lambda: leading.run(lead, others))
+            leading.restore()
             (after,) = await store.append([event("after")])
             assert after.seq == (await store.head()).seq
             ids = [r.event_id for r in await store.read()]
@@ -255,9 +179,9 @@ def test_an_interrupt_around_commit_tells_a_group_of_appends_what_was_stored(
     group = {"lead", "o0", "o1", "o2"}
     if where == "after":
         assert group <= set(ids)
-        assert all(isinstance(answer, int) for answer in heard.values()), heard
+        assert all(isinstance(answer, int) for answer in heard), heard
     else:
         assert not group & set(ids)
-        for answer in heard.values():
+        for answer in heard:
             assert isinstance(answer, StoreError) and "nothing" in str(answer), heard
     assert ids[-1] == "after" and len(ids) == len(set(ids))

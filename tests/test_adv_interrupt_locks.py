@@ -20,7 +20,7 @@ from ledger.blocking import ThreadSafePositionManager
 from ledger.service import Ledger
 from ledger.settings import Settings
 from projections.book import fold_records
-from tests._adv_interrupts import InterruptAt, bounded
+from tests._interrupts import LOCK_CODE, Inject, bounded
 from tests._workers import audit_log, book_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +52,8 @@ def test_an_interrupt_before_any_opcode_of_a_thread_command_wedges_nothing(
         fired = 0
         pid = _create(manager, "FIRSTUSDT")
         for command in ("create", "mark"):
-            for at in range(1, 100_000):
-                trace = InterruptAt(at)
+            for at in range(100_000):
+                trace = Inject(at, files=LOCK_CODE, nops=True)
                 sys.settrace(trace)
                 try:
                     if command == "create":
@@ -96,8 +96,8 @@ def test_an_interrupt_between_a_commit_and_its_group_settled_keeps_the_book_a_fo
 
     def attack() -> int:
         fired = 0
-        for at in range(1, 10_000):
-            trace = InterruptAt(at, only=only)
+        for at in range(10_000):
+            trace = Inject(at, codes=only, nops=True)
             sys.settrace(trace)
             try:
                 _create(manager, f"C{at}USDT")

@@ -4,19 +4,20 @@ are each committed once and acknowledged.
 A seed bot's main thread leads groups holding other threads' commands (it runs every job queued
 while it waited for the writer role), and a signal's handler (SIGINT's KeyboardInterrupt) runs
 in the main thread wherever it is: in the decision of another thread's command too. Here the
-main thread leads a group of its own command and two other threads', and a KeyboardInterrupt is
-raised (a trace function, as a signal's handler raises it, deterministic) before each
-instruction in turn of the group's processing: the ledger's decisions, the rules, the store's
-transaction, the publishing and settling. Each time the main thread hears it, each other
-thread's command is committed and acknowledged (never handed the interrupt, never failed for
-it), and at the end no command is stored twice and the live book is a fold of the log. The
-real-signal storm that found it is tests/test_adv_interrupt_locks.py's.
+main thread leads a group of its own command and another thread's (tests/_interrupts.py's
+LedGroup), and a KeyboardInterrupt is raised (a trace function, as a signal's handler raises it,
+deterministic) before each instruction in turn of the group's processing: the ledger's
+decisions, the rules, the store's transaction, the publishing and settling. Each time the main
+thread hears it, the other thread's command is committed and acknowledged (never handed the
+interrupt, never failed for it), and at the end no command is stored twice and the live book is
+a fold of the log. The real-signal storm that found it is tests/test_adv_interrupt_locks.py's.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from types import CodeType
 from typing import Any
@@ -31,12 +32,11 @@ from ledger.service import Ledger, _CommandDecider
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import GroupCommit
+from tests._interrupts import Inject, LedGroup, on_thread
 from tests._workers import audit_log, book_state
 from tests.test_adv_blocking_storm import seed_kwargs
-from tests.test_write_role_interrupts import Inject, on_thread, role_free
+from tests.test_write_role_interrupts import role_free
 
-WATCHDOG = 10.0
-FOLLOWERS = 1
 SETTINGS = Settings(
     max_concurrent_positions=100_000,
     synchronous="NORMAL",
@@ -81,76 +81,18 @@ GROUP_PROCESSING = frozenset(
 )
 
 
-class Group:
-    """The main thread's next command leads a group holding FOLLOWERS other threads' commands:
-    the writer thread holds the role until every one is queued behind the main thread's."""
+def led_group(manager: ThreadSafePositionManager) -> LedGroup:
+    return LedGroup(manager.ledger._queue(), manager.ledger.store.writer)
 
-    def __init__(self, manager: ThreadSafePositionManager) -> None:
-        self.manager = manager
-        self.queue = manager.ledger._queue()
-        self.writer = manager.ledger.store.writer
-        self.lead_in = threading.Event()
-        self.others_in = threading.Semaphore(0)
-        self.real_enter = self.queue._enter
-        self.queue._enter = self._counted_enter  # type: ignore[method-assign]
 
-    def _counted_enter(self, job: Any) -> bool:
-        leads = self.real_enter(job)
-        if threading.current_thread() is threading.main_thread():
-            self.lead_in.set()
-        else:
-            self.others_in.release()
-        return leads
+def creates(manager: ThreadSafePositionManager, symbols: list[str]) -> list[Callable[[], object]]:
+    return [partial(manager.thread_safe_create_position, **seed_kwargs(s)) for s in symbols]
 
-    def run(self, lead: Callable[[], object], symbols: list[str]) -> tuple[object, list[object]]:
-        """lead() on this (main) thread, leading the followers' creates of symbols: what the
-        leader heard and what each follower heard (its position's id, or an exception)."""
-        hold, held = threading.Event(), threading.Event()
-        self.lead_in.clear()
 
-        def holding() -> None:
-            held.set()
-            hold.wait(WATCHDOG)
-
-        self.writer.submit(holding)
-        assert held.wait(WATCHDOG)
-        heard: list[object] = [None] * len(symbols)
-
-        def follow(i: int) -> None:
-            try:
-                heard[i] = self.manager.thread_safe_create_position(**seed_kwargs(symbols[i]))
-            except BaseException as exc:  # handed to the test
-                heard[i] = exc
-
-        followers = [threading.Thread(target=follow, args=(i,)) for i in range(len(symbols))]
-
-        def start_followers_then_release() -> None:
-            try:
-                assert self.lead_in.wait(WATCHDOG)
-                for thread in followers:
-                    thread.start()
-                for _ in followers:
-                    assert self.others_in.acquire(timeout=WATCHDOG)
-            finally:
-                hold.set()
-
-        starter = threading.Thread(target=start_followers_then_release, daemon=True)
-        starter.start()
-        try:
-            led = lead()
-        except BaseException as exc:  # handed to the test
-            led = exc
-        finally:
-            self.lead_in.set()  # interrupted before it led: the followers go on all the same
-        for thread in [starter, *followers]:
-            thread.join(WATCHDOG)
-            assert not thread.is_alive(), "a follower was never woken"
-        return led, heard
-
-    def assert_usable(self) -> None:
-        assert on_thread(lambda: self.writer.call_blocking(lambda: None)) is None
-        assert role_free(self.writer), "the writer role was left held"
-        assert not self.queue._draining and not self.queue._pending, "left draining"
+def assert_usable(group: LedGroup) -> None:
+    assert on_thread(lambda: group.writer.call_blocking(lambda: None)) is None
+    assert role_free(group.writer), "the writer role was left held"
+    assert not group.queue._draining and not group.queue._pending, "left draining"
 
 
 @pytest.fixture
@@ -168,7 +110,7 @@ def test_an_interrupt_anywhere_in_a_leaders_group_stays_with_the_leader(
     manager: ThreadSafePositionManager, tmp_path: Path
 ) -> None:
     assert threading.current_thread() is threading.main_thread()
-    group = Group(manager)
+    group = led_group(manager)
     create = manager.thread_safe_create_position
     create(**seed_kwargs("WARMUSDT"))
     counted = Inject(None, codes=GROUP_PROCESSING)
@@ -177,9 +119,9 @@ def test_an_interrupt_anywhere_in_a_leaders_group_stays_with_the_leader(
         with counted:
             return create(**seed_kwargs("COUNTUSDT"))
 
-    led, heard = group.run(lead_counted, [f"COUNT{i}USDT" for i in range(FOLLOWERS)])
+    led, heard = group.run(lead_counted, creates(manager, ["FCOUNTUSDT"]))
     assert isinstance(led, str) and all(isinstance(answer, str) for answer in heard), heard
-    assert counted.count > 500  # decisions of three commands and their transaction
+    assert counted.count > 500  # decisions of two commands and their transaction
     acknowledged = {answer for answer in heard if isinstance(answer, str)}
     failures: list[str] = []
     landed = 0
@@ -190,7 +132,7 @@ def test_an_interrupt_anywhere_in_a_leaders_group_stays_with_the_leader(
             with inject:
                 return create(**seed_kwargs(f"M{at}USDT"))
 
-        led, heard = group.run(lead, [f"F{at}-{i}USDT" for i in range(FOLLOWERS)])
+        led, heard = group.run(lead, creates(manager, [f"F{at}USDT"]))
         landed += inject.where is not None
         wrong = [answer for answer in heard if not isinstance(answer, str)]
         if inject.where is not None and not isinstance(led, KeyboardInterrupt):
@@ -200,7 +142,7 @@ def test_an_interrupt_anywhere_in_a_leaders_group_stays_with_the_leader(
         if failures:
             break  # one is enough to see: the rest would repeat it
         acknowledged.update(answer for answer in heard if isinstance(answer, str))
-        group.assert_usable()
+        assert_usable(group)
     assert failures == []
     assert landed > counted.count // 2  # the sweep ran through the group's processing
     live = book_state(manager.ledger.book)
@@ -219,7 +161,7 @@ def test_an_interrupt_in_the_decision_of_a_followers_command_is_the_leaders(
     rules' `decide_checked`, the second of the group's two decisions): the main thread hears
     it, the other thread's command is committed all the same, and it is told so."""
     assert threading.current_thread() is threading.main_thread()
-    group = Group(manager)
+    group = led_group(manager)
     create = manager.thread_safe_create_position
     decision = frozenset({decide_checked.__code__})
     counted = Inject(None, codes=decision)
@@ -228,7 +170,7 @@ def test_an_interrupt_in_the_decision_of_a_followers_command_is_the_leaders(
         with counted:
             return create(**seed_kwargs("COUNTUSDT"))
 
-    led, heard = group.run(lead_counted, ["FCOUNTUSDT"])
+    led, heard = group.run(lead_counted, creates(manager, ["FCOUNTUSDT"]))
     assert isinstance(led, str) and isinstance(heard[0], str), heard
     inject = Inject(counted.count * 3 // 4, codes=decision)  # inside the follower's decision
 
@@ -236,10 +178,10 @@ def test_an_interrupt_in_the_decision_of_a_followers_command_is_the_leaders(
         with inject:
             return create(**seed_kwargs("MAINUSDT"))
 
-    led, (followed,) = group.run(lead, ["FOLLOWUSDT"])
+    led, (followed,) = group.run(lead, creates(manager, ["FOLLOWUSDT"]))
     # the leader's interrupt, not handed to the follower, the follower's command not failed
     assert isinstance(led, KeyboardInterrupt) and isinstance(followed, str), (led, followed)
     book = manager.ledger.book
     assert book.open[followed].symbol == "FOLLOWUSDT"
     assert "MAINUSDT" not in {position.symbol for position in book.open.values()}
-    group.assert_usable()
+    assert_usable(group)

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from ledger.blocking import Trading, _TradingLock
-from tests.test_write_role_interrupts import ERRORS, MAX_FAILURES, WATCHDOG, Inject, on_thread
+from tests._interrupts import WATCHDOG, Inject, on_thread
+from tests.test_write_role_interrupts import ERRORS, MAX_FAILURES
 
 # Not swept (see _Inject): the first instruction of Trading.__exit__ (its RESUME, where CPython
 # may raise before any `try` of the method starts: as for any __exit__ written in Python,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import dis
 import gc
 import sys
 import threading
@@ -31,7 +30,6 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from types import CodeType, FrameType
 from typing import Any
 
 import anyio
@@ -48,85 +46,13 @@ from ledger.store.writer import (
     deferred_completion,
 )
 from projections.book import fold_records
+from tests._interrupts import WATCHDOG, Inject, on_thread
 from tests._workers import book_state
 from tests.test_write_role import opening
 
-NOP = dis.opmap["NOP"]
-WATCHDOG = 10.0  # seconds any wait may take before it counts as hung
 MAX_FAILURES = 5  # a sweep stops after so many (each may have waited out a watchdog)
 ERRORS: list[type[BaseException]] = [KeyboardInterrupt, SystemExit]
 SETTINGS = Settings(max_concurrent_positions=10_000, synchronous="NORMAL")
-
-
-def _functions_of(*owners: type) -> set[CodeType]:
-    codes: set[CodeType] = set()
-    for owner in owners:
-        for value in vars(owner).values():
-            function = value.__func__ if isinstance(value, staticmethod) else value
-            if callable(function) and hasattr(function, "__code__"):
-                codes.add(function.__code__)
-    return codes
-
-
-# the write path a caller's thread runs (not a group's process: a job's own code is the
-# domain of tests/test_adv_interrupt_after_commit.py and test_adv_fast_lane_interrupts.py)
-WRITE_PATH = frozenset(
-    _functions_of(GroupCommit, WriterThread)
-    | {Completion.wait_blocking.__code__, Completion._arm.__code__}
-)
-
-
-class Inject:
-    """A trace function for this thread: counts the instructions it executes in `codes` (the
-    write path unless told) and raises `error` just before the one numbered `at` (never, with
-    at=None); with `only` set, in that asyncio task's frames only."""
-
-    def __init__(
-        self,
-        at: int | None,
-        error: type[BaseException] = KeyboardInterrupt,
-        codes: frozenset[CodeType] = WRITE_PATH,
-    ) -> None:
-        self.at, self.error, self.codes = at, error, codes
-        self.count = 0
-        self.where: str | None = None
-        self.only: asyncio.Task[Any] | None = None
-
-    def _local(self, frame: FrameType, event: str, arg: object) -> Any:
-        # a NOP (a `try:` line) cannot raise in CPython (no handler runs there), and the
-        # compiler leaves it out of the exception table: nothing to inject there
-        if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != NOP:
-            if self.count == self.at:
-                code = frame.f_code
-                self.where = (
-                    f"#{self.at} {code.co_qualname} line {frame.f_lineno} offset {frame.f_lasti}"
-                )
-                sys.settrace(None)
-                raise self.error(f"injected at {self.where}")
-            self.count += 1
-        return self._local
-
-    def _global(self, frame: FrameType, event: str, arg: object) -> Any:
-        if frame.f_code in self.codes and (
-            self.only is None or asyncio.current_task() is self.only
-        ):
-            frame.f_trace_opcodes = True
-            frame.f_trace_lines = False
-            return self._local
-        return None
-
-    def __enter__(self) -> Inject:
-        # what an earlier run left to the cyclic collector (a generator of the write path
-        # interrupted there) is finalized now, untraced: with the collector off meanwhile
-        # (no_cyclic_gc), a collection can never run it, traced, at a point that depends on
-        # allocations, which made the instructions counted differ from run to run (a young
-        # collection: what an older generation holds waits, uncollected, for the test's end)
-        gc.collect(0)
-        sys.settrace(self._global)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sys.settrace(None)
 
 
 @pytest.fixture(autouse=True)
@@ -138,23 +64,6 @@ def no_cyclic_gc() -> Iterator[None]:
     finally:
         gc.enable()
         gc.collect()
-
-
-def on_thread(work: Callable[[], object]) -> object:
-    """work() on a fresh daemon thread, joined with a watchdog: its result or exception."""
-    box: list[object] = []
-
-    def body() -> None:
-        try:
-            box.append(work())
-        except BaseException as exc:  # handed to the test
-            box.append(exc)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    thread.join(WATCHDOG)
-    assert not thread.is_alive(), "hung"
-    return box[0]
 
 
 class Job:
@@ -523,7 +432,7 @@ def test_a_ledger_command_interrupted_anywhere_on_a_main_thread_loop_leaves_it_u
 
     async def interrupted(ledger: Ledger, inject: Inject, name: str) -> object:
         others = [asyncio.ensure_future(command(ledger, f"{name}-{i}")) for i in range(1, tasks)]
-        inject.only = asyncio.current_task()
+        inject.task = asyncio.current_task()
         try:
             with inject:
                 await command(ledger, name)
