@@ -16,14 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def worker_process(
-    *module_and_args: str, watchdog_seconds: float = 60
+    *module_and_args: str, watchdog_seconds: float = 60, stdin: bool = False
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m module args...` run from the project's root with stdout and stderr piped;
-    killed by a watchdog after `watchdog_seconds` (a test never hangs on it) and, if still
-    alive, on leaving; its pipes closed."""
+    """`python -m module args...` run from the project's root with stdout and stderr piped
+    (and stdin, when told); killed by a watchdog after `watchdog_seconds` (a test never hangs
+    on it) and, if still alive, on leaving; its pipes closed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", *module_and_args],
         cwd=ROOT,
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -36,7 +37,7 @@ def worker_process(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pipe in (proc.stdout, proc.stderr):
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
 

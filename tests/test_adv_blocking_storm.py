@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import anyio
@@ -37,9 +35,9 @@ from ledger.events import PositionClosed, PositionOpened
 from ledger.service import Ledger
 from ledger.settings import Settings
 from projections.positions import Position
+from tests._worker_process import worker_process
 from tests._workers import audit_log, book_state
 
-ROOT = Path(__file__).resolve().parents[1]
 JOIN = 120.0
 SETTINGS = Settings(max_concurrent_positions=1000)
 THREADS = 8
@@ -49,38 +47,21 @@ CHILD_ROUNDS = 3
 RACE = "RACEUSDT"
 
 
-@contextmanager
-def lock_holder(db: Path, snapshot: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests._adv_lock_holder", str(db), str(snapshot)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+def lock_holder(db: Path, snapshot: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    return worker_process(
+        "tests._adv_lock_holder", str(db), str(snapshot), watchdog_seconds=JOIN, stdin=True
     )
-    watchdog = threading.Timer(JOIN, proc.kill)
-    watchdog.start()
-    try:
-        yield proc
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
 
 
-def tell(proc: subprocess.Popen[str], line: str) -> None:
+def tell(proc: subprocess.Popen[bytes], line: str) -> None:
     assert proc.stdin is not None
-    proc.stdin.write(line + "\n")
+    proc.stdin.write(f"{line}\n".encode())
     proc.stdin.flush()
 
 
-def hear(proc: subprocess.Popen[str]) -> str:
+def hear(proc: subprocess.Popen[bytes]) -> str:
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    line = proc.stdout.readline().decode()
     assert line.endswith("\n"), f"the lock holder ended early (exit {proc.poll()})"
     return line.strip()
 
