@@ -6,7 +6,6 @@ space returns the same batch (same ids) is stored once, on the chain, by the sam
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,26 +17,15 @@ from ledger.envelope import NewEvent
 from ledger.errors import StoreError
 from ledger.events import PositionMarked
 from ledger.store.sqlite import SQLiteEventStore
+from tests._tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    point = tmp_path / "mnt"
-    point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "1m") as point:
         yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
 
 
 def _batch(round_: int, size: int) -> list[NewEvent]:

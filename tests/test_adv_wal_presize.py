@@ -49,6 +49,7 @@ from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.wal import _is_wal, presize_wal, wal_target_bytes
+from tests._tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -397,20 +398,8 @@ async def test_a_kill_while_or_right_after_sizing_loses_nothing_acknowledged_add
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    point = tmp_path / "mnt"
-    point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "8m") as point:
         yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
 
 
 async def test_on_a_nearly_full_disk_the_sizing_leaves_the_space_the_ledger_needs(
