@@ -77,6 +77,12 @@ class Book:
         self.last_seq = 0
         self.last_hash = GENESIS_HASH
         self.skipped: list[int] = []
+        # True while the closed history, the sums (acc, accounts) or skipped are those of the
+        # book this one succeeded, or of its successor (see `successor`): copied before this
+        # book writes them
+        self._closed_shared = False
+        self._sums_shared = False
+        self._skipped_shared = False
         # apply_facts collects the realized cash flows here, in order, and settles them in one
         # pass at the end (None: every flow is settled as it comes)
         self._cash: list[tuple[str, Decimal]] | None = None
@@ -101,13 +107,43 @@ class Book:
     def _mark(self, seq: int, event: PositionMarked, at: datetime) -> None:
         position = self.open.get(event.position_id)
         if position is None:
-            self.skipped.append(seq)
+            self._skip(seq)
         else:
             self.open[event.position_id] = fold.marked(position, event, at)
 
+    def _skip(self, seq: int) -> None:
+        if self._skipped_shared:
+            self.skipped = [*self.skipped, seq]
+            self._skipped_shared = False
+        else:
+            self.skipped.append(seq)
+
+    def _writable_closed(self) -> MutableMapping[str, Position]:
+        """The closed history, this book's own to write (see `successor`)."""
+        closed = self.closed
+        if self._closed_shared:
+            self._closed_shared = False
+            if type(closed) is _Layers and len(closed.maps[0]) <= 64:  # _layered's usual case
+                recent, base = closed.maps
+                closed = self.closed = _two_layers(dict(recent), base)
+            else:
+                closed = self.closed = _layered(closed)
+        return closed
+
+    def _own_sums(self) -> None:
+        """Copies of the sums shared with another book (see `successor`), before a write."""
+        self._sums_shared = False
+        self.acc = self.acc.copy()
+        accounts = self.accounts
+        if len(accounts) == 1:  # one account: no comprehension (a call of its own)
+            ((name, acc),) = accounts.items()
+            self.accounts = {name: acc.copy()}
+        else:
+            self.accounts = {name: acc.copy() for name, acc in accounts.items()}
+
     def _opened(self, seq: int, event: PositionOpened, at: datetime) -> None:
         if event.position_id in self.open or event.position_id in self.closed:
-            self.skipped.append(seq)
+            self._skip(seq)
             return
         started = fold.opened(event, at)
         self.open[event.position_id] = started
@@ -116,7 +152,7 @@ class Book:
     def _partly_exited(self, seq: int, event: PartialExitRecorded, at: datetime) -> None:
         position = self.open.get(event.position_id)
         if position is None:
-            self.skipped.append(seq)
+            self._skip(seq)
             return
         self.open[event.position_id] = fold.partly_exited(position, event, at)
         self._realize(position.account, event.realized_pnl)
@@ -124,10 +160,10 @@ class Book:
     def _closed(self, seq: int, event: PositionClosed, at: datetime) -> None:
         position = self.open.pop(event.position_id, None)
         if position is None:
-            self.skipped.append(seq)
+            self._skip(seq)
             return
         done = fold.closed(position, event, at)
-        self.closed[event.position_id] = done
+        self._writable_closed()[event.position_id] = done
         self._realize(done.account, event.realized_pnl)
         self._count_close(done)
 
@@ -139,10 +175,10 @@ class Book:
             # settled while open, seen by a sync only after the bot closed the position
             closed = self.closed.get(event.position_id)
             if closed is None:
-                self.skipped.append(seq)
+                self._skip(seq)
                 return
             amended = fold.funded(closed, event)
-            self.closed[event.position_id] = amended
+            self._writable_closed()[event.position_id] = amended
             self._amend_close(closed, amended)
             position = closed
         self._realize(position.account, event.amount)
@@ -150,7 +186,7 @@ class Book:
     def _increased(self, seq: int, event: PositionIncreased, at: datetime) -> None:
         position = self.open.get(event.position_id)
         if position is None:
-            self.skipped.append(seq)
+            self._skip(seq)
             return
         self.open[event.position_id] = fold.increased(position, event)
         self._realize(position.account, event.fee.copy_negate())
@@ -163,10 +199,10 @@ class Book:
         else:
             was = self.closed.get(event.position_id)
             if was is None:
-                self.skipped.append(seq)
+                self._skip(seq)
                 return
             fixed = fold.amended(was, event)
-            self.closed[event.position_id] = fixed
+            self._writable_closed()[event.position_id] = fixed
             self._amend_close(was, fixed)
             owner = was.account
         self._realize(owner, LEDGER_CONTEXT.subtract(event.realized_pnl, event.estimated_pnl))
@@ -174,21 +210,22 @@ class Book:
     def _exit_intended(self, seq: int, event: ExitIntended, at: datetime) -> None:
         position = self.open.get(event.position_id)
         if position is None:
-            self.skipped.append(seq)
+            self._skip(seq)
             return
         self.open[event.position_id] = fold.exit_intended(position, event)
 
     def _exit_abandoned(self, seq: int, event: ExitAbandoned, at: datetime) -> None:
         position = self.open.get(event.position_id)
         if position is None:
-            self.skipped.append(seq)
+            self._skip(seq)
             return
         self.open[event.position_id] = fold.exit_abandoned(position, event)
 
     def _balance(self, seq: int, event: BalanceObserved, at: datetime) -> None:
         self.balance = event.total
         self.available = event.available
-        self.balances[event.account] = (event.total, event.available)
+        # a new mapping, never a write into this one: a successor shares it (`successor`)
+        self.balances = {**self.balances, event.account: (event.total, event.available)}
 
     def _imported(self, seq: int, event: HistoryImported, at: datetime) -> None:
         # a new mapping, never a write into this one: a successor shares it (`successor`);
@@ -201,12 +238,18 @@ class Book:
         self.rules = event
 
     def _account(self, account: str) -> Accumulators:
+        if self._sums_shared:
+            self._own_sums()
         acc = self.accounts.get(account)
         if acc is None:
             acc = self.accounts[account] = Accumulators()
         return acc
 
     def _realize(self, account: str, amount: Decimal) -> None:
+        if self._sums_shared:
+            if not amount and account in self.accounts:
+                return  # nothing to write (an open without a fee)
+            self._own_sums()
         acc = self.accounts.get(account)
         if acc is None:  # the account is in the book from its first cash flow, even a zero
             acc = self.accounts[account] = Accumulators()
@@ -243,6 +286,8 @@ class Book:
         ends exactly where the fleet's end: computed once, copied."""
         if not cash and not counts:
             return
+        if self._sums_shared:
+            self._own_sums()
         fleet = self.acc
         names = {name for name, _ in cash}
         names.update(position.account for position, _ in counts)
@@ -291,6 +336,9 @@ class Book:
         cash: list[tuple[str, Decimal]] = []
         counts: list[tuple[Position, int]] = []
         self._cash, self._counts = cash, counts
+        if self._skipped_shared:  # the loops below append to it
+            self.skipped = list(self.skipped)
+            self._skipped_shared = False
         try:
             if facts and len(facts[0]) == 4:
                 rows = cast(Sequence[FactRow], facts)
@@ -536,10 +584,13 @@ class Book:
         """A book equal to this one that takes the next events, leaving this one untouched.
 
         The Ledger publishes each committed state as a new book, so readers on any thread
-        see one committed state, never a half-applied one. Cost: O(open positions + closes
-        since the last compaction), not O(history): closed positions and imports sit in a
-        frozen base layer under a small recent one, merged once the recent layer outgrows
-        the square root of the base.
+        see one committed state, never a half-applied one. Cost: O(open positions), not
+        O(history): the open positions are copied; the closed history, the sums, the
+        balances, the imports and `skipped` are shared, and whichever of the two books
+        writes one of them first writes a copy of its own (an open, a partial exit or a mark
+        writes no closed history, an open without a fee no sums). The closed history sits in
+        a frozen base layer under a small recent one, merged once the recent layer outgrows
+        the square root of the base (`_layered`), so its copy is small too.
         """
         # not Book(): its fresh dicts and sums would be made only to be replaced (the Ledger
         # forks a book per write transaction); every attribute __init__ sets is set here
@@ -548,28 +599,22 @@ class Book:
         other._cash = None
         other._counts = None
         other.open = dict(self.open)
-        closed = self.closed
-        if type(closed) is _Layers and len(closed.maps[0]) <= 64:  # _layered's usual case
-            recent, base = closed.maps
-            other.closed = _two_layers(dict(recent), base)
-        else:
-            other.closed = _layered(closed)
+        # shared, flagged on both sides (this book may be folded on too: it must not write
+        # into what its successor holds either)
+        other.closed = self.closed
+        other.acc = self.acc
+        other.accounts = self.accounts
+        other.skipped = self.skipped
+        other._closed_shared = other._sums_shared = other._skipped_shared = True
+        self._closed_shared = self._sums_shared = self._skipped_shared = True
         other.balance = self.balance
         other.available = self.available
-        other.acc = self.acc.copy()
-        accounts = self.accounts
-        if len(accounts) == 1:  # one account: no comprehension (a call of its own)
-            ((name, acc),) = accounts.items()
-            other.accounts = {name: acc.copy()}
-        else:
-            other.accounts = {name: acc.copy() for name, acc in accounts.items()}
-        other.balances = dict(self.balances)
-        # shared: `_imported` replaces the mapping rather than writing into it
+        # shared: `_balance` and `_imported` replace the mapping rather than writing into it
+        other.balances = self.balances
         other.imported_files = self.imported_files
         other.rules = self.rules
         other.last_seq = self.last_seq
         other.last_hash = self.last_hash
-        other.skipped = list(self.skipped)
         return other
 
     def recently_closed(self, limit: int) -> Iterator[Position]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from ledger.commands import (
@@ -18,10 +19,14 @@ from ledger.commands import (
     RecordFunding,
     RecordPartialExit,
 )
+from ledger.envelope import Recorded
 from ledger.events import (
     AnyEvent,
+    BalanceObserved,
+    FundingRecorded,
     HistoryImported,
     PartialExitRecorded,
+    PnlAmended,
     PositionClosed,
     PositionMarked,
     PositionOpened,
@@ -45,6 +50,7 @@ class Session:
         self.book = Book()
         self.stamper = Stamper()
         self.serial = 0
+        self.records: list[Recorded] = []  # every record applied, in order
 
     def do(self, command: AnyCommand) -> None:
         events = decide(self.book, command, Limits(max_concurrent_positions=50))
@@ -53,7 +59,9 @@ class Session:
 
     def apply(self, *events: AnyEvent) -> None:
         for event in events:
-            self.book.apply(self.stamper.stamp(event))
+            record = self.stamper.stamp(event)
+            self.records.append(record)
+            self.book.apply(record)
 
     def open(
         self,
@@ -587,3 +595,84 @@ def test_layered_history_reads_as_a_chainmap_does() -> None:
     del layers["a"]
     assert "a" not in layers and layers.get("a") is None
     assert dict(layers) == {"b": 2, "c": 3}
+
+
+def _state(book: Book) -> tuple[object, ...]:
+    """Everything a book holds, exactly (sums encoded: a Decimal's digits and exponent)."""
+    return (
+        dict(book.open),
+        dict(book.closed),
+        msgspec.json.encode(book.acc),
+        msgspec.json.encode(book.accounts),
+        dict(book.balances),
+        list(book.skipped),
+        dict(book.imported_files),
+        book.last_seq,
+    )
+
+
+def _writes(stamper: Stamper, open_id: str, closed_id: str, account: str) -> list[Recorded]:
+    """One event of each kind that writes a part a successor shares: an open without a fee
+    (no sums written) and one with, a partial exit, a close, funding and an amendment of a
+    closed position, a balance, a mark the book cannot place (skipped)."""
+    opened = PositionOpened(
+        position_id=f"{open_id}-new",
+        symbol="XUSDT",
+        side=Side.BUY,
+        qty=D(1),
+        entry_price=D(10),
+        leverage=2,
+    )
+    return stamper.stamp_all(
+        [
+            opened,
+            msgspec.structs.replace(
+                opened, position_id=f"{open_id}-fee", fee=D("0.5"), account=account
+            ),
+            PartialExitRecorded(position_id=open_id, qty=D(1), price=D(120), realized_pnl=D(20)),
+            PositionClosed(position_id=open_id, qty=D(4), price=D(90), realized_pnl=D(-40)),
+            FundingRecorded(position_id=closed_id, amount=D("-1.5"), execution_id="f"),
+            PnlAmended(
+                position_id=closed_id,
+                qty=D(5),
+                price=D(110),
+                realized_pnl=D(45),
+                estimated_pnl=D(50),
+                exchange_ref="r",
+            ),
+            BalanceObserved(total=D(900), available=D(800), account=account),
+            PositionMarked(position_id="nowhere", mark_price=D(1)),
+        ]
+    )
+
+
+@pytest.mark.parametrize("account", ["default", "second"])
+@pytest.mark.parametrize("folded", ["successor", "book"])
+def test_a_successor_and_its_book_never_write_into_what_they_share(
+    folded: str, account: str
+) -> None:
+    """Book.successor shares the closed history, the sums, the balances and `skipped` with
+    the book it came from: whichever of the two is folded on afterwards (the successor, as
+    the Ledger does, or the book itself) writes copies of its own, each event its part, and
+    the other keeps exactly what it held; the one folded holds what folding every event from
+    nothing gives."""
+    session = Session()
+    session.close(session.open(symbol="AUSDT"), "110")  # history and sums to share
+    closed_id = session.open(symbol="BUSDT")
+    session.close(closed_id, "105")
+    open_id = session.open(symbol="CUSDT")
+    session.apply(PositionMarked(position_id="gone", mark_price=D(1)))  # one skipped already
+    session.apply(BalanceObserved(total=D(1000), available=D(1000)))
+    history = list(session.records)
+    book = session.book
+    successor = book.successor()
+    target, other = (successor, book) if folded == "successor" else (book, successor)
+    held = _state(other)
+    events = _writes(session.stamper, open_id, closed_id, account)
+    for record in events:
+        target.apply(record)
+        assert _state(other) == held
+    reference = Book()
+    reference.apply_all([*history, *events])
+    assert _state(target) == _state(reference)
+    assert target.skipped == [history[-2].seq, events[-1].seq]
