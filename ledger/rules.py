@@ -260,6 +260,21 @@ def _not_below_zero(field: str, value: Decimal) -> Decimal:
     return value
 
 
+class _Markets(dict[str, str]):
+    """market_key of each symbol, computed once (the limits rule reads the market of every
+    open position on each open): a memo, emptied when it holds _MARKETS_KEPT symbols."""
+
+    def __missing__(self, symbol: str) -> str:
+        if len(self) >= _MARKETS_KEPT:
+            self.clear()
+        market = self[symbol] = market_key(symbol)
+        return market
+
+
+_MARKETS_KEPT = 4096
+_MARKETS = _Markets()
+
+
 def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
     if not command.symbol.strip():
         raise InvalidValue("symbol", command.symbol, "must not be empty")
@@ -286,12 +301,13 @@ def _open(book: Book, command: OpenPosition, limits: Limits) -> PositionOpened:
         # pass over the open positions: the first of the account's on this market and side
         # is the duplicate, as open_for finds it, and a duplicate is refused first
         account, side = command.account, command.side
-        market = market_key(command.symbol)
+        markets = _MARKETS
+        market = markets[command.symbol]
         count = 0
         for position in book.open.values():
             if position.account == account:
                 count += 1
-                if position.side is side and market_key(position.symbol) == market:
+                if position.side is side and markets[position.symbol] == market:
                     raise DuplicatePosition(command.symbol, side.value, position.position_id)
         if count >= limits.max_concurrent_positions:
             raise TooManyOpenPositions(limits.max_concurrent_positions, count)

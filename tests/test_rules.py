@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger import rules
 from ledger.blocking import ThreadSafePositionManager
 from ledger.commands import (
     AnyCommand,
@@ -739,3 +740,41 @@ def test_decide_checked_gives_the_same_events_whatever_the_callers_decimal_conte
     with decimal.localcontext(hostile):
         got = [decide_checked(book, command, Limits()) for command in commands]
     assert got == expected
+
+
+def test_the_markets_memo_emptied_midway_changes_no_decision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The limits rule reads each symbol's market through a memo emptied when full: with room
+    for three symbols only (emptied over and over), an open on a market and side already open,
+    in any spelling, is still refused, and any other allowed."""
+    monkeypatch.setattr(rules, "_MARKETS_KEPT", 3)
+    rules._MARKETS.clear()
+    spellings = {
+        "BTC": ["BTC/USDT:USDT", "BTCUSDT", "btc/usdt", "BTC-USDT"],
+        "ETH": ["ETH/USDT:USDT", "ethusdt", "ETH/USDT"],
+        "SOL": ["SOL-USDT", "SOL/USDT:USDT", "solusdt"],
+    }
+    book, stamper, held = Book(), Stamper(), set()
+    limits = Limits(max_concurrent_positions=100)
+    for i in range(40):
+        coin = ["BTC", "ETH", "SOL"][i % 3]
+        symbol = spellings[coin][i % len(spellings[coin])]
+        side = Side.BUY if i % 5 < 3 else Side.SELL
+        command = OpenPosition(
+            position_id=f"p{i}",
+            symbol=symbol,
+            side=side,
+            qty=Decimal(1),
+            entry_price=Decimal(100),
+            leverage=2,
+        )
+        if (coin, side) in held:
+            with pytest.raises(DuplicatePosition):
+                decide(book, command, limits)
+            continue
+        for event in decide(book, command, limits):
+            book.apply(stamper.stamp(event))
+        held.add((coin, side))
+        assert len(rules._MARKETS) <= 3
+    assert held == {(coin, side) for coin in spellings for side in Side}
