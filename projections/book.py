@@ -133,13 +133,7 @@ class Book:
     def _own_sums(self) -> None:
         """Copies of the sums shared with another book (see `successor`), before a write."""
         self._sums_shared = False
-        self.acc = self.acc.copy()
-        accounts = self.accounts
-        if len(accounts) == 1:  # one account: no comprehension (a call of its own)
-            ((name, acc),) = accounts.items()
-            self.accounts = {name: acc.copy()}
-        else:
-            self.accounts = {name: acc.copy() for name, acc in accounts.items()}
+        self.acc, self.accounts = _copied_sums(self.acc, self.accounts)
 
     def _opened(self, seq: int, event: PositionOpened, at: datetime) -> None:
         if event.position_id in self.open or event.position_id in self.closed:
@@ -242,7 +236,24 @@ class Book:
             self._own_sums()
         acc = self.accounts.get(account)
         if acc is None:
-            acc = self.accounts[account] = Accumulators()
+            acc = self._new_account(account)
+        return acc
+
+    def _new_account(self, account: str) -> Accumulators:
+        """The sums of an account's first cash flow or close. A ledger's first account takes
+        the fleet's sums themselves while it is the only one (the two are the same figures:
+        each flow and close is then counted once, not twice), unless the fleet has sums of
+        its own already; a second account parts them (the first takes a copy)."""
+        accounts, fleet = self.accounts, self.acc
+        if not accounts and _exact(fleet) == _NO_SUMS:
+            acc = fleet
+        else:
+            if len(accounts) == 1:
+                ((name, only),) = accounts.items()
+                if only is fleet:
+                    accounts[name] = fleet.copy()
+            acc = Accumulators()
+        accounts[account] = acc
         return acc
 
     def _realize(self, account: str, amount: Decimal) -> None:
@@ -252,14 +263,16 @@ class Book:
             self._own_sums()
         acc = self.accounts.get(account)
         if acc is None:  # the account is in the book from its first cash flow, even a zero
-            acc = self.accounts[account] = Accumulators()
+            acc = self._new_account(account)
         if amount:
             cash = self._cash
             if cash is not None:
                 cash.append((account, amount))
                 return
-            self.acc.realize(amount)
-            acc.realize(amount)
+            fleet = self.acc
+            fleet.realize(amount)
+            if acc is not fleet:
+                acc.realize(amount)
 
     def _count_close(self, done: Position) -> None:
         acc = self._account(done.account)
@@ -267,7 +280,10 @@ class Book:
         if counts is not None:
             counts.append((done, 1))
             return
-        self.acc.record_close_beside(done, acc)
+        if acc is self.acc:
+            acc.record_close(done)
+        else:
+            self.acc.record_close_beside(done, acc)
 
     def _amend_close(self, before: Position, after: Position) -> None:
         acc = self._account(before.account)
@@ -276,14 +292,17 @@ class Book:
             counts.append((before, -1))
             counts.append((after, 1))
             return
-        self.acc.amend_close(before, after)
-        acc.amend_close(before, after)
+        fleet = self.acc
+        fleet.amend_close(before, after)
+        if acc is not fleet:
+            acc.amend_close(before, after)
 
     def _settle(self, cash: list[tuple[str, Decimal]], counts: list[tuple[Position, int]]) -> None:
         """Settle what apply_facts collected, in order: the fleet's sums take all of it, each
         account's its own (cash flows and counts move different sums, so each list keeps its
         own order). One account whose sums are exactly the fleet's (a ledger of one account)
-        ends exactly where the fleet's end: computed once, copied."""
+        ends exactly where the fleet's end: computed once, and the account takes the fleet's
+        sums themselves (see `_new_account`)."""
         if not cash and not counts:
             return
         if self._sums_shared:
@@ -294,13 +313,17 @@ class Book:
         amounts = [amount for _, amount in cash]
         if len(names) == 1 and len(self.accounts) == 1:
             (name,) = names
-            if _exact(self.accounts[name]) == _exact(fleet):
+            only = self.accounts[name]
+            if only is fleet or _exact(only) == _exact(fleet):
                 fleet.settle(amounts, counts)
-                self.accounts[name] = fleet.copy()
+                self.accounts[name] = fleet
                 return
         fleet.settle(amounts, counts)
         for name in names:
-            self.accounts[name].settle(
+            acc = self.accounts[name]
+            if acc is fleet:  # the only account (whose flows are all there are)
+                continue
+            acc.settle(
                 [amount for owner, amount in cash if owner == name],
                 [count for count in counts if count[0].account == name],
             )
@@ -550,8 +573,7 @@ class Book:
         other.closed = dict(self.closed)
         other.balance = self.balance
         other.available = self.available
-        other.acc = self.acc.copy()
-        other.accounts = {name: acc.copy() for name, acc in self.accounts.items()}
+        other.acc, other.accounts = _copied_sums(self.acc, self.accounts)
         other.balances = dict(self.balances)
         other.imported_files = dict(self.imported_files)
         other.rules = self.rules
@@ -571,8 +593,7 @@ class Book:
         other.closed = ChainMap({}, self.closed)
         other.balance = self.balance
         other.available = self.available
-        other.acc = self.acc.copy()
-        other.accounts = {name: acc.copy() for name, acc in self.accounts.items()}
+        other.acc, other.accounts = _copied_sums(self.acc, self.accounts)
         other.balances = dict(self.balances)
         other.imported_files = ChainMap({}, self.imported_files)
         other.rules = self.rules
@@ -750,6 +771,21 @@ _NONZERO_LEAD = frozenset("123456789")
 def _exact(acc: Accumulators) -> bytes:
     """Every figure of the sums, exactly (a Decimal's digits and exponent, dict order)."""
     return msgspec.json.encode(acc)
+
+
+_NO_SUMS = _exact(Accumulators())
+
+
+def _copied_sums(
+    fleet: Accumulators, accounts: dict[str, Accumulators]
+) -> tuple[Accumulators, dict[str, Accumulators]]:
+    """Copies of the fleet's sums and each account's; a lone account that holds the fleet's
+    sums themselves holds the fleet's copy (see `Book._new_account`)."""
+    copied = fleet.copy()
+    if len(accounts) == 1:  # one account: no comprehension (a call of its own)
+        ((name, acc),) = accounts.items()
+        return copied, {name: copied if acc is fleet else acc.copy()}
+    return copied, {name: acc.copy() for name, acc in accounts.items()}
 
 
 def _number(value: Decimal | str | int, seq: int) -> Decimal:

@@ -263,12 +263,18 @@ def _decode(data: bytes) -> Book:
 
 
 def _share_symbol_figures(book: Book) -> None:
-    """A book of one account holds its per-symbol figures once: the account's and the
-    fleet's are equal, and sharing one dict (flagged shared on both, see
-    `Accumulators.record_close_beside`) lets each close copy it once instead of twice."""
+    """A book of one account holds its figures once: an account whose sums are exactly the
+    fleet's takes the fleet's sums themselves, as the fold makes them (`Book._new_account`:
+    each flow and close counted once); else, when only the per-symbol figures are equal, one
+    dict for both (flagged shared on both, see `Accumulators.record_close_beside`) lets each
+    close copy it once instead of twice."""
     if len(book.accounts) != 1:
         return
-    (only,) = book.accounts.values()
+    ((name, only),) = book.accounts.items()
     fleet = book.acc
-    if only is not fleet and only.per_symbol == fleet.per_symbol:
+    if only is fleet:
+        return
+    if msgspec.json.encode(only) == msgspec.json.encode(fleet):
+        book.accounts[name] = fleet
+    elif only.per_symbol == fleet.per_symbol:
         only.share_symbols(fleet)
