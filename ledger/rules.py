@@ -406,8 +406,11 @@ def _partial_exit(book: Book, command: RecordPartialExit) -> list[AnyEvent]:
 
 def _close(book: Book, command: ClosePosition) -> PositionClosed:
     position = _open_position(book, command.position_id)
-    price = position.current_price if command.price is None else command.price
-    price = positive("price", price)  # the last mark's, when the command gives none
+    price = command.price
+    if price is None:  # the last mark's, checked as a caller's price would be
+        price = positive("price", position.current_price)
+    else:  # checked by check_command already: only its sign is left
+        price = _above_zero("price", price)
     fee = _not_below_zero("fee", command.fee)
     realized = command.realized_pnl
     if realized is None:
