@@ -9,8 +9,9 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextvars import copy_context
 from datetime import datetime
-from decimal import Decimal, getcontext, setcontext
+from decimal import Decimal, setcontext
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -796,7 +797,21 @@ class Ledger:
         rolled back to its savepoint and its fork folded again), without the bookkeeping a
         group of several needs (runs of marks, the versions and ids the jobs share, the
         events accepted so far). The sequential command's path: most groups are one job
-        (tests/test_group_commit.py::test_a_lone_command_fails_alone_as_in_a_group)."""
+        (tests/test_group_commit.py::test_a_lone_command_fails_alone_as_in_a_group).
+
+        `with ledger_context():` without its copy of LEDGER_CONTEXT (1.8 us a command): the
+        decision runs in a copy of this thread's context variables (the decimal context is
+        one), LEDGER_CONTEXT itself made current there. Context.run leaves the copy in C
+        however the decision ends, so no interrupt at any instruction leaves the caller's
+        thread in LEDGER_CONTEXT, whose precision a bot's `getcontext().prec = 6` would then
+        set for every fold and rule of the ledger (tests/test_adv_decimal_context.py).
+        Nothing the decision runs (rules, fold, staging) sets anything on the current context
+        but its flags, which the rules' and folds' own calls (LEDGER_ARITHMETIC) set on
+        LEDGER_CONTEXT already, nor any other context variable."""
+        copy_context().run(self._decide_one_as_ledger, tx, job, state)
+
+    def _decide_one_as_ledger(self, tx: StoreTransaction, job: _Job, state: _Group) -> None:
+        """`_decide_one`, in the copy of the context variables it runs this in."""
         job.result, job.error = [], None  # the store may call this again: from scratch
         state.culprit, state.reloaded = None, False
         state.tail = tail = tx.tail
@@ -809,47 +824,37 @@ class Ledger:
         assert type(decider) is _CommandDecider  # see _decide_group
         mark = tx.savepoint()
         folding = False
-        # `with ledger_context():` without its copy of LEDGER_CONTEXT (1.8 us a command, this
-        # 0.7): LEDGER_CONTEXT itself made current. Nothing the block runs (rules, fold,
-        # staging) sets anything on the current context but its flags, which the rules' and
-        # folds' own calls (LEDGER_ARITHMETIC) set on LEDGER_CONTEXT already.
-        previous = getcontext()
+        setcontext(LEDGER_CONTEXT)  # after the clock (a caller's): the decision's alone
         try:
-            setcontext(LEDGER_CONTEXT)
-            try:
-                fresh = []
-                for event in decider.events(work):
-                    stream = stream_of(event)
-                    if type(event) is PositionOpened:
-                        # a position the book has no events of: its stream is new, which
-                        # the store may take without reading it (proven before the COMMIT)
-                        tx.assume_new((stream,))
-                    else:  # a command writes one or two streams (each loaded once)
-                        tx.load_versions((stream,))
-                    fresh.append(
-                        NewEvent(
-                            stream=stream, event=event, event_id=_uuids.take(), occurred_at=now
-                        )
-                    )
-                records = self._staged(tx, fresh)
-                folding = True
-                work.apply_all(records)
-            except Exception as refused:  # handed back to the caller, not swallowed
-                tx.rollback_to(mark)
-                job.error = (
-                    refused
-                    if isinstance(refused, LedgerError) or not folding
-                    else StoreError(f"cannot apply these events, nothing stored: {refused!r}")
+            fresh = []
+            for event in decider.events(work):
+                stream = stream_of(event)
+                if type(event) is PositionOpened:
+                    # a position the book has no events of: its stream is new, which
+                    # the store may take without reading it (proven before the COMMIT)
+                    tx.assume_new((stream,))
+                else:  # a command writes one or two streams (each loaded once)
+                    tx.load_versions((stream,))
+                fresh.append(
+                    NewEvent(stream=stream, event=event, event_id=_uuids.take(), occurred_at=now)
                 )
-                if folding:  # the fork took part of this job's events: build it again
-                    work = self._fold(base, tx.tail, [])
-            except BaseException:
-                state.culprit = job
-                raise
-            else:
-                job.result = records
-        finally:
-            setcontext(previous)
+            records = self._staged(tx, fresh)
+            folding = True
+            work.apply_all(records)
+        except Exception as refused:  # handed back to the caller, not swallowed
+            tx.rollback_to(mark)
+            job.error = (
+                refused
+                if isinstance(refused, LedgerError) or not folding
+                else StoreError(f"cannot apply these events, nothing stored: {refused!r}")
+            )
+            if folding:  # the fork took part of this job's events: build it again
+                work = self._fold(base, tx.tail, [])
+        except BaseException:
+            state.culprit = job
+            raise
+        else:
+            job.result = records
         state.work = work
 
     def _decide_marks(

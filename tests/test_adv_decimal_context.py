@@ -1,0 +1,102 @@
+"""A ledger call never leaves the caller's thread in the ledger's decimal context.
+
+A bot does its own Decimal arithmetic in its own context (prec=6, ROUND_DOWN, Inexact
+trapped); the ledger computes in LEDGER_CONTEXT whatever the caller set. A command decided on
+the caller's thread (the manager's main thread leads its own group) makes LEDGER_CONTEXT
+current for the decision and gives the caller's context back after it, also when a
+KeyboardInterrupt (a signal's, raised here by a trace function at each instruction in turn of
+the decision) ends the call. Were LEDGER_CONTEXT itself left current, the bot's next
+`getcontext().prec = 6` would set the precision of every later fold and rule of the ledger,
+on every thread.
+"""
+
+from __future__ import annotations
+
+import decimal
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ledger.blocking import ThreadSafePositionManager
+from ledger.service import Ledger
+from ledger.settings import Settings
+from ledger.values import LEDGER_CONTEXT
+from tests.test_adv_blocking_storm import seed_kwargs
+from tests.test_leader_interrupts import _codes
+from tests.test_write_role_interrupts import Inject, no_cyclic_gc, on_thread
+
+__all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
+
+SETTINGS = Settings(
+    max_concurrent_positions=100_000,
+    synchronous="NORMAL",
+    snapshot_every_events=10**9,
+    snapshot_every_seconds=10**6,
+)
+# what a caller's thread runs of a lone command's decision (each `_decide...` of the ledger)
+DECISION = frozenset(
+    _codes([method for name, method in vars(Ledger).items() if name.startswith("_decide")])
+)
+
+
+def _ledger_context_as_built() -> tuple[object, ...]:
+    return (
+        LEDGER_CONTEXT.prec,
+        LEDGER_CONTEXT.rounding,
+        LEDGER_CONTEXT.Emin,
+        LEDGER_CONTEXT.Emax,
+        sorted(str(signal) for signal, on in LEDGER_CONTEXT.traps.items() if on),
+    )
+
+
+@pytest.fixture
+def bot_context() -> Iterator[decimal.Context]:
+    before = decimal.getcontext()
+    own = decimal.Context(prec=6, rounding=decimal.ROUND_DOWN, traps=[decimal.Inexact])
+    decimal.setcontext(own)
+    try:
+        yield own
+    finally:
+        decimal.setcontext(before)
+
+
+def test_an_interrupted_command_gives_the_caller_its_own_decimal_context(
+    tmp_path: Path, bot_context: decimal.Context
+) -> None:
+    assert threading.current_thread() is threading.main_thread()
+    built = _ledger_context_as_built()
+    manager = ThreadSafePositionManager(
+        tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
+    )
+    try:
+        create = manager.thread_safe_create_position
+        counted = Inject(None, codes=DECISION)
+        with counted:
+            create(**seed_kwargs("COUNTUSDT"))
+        assert decimal.getcontext() is bot_context
+        assert counted.count > 20  # the sweep goes through the decision
+        leaked: list[str] = []
+        for at in range(counted.count):
+            inject = Inject(at, codes=DECISION)
+            try:
+                with inject:
+                    create(**seed_kwargs(f"M{at}USDT"))
+            except KeyboardInterrupt:
+                pass
+            if decimal.getcontext() is not bot_context:
+                itself = (
+                    " (LEDGER_CONTEXT itself)" if decimal.getcontext() is LEDGER_CONTEXT else ""
+                )
+                leaked.append(f"{inject.where}: {decimal.getcontext()!r}{itself}")
+                decimal.setcontext(bot_context)
+        assert leaked == []
+        # the bot's own arithmetic: its precision, its rounding, its trap
+        assert Decimal("1") / Decimal("8") == Decimal("0.125")
+        with pytest.raises(decimal.Inexact):
+            Decimal("1") / Decimal("3")
+        assert _ledger_context_as_built() == built
+    finally:
+        assert on_thread(manager.close) is None
