@@ -104,6 +104,13 @@ class StoreError(LedgerError):
     """The event store failed; the batch in flight was not appended."""
 
 
+class OutcomeUnknown(LedgerError):
+    """A write interrupted after it may have committed, and the store could not then be asked
+    whether it did (another interrupt, the write lock held by another writer, a failing disk):
+    it may be stored. Not a StoreError (whose batch was not appended): retrying it blindly may
+    store it twice. The ledger's book shows it from the next write on, which reads the log."""
+
+
 class VersionConflict(StoreError):
     def __init__(self, stream: str, expected: int, actual: int) -> None:
         self.stream = stream

@@ -38,6 +38,7 @@ from ledger.errors import (
     ImportRejected,
     InvalidValue,
     LedgerError,
+    OutcomeUnknown,
     SnapshotError,
     StoreError,
     StoreUnavailable,
@@ -683,6 +684,16 @@ class Ledger:
                     self._fold_tail(state)
                     dones = []
                     raise
+                if stored is None:
+                    # it may have landed after the COMMIT returned, and the store could not
+                    # be asked (another interrupt, the lock held by another writer): no
+                    # caller may hear "nothing stored", and write it again
+                    unknown = OutcomeUnknown(
+                        f"interrupted ({failure!r}) after it may have been stored, and the"
+                        " log could not be read: read the ledger before writing it again"
+                    )
+                    self._fail_group(group, state, unknown)
+                    raise
                 self._fail_group(group, state, failure)
                 raise
             finally:
@@ -1013,7 +1024,10 @@ class Ledger:
                 job.error = failure  # its own exception, in its caller
             elif job.error is None:
                 job.error = error
-        log.error("append failed, nothing of this group was stored: %s", error)
+        if isinstance(error, OutcomeUnknown):
+            log.error("a group's commit: %s", error)
+        else:
+            log.error("append failed, nothing of this group was stored: %s", error)
         self._fold_tail(state)
 
     def _fold_tail(self, state: _Group) -> None:
