@@ -69,6 +69,7 @@ from ledger.envelope import (
 from ledger.errors import (
     IntegrityError,
     LedgerError,
+    OutcomeUnknown,
     StoreError,
     StoreUnavailable,
     VersionConflict,
@@ -1073,26 +1074,41 @@ class EventStore(abc.ABC):
                 pending.error, pending.result = None, []
             raise
         except BaseException as failure:
-            if not isinstance(failure, Exception) and self._appended_anyway(group):
-                # an interrupt of this thread that landed after the COMMIT returned (a
-                # signal's handler runs right after a call): stored, and each appender hears
-                # so (a batch that failed alone keeps its error); this thread hears its
-                # interrupt (tests/test_adv_interrupt_after_commit.py)
+            if isinstance(failure, Exception):
+                _group_failed(group, failure)
+            else:  # KeyboardInterrupt, SystemExit: the thread running the group (a caller
+                self._interrupted_appends(group, failure)  # inline) hears it, once settled
                 raise
-            _group_failed(group, failure)
-            if not isinstance(failure, Exception):  # KeyboardInterrupt, SystemExit: the
-                raise  # thread running the group (a caller inline) hears it too, once settled
         finally:
             if settle:
                 for pending in group:
                     pending.done.set()
 
-    def _appended_anyway(self, group: list[_PendingAppend]) -> bool:
+    def _interrupted_appends(self, group: list[_PendingAppend], failure: BaseException) -> None:
+        """Each batch's outcome, after an interrupt of the thread running the group (see
+        `_appended_anyway`). Landed after the COMMIT returned (a signal's handler runs right
+        after a call): stored, and each appender hears so (a batch that failed alone keeps its
+        error; tests/test_adv_interrupt_after_commit.py). Not stored: each hears the
+        failure. Not known: each hears OutcomeUnknown, never that nothing was stored."""
+        stored = self._appended_anyway(group)
+        if stored:
+            return
+        _group_failed(
+            group,
+            failure
+            if stored is False
+            else OutcomeUnknown(
+                f"interrupted ({failure!r}) after it may have been stored, and the log"
+                " could not be read: read it before appending again"
+            ),
+        )
+
+    def _appended_anyway(self, group: list[_PendingAppend]) -> bool | None:
         """Whether a group of appends whose transaction raised an interrupt is stored all the
         same: each record its batches staged (those that did not fail alone) is in the log
-        with its hash (see `stored_as_staged`)."""
+        with its hash (see `stored_as_staged`); None when that cannot be told."""
         staged = [record for pending in group if pending.error is None for record in pending.result]
-        return bool(staged) and self.stored_as_staged(staged)[0] is True
+        return bool(staged) and self.stored_as_staged(staged)[0]
 
     def stored_as_staged(self, staged: Sequence[Recorded]) -> tuple[bool | None, list[Recorded]]:
         """After a write transaction raised an interrupt (a KeyboardInterrupt or SystemExit

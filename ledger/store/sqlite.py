@@ -600,6 +600,7 @@ class SQLiteEventStore(EventStore):
             return False
         conn = cur.connection
         head = self._head
+        records: list[Recorded] = []
         try:
             try:
                 cur.execute("BEGIN IMMEDIATE")
@@ -632,17 +633,30 @@ class SQLiteEventStore(EventStore):
             _rollback(conn)
             failure = self._failure(exc)
             pending.error = None
-            _group_failed([pending], failure)
+            if isinstance(failure, Exception):
+                _group_failed([pending], failure)
+            else:  # KeyboardInterrupt, SystemExit: perhaps right after the COMMIT returned
+                pending.result = records
+                self._interrupted_appends([pending], failure)
             pending.done.set()
-            if not isinstance(failure, Exception):  # KeyboardInterrupt, SystemExit
+            if not isinstance(failure, Exception):
                 raise
             return True
-        head.seq = tx.head.seq  # the draft published (one stream: no update of a dict)
-        head.hash = tx.head.hash
-        head.stream_versions[stream] = tx.head.own[stream]
-        pending.error = None
-        pending.result = records
-        pending.done.set()
+        try:
+            head.seq = tx.head.seq  # the draft published (one stream: no update of a dict)
+            head.hash = tx.head.hash
+            head.stream_versions[stream] = tx.head.own[stream]
+            pending.error = None
+            pending.result = records
+            pending.done.set()
+        except BaseException:
+            # committed, an interrupt half-way through: published whole (the head's seq
+            # never ahead of its hash, on which the next append chains) and settled
+            tx.head.publish(head)
+            pending.error = None
+            pending.result = records
+            pending.done.set()
+            raise
         return True
 
     def _size_wal(self) -> None:
