@@ -747,16 +747,22 @@ class Ledger:
         state.culprit, state.reloaded = None, False
         state.tail = tail = tx.tail
         base = self._book if self._broken is None else self._reloaded(tx, state)
-        work = self._fold(base, tail, []) if tail else base.successor()
-        now = self._clock()
+        now = self._clock()  # the caller's clock, outside the ledger's context
         ids = _EventIds(len(group))
         loaded: set[str] = set()  # streams whose version this transaction knows
         accepted: list[Recorded] = []
-        # runs of marks only where there are others to share with; never again in this group
-        # once a run could not be staged or folded (one job at a time from there)
-        together = len(group) > 1
-        i, count = 0, len(group)
-        with ledger_context():  # once for the group (a decider from `_checked` enters its own)
+
+        def decide_all() -> None:
+            # `with ledger_context():` once for the group, in a copy of this thread's context
+            # variables, left in C however the group's decisions end: no interrupt leaves the
+            # caller's thread in the ledger's context (see _decide_one). A decider from
+            # `_checked` enters its own.
+            setcontext(LEDGER_CONTEXT.copy())
+            work = self._fold(base, tail, []) if tail else base.successor()
+            # runs of marks only where there are others to share with; never again in this
+            # group once a run could not be staged or folded (one job at a time from there)
+            together = len(group) > 1
+            i, count = 0, len(group)
             while i < count:
                 job = group[i]
                 if together and _decides_a_mark(job.decide):
@@ -799,7 +805,9 @@ class Ledger:
                 accepted.extend(records)
                 job.result = records
                 job.error = None  # decided again after a run of marks failed together
-        state.work = work
+            state.work = work
+
+        copy_context().run(decide_all)
 
     def _decide_one(self, tx: StoreTransaction, job: _Job, state: _Group) -> None:
         """`_decide_group` of a group of one command (`_CommandDecider`), on a book in step:

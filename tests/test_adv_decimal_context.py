@@ -25,7 +25,7 @@ from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.values import LEDGER_CONTEXT
 from tests.test_adv_blocking_storm import seed_kwargs
-from tests.test_leader_interrupts import _codes
+from tests.test_leader_interrupts import Group, _codes
 from tests.test_write_role_interrupts import Inject, no_cyclic_gc, on_thread
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
@@ -97,6 +97,45 @@ def test_an_interrupted_command_gives_the_caller_its_own_decimal_context(
         assert Decimal("1") / Decimal("8") == Decimal("0.125")
         with pytest.raises(decimal.Inexact):
             Decimal("1") / Decimal("3")
+        assert _ledger_context_as_built() == built
+    finally:
+        assert on_thread(manager.close) is None
+
+
+def test_an_interrupted_group_gives_its_leader_its_own_decimal_context(
+    tmp_path: Path, bot_context: decimal.Context
+) -> None:
+    """The same for a group of several commands the main thread leads (`_decide_group`)."""
+    assert threading.current_thread() is threading.main_thread()
+    built = _ledger_context_as_built()
+    manager = ThreadSafePositionManager(
+        tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
+    )
+    try:
+        group = Group(manager)
+        create = manager.thread_safe_create_position
+        counted = Inject(None, codes=DECISION)
+
+        def lead_counted() -> object:
+            with counted:
+                return create(**seed_kwargs("COUNTUSDT"))
+
+        led, heard = group.run(lead_counted, ["FCOUNTUSDT"])
+        assert isinstance(led, str) and isinstance(heard[0], str), (led, heard)
+        assert counted.count > 20
+        leaked: list[str] = []
+        for at in range(counted.count):
+            inject = Inject(at, codes=DECISION)
+
+            def lead(inject: Inject = inject, at: int = at) -> object:
+                with inject:
+                    return create(**seed_kwargs(f"M{at}USDT"))
+
+            group.run(lead, [f"F{at}USDT"])
+            if decimal.getcontext() is not bot_context:
+                leaked.append(f"{inject.where}: {decimal.getcontext()!r}")
+                decimal.setcontext(bot_context)
+        assert leaked == []
         assert _ledger_context_as_built() == built
     finally:
         assert on_thread(manager.close) is None
