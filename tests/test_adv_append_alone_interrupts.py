@@ -23,7 +23,8 @@ from ledger.envelope import NewEvent
 from ledger.errors import StoreError
 from ledger.events import PositionMarked
 from ledger.store.sqlite import SQLiteEventStore
-from tests.test_write_role_interrupts import Inject, no_cyclic_gc
+from tests._interrupts import Inject
+from tests.test_write_role_interrupts import no_cyclic_gc
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 
@@ -48,14 +49,12 @@ def test_an_interrupt_anywhere_in_a_lone_append_keeps_the_chain(tmp_path: Path) 
             await store.append([event("warm")])
             task = asyncio.current_task()
             assert task is not None
-            counted = Inject(None, codes=APPEND_ALONE)
-            counted.only = task
+            counted = Inject(None, codes=APPEND_ALONE, task=task)
             with counted:
                 await store.append([event("counted")])
             assert counted.count > 30  # the sweep goes through the lone append
             for at in range(counted.count):
-                inject = Inject(at, codes=APPEND_ALONE)
-                inject.only = task
+                inject = Inject(at, codes=APPEND_ALONE, task=task)
                 heard: object
                 try:
                     with inject:

@@ -16,6 +16,7 @@ import decimal
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,10 @@ from ledger.blocking import ThreadSafePositionManager
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.values import LEDGER_CONTEXT
+from tests._interrupts import Inject, LedGroup, on_thread
 from tests.test_adv_blocking_storm import seed_kwargs
-from tests.test_leader_interrupts import Group, _codes
-from tests.test_write_role_interrupts import Inject, no_cyclic_gc, on_thread
+from tests.test_leader_interrupts import _codes
+from tests.test_write_role_interrupts import no_cyclic_gc
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 
@@ -112,7 +114,7 @@ def test_an_interrupted_group_gives_its_leader_its_own_decimal_context(
         tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
     )
     try:
-        group = Group(manager)
+        group = LedGroup(manager.ledger._queue(), manager.ledger.store.writer)
         create = manager.thread_safe_create_position
         counted = Inject(None, codes=DECISION)
 
@@ -120,7 +122,7 @@ def test_an_interrupted_group_gives_its_leader_its_own_decimal_context(
             with counted:
                 return create(**seed_kwargs("COUNTUSDT"))
 
-        led, heard = group.run(lead_counted, ["FCOUNTUSDT"])
+        led, heard = group.run(lead_counted, [partial(create, **seed_kwargs("FCOUNTUSDT"))])
         assert isinstance(led, str) and isinstance(heard[0], str), (led, heard)
         assert counted.count > 20
         leaked: list[str] = []
@@ -131,7 +133,7 @@ def test_an_interrupted_group_gives_its_leader_its_own_decimal_context(
                 with inject:
                     return create(**seed_kwargs(f"M{at}USDT"))
 
-            group.run(lead, [f"F{at}USDT"])
+            group.run(lead, [partial(create, **seed_kwargs(f"F{at}USDT"))])
             if decimal.getcontext() is not bot_context:
                 leaked.append(f"{inject.where}: {decimal.getcontext()!r}")
                 decimal.setcontext(bot_context)

@@ -16,6 +16,7 @@ import inspect
 import sqlite3
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,10 +27,10 @@ import msgspec
 from ledger.blocking import ThreadSafePositionManager
 from ledger.errors import OutcomeUnknown, StoreError
 from ledger.store.sqlite import SQLiteEventStore
+from tests._interrupts import LedGroup, on_thread
 from tests._workers import audit_log, book_state
 from tests.test_adv_blocking_storm import seed_kwargs
-from tests.test_leader_interrupts import SETTINGS, Group
-from tests.test_write_role_interrupts import on_thread
+from tests.test_leader_interrupts import SETTINGS
 
 RUN_TRANSACTION = SQLiteEventStore.run_transaction.__code__
 _SOURCE, _FIRST = inspect.getsourcelines(SQLiteEventStore.run_transaction)
@@ -72,7 +73,7 @@ def test_a_follower_of_a_group_that_may_be_stored_is_not_told_nothing_was(
     manager = ThreadSafePositionManager(tmp_path / "positions.json", db_path=db, settings=settings)
     other_writer = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     try:
-        group = Group(manager)
+        group = LedGroup(manager.ledger._queue(), manager.ledger.store.writer)
         create = manager.thread_safe_create_position
         create(**seed_kwargs("WARMUSDT"))
         interrupt = AfterCommit(lambda: other_writer.execute("BEGIN IMMEDIATE"))
@@ -84,7 +85,7 @@ def test_a_follower_of_a_group_that_may_be_stored_is_not_told_nothing_was(
             finally:
                 sys.settrace(None)
 
-        led, (followed,) = group.run(lead, ["FOLLOWUSDT"])
+        led, (followed,) = group.run(lead, [partial(create, **seed_kwargs("FOLLOWUSDT"))])
         other_writer.execute("ROLLBACK")
         assert interrupt.landed and isinstance(led, KeyboardInterrupt), led
         audit = anyio.run(audit_log, db)
