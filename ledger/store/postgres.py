@@ -362,9 +362,11 @@ class PostgresEventStore(EventStore):
             tail = records_from_rows(self._begin_sync(self._head.seq))
             head = self._head
             for record in tail:  # committed by others: seen, whatever happens next
-                head.seq = record.seq
-                head.hash = record.hash
+                # the seq last: an interrupt between two of these leaves the head behind
+                # (the tail read again from it), never its seq ahead of its hash
                 head.stream_versions[record.stream] = record.version
+                head.hash = record.hash
+                head.seq = record.seq
             tx = _PostgresTransaction(self, head, tail, self._clock())
             result = unit(tx)
             self._commit_sync(tx.rows)

@@ -691,9 +691,13 @@ class SQLiteEventStore(EventStore):
         tail_rows = cur.execute(_TAIL, (head.seq,)).fetchall()
         tail = [record_from_row(_staged(row)) for row in tail_rows] if tail_rows else []
         for record in tail:  # committed by others: seen, whatever happens next
-            head.seq = record.seq
-            head.hash = record.hash
+            # the seq last: an interrupt between two of these leaves the head behind (its
+            # next insert at seq+1 is refused, and the tail read again), never its seq ahead
+            # of its hash, on which the next write would chain (tests/
+            # test_adv_stale_head_interrupts.py)
             head.stream_versions[record.stream] = record.version
+            head.hash = record.hash
+            head.seq = record.seq
         tx = _SQLiteTransaction(head, tail, self._clock())
         tx._conn = cur.connection
         tx.may_assume = False  # nothing here would prove a stream new: read every version
