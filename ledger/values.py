@@ -6,10 +6,11 @@ import decimal
 import enum
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from contextvars import copy_context
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ledger.errors import InvalidValue
 
@@ -67,12 +68,20 @@ def ledger_context() -> AbstractContextManager[decimal.Context]:
 
 
 def exact(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run fn in the ledger's decimal context (an entry point of ledger arithmetic)."""
+    """Run fn in the ledger's decimal context (an entry point of ledger arithmetic).
+
+    In a copy of the caller's context variables (the decimal context is one), a copy of
+    LEDGER_CONTEXT current there: Context.run leaves it in C however fn ends, where a `with
+    localcontext()` exit interrupted before its __exit__ left the caller's thread in the
+    ledger's context (tests/test_adv_decimal_context.py)."""
+
+    def in_ledger_context(args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        decimal.setcontext(LEDGER_CONTEXT.copy())
+        return fn(*args, **kwargs)
 
     @wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        with decimal.localcontext(LEDGER_CONTEXT):
-            return fn(*args, **kwargs)
+        return copy_context().run(in_ledger_context, args, kwargs)
 
     return run
 

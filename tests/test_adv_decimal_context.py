@@ -22,10 +22,14 @@ from pathlib import Path
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
+from ledger.events import PositionOpened
 from ledger.service import Ledger
 from ledger.settings import Settings
-from ledger.values import LEDGER_CONTEXT
+from ledger.values import LEDGER_CONTEXT, Side
+from projections.book import fold_records
+from projections.stats import summarize
 from tests._interrupts import Inject, LedGroup, on_thread
+from tests.strategies import Stamper
 from tests.test_adv_blocking_storm import seed_kwargs
 from tests.test_leader_interrupts import _codes
 from tests.test_write_role_interrupts import no_cyclic_gc
@@ -141,3 +145,44 @@ def test_an_interrupted_group_gives_its_leader_its_own_decimal_context(
         assert _ledger_context_as_built() == built
     finally:
         assert on_thread(manager.close) is None
+
+
+def test_an_interrupted_read_of_the_figures_gives_the_caller_its_own_decimal_context(
+    bot_context: decimal.Context,
+) -> None:
+    """A bot's own read of the figures (`get_session_summary` -> `Book.summary` ->
+    `summarize`, an `exact` entry point of ledger arithmetic) runs in the ledger's context and
+    gives the caller's back, also when an interrupt ends it at any instruction of the entry."""
+    stamper = Stamper()
+    book = fold_records(
+        [
+            stamper.stamp(
+                PositionOpened(
+                    position_id="p1",
+                    symbol="BTCUSDT",
+                    side=Side.BUY,
+                    qty=Decimal("0.003"),
+                    entry_price=Decimal("97123.45"),
+                    leverage=7,
+                    fee=Decimal("0.17"),
+                )
+            )
+        ]
+    )
+    entry = frozenset({summarize.__code__})  # `exact`'s wrapper of summarize
+    counted = Inject(None, codes=entry)
+    with counted:
+        expected = book.summary()
+    assert counted.count > 3
+    leaked: list[str] = []
+    for at in range(counted.count):
+        inject = Inject(at, codes=entry)
+        try:
+            with inject:
+                assert book.summary() == expected
+        except KeyboardInterrupt:
+            pass
+        if decimal.getcontext() is not bot_context:
+            leaked.append(f"{inject.where}: {decimal.getcontext()!r}")
+            decimal.setcontext(bot_context)
+    assert leaked == []
