@@ -108,7 +108,8 @@ class OutcomeUnknown(LedgerError):
     """A write interrupted after it may have committed, and the store could not then be asked
     whether it did (another interrupt, the write lock held by another writer, a failing disk):
     it may be stored. Not a StoreError (whose batch was not appended): retrying it blindly may
-    store it twice. The ledger's book shows it from the next write on, which reads the log."""
+    store it twice. The ledger's book shows it from the next write on, which reloads it from
+    the log."""
 
 
 class VersionConflict(StoreError):

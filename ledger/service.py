@@ -693,6 +693,10 @@ class Ledger:
                         " log could not be read: read the ledger before writing it again"
                     )
                     self._fail_group(group, state, unknown)
+                    # the store's head may have taken the group (published whole after its
+                    # COMMIT), and no tail read would bring it into the book: the next
+                    # command reloads the book from the log
+                    self._broken = BookOutOfStep(f"{unknown}; the book reloads from the log")
                     raise
                 self._fail_group(group, state, failure)
                 raise

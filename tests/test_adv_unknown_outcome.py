@@ -7,7 +7,8 @@ writer took the write lock right after the COMMIT and holds it past the busy tim
 Ctrl-C in the asking ends it the same way). The group is in the log. Told "append failed,
 nothing of this group was stored", the follower's bot would write it again; it must hear that
 the outcome is unknown (OutcomeUnknown, not a StoreError), and the book shows the command from
-the next write on.
+the next write on: also when the interrupt landed in the head's publishing (whole after it:
+ac0f29c), where no tail read brings the group into the book any more.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import pytest
 
 from ledger.blocking import ThreadSafePositionManager
 from ledger.errors import OutcomeUnknown, StoreError
@@ -40,11 +42,13 @@ COMMIT_LINE = next(
 
 
 class AfterCommit:
-    """A trace (this thread) that raises KeyboardInterrupt at the first line run_transaction
-    runs after its COMMIT returned, once; `before` runs first (another writer takes the lock)."""
+    """A trace (this thread) that raises KeyboardInterrupt at the `lines_after`-th line
+    run_transaction runs after its COMMIT returned, once; `before` runs first (another writer
+    takes the lock)."""
 
-    def __init__(self, before: Any) -> None:
+    def __init__(self, before: Any, lines_after: int = 1) -> None:
         self.before = before
+        self.lines_after = lines_after
         self.committed = False
         self.landed = False
 
@@ -57,15 +61,20 @@ class AfterCommit:
         if event != "line" or self.landed:
             return self._line
         if self.committed:
-            self.landed = True
-            self.before()
-            raise KeyboardInterrupt("right after the COMMIT returned")
+            self.lines_after -= 1
+            if self.lines_after == 0:
+                self.landed = True
+                self.before()
+                raise KeyboardInterrupt(f"at line {frame.f_lineno}, after the COMMIT returned")
+            return self._line
         self.committed = frame.f_lineno == COMMIT_LINE
         return self._line
 
 
+# the line after the COMMIT, then into the head's publishing (its seq, its hash set)
+@pytest.mark.parametrize("lines_after", [1, 2, 3, 4])
 def test_a_follower_of_a_group_that_may_be_stored_is_not_told_nothing_was(
-    tmp_path: Path,
+    tmp_path: Path, lines_after: int
 ) -> None:
     assert threading.current_thread() is threading.main_thread()
     db = tmp_path / "ledger.db"
@@ -76,7 +85,7 @@ def test_a_follower_of_a_group_that_may_be_stored_is_not_told_nothing_was(
         group = LedGroup(manager.ledger._queue(), manager.ledger.store.writer)
         create = manager.thread_safe_create_position
         create(**seed_kwargs("WARMUSDT"))
-        interrupt = AfterCommit(lambda: other_writer.execute("BEGIN IMMEDIATE"))
+        interrupt = AfterCommit(lambda: other_writer.execute("BEGIN IMMEDIATE"), lines_after)
 
         def lead() -> object:
             sys.settrace(interrupt)
