@@ -44,6 +44,7 @@ from ledger.values import (
     Side,
     Source,
     aware_time,
+    exact,
     identifier,
     non_negative,
     optional_decimal,
@@ -663,6 +664,7 @@ _CLOCK_SKEW = timedelta(seconds=5)
 _ROE_TOLERANCE = Decimal("1e-6")
 
 
+@exact  # on the caller's thread: its comparison of ROEs in the ledger's context, not the bot's
 def _first_mark(command: OpenPosition, kwargs: dict[str, object]) -> PositionMarked | None:
     """The mark a create's current_price / unrealized_pnl / roe_percentage make, checked
     against each other; None when they say nothing beyond the entry."""

@@ -51,7 +51,7 @@ from ledger.events import (
     PositionOpened,
     RulesConfigured,
 )
-from ledger.values import LEDGER_CONTEXT, Side, Source, from_micros, market_key
+from ledger.values import LEDGER_CONTEXT, ZERO, Side, Source, from_micros, market_key
 from projections import positions as fold
 from projections._lazy_closed import LazyClosed
 from projections.positions import Position
@@ -697,8 +697,13 @@ class Book:
         """The session summary of one account, or of the whole fleet (account=None)."""
         if account is None:
             if len(self.balances) > 1:  # several accounts: the fleet's money is their sum
-                total = sum((b[0] for b in self.balances.values()), Decimal(0))
-                available = sum((b[1] for b in self.balances.values()), Decimal(0))
+                # in the ledger's arithmetic, not the caller's context (a bot's prec=6 would
+                # round the fleet's money, its trapped Inexact raise)
+                add = LEDGER_CONTEXT.add
+                total = available = ZERO
+                for account_total, account_available in self.balances.values():
+                    total = add(total, account_total)
+                    available = add(available, account_available)
                 return summarize(self.acc, list(self.open.values()), total, available)
             return summarize(self.acc, list(self.open.values()), self.balance, self.available)
         balance = self.balances.get(account)

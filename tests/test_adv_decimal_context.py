@@ -16,13 +16,15 @@ import decimal
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
 
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
-from ledger.events import PositionOpened
+from ledger.errors import InvalidValue
+from ledger.events import BalanceObserved, PositionOpened
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.values import LEDGER_CONTEXT, Side
@@ -186,3 +188,61 @@ def test_an_interrupted_read_of_the_figures_gives_the_caller_its_own_decimal_con
             leaked.append(f"{inject.where}: {decimal.getcontext()!r}")
             decimal.setcontext(bot_context)
     assert leaked == []
+
+
+def test_a_fleets_money_is_summed_in_the_ledgers_arithmetic_whatever_the_callers_context(
+    bot_context: decimal.Context,
+) -> None:
+    """Two accounts' balances: the fleet's is their exact sum, read from a bot whose own
+    context rounds to 6 digits and traps Inexact."""
+    stamper = Stamper()
+    book = fold_records(
+        [
+            stamper.stamp(
+                BalanceObserved(
+                    total=Decimal("1234567.891"), available=Decimal("1000000.01"), account="main"
+                )
+            ),
+            stamper.stamp(
+                BalanceObserved(
+                    total=Decimal("2345678.917"), available=Decimal("2000000.02"), account="hedge"
+                )
+            ),
+        ]
+    )
+    summary = book.summary()
+    assert summary.balance == Decimal("3580246.808")  # 1234567.891 + 2345678.917
+    assert summary.available_balance == Decimal("3000000.03")
+    assert decimal.getcontext() is bot_context
+
+
+def test_a_creates_roe_is_checked_in_the_ledgers_arithmetic_whatever_the_callers_context(
+    tmp_path: Path, bot_context: decimal.Context
+) -> None:
+    """A seed create's roe_percentage is checked against the ROE the ledger derives (within
+    1e-6): accepted when right and refused (InvalidValue) when not, from a bot whose own
+    context rounds to 6 digits and traps Inexact, never a decimal.Inexact of its own."""
+    entry, current, leverage = Fraction("97123.45"), Fraction("97200.1"), 7
+    # a long's ROE: its PnL over its margin, (current - entry) * qty / (qty * entry / lev)
+    roe = (current - entry) / entry * leverage * 100
+    right = f"{float(roe):.12f}"
+    wrong = f"{float(roe) + 0.001:.12f}"
+    manager = ThreadSafePositionManager(
+        tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
+    )
+    try:
+        create = manager.thread_safe_create_position
+        kwargs = {
+            "side": "long",
+            "entry_price": "97123.45",
+            "position_size": "333.33",
+            "leverage": leverage,
+            "current_price": "97200.1",
+        }
+        made = create(symbol="BTCUSDT", roe_percentage=right, **kwargs)
+        assert manager.ledger.book.open[made].current_price == Decimal("97200.1")
+        with pytest.raises(InvalidValue):
+            create(symbol="ETHUSDT", roe_percentage=wrong, **kwargs)
+        assert decimal.getcontext() is bot_context
+    finally:
+        assert on_thread(manager.close) is None
