@@ -25,6 +25,7 @@ import pytest
 from ledger.blocking import ThreadSafePositionManager
 from ledger.errors import InvalidValue
 from ledger.events import BalanceObserved, PositionOpened
+from ledger.exchange.observations import balance_from_ccxt
 from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.values import LEDGER_CONTEXT, Side
@@ -246,3 +247,22 @@ def test_a_creates_roe_is_checked_in_the_ledgers_arithmetic_whatever_the_callers
         assert decimal.getcontext() is bot_context
     finally:
         assert on_thread(manager.close) is None
+
+
+def test_a_classic_accounts_free_margin_is_the_ledgers_difference_whatever_the_callers_context(
+    bot_context: decimal.Context,
+) -> None:
+    """A classic (CONTRACT) account's free margin without availableToWithdraw: walletBalance
+    less what is locked and held, exactly, read by a sync running in the bot's own context."""
+    coin = {
+        "coin": "USDT",
+        "walletBalance": "3322.25896609",
+        "locked": "1.23456789",
+        "totalPositionIM": "100.123456789",
+        "totalOrderIM": "0.5",
+    }
+    info = {"result": {"list": [{"accountType": "CONTRACT", "coin": [coin]}]}, "time": "0"}
+    observed = balance_from_ccxt({"info": info}, "USDT")
+    assert observed.total == Decimal("3322.25896609")
+    assert observed.available == Decimal("3220.400941411")  # 3322.25896609 - 101.858024679
+    assert decimal.getcontext() is bot_context

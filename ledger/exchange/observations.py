@@ -16,7 +16,7 @@ from decimal import Decimal
 import msgspec
 
 from ledger.errors import InvalidValue, MalformedResponse
-from ledger.values import Side, from_millis, market_key, to_decimal
+from ledger.values import Side, exact, from_millis, market_key, to_decimal
 
 __all__ = [
     "BalanceObservation",
@@ -285,6 +285,7 @@ def positions_from_ccxt(rows: Sequence[Mapping[str, object]]) -> list[PositionOb
     return [o for o in observed if o is not None]
 
 
+@exact  # its classic account's free margin is a difference: the ledger's, not the caller's
 def balance_from_ccxt(unified: Mapping[str, object], currency: str = "USDT") -> BalanceObservation:
     """The currency's wallet balance and free margin from ccxt's fetch_balance (unified account).
 
