@@ -265,9 +265,11 @@ class _Markets(dict[str, str]):
     open position on each open): a memo, emptied when it holds _MARKETS_KEPT symbols."""
 
     def __missing__(self, symbol: str) -> str:
-        if len(self) >= _MARKETS_KEPT:
-            self.clear()
-        market = self[symbol] = market_key(symbol)
+        market = market_key(symbol)
+        if type(symbol) is str:  # a subclass may answer for itself: its market is not kept
+            if len(self) >= _MARKETS_KEPT:
+                self.clear()
+            self[symbol] = market
         return market
 
 
