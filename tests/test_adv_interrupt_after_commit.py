@@ -22,8 +22,6 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -33,11 +31,11 @@ import anyio
 import pytest
 
 from ledger.blocking import ThreadSafePositionManager
-from ledger.envelope import NewEvent
 from ledger.errors import StoreError
-from ledger.events import PositionMarked, PositionOpened
+from ledger.events import PositionOpened
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
+from tests._events import lone_mark as event
 from tests._interrupts import LedGroup
 from tests._workers import audit_log, book_state
 from tests.test_adv_blocking_storm import seed_kwargs
@@ -137,14 +135,6 @@ def test_an_interrupt_around_commit_tells_a_group_of_appends_what_was_stored(
 ) -> None:
     """The same for the store's own group of appends (`EventStore._commit_appends`): a thread
     leads the group holding other threads' appends; the interrupt lands around its COMMIT."""
-
-    def event(event_id: str) -> NewEvent:
-        return NewEvent(
-            stream=event_id,
-            event=PositionMarked(position_id=event_id, mark_price=Decimal(101)),
-            event_id=event_id,
-            occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
-        )
 
     async def main() -> tuple[object, list[object], list[str]]:
         store = SQLiteEventStore(db_path)

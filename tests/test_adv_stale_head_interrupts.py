@@ -11,31 +11,19 @@ appends of both stores are stored once, and the log verifies.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import anyio
 
-from ledger.envelope import NewEvent
 from ledger.errors import StoreError
-from ledger.events import PositionMarked
 from ledger.store.sqlite import SQLiteEventStore
+from tests._events import lone_mark as event
 from tests._interrupts import Inject
 from tests.test_write_role_interrupts import no_cyclic_gc
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 
 ATTEMPT = frozenset({SQLiteEventStore._attempt.__code__})
-
-
-def event(event_id: str) -> NewEvent:
-    return NewEvent(
-        stream=event_id,
-        event=PositionMarked(position_id=event_id, mark_price=Decimal(101)),
-        event_id=event_id,
-        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
 
 
 def test_an_interrupt_anywhere_in_the_run_after_a_stale_head_keeps_the_chain(

@@ -38,21 +38,10 @@ from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.base import StoreTransaction
 from ledger.store.sqlite import SQLiteEventStore
-from ledger.values import Side
+from tests._events import opened
 from tests.strategies import T0
 
 pytestmark = pytest.mark.anyio
-
-
-def opened(position_id: str) -> PositionOpened:
-    return PositionOpened(
-        position_id=position_id,
-        symbol="SOL/USDT:USDT",
-        side=Side.BUY,
-        qty=Decimal(1),
-        entry_price=Decimal(100),
-        leverage=5,
-    )
 
 
 def new(event: AnyEvent, event_id: str) -> NewEvent:
