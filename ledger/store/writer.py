@@ -627,8 +627,8 @@ class GroupCommit(Generic[J]):
         to queue; interrupted: a KeyboardInterrupt or SystemExit of this thread, the job
         settled or not run, for the caller to raise once done. (writer._hold without held
         wake-ups: process settles only this job, whose Completion, deferred, wakes nobody.)
-        Call it
-        inside the caller's recovering `try` (an interrupt between its steps: `_recover`)."""
+        Call it inside the caller's recovering `try` (an interrupt between its steps:
+        `_recover`)."""
         writer = self._writer
         writer._holder = get_ident()
         writer._may_wait = may_wait
