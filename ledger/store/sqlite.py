@@ -528,22 +528,17 @@ class SQLiteEventStore(EventStore):
             if failure is exc:
                 raise
             raise failure from exc
-        draft = tx.head  # draft.publish(head), inlined
-        try:
-            head.seq = draft.seq
-            head.hash = draft.hash
-            own = draft.own
-            if own:
-                if tx.assumed is not None:
-                    _drop_unproven(own, tx.assumed)
-                head.stream_versions.update(own)
-        except BaseException:
-            # committed, an interrupt half-way through its publishing: finished, so the
-            # head's seq never runs ahead of its hash (dropping again drops nothing more)
+        # draft.publish(head), inlined, the seq last (as `_attempt` moves a stale head): an
+        # interrupt half-way leaves the head behind its log, never its seq ahead of its hash;
+        # the next commit's insert at that seq fails, and the tail is read from there
+        draft = tx.head
+        own = draft.own
+        if own:
             if tx.assumed is not None:
-                _drop_unproven(draft.own, tx.assumed)
-            draft.publish(head)
-            raise
+                _drop_unproven(own, tx.assumed)
+            head.stream_versions.update(own)
+        head.hash = draft.hash
+        head.seq = draft.seq
         return result
 
     def _failure(self, exc: BaseException) -> BaseException:
@@ -643,16 +638,16 @@ class SQLiteEventStore(EventStore):
                 raise
             return True
         try:
-            head.seq = tx.head.seq  # the draft published (one stream: no update of a dict)
-            head.hash = tx.head.hash
+            # the draft published (one stream: no update of a dict), the seq last as in
+            # run_transaction: an interrupt half-way leaves the head behind, never its seq
+            # ahead of the hash the next append chains on
             head.stream_versions[stream] = tx.head.own[stream]
+            head.hash = tx.head.hash
+            head.seq = tx.head.seq
             pending.error = None
             pending.result = records
             pending.done.set()
-        except BaseException:
-            # committed, an interrupt half-way through: published whole (the head's seq
-            # never ahead of its hash, on which the next append chains) and settled
-            tx.head.publish(head)
+        except BaseException:  # committed, an interrupt half-way through: settled
             pending.error = None
             pending.result = records
             pending.done.set()
