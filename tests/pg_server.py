@@ -2,7 +2,8 @@
 
 The server refuses to run as root, so as root (CI) every server command runs as an
 unprivileged user (`nobody` by default) that owns the data folder. When the machine has no
-initdb, Debian's postgresql-15 is installed with apt-get (root only).
+initdb, Debian's postgresql-15 is installed with apt-get (root only). A server's folder is
+stopped and removed when the process that made it dies, however it dies (tests/pg_reaper.py).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.pg_reaper import server_folder
 
 SUPERUSER = "ledger"
 
@@ -119,15 +121,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[Server]:
-    """A started server in a fresh temp folder, stopped and removed on exit."""
-    root = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
-    os.chmod(root, 0o755)
-    server = Server(root / "cluster")
-    try:
+def running_server(parent: Path | None = None) -> Iterator[Server]:
+    """A started server in a fresh temp folder, stopped and removed on exit, or when this
+    process dies, killed or not (tests/pg_reaper.py)."""
+    with server_folder(parent=parent) as root:
+        server = Server(root / "cluster")
         server.init()
         server.start()
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)

@@ -5,10 +5,8 @@ read-only."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -23,6 +21,7 @@ from ledger.events import PositionMarked, PositionOpened, stream_of
 from ledger.store.postgres import PostgresEventStore
 from ledger.values import Side
 from tests.cli.conftest import run_ledger
+from tests.pg_reaper import server_folder
 from tests.pg_server import Server
 from tests.strategies import T0
 
@@ -31,18 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def primary_and_standby() -> Iterator[tuple[Server, Server]]:
-    root = Path(tempfile.mkdtemp(prefix="ledger-pg-replica-"))
-    root.chmod(0o755)
-    primary = Server(root / "primary")
-    standby = Server(root / "standby")
-    try:
+    with server_folder(prefix="ledger-pg-replica-") as root:
+        primary = Server(root / "primary")
+        standby = Server(root / "standby")
         primary.init()
         primary.start()
         yield primary, standby
-    finally:
-        standby.stop()
-        primary.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def start_standby(primary: Server, standby: Server) -> None:
