@@ -111,6 +111,17 @@ class OutcomeUnknown(LedgerError):
     store it twice. The ledger's book shows it from the next write on, which reloads it from
     the log."""
 
+    @classmethod
+    def interrupted(cls, failure: BaseException, *, redo: str) -> OutcomeUnknown:
+        """The error each caller of a write hears when failure (a KeyboardInterrupt or
+        SystemExit) interrupted it after it may have committed and the log could not be
+        asked: the Ledger's command groups and the store's append groups alike. redo names
+        what not to do before reading the log ("writing it", "appending it")."""
+        return cls(
+            f"interrupted ({failure!r}) after it may have been stored, and the log could not"
+            f" be read: read the log before {redo} again"
+        )
+
 
 class VersionConflict(StoreError):
     def __init__(self, stream: str, expected: int, actual: int) -> None:

@@ -688,10 +688,7 @@ class Ledger:
                     # it may have landed after the COMMIT returned, and the store could not
                     # be asked (another interrupt, the lock held by another writer): no
                     # caller may hear "nothing stored", and write it again
-                    unknown = OutcomeUnknown(
-                        f"interrupted ({failure!r}) after it may have been stored, and the"
-                        " log could not be read: read the ledger before writing it again"
-                    )
+                    unknown = OutcomeUnknown.interrupted(failure, redo="writing it")
                     self._fail_group(group, state, unknown)
                     # the store's head may have taken the group (published whole after its
                     # COMMIT), and no tail read would bring it into the book: the next

@@ -8,7 +8,9 @@ Ctrl-C in the asking ends it the same way). The group is in the log. Told "appen
 nothing of this group was stored", the follower's bot would write it again; it must hear that
 the outcome is unknown (OutcomeUnknown, not a StoreError), and the book shows the command from
 the next write on: also when the interrupt landed in the head's publishing (whole after it:
-ac0f29c), where no tail read brings the group into the book any more.
+ac0f29c), where no tail read brings the group into the book any more. The same holds for a
+group of the store's own appends (`store.append_blocking`). Both say what happened in the same
+words (`OutcomeUnknown.interrupted`): the interrupt, that it may be stored, what to do.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pytest
 from ledger.blocking import ThreadSafePositionManager
 from ledger.errors import OutcomeUnknown, StoreError
 from ledger.store.sqlite import SQLiteEventStore
+from tests._events import lone_mark as event
 from tests._interrupts import LedGroup, on_thread
 from tests._workers import audit_log, book_state
 from tests.test_adv_blocking_storm import seed_kwargs
@@ -71,6 +74,15 @@ class AfterCommit:
         return self._line
 
 
+def assert_informative(unknown: OutcomeUnknown, interrupt: BaseException, redo: str) -> None:
+    """The message names the interrupt, says the write may be stored and that the log could
+    not be read, and what not to do before reading it; made by the one constructor."""
+    message = str(unknown)
+    for part in (repr(interrupt), "may have been stored", "could not be read", redo):
+        assert part in message, message
+    assert message == str(OutcomeUnknown.interrupted(interrupt, redo=redo))
+
+
 # the line after the COMMIT, then into the head's publishing (its seq, its hash set)
 @pytest.mark.parametrize("lines_after", [1, 2, 3, 4])
 def test_a_follower_of_a_group_that_may_be_stored_is_not_told_nothing_was(
@@ -102,6 +114,7 @@ def test_a_follower_of_a_group_that_may_be_stored_is_not_told_nothing_was(
         assert "FOLLOWUSDT" in stored  # committed before the interrupt
         assert not isinstance(followed, StoreError), followed  # "nothing was stored"
         assert isinstance(followed, OutcomeUnknown), followed
+        assert_informative(followed, led, "writing it")
         create(**seed_kwargs("NEXTUSDT"))  # the next write reads the log
         live = book_state(manager.ledger.book)
         assert {p.symbol for p in manager.ledger.book.open.values()} >= stored
@@ -109,3 +122,45 @@ def test_a_follower_of_a_group_that_may_be_stored_is_not_told_nothing_was(
         other_writer.close()
         assert on_thread(manager.close) is None
     assert live == book_state(anyio.run(audit_log, db).fold)
+
+
+async def _stored_ids(db: Path) -> set[str]:
+    store = SQLiteEventStore(db)
+    await store.open()
+    try:
+        return {record.event_id for record in await store.read()}
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("lines_after", [1, 2, 3, 4])
+def test_a_follower_of_an_append_group_that_may_be_stored_is_not_told_nothing_was(
+    tmp_path: Path, lines_after: int
+) -> None:
+    assert threading.current_thread() is threading.main_thread()
+    db = tmp_path / "ledger.db"
+    store = SQLiteEventStore(db, synchronous="NORMAL", busy_timeout_ms=200)
+    anyio.run(store.open)
+    other_writer = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        group = LedGroup(store._append_queue(), store.writer)
+        store.append_blocking([event("warm")])
+        interrupt = AfterCommit(lambda: other_writer.execute("BEGIN IMMEDIATE"), lines_after)
+
+        def lead() -> object:
+            sys.settrace(interrupt)
+            try:
+                return store.append_blocking([event("main")])
+            finally:
+                sys.settrace(None)
+
+        led, (followed,) = group.run(lead, [partial(store.append_blocking, [event("follow")])])
+        other_writer.execute("ROLLBACK")
+        assert interrupt.landed and isinstance(led, KeyboardInterrupt), led
+        assert "follow" in anyio.run(_stored_ids, db)  # committed before the interrupt
+        assert not isinstance(followed, StoreError), followed  # "nothing was stored"
+        assert isinstance(followed, OutcomeUnknown), followed
+        assert_informative(followed, led, "appending it")
+    finally:
+        other_writer.close()
+        assert on_thread(lambda: anyio.run(store.close)) is None

@@ -1097,10 +1097,7 @@ class EventStore(abc.ABC):
             group,
             failure
             if stored is False
-            else OutcomeUnknown(
-                f"interrupted ({failure!r}) after it may have been stored, and the log"
-                " could not be read: read it before appending again"
-            ),
+            else OutcomeUnknown.interrupted(failure, redo="appending it"),
         )
 
     def _appended_anyway(self, group: list[_PendingAppend]) -> bool | None:
