@@ -82,6 +82,7 @@ from ledger.store.writer import (
     WouldWait,
     WriterThread,
     deferred_completion,
+    signalled_here,
 )
 from ledger.values import from_micros, to_micros
 
@@ -1060,7 +1061,15 @@ class EventStore(abc.ABC):
         return self._appends
 
     def _commit_appends(self, group: list[_PendingAppend]) -> None:
-        settle = True
+        """One transaction for the group, each batch all-or-nothing on its own; settles each.
+
+        Settling is the try's last step, and every way out of it settles again (as
+        `Ledger._commit_group` does): an interrupt between the COMMIT and the group settled
+        would otherwise leave a stored group unsettled, which the writer takes for never run
+        and runs again (`GroupCommit._untake`). The one way out that does not settle: an
+        interrupt that may be a signal's, the group surely not stored (see
+        `_interrupted_appends`)."""
+        dones = [pending.done for pending in group]
         try:
             try:
                 self.run_transaction(lambda tx: _stage_appends(tx, group, ask=False))
@@ -1068,37 +1077,49 @@ class EventStore(abc.ABC):
                 for pending in group:
                     pending.error, pending.result = None, []
                 self.run_transaction(lambda tx: _stage_appends(tx, group, ask=True))
+            Completion.set_all(dones)
         except WouldWait:  # nothing is stored: the writer thread runs the group again
-            settle = False
             for pending in group:
                 pending.error, pending.result = None, []
             raise
         except BaseException as failure:
-            if isinstance(failure, Exception):
-                _group_failed(group, failure)
-            else:  # KeyboardInterrupt, SystemExit: the thread running the group (a caller
-                self._interrupted_appends(group, failure)  # inline) hears it, once settled
+            try:
+                if isinstance(failure, Exception):
+                    _group_failed(group, failure)
+                    return
+                # KeyboardInterrupt, SystemExit: the thread running the group (a caller
+                # inline) hears it, once settled (or the group put back)
+                if not self._interrupted_appends(group, failure):
+                    dones = []
                 raise
-        finally:
-            if settle:
-                for pending in group:
-                    pending.done.set()
+            finally:
+                Completion.set_all(dones)
 
-    def _interrupted_appends(self, group: list[_PendingAppend], failure: BaseException) -> None:
+    def _interrupted_appends(self, group: list[_PendingAppend], failure: BaseException) -> bool:
         """Each batch's outcome, after an interrupt of the thread running the group (see
-        `_appended_anyway`). Landed after the COMMIT returned (a signal's handler runs right
-        after a call): stored, and each appender hears so (a batch that failed alone keeps its
-        error; tests/test_adv_interrupt_after_commit.py). Not stored: each hears the
+        `_appended_anyway`); False when the group is to be left unsettled. Landed after the
+        COMMIT returned (a signal's handler runs right after a call): stored, and each
+        appender hears so (a batch that failed alone keeps its error;
+        tests/test_adv_interrupt_after_commit.py). Surely not stored, and the interrupt may
+        be a signal's (`signalled_here`: this thread's own, never its followers'): unsettled,
+        each batch as before it ran, so the leader's recovery puts the group back, its own
+        batch taken out, and the writer thread runs the others' (as the Ledger's command
+        groups, tests/test_append_leader_interrupts.py). Not stored otherwise: each hears the
         failure. Not known: each hears OutcomeUnknown, never that nothing was stored."""
         stored = self._appended_anyway(group)
         if stored:
-            return
+            return True
+        if stored is False and signalled_here():
+            for pending in group:
+                pending.error, pending.result = None, []
+            return False
         _group_failed(
             group,
             failure
             if stored is False
             else OutcomeUnknown.interrupted(failure, redo="appending it"),
         )
+        return True
 
     def _appended_anyway(self, group: list[_PendingAppend]) -> bool | None:
         """Whether a group of appends whose transaction raised an interrupt is stored all the

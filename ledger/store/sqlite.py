@@ -630,13 +630,14 @@ class SQLiteEventStore(EventStore):
             pending.error = None
             if isinstance(failure, Exception):
                 _group_failed([pending], failure)
-            else:  # KeyboardInterrupt, SystemExit: perhaps right after the COMMIT returned
-                pending.result = records
-                self._interrupted_appends([pending], failure)
-            pending.done.set()
-            if not isinstance(failure, Exception):
-                raise
-            return True
+                pending.done.set()
+                return True
+            # KeyboardInterrupt, SystemExit: perhaps right after the COMMIT returned; left
+            # unsettled when surely not stored and the interrupt may be a signal's (see there)
+            pending.result = records
+            if self._interrupted_appends([pending], failure):
+                pending.done.set()
+            raise
         try:
             # the draft published (one stream: no update of a dict), the seq last as in
             # run_transaction: an interrupt half-way leaves the head behind, never its seq
