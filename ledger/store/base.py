@@ -164,10 +164,13 @@ class _Draft(msgspec.Struct):
         return ChainMap(self.own, self.base)
 
     def publish(self, head: Head) -> None:
-        """Make the committed changes the store's head."""
-        head.seq = self.seq
-        head.hash = self.hash
+        """Make the committed changes the store's head, its seq last (as a stale head is
+        moved over a tail): an interrupt half-way leaves the head behind its log (the next
+        transaction reads the tail from there again), never its seq ahead of the hash the next
+        append chains on (tests/test_postgres_stale_head_interrupts.py)."""
         head.stream_versions.update(self.own)
+        head.hash = self.hash
+        head.seq = self.seq
 
 
 class ChainVerifier:
