@@ -56,8 +56,8 @@ def _stat_start(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
-def _alive(pid: int, start: int) -> bool:
-    return _stat_start(pid) == start
+def _alive(pid: int, start: int | None) -> bool:
+    return start is not None and _stat_start(pid) == start
 
 
 def _boot_time() -> float:
