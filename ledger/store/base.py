@@ -36,7 +36,6 @@ work to `run_transaction` through `group_commit`, and reads through `iterate`.
 from __future__ import annotations
 
 import abc
-import hashlib
 from collections import ChainMap
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -59,6 +58,7 @@ from ledger.codec import (
     event_type,
 )
 from ledger.envelope import (
+    FRESH_SHA256,
     GENESIS_HASH,
     Fact,
     NewEvent,
@@ -88,7 +88,6 @@ from ledger.values import from_micros, to_micros
 
 T = TypeVar("T")
 J = TypeVar("J", bound=Job)
-_sha256 = hashlib.sha256
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # as ledger.values.to_micros counts
 _MICROSECOND = timedelta(microseconds=1)
 # staging a batch this long or longer goes column by column (see StoreTransaction._stage_many):
@@ -562,7 +561,7 @@ class StoreTransaction(abc.ABC):
         recorded_us, recorded_at = self.recorded_us, self.recorded_at
         complete = self.versions_complete
         schema = SCHEMA_VERSION
-        into, header, sha256 = encode_into, encode_header, _sha256
+        into, header, fresh = encode_into, encode_header, FRESH_SHA256
         epoch, micro = _EPOCH, _MICROSECOND
         seq, digest = head.seq, head.hash
         mark_rows, mark_seq, mark_hash = len(rows), seq, digest  # a Savepoint, made if needed
@@ -600,19 +599,15 @@ class StoreTransaction(abc.ABC):
                         if type(occurred_at) is datetime and occurred_at.tzinfo is not None
                         else to_micros(occurred_at)
                     )
-                # chain_hash(), inlined: sha256(prev_hash || header || "\n" || body)
-                digest = sha256(
-                    b"".join(
-                        (
-                            prev,
-                            header(
-                                (seq, stream, version, event_id, occurred_us, recorded_us, schema)
-                            ),
-                            b"\n",
-                            body,
-                        )
-                    )
-                ).hexdigest()
+                # chain_digest(), inlined: sha256(prev_hash || header || "\n" || body)
+                sha = fresh()
+                sha.update(prev)
+                sha.update(
+                    header((seq, stream, version, event_id, occurred_us, recorded_us, schema))
+                )
+                sha.update(b"\n")
+                sha.update(body)
+                digest = sha.hexdigest()
                 prev = digest.encode("ascii")
                 rows.append(
                     (
@@ -688,19 +683,17 @@ class StoreTransaction(abc.ABC):
             if type(occurred_at) is datetime and occurred_at.tzinfo is not None
             else to_micros(occurred_at)
         )
-        # chain_hash(), inlined: sha256(prev_hash || header || "\n" || body)
-        digest = _sha256(
-            b"".join(
-                (
-                    prev_hash.encode("ascii"),
-                    encode_header(
-                        (seq, stream, version, event_id, occurred_us, recorded_us, SCHEMA_VERSION)
-                    ),
-                    b"\n",
-                    body,
-                )
+        # chain_digest(), inlined: sha256(prev_hash || header || "\n" || body)
+        sha = FRESH_SHA256()
+        sha.update(prev_hash.encode("ascii"))
+        sha.update(
+            encode_header(
+                (seq, stream, version, event_id, occurred_us, recorded_us, SCHEMA_VERSION)
             )
-        ).hexdigest()
+        )
+        sha.update(b"\n")
+        sha.update(body)
+        digest = sha.hexdigest()
         record = Recorded(  # positional, in Recorded's field order
             seq,
             stream,
@@ -814,15 +807,17 @@ class StoreTransaction(abc.ABC):
                 ),
             )
         )
-        # each hash starts from a copy of a fresh context: OpenSSL's set-up for sha256(data)
-        # costs more than copying one set up already (0.06 ms less for 1,000)
-        fresh = _sha256().copy
+        # each hash starts from a copy of a fresh context (FRESH_SHA256: OpenSSL's set-up for
+        # sha256(data) costs more, 0.06 ms for 1,000), fed prev_hash and the text in turn
+        # (two calls cost less than a buffer joined for one: 0.08 ms for 1,000)
+        fresh = FRESH_SHA256
         prev = head.hash.encode("ascii")
         digests: list[str] = []
         add_digest = digests.append
         for text in texts:
             sha = fresh()
-            sha.update(prev + text)
+            sha.update(prev)
+            sha.update(text)
             digest = sha.hexdigest()
             prev = digest.encode("ascii")
             add_digest(digest)
