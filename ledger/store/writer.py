@@ -26,6 +26,16 @@ role* (`WriterThread`'s role lock). Two kinds of thread take it:
     would have to wait for a lock (another process writing the same SQLite file, or any
     PostgreSQL transaction, which is network I/O) raises `WouldWait` before doing
     anything, and the group goes to the thread.
+- The lone lane (`run_now`): a task's usual sequential write takes the role first, without
+  the queue's lock. Holding it, no group runs or can start, and `_draining` False says
+  nobody leads (a job is queued only with a lead set), so the job runs right there,
+  unqueued (`_run_alone`), and the role is freed: no lock, no lead taken or given back. A
+  caller arriving meanwhile finds nobody draining and leads as it would have anyway (a
+  plain thread waits for the role, then runs its group; a task hands its group to the
+  writer thread). When the lane is not clear (someone draining, the writer stopping, the
+  loop with anything ready to join the job, or not led from last) the role is let go and
+  the job goes the general way above. A plain thread's lone job takes the lead first (under
+  the lock), so that jobs queued behind it go to the writer thread in one group.
 - The store's *writer thread*, a daemon that owns the role while it runs what is queued to
   it: groups that arrived while someone else was writing (one hand-off each way, shared by
   the whole group), groups that would wait, and everything a backend does that is not a
@@ -80,8 +90,10 @@ Every entry point a caller's thread runs (`run_now`, `run`, `run_blocking`, `_le
 `WriterThread.try_run`) is one `try` whose `except BaseException` recovers (`_recover`,
 `WriterThread._let_go`) and re-raises: free on the usual path (an exception table entry), and
 the usual path's own releases stay plain statements inside it, so an interrupt between any
-two of them is recovered too. The interrupted caller hears its exception; its job, if it was
-still queued, is taken back (not run), else it was run and settled. A second signal landing
+two of them is recovered too (`run_now` has two: its lone lane's, then the general way's;
+between the two this thread holds nothing). The interrupted caller hears
+its exception; its job, if it was still queued, is taken back (not run), else it was run and
+settled. A second signal landing
 inside the recovery itself is not covered (no Python code can be).
 
 A leader's interrupt is its own, never its followers': a signal lands anywhere the main thread
@@ -562,10 +574,9 @@ class GroupCommit(Generic[J]):
 
         The usual sequential write (a task of an asyncio loop, nobody draining, nothing to
         yield for: see `_yield_first`, the role free) runs its job alone, right here, without
-        queueing it: nobody else can see it, so it needs no future, no wake-up and no group
-        taken under the lock. Jobs other threads queue meanwhile go to the writer thread
-        after it, as behind any inline leader. Everything else (a follower, a leader that
-        yields first, a role taken, a store that would wait, a writer stopping) makes the
+        queueing it (the lone lane, see DESIGN): nobody else can see it, so it needs no
+        future, no wake-up, no lock and no group taken. Everything else (a follower, a leader
+        that yields first, a role taken, a store that would wait, a writer stopping) makes the
         job's future first, then goes the way `run` goes."""
         done = job.done
         loop = done._loop
@@ -574,8 +585,44 @@ class GroupCommit(Generic[J]):
         if not self._inline_async:  # it hands over: a future first
             done._future = loop.create_future()
             return self.run(job)
+        writer = self._writer
+        role = writer._role
+        queued = lone = False
+        try:  # recovers from an interrupt anywhere in here (see DESIGN)
+            # The lone lane, decided holding the role (see DESIGN: the lone lanes): nothing
+            # ready to join the job on its loop, whose last lead here skipped its yield too,
+            # nobody draining, the writer running. The queue's lock is not taken at all.
+            if role.acquire(False):
+                ready = getattr(loop, "_ready", None)
+                if (
+                    ready is None
+                    or ready
+                    or self._skipped_on is not loop
+                    or self._draining
+                    or writer._stopped
+                ):
+                    role.release()
+                else:
+                    # _yield_first's count (a turn owed to the loop is taken after the job)
+                    turn_after = self._skipped >= _MAX_SKIPPED_YIELDS
+                    self._skipped = 0 if turn_after else self._skipped + 1
+                    queued, interrupted = self._run_alone(job, may_wait=False)
+                    lone = True
+        except BaseException:
+            self._recover(job)
+            raise
+        # nothing held here: _run_alone freed the role, the lane took nothing else
+        if lone and not queued:
+            if interrupted is not None:
+                raise interrupted
+            return asyncio.sleep(0) if turn_after else None
         lock = self._lock
         try:  # recovers from an interrupt anywhere in here (see DESIGN)
+            if lone:  # not run (WouldWait, the writer stopping): handed over, as a lead's
+                with lock:
+                    self._draining = True
+                return self._queue_led(job, loop, yield_first=False)
+            # the lane was not clear: the general way
             # the acquire inside the inner try: the NOP CPython 3.11 emits for a nested
             # `try:` line lies outside every exception-table range, the outer one's too, so a
             # trace's interrupt there, the lock taken just before, escaped _recover
@@ -606,7 +653,6 @@ class GroupCommit(Generic[J]):
                     lock.release()
             if yield_first:
                 return self._queue_led(job, loop, yield_first=True)
-            writer = self._writer
             if writer._stopped or not writer._role.acquire(False):
                 return self._queue_led(job, loop, yield_first=False)
             queued, interrupted = self._run_alone(job, may_wait=False)
@@ -809,9 +855,10 @@ class GroupCommit(Generic[J]):
         here, without queueing it, as `run_now` does on a loop: nobody else can see it, so its
         Completion (deferred_blocking_completion) needs no lock, and there is no group to
         take under the lock nor wake-ups to hold. Jobs other threads queue meanwhile go to
-        the writer thread after it, as behind any inline leader. Otherwise (the role taken,
-        the store stopping, WouldWait) the job is queued first, then led as before: waiting
-        for the role and running the whole group queued by then, or handed over."""
+        the writer thread after it, as behind any inline leader (it leads: a plain thread's
+        job takes no lone lane, see DESIGN). Otherwise (the role taken, the store stopping,
+        WouldWait) the job is queued first, then led as before: waiting for the role and
+        running the whole group queued by then, or handed over."""
         writer = self._writer
         if writer._holder == get_ident():  # writer.on_thread, inlined
             raise StoreUnavailable("a write cannot wait for another while it holds the role")
