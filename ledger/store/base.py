@@ -655,9 +655,10 @@ class StoreTransaction(abc.ABC):
         holds the two together); everything is computed before anything is staged."""
         event_id = new.event_id
         staged_ids = self._staged_ids
-        already = staged_ids.get(event_id)
-        if already is not None:
-            return [already]
+        if staged_ids:  # a command's transaction has staged nothing before it
+            already = staged_ids.get(event_id)
+            if already is not None:
+                return [already]
         head = self.head
         own = head.own
         stream = new.stream

@@ -149,9 +149,11 @@ class _SQLiteTransaction(StoreTransaction):
 
     def load_versions(self, streams: Iterable[str]) -> None:
         own, base = self.head.own, self.head.base
-        missing: dict[str, None] = {}
+        missing: dict[str, None] | None = None  # made only when one is missing
         for stream in streams:  # a loop, not a comprehension: most calls ask for one stream
             if stream not in own and stream not in base:
+                if missing is None:
+                    missing = {}
                 missing[stream] = None
         if missing:
             self._read_versions(list(missing))
@@ -242,6 +244,7 @@ class SQLiteEventStore(EventStore):
         self._conn: sqlite3.Connection | None = None  # the writer's, used holding the role
         # One cursor of it for a transaction's own statements: conn.execute() makes (and
         # frees) a cursor per statement, about a tenth of raw sqlite3's instructions each.
+        # None, or a cursor of self._conn (dropped whenever the connection is).
         self._cursor: sqlite3.Cursor | None = None
         self._conn_busy_ms = 0  # the write connection's busy timeout now (0: never waits)
         self._reconnect = False  # a write failed: start the next one on a fresh connection
@@ -352,6 +355,7 @@ class SQLiteEventStore(EventStore):
         return conn
 
     def _open_writer(self) -> None:
+        self._cursor = None  # made on the first write, of this connection
         self._conn = self._connect_writer()
         # stream versions are loaded as streams are written
         row = self._conn.execute(
@@ -451,18 +455,13 @@ class SQLiteEventStore(EventStore):
         proved is never kept in the store's cache (`_drop_unproven`). What it saves: the
         SELECT of an open's stream, a fifth statement.
         """
-        if self._read_only:
-            raise StoreUnavailable(f"{self.path} is open read-only")
         writer = self._writer
-        if writer is None or writer._holder != get_ident():  # check_writer_thread(), inlined
-            self.check_writer_thread()  # raises
-        assert writer is not None
-        conn = self._conn if not self._reconnect else None
-        if conn is None:
-            conn = self._writer_connection()
-        cur = self._cursor
-        if cur is None or cur.connection is not conn:
-            cur = self._cursor = conn.cursor()
+        cur = self._cursor  # the write connection's, while it needs no reconnecting
+        if cur is None or self._reconnect or writer is None or writer._holder != get_ident():
+            cur = self._write_cursor()  # raises
+            writer = self._writer
+            assert writer is not None
+        conn = cur.connection
         head = self._head
         try:
             # BEGIN inside the guard: an interrupt (KeyboardInterrupt, SystemExit) landing
@@ -540,6 +539,19 @@ class SQLiteEventStore(EventStore):
         head.hash = draft.hash
         head.seq = draft.seq
         return result
+
+    def _write_cursor(self) -> sqlite3.Cursor:
+        """`run_transaction`'s checks, in order, and its cursor (on a fresh connection after a
+        failed write); raises StoreUnavailable (read-only, not holding the writer role, not
+        open, cannot reconnect)."""
+        if self._read_only:
+            raise StoreUnavailable(f"{self.path} is open read-only")
+        self.check_writer_thread()
+        conn = self._writer_connection()
+        cur = self._cursor
+        if cur is None or cur.connection is not conn:
+            cur = self._cursor = conn.cursor()
+        return cur
 
     def _failure(self, exc: BaseException) -> BaseException:
         """What a write transaction that failed with exc (rolled back) raises: a stored
@@ -779,6 +791,7 @@ class SQLiteEventStore(EventStore):
             raise StoreUnavailable("the store is not open")
         if self._reconnect:
             conn.close()  # first, so no two write connections of this store share the file
+            self._cursor = None  # the closed connection's
             try:
                 conn = self._conn = self._patiently(self._connect_writer)
             except (sqlite3.Error, OSError) as exc:
