@@ -120,6 +120,20 @@ def _wal_to_size(conn: sqlite3.Connection) -> tuple[str, int] | None:
     return (f"{main}-wal", target) if main and target else None
 
 
+def _versions_sql(count: int) -> str:
+    """The stored version of each of `count` streams bound in order (NULL: none yet), each
+    read by one seek: a correlated MAX takes SQLite's min/max optimization (the last entry of
+    the stream in UNIQUE(stream, version)), where `stream IN (...) GROUP BY stream` reads
+    every entry of every stream asked (measured, the 39 streams of a 1,000-event batch of
+    the benchmarks' mix: 45 against 140 us; and a long stream's every mark for one)."""
+    asked = ",".join(["(?)"] * count)
+    return (
+        f"WITH asked(name) AS (VALUES {asked})"
+        " SELECT asked.name, (SELECT MAX(version) FROM events WHERE stream = asked.name)"
+        " FROM asked"
+    )
+
+
 def _drop_unproven(own: dict[str, int], assumed: list[str]) -> None:
     """Leave out of a committed transaction's versions each stream `assume_new` took as new
     that it inserted nothing to (its version 0: the job rolled back, or staged elsewhere):
@@ -176,15 +190,8 @@ class _SQLiteTransaction(StoreTransaction):
         versions: dict[str, int] = {}
         for start in range(0, len(streams), 500):
             chunk = streams[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT stream, MAX(version) FROM events WHERE stream IN ({marks})"
-                " GROUP BY stream",
-                chunk,
-            ).fetchall()
-            found = {str(stream): int(version) for stream, version in rows}
-            for stream in chunk:
-                versions[stream] = found.get(stream, 0)
+            for stream, version in self._conn.execute(_versions_sql(len(chunk)), chunk):
+                versions[str(stream)] = 0 if version is None else int(version)
         # committed facts read under the write lock: valid for the store whatever this
         # transaction does, so they go into the store's own cache (the head's versions)
         self.head.base.update(versions)
