@@ -46,8 +46,6 @@ from ledger.store.base import (
     Head,
     StagedRow,
     StoreTransaction,
-    row_tuple,
-    staged_row,
 )
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.wal import presize_wal, wal_target_bytes
@@ -461,9 +459,9 @@ def staged_rows(events: Sequence[NewEvent], *, per_commit: int) -> list[tuple[ob
         tx = _Stager(head, [], clock())
         tx.stage(batch)
         tx.head.publish(head)
-        # bodies as bytes, as a raw sqlite3 user holds them (staging writes them into
-        # bytearrays, which sqlite3 binds without its adapter lookup: ledger.codec.encode_body)
-        rows.extend(row_tuple(staged_row(row)) for row in tx.rows)
+        # bodies bound as the store binds them, bytearrays (sqlite3 binds a bytes object
+        # through its adapter lookup: ~0.8 us a row more, which would handicap the baseline)
+        rows.extend((*row[:8], bytearray(row[8]), row[9]) for row in tx.rows)
     return rows
 
 
