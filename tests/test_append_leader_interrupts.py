@@ -7,16 +7,20 @@ commands: the main thread leads a group of its own append and another thread's
 signal's handler raises it) before each instruction in turn of the group's processing: the
 staging, the store's transaction, the settling. Each time the main thread hears it, and the
 other thread hears its batch's records, as stored (never the interrupt, never a StoreError
-for a group not stored: such a group is run again by the writer thread). At the end the log
-verifies and holds each acknowledged record as acknowledged.
+for a group not stored: such a group is run again by the writer thread). The same with an
+asyncio task of the main thread leading inline on its loop. At the end the log verifies and
+holds each acknowledged record as acknowledged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -26,8 +30,9 @@ from ledger.store.base import EventStore, _stage_appends
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import GroupCommit
 from tests._events import lone_mark as event
-from tests._interrupts import Inject, LedGroup, on_thread
+from tests._interrupts import WATCHDOG, Inject, LedGroup, on_thread
 from tests.test_leader_interrupts import _codes, assert_usable
+from tests.test_write_role_interrupts import role_free
 
 # what the leading thread runs of the group, holding the role: the staging of both batches,
 # the store's transaction, the settling, and the group's taking and letting go
@@ -139,3 +144,94 @@ def test_an_interrupt_in_the_staging_of_a_followers_batch_is_the_leaders(
     assert [stored.get(record.event_id) for record in followed] == followed
     assert "main" not in stored  # the leader's own batch: not stored, its interrupt heard
     assert_usable(group)
+
+
+def _heard(work: Callable[[], object]) -> object:
+    try:
+        return work()
+    except BaseException as exc:  # handed to the test
+        return exc
+
+
+def test_an_interrupt_anywhere_in_a_tasks_append_group_stays_with_the_task(
+    store: SQLiteEventStore,
+) -> None:
+    """The same sweep with an asyncio task of the main thread leading (inline on its loop,
+    after its turn, in which another thread's append queues behind it): the task hears the
+    interrupt (asyncio.run raises it), the other thread its records."""
+    assert threading.current_thread() is threading.main_thread()
+    queue = store._append_queue()
+    real_enter = queue._enter
+    queued = threading.Semaphore(0)
+
+    def counted_enter(job: Any) -> bool:
+        leads = real_enter(job)
+        if not leads:
+            queued.release()
+        return leads
+
+    queue._enter = counted_enter  # type: ignore[method-assign]
+    store.append_blocking([event("warm")])
+
+    def run(inject: Inject, name: str) -> tuple[object, object]:
+        heard: list[object] = []
+        follower = threading.Thread(
+            target=lambda: heard.append(
+                _heard(partial(store.append_blocking, [event(f"f-{name}")]))
+            ),
+            daemon=True,
+        )
+
+        async def lead() -> list[Recorded]:
+            inject.task = asyncio.current_task()
+            sys.settrace(inject)
+            try:
+                return await store.append([event(f"m-{name}")])
+            finally:
+                sys.settrace(None)
+
+        async def queue_follower() -> None:  # runs in the leader's turn
+            follower.start()
+            assert queued.acquire(timeout=WATCHDOG)
+
+        tasks: list[asyncio.Task[Any]] = []
+
+        async def scenario() -> list[Recorded]:
+            tasks.append(leading := asyncio.create_task(lead()))
+            tasks.append(following := asyncio.create_task(queue_follower()))
+            await following
+            return await leading
+
+        led = _heard(partial(asyncio.run, scenario()))
+        for task in tasks:  # the interrupt a task ended with, retrieved: never logged later
+            if task.done() and not task.cancelled():  # by its finalizer, in another test
+                task.exception()
+        follower.join(WATCHDOG)
+        assert not follower.is_alive(), "the follower was never woken"
+        return led, heard[0]
+
+    counted = Inject(None, codes=GROUP_PROCESSING)
+    led, followed = run(counted, "count")
+    assert isinstance(led, list) and isinstance(followed, list), (led, followed)
+    assert counted.count > 300
+    acknowledged: list[Recorded] = []
+    failures: list[str] = []
+    landed = 0
+    for at in range(counted.count):
+        inject = Inject(at, codes=GROUP_PROCESSING)
+        led, followed = run(inject, str(at))
+        landed += inject.where is not None
+        if inject.where is not None and not isinstance(led, KeyboardInterrupt):
+            failures.append(f"{inject.where}: the leading task heard {led!r}")
+        elif not isinstance(followed, list):
+            failures.append(f"{inject.where}: the follower heard {followed!r}")
+        if failures:
+            break
+        assert isinstance(followed, list)
+        acknowledged += followed
+        assert role_free(store.writer), "the writer role was left held"
+        assert not queue._draining and not queue._pending, "left draining"
+    assert failures == []
+    assert landed > counted.count // 2
+    stored = _log(store)
+    assert [stored.get(record.event_id) for record in acknowledged] == acknowledged
