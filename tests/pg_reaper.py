@@ -33,8 +33,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PREFIX = "ledger-pg-"
 OWNER_FILE = "owner.json"
@@ -91,6 +93,13 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
+        return True
+    except OSError:  # no pidfds (Linux before 5.3): polled, bounded
+        deadline = time.monotonic() + timeout
+        while _stat_start(pid) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
         return True
     try:
         ready, _, _ = select.select([fd], [], [], timeout)
@@ -171,17 +180,23 @@ def server_folder(prefix: str = PREFIX, parent: Path | None = None) -> Iterator[
         except subprocess.TimeoutExpired:
             reaper.kill()
             reaper.wait()
+        if folder.exists():  # the reaper failed or hung: reaped here
             reap(folder)
 
 
 def _supervise(folder: Path, owner: int) -> None:
     """The reaper: wait for the owner to close our stdin or to exit, then reap folder."""
-    with contextlib.suppress(ProcessLookupError):
-        owner_fd = os.pidfd_open(owner)
-        # the owner is our parent: if it is not any more, it died before the pidfd was opened
-        # (and the pidfd may name another process that took its pid)
-        if os.getppid() == owner:
-            select.select([owner_fd, sys.stdin], [], [])
+    watched: list[Any] = [sys.stdin]
+    try:
+        watched.append(os.pidfd_open(owner))
+    except ProcessLookupError:  # gone already
+        watched = []
+    except OSError:  # no pidfds (Linux before 5.3): the pipe alone, whose end the owner holds
+        pass
+    # the owner is our parent: if it is not any more, it died before the pidfd was opened
+    # (and the pidfd may name another process that took its pid)
+    if watched and os.getppid() == owner:
+        select.select(watched, [], [])
     reap(folder)
 
 
