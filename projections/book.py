@@ -55,7 +55,13 @@ from ledger.values import LEDGER_CONTEXT, ZERO, Side, Source, from_micros, marke
 from projections import positions as fold
 from projections._lazy_closed import LazyClosed
 from projections.positions import Position
-from projections.stats import Accumulators, SessionSummary, summarize
+from projections.stats import (
+    Accumulators,
+    SessionSummary,
+    exact_sums,
+    flatten_symbols,
+    summarize,
+)
 
 V = TypeVar("V")
 T = TypeVar("T")
@@ -67,9 +73,9 @@ class Book:
         self.closed: MutableMapping[str, Position] = {}
         self.balance: Decimal | None = None
         self.available: Decimal | None = None
-        self.acc = Accumulators()
+        self._acc = Accumulators()
         # the same sums per account, and each account's last balance
-        self.accounts: dict[str, Accumulators] = {}
+        self._accounts: dict[str, Accumulators] = {}
         self.balances: dict[str, tuple[Decimal, Decimal]] = {}
         self.imported_files: MutableMapping[str, str] = {}
         # the limits the log last recorded (None: written before limits were recorded)
@@ -88,6 +94,38 @@ class Book:
         self._cash: list[tuple[str, Decimal]] | None = None
         # and the closes the statistics count (+1) or take back (-1), likewise
         self._counts: list[tuple[Position, int]] | None = None
+
+    # The sums as the fold keeps them are `_acc` and `_accounts`, their per-symbol figures
+    # perhaps layered (projections.stats.SymbolLayers: a close on a book that shares its
+    # figures with the one it succeeded layers them rather than copying every symbol's);
+    # read from outside the fold, they are plain dicts again, flattened in place once (the
+    # same figures in the same order: a book's observable state never changes by it).
+
+    @property
+    def acc(self) -> Accumulators:
+        """The fleet's sums, their per-symbol figures a plain dict."""
+        acc = self._acc
+        if type(acc.per_symbol) is not dict:
+            flatten_symbols([acc, *self._accounts.values()])
+        return acc
+
+    @acc.setter
+    def acc(self, sums: Accumulators) -> None:
+        self._acc = sums
+
+    @property
+    def accounts(self) -> dict[str, Accumulators]:
+        """Each account's sums, their per-symbol figures plain dicts."""
+        accounts = self._accounts
+        for acc in accounts.values():
+            if type(acc.per_symbol) is not dict:
+                flatten_symbols([self._acc, *accounts.values()])
+                break
+        return accounts
+
+    @accounts.setter
+    def accounts(self, sums: dict[str, Accumulators]) -> None:
+        self._accounts = sums
 
     def apply(self, record: Recorded) -> None:
         """Fold one stored event in; records at or below last_seq are ignored (already in)."""
@@ -133,7 +171,7 @@ class Book:
     def _own_sums(self) -> None:
         """Copies of the sums shared with another book (see `successor`), before a write."""
         self._sums_shared = False
-        self.acc, self.accounts = _copied_sums(self.acc, self.accounts)
+        self._acc, self._accounts = _copied_sums(self._acc, self._accounts)
 
     def _opened(self, seq: int, event: PositionOpened, at: datetime) -> None:
         if event.position_id in self.open or event.position_id in self.closed:
@@ -234,7 +272,7 @@ class Book:
     def _account(self, account: str) -> Accumulators:
         if self._sums_shared:
             self._own_sums()
-        acc = self.accounts.get(account)
+        acc = self._accounts.get(account)
         if acc is None:
             acc = self._new_account(account)
         return acc
@@ -244,7 +282,7 @@ class Book:
         the fleet's sums themselves while it is the only one (the two are the same figures:
         each flow and close is then counted once, not twice), unless the fleet has sums of
         its own already; a second account parts them (the first takes a copy)."""
-        accounts, fleet = self.accounts, self.acc
+        accounts, fleet = self._accounts, self._acc
         if not accounts and _exact(fleet) == _NO_SUMS:
             acc = fleet
         else:
@@ -258,10 +296,10 @@ class Book:
 
     def _realize(self, account: str, amount: Decimal) -> None:
         if self._sums_shared:
-            if not amount and account in self.accounts:
+            if not amount and account in self._accounts:
                 return  # nothing to write (an open without a fee)
             self._own_sums()
-        acc = self.accounts.get(account)
+        acc = self._accounts.get(account)
         if acc is None:  # the account is in the book from its first cash flow, even a zero
             acc = self._new_account(account)
         if amount:
@@ -269,7 +307,7 @@ class Book:
             if cash is not None:
                 cash.append((account, amount))
                 return
-            fleet = self.acc
+            fleet = self._acc
             fleet.realize(amount)
             if acc is not fleet:
                 acc.realize(amount)
@@ -280,10 +318,10 @@ class Book:
         if counts is not None:
             counts.append((done, 1))
             return
-        if acc is self.acc:
+        if acc is self._acc:
             acc.record_close(done)
         else:
-            self.acc.record_close_beside(done, acc)
+            self._acc.record_close_beside(done, acc)
 
     def _amend_close(self, before: Position, after: Position) -> None:
         acc = self._account(before.account)
@@ -292,7 +330,7 @@ class Book:
             counts.append((before, -1))
             counts.append((after, 1))
             return
-        fleet = self.acc
+        fleet = self._acc
         fleet.amend_close(before, after)
         if acc is not fleet:
             acc.amend_close(before, after)
@@ -307,20 +345,20 @@ class Book:
             return
         if self._sums_shared:
             self._own_sums()
-        fleet = self.acc
+        fleet = self._acc
         names = {name for name, _ in cash}
         names.update(position.account for position, _ in counts)
         amounts = [amount for _, amount in cash]
-        if len(names) == 1 and len(self.accounts) == 1:
+        if len(names) == 1 and len(self._accounts) == 1:
             (name,) = names
-            only = self.accounts[name]
+            only = self._accounts[name]
             if only is fleet or _exact(only) == _exact(fleet):
                 fleet.settle(amounts, counts)
-                self.accounts[name] = fleet
+                self._accounts[name] = fleet
                 return
         fleet.settle(amounts, counts)
         for name in names:
-            acc = self.accounts[name]
+            acc = self._accounts[name]
             if acc is fleet:  # the only account (whose flows are all there are)
                 continue
             acc.settle(
@@ -573,7 +611,7 @@ class Book:
         other.closed = dict(self.closed)
         other.balance = self.balance
         other.available = self.available
-        other.acc, other.accounts = _copied_sums(self.acc, self.accounts)
+        other._acc, other._accounts = _copied_sums(self._acc, self._accounts)
         other.balances = dict(self.balances)
         other.imported_files = dict(self.imported_files)
         other.rules = self.rules
@@ -593,7 +631,7 @@ class Book:
         other.closed = ChainMap({}, self.closed)
         other.balance = self.balance
         other.available = self.available
-        other.acc, other.accounts = _copied_sums(self.acc, self.accounts)
+        other._acc, other._accounts = _copied_sums(self._acc, self._accounts)
         other.balances = dict(self.balances)
         other.imported_files = ChainMap({}, self.imported_files)
         other.rules = self.rules
@@ -623,8 +661,8 @@ class Book:
         # shared, flagged on both sides (this book may be folded on too: it must not write
         # into what its successor holds either)
         other.closed = self.closed
-        other.acc = self.acc
-        other.accounts = self.accounts
+        other._acc = self._acc
+        other._accounts = self._accounts
         other.skipped = self.skipped
         other._closed_shared = other._sums_shared = other._skipped_shared = True
         self._closed_shared = self._sums_shared = self._skipped_shared = True
@@ -690,7 +728,7 @@ class Book:
 
     def account_names(self) -> list[str]:
         """Every account with a position or a balance, sorted."""
-        names = {p.account for p in self.open.values()} | set(self.accounts) | set(self.balances)
+        names = {p.account for p in self.open.values()} | set(self._accounts) | set(self.balances)
         return sorted(names)
 
     def summary(self, account: str | None = None) -> SessionSummary:
@@ -773,11 +811,7 @@ _BODY = itemgetter(3)  # a row's body
 _NONZERO_LEAD = frozenset("123456789")
 
 
-def _exact(acc: Accumulators) -> bytes:
-    """Every figure of the sums, exactly (a Decimal's digits and exponent, dict order)."""
-    return msgspec.json.encode(acc)
-
-
+_exact = exact_sums  # every figure of the sums, exactly (a Decimal's digits and exponent)
 _NO_SUMS = _exact(Accumulators())
 
 

@@ -6,6 +6,7 @@ fees + funding), not on its last unrealized PnL as the seed did.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 
 import msgspec
@@ -26,14 +27,139 @@ class SymbolStats(msgspec.Struct, kw_only=True):
     funding: Decimal = ZERO
 
 
+class SymbolLayers(Mapping[str, SymbolStats]):
+    """Per-symbol figures that share most of themselves with other sums': a base dict, frozen
+    (other sums hold it too: never written again), under a recent dict of the symbols closed
+    since, this object's own. What `Accumulators._count` makes of a shared table of many
+    symbols instead of copying it: the Ledger publishes a new book for every command, and a
+    copy of every symbol's figures (and the free of the old ones) was O(symbols) a close,
+    70 us at 10k symbols. A copy of these copies the recent layer alone, merged into a new
+    base once it outgrows the square root of the base (the closed history's rule,
+    `projections.book._layered`): O(sqrt(symbols)) a close.
+
+    Read as the dict it stands for, in its order: the base's symbols first (each with its
+    recent figures where the recent layer has some), then the recent layer's new ones, in
+    the order they came, as one dict written in place would hold them. Never encoded: a
+    book flattens its sums into plain dicts before anyone outside the fold reads them
+    (`projections.book.Book.acc`), and `exact_sums` encodes them as those dicts would be.
+    """
+
+    __slots__ = ("_added", "base", "recent")
+
+    def __init__(
+        self, base: dict[str, SymbolStats], recent: dict[str, SymbolStats], added: int
+    ) -> None:
+        self.base = base
+        self.recent = recent
+        self._added = added  # symbols of recent that base has not
+
+    def __getitem__(self, symbol: str) -> SymbolStats:
+        figures = self.recent.get(symbol)
+        return self.base[symbol] if figures is None else figures
+
+    def get(self, symbol: str, default: SymbolStats | None = None) -> SymbolStats | None:  # type: ignore[override]
+        figures = self.recent.get(symbol)
+        return self.base.get(symbol, default) if figures is None else figures
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self.recent or symbol in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        base = self.base
+        yield from base
+        for symbol in self.recent:
+            if symbol not in base:
+                yield symbol
+
+    def __len__(self) -> int:
+        return len(self.base) + self._added
+
+    def __repr__(self) -> str:
+        return repr(self.flat())
+
+    def flat(self) -> dict[str, SymbolStats]:
+        """The plain dict these figures stand for, in its order."""
+        return {**self.base, **self.recent}
+
+    def put(self, symbol: str, figures: SymbolStats) -> None:
+        """Write a symbol's figures in place: only while these are their sums' own (no copy
+        of the sums shares them, see `Accumulators._count`)."""
+        recent = self.recent
+        if symbol not in recent and symbol not in self.base:
+            self._added += 1
+        recent[symbol] = figures
+
+
+# Below this many symbols a shared table is copied whole (as cheap as a layer); from it on,
+# layered (see SymbolLayers)
+LAYERED_FROM = 64
+
+
+def _with(
+    table: Mapping[str, SymbolStats], symbol: str, figures: SymbolStats
+) -> Mapping[str, SymbolStats]:
+    """A new table: table with the symbol's figures replaced, table itself untouched (copies
+    of the sums share it)."""
+    if type(table) is dict:
+        if len(table) < LAYERED_FROM:
+            own = dict(table)
+            own[symbol] = figures
+            return own
+        return SymbolLayers(table, {symbol: figures}, 0 if symbol in table else 1)
+    assert isinstance(table, SymbolLayers)
+    base, recent = table.base, table.recent
+    if len(recent) < LAYERED_FROM or len(recent) * len(recent) <= len(base):
+        own = dict(recent)
+        added = table._added
+        if symbol not in own and symbol not in base:
+            added += 1
+        own[symbol] = figures
+        return SymbolLayers(base, own, added)
+    merged = {**base, **recent}  # O(symbols), once in sqrt(symbols) closes
+    merged[symbol] = figures
+    return merged
+
+
+def flatten_symbols(sums: list[Accumulators]) -> None:
+    """Each of these sums' per-symbol figures as a plain dict (see SymbolLayers), in place:
+    the same figures, in the same order, and one dict for sums that shared one table (a
+    book of one account: see `Accumulators.record_close_beside`)."""
+    flat: dict[int, dict[str, SymbolStats]] = {}
+    for acc in sums:
+        table = acc.per_symbol
+        if type(table) is not dict:
+            assert isinstance(table, SymbolLayers)
+            done = flat.get(id(table))
+            if done is None:
+                done = flat[id(table)] = table.flat()
+            acc.per_symbol = done
+
+
+def _flat_table(value: object) -> dict[str, SymbolStats]:
+    if isinstance(value, SymbolLayers):
+        return value.flat()
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+# the figures of sums exactly (a Decimal's digits and exponent, dict order), layered or not
+_exact_encoder = msgspec.json.Encoder(enc_hook=_flat_table)
+
+
+def exact_sums(acc: Accumulators) -> bytes:
+    """Every figure of the sums, exactly, as `msgspec.json.encode` gives them once flat."""
+    return _exact_encoder.encode(acc)
+
+
 class Accumulators(msgspec.Struct, kw_only=True, dict=True):
     """Running sums over every realized cash flow; snapshotted so snapshot + tail == rebuild.
 
     `per_symbol` is shared between copies until one of them writes it (see `copy`): the
     Ledger forks the book, and with it these sums, for every write transaction, and a bot
     trading many symbols (or a benchmark opening each position on a new one) paid a copy and
-    a free of the whole dict per command. `dict=True` only gives instances room for the
-    flag below; it is no field, so it is neither encoded nor compared.
+    a free of the whole dict per command. The first write of a shared table of many symbols
+    makes a SymbolLayers over it rather than a copy (see `_count`); a book hands its sums out
+    with plain dicts (`projections.book.Book.acc`). `dict=True` only gives instances room for
+    the flag below; it is no field, so it is neither encoded nor compared.
     """
 
     closed_trades: int = 0
@@ -45,7 +171,8 @@ class Accumulators(msgspec.Struct, kw_only=True, dict=True):
     equity: Decimal = ZERO
     peak_equity: Decimal = ZERO
     max_drawdown: Decimal = ZERO
-    per_symbol: dict[str, SymbolStats] = msgspec.field(default_factory=dict)
+    # a dict, decoded and encoded; a SymbolLayers only inside a book's fold (see above)
+    per_symbol: Mapping[str, SymbolStats] = msgspec.field(default_factory=dict)
 
     # True while per_symbol may be shared with a copy: copied before this one writes it
     _symbols_shared = False
@@ -135,14 +262,11 @@ class Accumulators(msgspec.Struct, kw_only=True, dict=True):
         pnl = position.realized_pnl if sign > 0 else _C.minus(position.realized_pnl)
         fees = position.fees if sign > 0 else _C.minus(position.fees)
         funding = position.funding if sign > 0 else _C.minus(position.funding)
-        per_symbol = self.per_symbol
-        if self._symbols_shared:  # a copy holds this dict too: write a dict of our own
-            per_symbol = self.per_symbol = dict(per_symbol)
-            self._symbols_shared = False
-        before = per_symbol.get(position.symbol) or SymbolStats()
+        per_symbol, symbol = self.per_symbol, position.symbol
+        before = per_symbol.get(symbol) or SymbolStats()
         won = self._totals(position, sign, pnl)
         # a new SymbolStats, never the old one changed: copies share them (see copy)
-        per_symbol[position.symbol] = SymbolStats(
+        figures = SymbolStats(
             closed_trades=before.closed_trades + sign,
             wins=before.wins + (sign if won else 0),
             losses=before.losses + (0 if won else sign),
@@ -150,6 +274,14 @@ class Accumulators(msgspec.Struct, kw_only=True, dict=True):
             fees=_C.add(before.fees, fees),
             funding=_C.add(before.funding, funding),
         )
+        if self._symbols_shared:  # a copy holds this table too: a table of our own
+            self.per_symbol = _with(per_symbol, symbol, figures)
+            self._symbols_shared = False
+        elif type(per_symbol) is dict:
+            per_symbol[symbol] = figures
+        else:
+            assert isinstance(per_symbol, SymbolLayers)
+            per_symbol.put(symbol, figures)
 
     def copy(self) -> Accumulators:
         """An independent copy in O(1): per_symbol is shared until either side records a
