@@ -10,7 +10,9 @@ from ledger.events import DEFAULT_ACCOUNT
 from ledger.values import ZERO, Side, Source
 
 
-class Command(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: frozen leaves of strs, numbers and enums that can never be part of a reference
+# cycle (as the events are): the cyclic GC need not track the one each call makes.
+class Command(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Base of every command."""
 
 

@@ -18,7 +18,9 @@ from projections.positions import Position
 _C = LEDGER_ARITHMETIC  # LEDGER_CONTEXT's methods, bound once (ledger.values)
 
 
-class SymbolStats(msgspec.Struct, kw_only=True):
+# gc=False: figures of ints and Decimals, never part of a reference cycle: the cyclic GC
+# need not track (and rescan at every full collection) the one each symbol and close adds
+class SymbolStats(msgspec.Struct, kw_only=True, gc=False):
     closed_trades: int = 0
     wins: int = 0
     losses: int = 0
