@@ -1,0 +1,109 @@
+"""Attacks on the PostgreSQL test servers' reaper (tests/pg_reaper.py).
+
+A stand-in server is used: a process whose working directory is a data folder and whose pid
+is in that folder's postmaster.pid, which is all the reaper looks at (`postmasters`); it dies
+of SIGQUIT as a postmaster does (default action, no core file: RLIMIT_CORE is 0). Every
+folder lives in a private parent, so no sweep here sees another run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg_reaper import OWNER_FILE, server_folder, sweep
+
+DEADLINE_S = 60.0
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def parent() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="ledger-reaper-adv-"))
+    try:
+        yield folder
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+
+@contextlib.contextmanager
+def _stand_in(data: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process posing as a postmaster of data (its cwd, its pid in postmaster.pid)."""
+    data.mkdir(parents=True)
+
+    def no_core() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        cwd=data,
+        preexec_fn=no_core,
+        start_new_session=True,
+    )
+    try:
+        (data / "postmaster.pid").write_text(f"{server.pid}\n{data}\n")
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            server.kill()
+        server.wait()
+        assert server.stdin is not None
+        server.stdin.close()
+
+
+def test_a_normal_exit_stops_the_servers_even_when_the_reaper_was_killed(parent: Path) -> None:
+    """The reaper killed (an OOM kill, a stray kill -9) while its owner runs: the owner's
+    normal exit must still stop its servers and remove its folder, not leave them for
+    whichever run starts next."""
+    folder_made = server_folder(parent=parent)
+    folder = folder_made.__enter__()
+    with _stand_in(folder / "cluster" / "data") as server:
+        _, reaper = (pid for pid, _ in json.loads((folder / OWNER_FILE).read_text()))
+        os.kill(reaper, signal.SIGKILL)
+        assert _gone(reaper, DEADLINE_S)
+        folder_made.__exit__(None, None, None)  # the owner's normal exit
+        assert _gone(server.pid, DEADLINE_S), (
+            "the server outlived the normal exit of the process that started it"
+        )
+        assert not folder.exists()
+
+
+def test_an_owner_record_without_a_start_time_does_not_make_a_folder_immortal(
+    parent: Path,
+) -> None:
+    """A record whose reaper had already died when it was written (its start time unknown,
+    null): once the owner is gone, the next sweep must reap the folder."""
+    folder = parent / "ledger-pg-dead"
+    folder.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner.wait()
+    reaper = subprocess.Popen([sys.executable, "-c", "pass"])
+    reaper.wait()
+    (folder / OWNER_FILE).write_text(json.dumps([[owner.pid, 1], [reaper.pid, None]]))
+    with _stand_in(folder / "cluster" / "data") as server:
+        sweep(parent)
+        assert _gone(server.pid, DEADLINE_S), "the dead run's server was spared"
+        assert not folder.exists()
