@@ -793,7 +793,7 @@ class GroupCommit(Generic[J]):
                 led = self._lead_and_wait(job, loop, future)
                 next(led)  # into its guard (see DESIGN)
                 return led
-            self._lead_on_loop(loop)
+            self._lead_on_loop(loop, job)
         except BaseException:
             self._recover(job)
             raise
@@ -814,7 +814,7 @@ class GroupCommit(Generic[J]):
             yield  # started up to here by its maker
             yield  # the turn: a bare yield, as asyncio.sleep(0) makes
             turned = True
-            self._lead_on_loop(loop)
+            self._lead_on_loop(loop, job)
         except GeneratorExit:
             # closed without being run on (its maker was interrupted and recovered the lead;
             # or its task was dropped): at garbage collection, which may come anywhere, even
@@ -827,17 +827,20 @@ class GroupCommit(Generic[J]):
                 self._recover(job)
                 raise
             try:  # cancelled (or interrupted) in the turn: the group it leads runs first
-                self._lead_on_loop(loop)
+                self._lead_on_loop(loop, job)
             except BaseException:
                 self._recover(job)
                 raise
             raise
         yield from future
 
-    def _lead_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _lead_on_loop(self, loop: asyncio.AbstractEventLoop, job: J) -> None:
         """`_lead(inline=True, may_wait=False)` for a task of loop, on its thread: the next
         group inline if the role is free, else handed over (WriterThread.try_run inlined,
-        its wake-ups resolved on loop without looking it up)."""
+        its wake-ups resolved on loop without looking it up). job: the leading task's own,
+        taken back by the recovery (an interrupt put it back with its group, `_untake`)
+        before the rest is handed to the writer thread, never after: the writer thread would
+        run it, though its task hears the interrupt."""
         writer = self._writer
         try:  # recovers from an interrupt anywhere in here (see DESIGN)
             if writer._stopped or not writer._role.acquire(False):
@@ -849,7 +852,7 @@ class GroupCommit(Generic[J]):
                 self._lead_one_group()
             writer._release(held, loop)
         except BaseException:
-            self._recover(None)
+            self._recover(job)
             raise
         if stopped:
             self._hand_over()

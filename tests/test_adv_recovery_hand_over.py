@@ -1,0 +1,130 @@
+"""An interrupted leading task's own job must never be handed to the writer thread.
+
+An asyncio task of the main thread leads a group on its loop (another thread's append queued
+behind it in its turn); a KeyboardInterrupt lands in the staging of the task's own batch
+(surely not stored), so the group is left unsettled and put back (`GroupCommit._untake`).
+The task hears the interrupt, and its own job must be taken out of the queue before the rest
+goes to the writer thread: "its job, if it was still queued, is taken back (not run)"
+(ledger/store/writer.py, DESIGN). The writer thread is scheduled at the worst moment, as a
+2-core machine may: right when it is handed the queue (the main thread waits, on an Event,
+until the writer thread has drained what it was handed). No sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from ledger.envelope import Recorded
+from ledger.store.base import _stage_appends
+from ledger.store.sqlite import SQLiteEventStore
+from tests._events import lone_mark as event
+from tests._interrupts import WATCHDOG, Inject, on_thread
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteEventStore]:
+    opened = SQLiteEventStore(tmp_path / "ledger.db", synchronous="NORMAL")
+    anyio.run(opened.open)
+    try:
+        yield opened
+    finally:
+        assert on_thread(lambda: anyio.run(opened.close)) is None
+
+
+def _heard(work: Callable[[], object]) -> object:
+    try:
+        return work()
+    except BaseException as exc:  # handed to the test
+        return exc
+
+
+def test_an_interrupted_leading_tasks_own_batch_is_not_run_by_the_writer_thread(
+    store: SQLiteEventStore,
+) -> None:
+    assert threading.current_thread() is threading.main_thread()
+    main = threading.get_ident()
+    queue = store._append_queue()
+    real_enter = queue._enter
+    queued = threading.Semaphore(0)
+
+    def counted_enter(job: Any) -> bool:
+        leads = real_enter(job)
+        if not leads:
+            queued.release()
+        return leads
+
+    queue._enter = counted_enter  # type: ignore[method-assign]
+    writer = store.writer
+    real_submit = writer.submit
+    drained: list[bool] = []
+
+    def eager_submit(fn: Callable[[], None]) -> None:
+        """The writer thread runs what the main thread hands it before the main thread
+        goes on (the worst schedule)."""
+        if threading.get_ident() != main:
+            real_submit(fn)
+            return
+        ran = threading.Event()
+
+        def then() -> None:
+            try:
+                fn()
+            finally:
+                ran.set()
+
+        real_submit(then)
+        drained.append(ran.wait(WATCHDOG))
+
+    writer.submit = eager_submit  # type: ignore[method-assign]
+    store.append_blocking([event("warm")])
+    heard: list[object] = []
+    follower = threading.Thread(
+        target=lambda: heard.append(_heard(partial(store.append_blocking, [event("follow")]))),
+        daemon=True,
+    )
+    inject = Inject(3, codes={_stage_appends.__code__})  # in the leader's own batch
+
+    async def lead() -> list[Recorded]:
+        inject.task = asyncio.current_task()
+        sys.settrace(inject)
+        try:
+            return await store.append([event("lead")])
+        finally:
+            sys.settrace(None)
+
+    async def queue_follower() -> None:  # runs in the leader's turn
+        follower.start()
+        assert queued.acquire(timeout=WATCHDOG)
+
+    async def scenario() -> list[Recorded]:
+        leading = asyncio.create_task(lead())
+        await asyncio.create_task(queue_follower())
+        return await leading
+
+    led = _heard(partial(asyncio.run, scenario()))
+    follower.join(WATCHDOG)
+    assert not follower.is_alive(), "the follower was never woken"
+    writer.submit = real_submit  # type: ignore[method-assign]
+    assert inject.where is not None and isinstance(led, KeyboardInterrupt), (inject.where, led)
+    assert drained and all(drained), drained
+    (followed,) = heard
+    assert isinstance(followed, list), followed
+
+    async def log() -> dict[str, Recorded]:
+        await store.verify_chain()
+        return {record.event_id: record for record in await store.read()}
+
+    stored = anyio.run(log)
+    assert [stored.get(record.event_id) for record in followed] == followed
+    assert "lead" not in stored, (
+        "the task heard its interrupt, and its batch was stored after it by the writer thread"
+    )
