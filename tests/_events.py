@@ -1,13 +1,15 @@
-"""Events the store tests build again and again: an open of one unit of SOL at 100, and a
-mark stored as an event of its own (its id its stream and its position)."""
+"""Events the tests build again and again: an open of one unit of SOL at 100, a mark stored as
+an event of its own (its id its stream and its position), and events as the log's records
+for the folds (seq n in stream sn, all at one time)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from ledger.envelope import NewEvent
-from ledger.events import PositionMarked, PositionOpened
+from ledger.envelope import NewEvent, Recorded
+from ledger.events import AnyEvent, PositionMarked, PositionOpened
 from ledger.values import Side
 
 
@@ -29,3 +31,25 @@ def lone_mark(event_id: str) -> NewEvent:
         event_id=event_id,
         occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
+
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def recorded(seq: int, event: AnyEvent) -> Recorded:
+    """event as the log's record at seq: first of its own stream, at AT (hash: seq in hex)."""
+    return Recorded(
+        seq=seq,
+        stream=f"s{seq}",
+        version=1,
+        event_id=f"e{seq}",
+        occurred_at=AT,
+        recorded_at=AT,
+        schema_version=1,
+        event=event,
+        hash=f"{seq:064x}",
+    )
+
+
+def recorded_in_order(events: Iterable[AnyEvent]) -> list[Recorded]:
+    return [recorded(seq, event) for seq, event in enumerate(events, start=1)]

@@ -88,7 +88,7 @@ def _python_started_before(moment: float) -> bool:
     return False
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
+def wait_gone(pid: int, timeout: float) -> bool:
     """Whether process pid has exited within timeout (a pidfd wakes on its exit)."""
     try:
         fd = os.pidfd_open(pid)
@@ -125,7 +125,7 @@ def reap(folder: Path) -> None:
         for sig in (signal.SIGQUIT, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            if _wait_gone(pid, STOP_TIMEOUT_S):
+            if wait_gone(pid, STOP_TIMEOUT_S):
                 break
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import resource
-import select
 import signal
 import subprocess
 import sys
@@ -22,21 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pg_reaper import OWNER_FILE, server_folder, sweep
+from tests.pg_reaper import OWNER_FILE, server_folder, sweep, wait_gone
 
 DEADLINE_S = 60.0
-
-
-def _gone(pid: int, timeout: float) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        return bool(ready)
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture
@@ -83,9 +70,9 @@ def test_a_normal_exit_stops_the_servers_even_when_the_reaper_was_killed(parent:
     with _stand_in(folder / "cluster" / "data") as server:
         _, reaper = (pid for pid, _ in json.loads((folder / OWNER_FILE).read_text()))
         os.kill(reaper, signal.SIGKILL)
-        assert _gone(reaper, DEADLINE_S)
+        assert wait_gone(reaper, DEADLINE_S)
         folder_made.__exit__(None, None, None)  # the owner's normal exit
-        assert _gone(server.pid, DEADLINE_S), (
+        assert wait_gone(server.pid, DEADLINE_S), (
             "the server outlived the normal exit of the process that started it"
         )
         assert not folder.exists()
@@ -105,5 +92,5 @@ def test_an_owner_record_without_a_start_time_does_not_make_a_folder_immortal(
     (folder / OWNER_FILE).write_text(json.dumps([[owner.pid, 1], [reaper.pid, None]]))
     with _stand_in(folder / "cluster" / "data") as server:
         sweep(parent)
-        assert _gone(server.pid, DEADLINE_S), "the dead run's server was spared"
+        assert wait_gone(server.pid, DEADLINE_S), "the dead run's server was spared"
         assert not folder.exists()

@@ -14,7 +14,6 @@ computed here from that history alone (an independent reference: no Book, no Acc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from unittest.mock import patch
 
@@ -27,8 +26,8 @@ from ledger.values import Side
 from projections import stats
 from projections.book import Book, fold_records
 from projections.snapshot import decode_snapshot, encode_snapshot
+from tests._events import AT, recorded
 
-AT = datetime(2026, 1, 1, tzinfo=UTC)
 SYMBOLS = 90
 
 
@@ -39,24 +38,10 @@ class _Held:
     closed: list[tuple[str, str, str]] = field(default_factory=list)  # id, symbol, account
 
 
-def _record(seq: int, event: AnyEvent) -> Recorded:
-    return Recorded(
-        seq=seq,
-        stream=f"s{seq}",
-        version=1,
-        event_id=f"e{seq}",
-        occurred_at=AT,
-        recorded_at=AT,
-        schema_version=1,
-        event=event,
-        hash=f"{seq:064x}",
-    )
-
-
 def _fold(held: _Held, events: list[AnyEvent], book: Book) -> _Held:
     history = list(held.history)
     for event in events:
-        record = _record(len(history) + 1, event)
+        record = recorded(len(history) + 1, event)
         book.apply(record)
         history.append(record)
     closed = list(held.closed)

@@ -8,7 +8,6 @@ code before layering wrote it (main at 00cf395)."""
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from ledger.envelope import Recorded
@@ -16,8 +15,8 @@ from ledger.events import AnyEvent, FundingRecorded, PositionClosed, PositionOpe
 from ledger.values import Side
 from projections.book import Book, fold_records
 from projections.snapshot import decode_snapshot, encode_snapshot
+from tests._events import AT, recorded_in_order
 
-AT = datetime(2026, 1, 1, tzinfo=UTC)
 CUTS = (150, 700, 1_300, 1_516)
 
 
@@ -59,20 +58,7 @@ def _history() -> list[Recorded]:
                     execution_id=f"f{n}",
                 )
             )
-    return [
-        Recorded(
-            seq=seq,
-            stream=f"s{seq}",
-            version=1,
-            event_id=f"e{seq}",
-            occurred_at=AT,
-            recorded_at=AT,
-            schema_version=1,
-            event=event,
-            hash=f"{seq:064x}",
-        )
-        for seq, event in enumerate(events, start=1)
-    ]
+    return recorded_in_order(events)
 
 
 def _snapshots(records: list[Recorded]) -> list[bytes]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pg_reaper import OWNER_FILE, server_folder
+from tests.pg_reaper import OWNER_FILE, server_folder, wait_gone
 from tests.pg_server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,19 +40,6 @@ with running_server(parent=Path(sys.argv[2])) as server:
     print(pid, server.root.parent, flush=True)
     sys.stdin.read()
 """
-
-
-def _gone(pid: int, timeout: float) -> bool:
-    """Whether process pid has exited within timeout (a pidfd: woken by its exit, no sleep)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        return bool(ready)
-    finally:
-        os.close(fd)
 
 
 def _removed(folder: Path, timeout: float) -> bool:
@@ -106,9 +92,9 @@ def _starter(parent: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
         assert child.stdin is not None and child.stdout is not None
         child.stdin.close()
         child.stdout.close()
-        if postmaster and not _gone(postmaster, 0):  # a leaked server: stop it (immediate mode)
+        if postmaster and not wait_gone(postmaster, 0):  # a leaked server: stop it (immediate mode)
             os.kill(postmaster, signal.SIGQUIT)
-            _gone(postmaster, DEADLINE_S)
+            wait_gone(postmaster, DEADLINE_S)
         if folder is not None:
             subprocess.run(["rm", "-rf", str(folder)], check=False)
 
@@ -116,13 +102,13 @@ def _starter(parent: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
 @pytest.mark.parametrize("kill", ["process", "process-group"])
 def test_a_killed_starter_takes_its_server_and_folder_with_it(kill: str, parent: Path) -> None:
     with _starter(parent) as (child, postmaster, folder):
-        assert not _gone(postmaster, 0) and folder.is_dir()
+        assert not wait_gone(postmaster, 0) and folder.is_dir()
         if kill == "process":
             os.kill(child.pid, signal.SIGKILL)
         else:
             os.killpg(child.pid, signal.SIGKILL)
         assert child.wait() == -signal.SIGKILL
-        assert _gone(postmaster, DEADLINE_S), "the server outlived the process that started it"
+        assert wait_gone(postmaster, DEADLINE_S), "the server outlived the process that started it"
         assert _removed(folder, DEADLINE_S), f"{folder} outlived the process that started it"
 
 
@@ -146,15 +132,15 @@ def test_the_next_start_reaps_dead_runs_leftovers_and_spares_live_ones(parent: P
         )
         assert owner_pid == dead.pid
         os.kill(reaper_pid, signal.SIGKILL)
-        assert _gone(reaper_pid, DEADLINE_S)
+        assert wait_gone(reaper_pid, DEADLINE_S)
         os.kill(dead.pid, signal.SIGKILL)
         dead.wait()
-        assert not _gone(dead_pid, 0) and dead_folder.is_dir()
+        assert not wait_gone(dead_pid, 0) and dead_folder.is_dir()
 
         with server_folder(parent=parent) as next_start:  # the next start sweeps
-            assert _gone(legacy_pid, 0) and not legacy.root.parent.exists()
-            assert _gone(dead_pid, 0) and not dead_folder.exists()
-            assert not _gone(live_pid, 0) and live_folder.is_dir()
+            assert wait_gone(legacy_pid, 0) and not legacy.root.parent.exists()
+            assert wait_gone(dead_pid, 0) and not dead_folder.exists()
+            assert not wait_gone(live_pid, 0) and live_folder.is_dir()
             assert fresh.is_dir()
         assert not next_start.exists()
-        assert not _gone(live_pid, 0) and live_folder.is_dir()
+        assert not wait_gone(live_pid, 0) and live_folder.is_dir()

@@ -7,7 +7,6 @@ same bytes as the plain dicts gave."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from unittest.mock import patch
 
@@ -15,33 +14,13 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.envelope import Recorded
 from ledger.events import AnyEvent, FundingRecorded, PositionClosed, PositionOpened
 from ledger.values import Side
 from projections import stats
 from projections.book import Book, fold_records
 from projections.snapshot import decode_snapshot, encode_snapshot
 from projections.stats import Accumulators, SymbolLayers, SymbolStats, exact_sums
-
-AT = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _records(events: list[AnyEvent]) -> list[Recorded]:
-    return [
-        Recorded(
-            seq=seq,
-            stream=f"s{seq}",
-            version=1,
-            event_id=f"e{seq}",
-            occurred_at=AT,
-            recorded_at=AT,
-            schema_version=1,
-            event=event,
-            hash=f"{seq:064x}",
-        )
-        for seq, event in enumerate(events, start=1)
-    ]
-
+from tests._events import AT, recorded_in_order
 
 # one step of a history: close a new position on symbol i of account a with this PnL, or
 # settle funding on an earlier closed position (it amends that close's figures)
@@ -112,7 +91,7 @@ def _sums(book: Book) -> tuple[bytes, bytes]:
 def test_layered_figures_never_change_old_books_and_fold_as_a_rebuild(
     steps: list[tuple[str, int, str, int]], threshold: int, data: st.DataObject
 ) -> None:
-    records = _records(_events(steps))
+    records = recorded_in_order(_events(steps))
     with patch.object(stats, "LAYERED_FROM", threshold):
         # as the Ledger folds: a successor per event, each book kept by a "caller"
         book = Book()
@@ -153,7 +132,7 @@ def _closes(symbols: list[str]) -> list[AnyEvent]:
 def test_a_close_on_a_successor_layers_the_shared_figures_instead_of_copying_them() -> None:
     """A book of many symbols and its successor: the successor's close writes a layer over
     the figures the two share (the same dict, never written), not a copy of them."""
-    records = _records(_closes([str(i) for i in range(stats.LAYERED_FROM + 5)]))
+    records = recorded_in_order(_closes([str(i) for i in range(stats.LAYERED_FROM + 5)]))
     book = fold_records(records[:-2])
     shared = book._acc.per_symbol
     assert type(shared) is dict and len(shared) >= stats.LAYERED_FROM
