@@ -1,6 +1,7 @@
 """Shared by the interrupt tests: an interrupt injected before a chosen instruction (as a
 signal's handler raises one in the main thread), a wait on another thread that fails the test
-instead of hanging it, and a group led by this thread holding other threads' writes."""
+instead of hanging it, a group led by this thread holding other threads' writes, and the
+sweep of a store's append after another store left its head stale."""
 
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ from collections.abc import Callable, Collection, Sequence
 from types import CodeType, FrameType
 from typing import Any
 
+import anyio
+
 import ledger.blocking
 import ledger.service
 import ledger.store.writer
+from ledger.errors import StoreError
+from ledger.store.base import EventStore
 from ledger.store.writer import Completion, GroupCommit, WriterThread
+from tests._events import lone_mark as event
 
 NOP = dis.opmap["NOP"]
 WATCHDOG = 10.0  # seconds a wait on a thread may take before it counts as hung
@@ -218,3 +224,62 @@ class LedGroup:
             assert not thread.is_alive(), "a follower was never woken"
         self.leader = None
         return led, heard
+
+
+def sweep_with_a_stale_head(
+    mine: EventStore,
+    other: EventStore,
+    codes: frozenset[CodeType],
+    *,
+    at_least: int,
+    reader: Callable[[], EventStore],
+) -> list[str]:
+    """An interrupt before each instruction of codes in turn (Inject), in an append of mine
+    made after other's commits left mine's head stale; after each, both stores append again
+    and the log is checked by a fresh reader() (`log_problem`). The first failure, if any
+    (the later writes chain on it); both stores closed. at_least: how many instructions the
+    sweep must cover (it goes through the tail read and the run again)."""
+    failures: list[str] = []
+    try:
+        mine.append_blocking([event("warm")])
+        other.append_blocking([event("o-warm-1"), event("o-warm-2")])  # mine's head stale
+        counted = Inject(None, codes=codes)
+        with counted:
+            mine.append_blocking([event("counted")])
+        assert counted.count > at_least
+        for at in range(counted.count):
+            other.append_blocking([event(f"o{at}-1"), event(f"o{at}-2")])
+            inject = Inject(at, codes=codes)
+            try:
+                with inject:
+                    mine.append_blocking([event(f"m{at}")])
+            except (KeyboardInterrupt, StoreError):
+                pass
+            mine.append_blocking([event(f"after{at}")])
+            other.append_blocking([event(f"o-after{at}")])
+            mine.append_blocking([event(f"again{at}")])
+            problem = anyio.run(log_problem, reader())
+            if problem:
+                failures.append(f"{inject.where}: {problem}")
+                break
+    finally:
+        anyio.run(mine.close)
+        anyio.run(other.close)
+    return failures
+
+
+async def log_problem(store: EventStore) -> str | None:
+    """What is wrong with the log store (opened here, closed after) reads: a chain that fails
+    verification, or an event stored twice; None when it is whole."""
+    await store.open()
+    try:
+        ids = [record.event_id for record in await store.read()]
+        try:
+            checked = (await store.verify_chain()).events
+        except StoreError as broken:
+            return str(broken)
+        if checked != len(ids) or len(ids) != len(set(ids)):
+            return f"the log {ids[-4:]}"
+        return None
+    finally:
+        await store.close()

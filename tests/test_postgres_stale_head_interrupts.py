@@ -15,13 +15,13 @@ are stored once, and the log verifies.
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio
 
-from ledger.errors import StoreError
 from ledger.store.base import _Draft
 from ledger.store.postgres import PostgresEventStore
-from tests._events import lone_mark as event
-from tests._interrupts import Inject
+from tests._interrupts import sweep_with_a_stale_head
 from tests.test_write_role_interrupts import no_cyclic_gc
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
@@ -40,46 +40,5 @@ def test_an_interrupt_anywhere_in_a_transaction_after_a_stale_head_keeps_the_cha
         return mine, other
 
     mine, other = anyio.run(opened)
-    failures: list[str] = []
-    try:
-        mine.append_blocking([event("warm")])
-        other.append_blocking([event("o-warm-1"), event("o-warm-2")])  # mine's head stale
-        counted = Inject(None, codes=TRANSACTION)
-        with counted:
-            mine.append_blocking([event("counted")])
-        assert counted.count > 40  # the sweep goes through the tail's records and the rest
-        for at in range(counted.count):
-            other.append_blocking([event(f"o{at}-1"), event(f"o{at}-2")])
-            inject = Inject(at, codes=TRANSACTION)
-            try:
-                with inject:
-                    mine.append_blocking([event(f"m{at}")])
-            except (KeyboardInterrupt, StoreError):
-                pass
-            mine.append_blocking([event(f"after{at}")])
-            other.append_blocking([event(f"o-after{at}")])
-            mine.append_blocking([event(f"again{at}")])
-            problem = anyio.run(_verified, pg_url)
-            if problem:
-                failures.append(f"{inject.where}: {problem}")
-                break  # one is enough to see: the later writes chain on it
-    finally:
-        anyio.run(mine.close)
-        anyio.run(other.close)
-    assert failures == []
-
-
-async def _verified(url: str) -> str | None:
-    store = PostgresEventStore(url, read_only=True)
-    await store.open()
-    try:
-        ids = [record.event_id for record in await store.read()]
-        try:
-            checked = (await store.verify_chain()).events
-        except StoreError as broken:
-            return str(broken)
-        if checked != len(ids) or len(ids) != len(set(ids)):
-            return f"the log {ids[-4:]}"
-        return None
-    finally:
-        await store.close()
+    reader = partial(PostgresEventStore, pg_url, read_only=True)
+    assert sweep_with_a_stale_head(mine, other, TRANSACTION, at_least=40, reader=reader) == []
