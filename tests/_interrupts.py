@@ -10,11 +10,12 @@ import dis
 import gc
 import sys
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from types import CodeType, FrameType
 from typing import Any
 
 import anyio
+import pytest
 
 import ledger.blocking
 import ledger.service
@@ -51,6 +52,18 @@ WRITE_PATH = frozenset(
 LOCK_CODE = frozenset(
     {ledger.store.writer.__file__, ledger.blocking.__file__, ledger.service.__file__}
 )
+
+
+@pytest.fixture(autouse=True)
+def no_cyclic_gc() -> Iterator[None]:
+    """The cyclic collector off for a test (see Inject.__enter__), on again after it: import
+    it into each test module that injects (with `__all__` naming it, or ruff drops it)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 class Inject:

@@ -20,8 +20,7 @@ import anyio
 from ledger.errors import StoreError
 from ledger.store.sqlite import SQLiteEventStore
 from tests._events import lone_mark as event
-from tests._interrupts import Inject
-from tests.test_write_role_interrupts import no_cyclic_gc
+from tests._interrupts import Inject, no_cyclic_gc
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 

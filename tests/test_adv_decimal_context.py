@@ -31,11 +31,10 @@ from ledger.settings import Settings
 from ledger.values import LEDGER_CONTEXT, Side
 from projections.book import fold_records
 from projections.stats import summarize
-from tests._interrupts import Inject, LedGroup, on_thread
+from tests._interrupts import Inject, LedGroup, no_cyclic_gc, on_thread
 from tests.strategies import Stamper
 from tests.test_adv_blocking_storm import seed_kwargs
 from tests.test_leader_interrupts import _codes
-from tests.test_write_role_interrupts import no_cyclic_gc
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 

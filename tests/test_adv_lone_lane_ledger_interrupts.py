@@ -12,14 +12,11 @@ every interrupted one at most once, the log verifies, and the live book is the f
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import pytest
 
 import ledger.service
 import ledger.store.base
@@ -30,10 +27,12 @@ from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.store.sqlite import SQLiteEventStore
 from projections.book import fold_records
-from tests._interrupts import BOUND, Inject
+from tests._interrupts import BOUND, Inject, no_cyclic_gc
 from tests._workers import book_state
 from tests.test_write_role import opening
 from tests.test_write_role_interrupts import role_free
+
+__all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 
 SETTINGS = Settings(max_concurrent_positions=100_000)
 WATCHDOG = 4 * BOUND
@@ -45,17 +44,6 @@ FILES = frozenset(
         ledger.store.sqlite.__file__,
     }
 )
-
-
-@pytest.fixture(autouse=True)
-def no_cyclic_gc() -> Iterator[None]:
-    """The cyclic collector off (see Inject.__enter__), on again after."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
 
 
 def test_an_interrupt_anywhere_in_a_lone_lane_command_leaves_the_ledger_whole(

@@ -17,8 +17,7 @@ from pathlib import Path
 import anyio
 
 from ledger.store.sqlite import SQLiteEventStore
-from tests._interrupts import sweep_with_a_stale_head
-from tests.test_write_role_interrupts import no_cyclic_gc
+from tests._interrupts import no_cyclic_gc, sweep_with_a_stale_head
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 

@@ -10,15 +10,13 @@ write, which takes the lane, as tests/test_write_role_interrupts.py sweeps a fir
 from __future__ import annotations
 
 import asyncio
-import gc
-from collections.abc import Iterator
 from types import TracebackType
 
 import anyio
 import pytest
 
 from ledger.store.writer import GroupCommit, WriterThread, deferred_completion
-from tests._interrupts import WATCHDOG, Inject, on_thread
+from tests._interrupts import WATCHDOG, Inject, no_cyclic_gc, on_thread
 from tests.test_write_role_interrupts import (
     ERRORS,
     Job,
@@ -26,6 +24,8 @@ from tests.test_write_role_interrupts import (
     assert_usable,
     sweep,
 )
+
+__all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 
 
 class CountingLock:
@@ -52,17 +52,6 @@ class CountingLock:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
-
-
-@pytest.fixture(autouse=True)
-def no_cyclic_gc() -> Iterator[None]:
-    """The cyclic collector off for a test (see Inject.__enter__), on again after it."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
 
 
 def test_a_tasks_second_write_takes_the_lone_lane_without_the_queues_lock() -> None:

@@ -21,8 +21,7 @@ import anyio
 
 from ledger.store.base import _Draft
 from ledger.store.postgres import PostgresEventStore
-from tests._interrupts import sweep_with_a_stale_head
-from tests.test_write_role_interrupts import no_cyclic_gc
+from tests._interrupts import no_cyclic_gc, sweep_with_a_stale_head
 
 __all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import gc
 import sys
 import threading
 import time
@@ -46,24 +45,15 @@ from ledger.store.writer import (
     deferred_completion,
 )
 from projections.book import fold_records
-from tests._interrupts import WATCHDOG, Inject, on_thread
+from tests._interrupts import WATCHDOG, Inject, no_cyclic_gc, on_thread
 from tests._workers import book_state
 from tests.test_write_role import opening
+
+__all__ = ["no_cyclic_gc"]  # the autouse fixture Inject needs (see Inject.__enter__)
 
 MAX_FAILURES = 5  # a sweep stops after so many (each may have waited out a watchdog)
 ERRORS: list[type[BaseException]] = [KeyboardInterrupt, SystemExit]
 SETTINGS = Settings(max_concurrent_positions=10_000, synchronous="NORMAL")
-
-
-@pytest.fixture(autouse=True)
-def no_cyclic_gc() -> Iterator[None]:
-    """The cyclic collector off for a test (see Inject.__enter__), on again after it."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
 
 
 class Job:
