@@ -159,6 +159,24 @@ def bounded(work: Callable[[], object], what: str, limit: float = BOUND) -> obje
     return outcome
 
 
+def counting_entries(
+    commits: GroupCommit[Any], *, followers_only: bool = False
+) -> threading.Semaphore:
+    """Released once per caller that has entered the queue (led, or queued its job); with
+    followers_only, once per caller that queued its job behind a lead."""
+    entered = threading.Semaphore(0)
+    real_enter = commits._enter
+
+    def counted_enter(job: Any) -> bool:
+        leads = real_enter(job)
+        if not (leads and followers_only):
+            entered.release()
+        return leads
+
+    commits._enter = counted_enter  # type: ignore[method-assign]
+    return entered
+
+
 class LedGroup:
     """This thread's next write to `queue` leads a group holding other threads' writes: the
     writer thread holds the role until each of them is queued behind the leader's (counted

@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -27,7 +26,7 @@ from ledger.envelope import Recorded
 from ledger.store.base import _stage_appends
 from ledger.store.sqlite import SQLiteEventStore
 from tests._events import lone_mark as event
-from tests._interrupts import WATCHDOG, Inject, on_thread
+from tests._interrupts import WATCHDOG, Inject, counting_entries, on_thread
 
 
 @pytest.fixture
@@ -52,17 +51,7 @@ def test_an_interrupted_leading_tasks_own_batch_is_not_run_by_the_writer_thread(
 ) -> None:
     assert threading.current_thread() is threading.main_thread()
     main = threading.get_ident()
-    queue = store._append_queue()
-    real_enter = queue._enter
-    queued = threading.Semaphore(0)
-
-    def counted_enter(job: Any) -> bool:
-        leads = real_enter(job)
-        if not leads:
-            queued.release()
-        return leads
-
-    queue._enter = counted_enter  # type: ignore[method-assign]
+    queued = counting_entries(store._append_queue(), followers_only=True)
     writer = store.writer
     real_submit = writer.submit
     drained: list[bool] = []

@@ -30,7 +30,7 @@ from ledger.store.base import EventStore, _stage_appends
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import GroupCommit
 from tests._events import lone_mark as event
-from tests._interrupts import WATCHDOG, Inject, LedGroup, on_thread
+from tests._interrupts import WATCHDOG, Inject, LedGroup, counting_entries, on_thread
 from tests.test_leader_interrupts import _codes, assert_usable
 from tests.test_write_role_interrupts import role_free
 
@@ -161,16 +161,7 @@ def test_an_interrupt_anywhere_in_a_tasks_append_group_stays_with_the_task(
     interrupt (asyncio.run raises it), the other thread its records."""
     assert threading.current_thread() is threading.main_thread()
     queue = store._append_queue()
-    real_enter = queue._enter
-    queued = threading.Semaphore(0)
-
-    def counted_enter(job: Any) -> bool:
-        leads = real_enter(job)
-        if not leads:
-            queued.release()
-        return leads
-
-    queue._enter = counted_enter  # type: ignore[method-assign]
+    queued = counting_entries(queue, followers_only=True)
     store.append_blocking([event("warm")])
 
     def run(inject: Inject, name: str) -> tuple[object, object]:

@@ -39,6 +39,7 @@ from ledger.store.postgres import PostgresEventStore
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.values import Side
 from projections.book import Book
+from tests._interrupts import counting_entries
 from tests.test_write_role import opening
 
 pytestmark = pytest.mark.anyio
@@ -165,16 +166,7 @@ async def test_closing_the_store_while_a_thread_appends_inline_finishes_every_qu
             release.wait(WATCHDOG)
 
     wrap_transactions(store, hold_first)
-    appends = store._append_queue()
-    entered = threading.Semaphore(0)
-    real_enter = appends._enter
-
-    def counted_enter(job: Any) -> bool:
-        leads = real_enter(job)
-        entered.release()
-        return leads
-
-    appends._enter = counted_enter  # type: ignore[method-assign]
+    entered = counting_entries(store._append_queue())
     outcomes: dict[str, object] = {}
 
     def append(event_id: str) -> None:
@@ -236,16 +228,7 @@ async def test_closing_the_ledger_while_a_thread_commits_inline_runs_every_queue
         group.start_soon(run_ledger)
         await opened.wait()
         ledger = ledgers[0]
-        jobs = ledger._queue()
-        entered = threading.Semaphore(0)
-        real_enter = jobs._enter
-
-        def counted_enter(job: Any) -> bool:
-            leads = real_enter(job)
-            entered.release()
-            return leads
-
-        jobs._enter = counted_enter  # type: ignore[method-assign]
+        entered = counting_entries(ledger._queue())
 
         def command(name: str, decider: Callable[[Book], Sequence[Plan]]) -> None:
             try:

@@ -37,6 +37,7 @@ from ledger.store.writer import (
     deferred_blocking_completion,
 )
 from projections.book import Book
+from tests._interrupts import counting_entries
 from tests.test_write_role import opening
 
 WATCHDOG = 60.0  # seconds a scenario may take before it counts as hung
@@ -67,20 +68,6 @@ class Recorder:
                 assert self.release.wait(WATCHDOG)
         finally:
             Completion.set_all([job.done for job in group])
-
-
-def counting_entries(commits: GroupCommit[Any]) -> threading.Semaphore:
-    """Released once per caller that has entered the queue (led, or queued its job)."""
-    entered = threading.Semaphore(0)
-    real_enter = commits._enter
-
-    def counted_enter(job: Any) -> bool:
-        leads = real_enter(job)
-        entered.release()
-        return leads
-
-    commits._enter = counted_enter  # type: ignore[method-assign]
-    return entered
 
 
 def start(target: Callable[[], None]) -> threading.Thread:

@@ -45,7 +45,7 @@ from ledger.store.writer import (
     deferred_completion,
 )
 from projections.book import fold_records
-from tests._interrupts import WATCHDOG, Inject, no_cyclic_gc, on_thread
+from tests._interrupts import WATCHDOG, Inject, counting_entries, no_cyclic_gc, on_thread
 from tests._workers import book_state
 from tests.test_write_role import opening
 
@@ -199,13 +199,6 @@ def test_a_blocking_leader_interrupted_anywhere_in_its_group_leaves_no_follower_
             return call
 
         real_queue_alone = commits._queue_alone
-        real_enter = commits._enter
-        entered = threading.Semaphore(0)
-
-        def counted_enter(job: Job) -> bool:
-            leads = real_enter(job)
-            entered.release()
-            return leads
 
         def queue_alone_then_followers(job: Job) -> None:
             real_queue_alone(job)
@@ -217,7 +210,7 @@ def test_a_blocking_leader_interrupted_anywhere_in_its_group_leaves_no_follower_
             free.set()
 
         commits._queue_alone = queue_alone_then_followers  # type: ignore[method-assign]
-        commits._enter = counted_enter  # type: ignore[method-assign]
+        entered = counting_entries(commits)
         holder = threading.Thread(target=lambda: writer.call_blocking(hold_role), daemon=True)
         holder.start()
         assert held.wait(WATCHDOG)
