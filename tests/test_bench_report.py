@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.report import render, rows, target_rows
+from benchmarks.targets import concurrent_case, harness_alone_case
 
 
 def _bench(
@@ -60,7 +61,9 @@ def test_cases_with_the_same_round_compare_as_before() -> None:
     assert _target(data)[1].startswith("1.20x") and _target(data)[2] == "met"
 
 
-def _concurrent_run(harness_ms: float, *, staging: bool = False) -> dict[str, Any]:
+def _concurrent_run(
+    harness_ms: float, *, staging: bool = False, harness: str = "asyncio"
+) -> dict[str, Any]:
     def case(name: str, median_ms: float, per_round: int) -> dict[str, Any]:
         return {
             "group": "append-batch",
@@ -72,8 +75,8 @@ def _concurrent_run(harness_ms: float, *, staging: bool = False) -> dict[str, An
     return {
         "benchmarks": [
             case("Ledger: 500 sequential commands", 150.0, 500),  # 10x allows 15 ms
-            case("Ledger: 500 concurrent commands", 20.0, 500),
-            case("anyio task group alone: 500 tasks, no command", harness_ms, 500),
+            case(concurrent_case(500, harness), 20.0, 500),
+            case(harness_alone_case(500, harness), harness_ms, 500),
             case("raw executemany x1,000, FULL", 8.0, 1_000),  # 500 rows: 4 ms
             *([case(_STAGING, 2.0, 1_000)] if staging else []),  # 500 events: 1 ms
         ]
@@ -101,3 +104,34 @@ def test_the_concurrent_floor_counts_the_staging_every_event_needs_when_measured
     assert "15.00 ms before any command" in text and "within what the target allows" in text
     text = render(_concurrent_run(10.5, staging=True))
     assert "15.50 ms before any command" in text and "allows by 500.0 µs" in text
+
+
+def test_the_concurrent_floor_is_printed_for_each_harness_measured() -> None:
+    anyio_only = render(_concurrent_run(12.0, harness="anyio"))
+    assert "started by the anyio task group" in anyio_only and "asyncio.TaskGroup" not in anyio_only
+    assert "the anyio task group alone 12.00 ms" in anyio_only
+    both = _concurrent_run(3.0)
+    both["benchmarks"] += _concurrent_run(12.0, harness="anyio")["benchmarks"][1:3]
+    text = render(both)
+    assert (
+        "started by the asyncio.TaskGroup" in text and "the asyncio.TaskGroup alone 3.00 ms" in text
+    )
+    assert "started by the anyio task group" in text
+
+
+def test_the_concurrent_target_is_read_on_asyncios_round() -> None:
+    data = _concurrent_run(3.0)  # asyncio's round: 20 ms against 150 ms sequential
+    data["benchmarks"].append(
+        {
+            "group": "append-batch",
+            "name": concurrent_case(500, "anyio"),
+            "stats": {"median": 0.010, "min": 0.010, "rounds": 5},
+            "extra_info": {
+                "case": concurrent_case(500, "anyio"),
+                "per_round": 500,
+                "unit": "commands",
+            },
+        }
+    )
+    (row,) = [r for r in target_rows(data) if r[0].startswith("500 concurrent")]
+    assert row[1].startswith("0.13x") and row[2] == "**not met**"
