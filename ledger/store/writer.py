@@ -229,6 +229,15 @@ def signalled_here(waiter: Completion | None = None) -> bool:
 _MAX_SKIPPED_YIELDS = 16
 
 
+@types.coroutine
+def _turn() -> Generator[None, None, None]:
+    """One turn of the loop, owed after a job run without a yield (`run_now`), as
+    `asyncio.sleep(0)` takes it (a bare yield), but a generator-based coroutine: an interrupt
+    landing between `run_now` returning it and its caller's `await` drops it unawaited, which
+    a native coroutine reports as a RuntimeWarning ("never awaited") when it is collected."""
+    yield
+
+
 class Completion:
     """A one-shot signal: set once by whoever ran the job, waited for by the caller.
 
@@ -622,7 +631,7 @@ class GroupCommit(Generic[J]):
         if lone and not queued:
             if interrupted is not None:
                 raise interrupted
-            return asyncio.sleep(0) if turn_after else None
+            return _turn() if turn_after else None
         lock = self._lock
         try:  # recovers from an interrupt anywhere in here (see DESIGN)
             if lone:  # not run (WouldWait, the writer stopping): handed over, as a lead's
@@ -671,7 +680,7 @@ class GroupCommit(Generic[J]):
             raise
         if interrupted is not None:
             raise interrupted
-        return asyncio.sleep(0) if turn_after else None
+        return _turn() if turn_after else None
 
     def _run_alone(self, job: J, *, may_wait: bool) -> tuple[bool, BaseException | None]:
         """Run a leader's lone job right where it is, holding the writer role its caller has
