@@ -61,7 +61,8 @@ def initial_margin(
         return real_initial_margin
     if leverage < 1:
         return ZERO
-    return _C.divide(notional(qty, entry_price), Decimal(leverage))
+    # notional(), inlined; an int divisor is taken exactly, as Decimal(leverage) would be
+    return _C.divide(_C.multiply(qty, entry_price), leverage)
 
 
 def roe_pct(unrealized_pnl: Decimal, margin: Decimal) -> Decimal:
