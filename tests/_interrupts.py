@@ -1,7 +1,7 @@
 """Shared by the interrupt tests: an interrupt injected before a chosen instruction (as a
 signal's handler raises one in the main thread), a wait on another thread that fails the test
-instead of hanging it, a group led by this thread holding other threads' writes, and the
-sweep of a store's append after another store left its head stale."""
+instead of hanging it, a group led by this thread (or by a task of its loop) holding other
+threads' writes, and the sweep of a store's append after another store left its head stale."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import gc
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
+from functools import partial
 from types import CodeType, FrameType
 from typing import Any
 
@@ -131,6 +132,14 @@ class Inject:
 
     def __exit__(self, *exc: object) -> None:
         sys.settrace(None)
+
+
+def outcome_of(work: Callable[[], object]) -> object:
+    """What work() ended with: its result, or the exception it raised (the injected one too)."""
+    try:
+        return work()
+    except BaseException as exc:  # handed to the test
+        return exc
 
 
 def on_thread(work: Callable[[], object], limit: float = WATCHDOG, what: str = "it") -> object:
@@ -255,6 +264,49 @@ class LedGroup:
             assert not thread.is_alive(), "a follower was never woken"
         self.leader = None
         return led, heard
+
+
+def task_leads_a_group(
+    store: EventStore, inject: Inject, queued: threading.Semaphore, *, lead: str, follow: str
+) -> tuple[object, object]:
+    """An asyncio task of this thread (a fresh loop) appends [event(lead)] to store, with
+    inject tracing that task's frames, and leads a group on its loop: in the task's turn,
+    another thread's `append_blocking` of [event(follow)] queues behind it (queued: released
+    once it has, `counting_entries(..., followers_only=True)`). What each heard: its records,
+    or the exception it raised (the task's, as asyncio.run raised it)."""
+    followed: list[object] = []
+    follower = threading.Thread(
+        target=lambda: followed.append(outcome_of(partial(store.append_blocking, [event(follow)]))),
+        daemon=True,
+    )
+
+    async def leading() -> object:
+        inject.task = asyncio.current_task()
+        sys.settrace(inject)
+        try:
+            return await store.append([event(lead)])
+        finally:
+            sys.settrace(None)
+
+    async def queue_follower() -> None:  # runs in the leader's turn
+        follower.start()
+        assert queued.acquire(timeout=WATCHDOG)
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def scenario() -> object:
+        tasks.append(leader := asyncio.create_task(leading()))
+        tasks.append(following := asyncio.create_task(queue_follower()))
+        await following
+        return await leader
+
+    led = outcome_of(partial(asyncio.run, scenario()))
+    for task in tasks:  # the interrupt a task ended with, retrieved: never logged later by
+        if task.done() and not task.cancelled():  # its finalizer, in another test's import
+            task.exception()
+    follower.join(WATCHDOG)
+    assert not follower.is_alive(), "the follower was never woken"
+    return led, followed[0]
 
 
 def sweep_with_a_stale_head(

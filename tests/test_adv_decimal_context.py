@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import decimal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from fractions import Fraction
 from functools import partial
@@ -71,82 +71,76 @@ def bot_context() -> Iterator[decimal.Context]:
         decimal.setcontext(before)
 
 
-def test_an_interrupted_command_gives_the_caller_its_own_decimal_context(
-    tmp_path: Path, bot_context: decimal.Context
-) -> None:
+def _sweep(run: Callable[[Inject, str], object], bot_context: decimal.Context) -> None:
+    """run(inject, name) makes the main thread decide a command named name (alone, or leading
+    a group) with inject tracing the decision: once counting its instructions, then with an
+    interrupt before each in turn. After each the caller's own context is current, and
+    LEDGER_CONTEXT is as built."""
     assert threading.current_thread() is threading.main_thread()
     built = _ledger_context_as_built()
-    manager = ThreadSafePositionManager(
+    counted = Inject(None, codes=DECISION)
+    run(counted, "COUNT")
+    assert decimal.getcontext() is bot_context
+    assert counted.count > 20  # the sweep goes through the decision
+    leaked: list[str] = []
+    for at in range(counted.count):
+        inject = Inject(at, codes=DECISION)
+        run(inject, f"M{at}")
+        if decimal.getcontext() is not bot_context:
+            itself = " (LEDGER_CONTEXT itself)" if decimal.getcontext() is LEDGER_CONTEXT else ""
+            leaked.append(f"{inject.where}: {decimal.getcontext()!r}{itself}")
+            decimal.setcontext(bot_context)
+    assert leaked == []
+    assert _ledger_context_as_built() == built
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[ThreadSafePositionManager]:
+    opened = ThreadSafePositionManager(
         tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
     )
     try:
-        create = manager.thread_safe_create_position
-        counted = Inject(None, codes=DECISION)
-        with counted:
-            create(**seed_kwargs("COUNTUSDT"))
-        assert decimal.getcontext() is bot_context
-        assert counted.count > 20  # the sweep goes through the decision
-        leaked: list[str] = []
-        for at in range(counted.count):
-            inject = Inject(at, codes=DECISION)
-            try:
-                with inject:
-                    create(**seed_kwargs(f"M{at}USDT"))
-            except KeyboardInterrupt:
-                pass
-            if decimal.getcontext() is not bot_context:
-                itself = (
-                    " (LEDGER_CONTEXT itself)" if decimal.getcontext() is LEDGER_CONTEXT else ""
-                )
-                leaked.append(f"{inject.where}: {decimal.getcontext()!r}{itself}")
-                decimal.setcontext(bot_context)
-        assert leaked == []
-        # the bot's own arithmetic: its precision, its rounding, its trap
-        assert Decimal("1") / Decimal("8") == Decimal("0.125")
-        with pytest.raises(decimal.Inexact):
-            Decimal("1") / Decimal("3")
-        assert _ledger_context_as_built() == built
+        yield opened
     finally:
-        assert on_thread(manager.close) is None
+        assert on_thread(opened.close) is None
+
+
+def test_an_interrupted_command_gives_the_caller_its_own_decimal_context(
+    bot_context: decimal.Context, manager: ThreadSafePositionManager
+) -> None:
+    create = manager.thread_safe_create_position
+
+    def run(inject: Inject, name: str) -> None:
+        try:
+            with inject:
+                create(**seed_kwargs(f"{name}USDT"))
+        except KeyboardInterrupt:
+            assert inject.where is not None  # the injected one, never another
+
+    _sweep(run, bot_context)
+    # the bot's own arithmetic: its precision, its rounding, its trap
+    assert Decimal("1") / Decimal("8") == Decimal("0.125")
+    with pytest.raises(decimal.Inexact):
+        Decimal("1") / Decimal("3")
 
 
 def test_an_interrupted_group_gives_its_leader_its_own_decimal_context(
-    tmp_path: Path, bot_context: decimal.Context
+    bot_context: decimal.Context, manager: ThreadSafePositionManager
 ) -> None:
     """The same for a group of several commands the main thread leads (`_decide_group`)."""
-    assert threading.current_thread() is threading.main_thread()
-    built = _ledger_context_as_built()
-    manager = ThreadSafePositionManager(
-        tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
-    )
-    try:
-        group = LedGroup(manager.ledger._queue(), manager.ledger.store.writer)
-        create = manager.thread_safe_create_position
-        counted = Inject(None, codes=DECISION)
+    group = LedGroup(manager.ledger._queue(), manager.ledger.store.writer)
+    create = manager.thread_safe_create_position
 
-        def lead_counted() -> object:
-            with counted:
-                return create(**seed_kwargs("COUNTUSDT"))
+    def run(inject: Inject, name: str) -> None:
+        def lead() -> object:
+            with inject:
+                return create(**seed_kwargs(f"{name}USDT"))
 
-        led, heard = group.run(lead_counted, [partial(create, **seed_kwargs("FCOUNTUSDT"))])
-        assert isinstance(led, str) and isinstance(heard[0], str), (led, heard)
-        assert counted.count > 20
-        leaked: list[str] = []
-        for at in range(counted.count):
-            inject = Inject(at, codes=DECISION)
+        led, heard = group.run(lead, [partial(create, **seed_kwargs(f"F{name}USDT"))])
+        if inject.at is None:  # counting: both commands made
+            assert isinstance(led, str) and isinstance(heard[0], str), (led, heard)
 
-            def lead(inject: Inject = inject, at: int = at) -> object:
-                with inject:
-                    return create(**seed_kwargs(f"M{at}USDT"))
-
-            group.run(lead, [partial(create, **seed_kwargs(f"F{at}USDT"))])
-            if decimal.getcontext() is not bot_context:
-                leaked.append(f"{inject.where}: {decimal.getcontext()!r}")
-                decimal.setcontext(bot_context)
-        assert leaked == []
-        assert _ledger_context_as_built() == built
-    finally:
-        assert on_thread(manager.close) is None
+    _sweep(run, bot_context)
 
 
 def test_an_interrupted_read_of_the_figures_gives_the_caller_its_own_decimal_context(
@@ -217,7 +211,7 @@ def test_a_fleets_money_is_summed_in_the_ledgers_arithmetic_whatever_the_callers
 
 
 def test_a_creates_roe_is_checked_in_the_ledgers_arithmetic_whatever_the_callers_context(
-    tmp_path: Path, bot_context: decimal.Context
+    bot_context: decimal.Context, manager: ThreadSafePositionManager
 ) -> None:
     """A seed create's roe_percentage is checked against the ROE the ledger derives (within
     1e-6): accepted when right and refused (InvalidValue) when not, from a bot whose own
@@ -227,25 +221,19 @@ def test_a_creates_roe_is_checked_in_the_ledgers_arithmetic_whatever_the_callers
     roe = (current - entry) / entry * leverage * 100
     right = f"{float(roe):.12f}"
     wrong = f"{float(roe) + 0.001:.12f}"
-    manager = ThreadSafePositionManager(
-        tmp_path / "positions.json", db_path=tmp_path / "ledger.db", settings=SETTINGS
-    )
-    try:
-        create = manager.thread_safe_create_position
-        kwargs = {
-            "side": "long",
-            "entry_price": "97123.45",
-            "position_size": "333.33",
-            "leverage": leverage,
-            "current_price": "97200.1",
-        }
-        made = create(symbol="BTCUSDT", roe_percentage=right, **kwargs)
-        assert manager.ledger.book.open[made].current_price == Decimal("97200.1")
-        with pytest.raises(InvalidValue):
-            create(symbol="ETHUSDT", roe_percentage=wrong, **kwargs)
-        assert decimal.getcontext() is bot_context
-    finally:
-        assert on_thread(manager.close) is None
+    create = manager.thread_safe_create_position
+    kwargs = {
+        "side": "long",
+        "entry_price": "97123.45",
+        "position_size": "333.33",
+        "leverage": leverage,
+        "current_price": "97200.1",
+    }
+    made = create(symbol="BTCUSDT", roe_percentage=right, **kwargs)
+    assert manager.ledger.book.open[made].current_price == Decimal("97200.1")
+    with pytest.raises(InvalidValue):
+        create(symbol="ETHUSDT", roe_percentage=wrong, **kwargs)
+    assert decimal.getcontext() is bot_context
 
 
 def test_a_classic_accounts_free_margin_is_the_ledgers_difference_whatever_the_callers_context(

@@ -12,11 +12,8 @@ until the writer thread has drained what it was handed). No sleep.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 
 import anyio
@@ -26,7 +23,7 @@ from ledger.envelope import Recorded
 from ledger.store.base import _stage_appends
 from ledger.store.sqlite import SQLiteEventStore
 from tests._events import lone_mark as event
-from tests._interrupts import WATCHDOG, Inject, counting_entries, on_thread
+from tests._interrupts import WATCHDOG, Inject, counting_entries, on_thread, task_leads_a_group
 
 
 @pytest.fixture
@@ -37,13 +34,6 @@ def store(tmp_path: Path) -> Iterator[SQLiteEventStore]:
         yield opened
     finally:
         assert on_thread(lambda: anyio.run(opened.close)) is None
-
-
-def _heard(work: Callable[[], object]) -> object:
-    try:
-        return work()
-    except BaseException as exc:  # handed to the test
-        return exc
 
 
 def test_an_interrupted_leading_tasks_own_batch_is_not_run_by_the_writer_thread(
@@ -75,43 +65,11 @@ def test_an_interrupted_leading_tasks_own_batch_is_not_run_by_the_writer_thread(
 
     writer.submit = eager_submit  # type: ignore[method-assign]
     store.append_blocking([event("warm")])
-    heard: list[object] = []
-    follower = threading.Thread(
-        target=lambda: heard.append(_heard(partial(store.append_blocking, [event("follow")]))),
-        daemon=True,
-    )
     inject = Inject(3, codes={_stage_appends.__code__})  # in the leader's own batch
-
-    async def lead() -> list[Recorded]:
-        inject.task = asyncio.current_task()
-        sys.settrace(inject)
-        try:
-            return await store.append([event("lead")])
-        finally:
-            sys.settrace(None)
-
-    async def queue_follower() -> None:  # runs in the leader's turn
-        follower.start()
-        assert queued.acquire(timeout=WATCHDOG)
-
-    tasks: list[asyncio.Task[object]] = []
-
-    async def scenario() -> list[Recorded]:
-        tasks.append(leading := asyncio.create_task(lead()))
-        tasks.append(following := asyncio.create_task(queue_follower()))
-        await following
-        return await leading
-
-    led = _heard(partial(asyncio.run, scenario()))
-    for task in tasks:  # the interrupt a task ended with, retrieved: never logged later by
-        if task.done() and not task.cancelled():  # its finalizer, in another test's import
-            task.exception()
-    follower.join(WATCHDOG)
-    assert not follower.is_alive(), "the follower was never woken"
+    led, followed = task_leads_a_group(store, inject, queued, lead="lead", follow="follow")
     writer.submit = real_submit  # type: ignore[method-assign]
     assert inject.where is not None and isinstance(led, KeyboardInterrupt), (inject.where, led)
     assert drained and all(drained), drained
-    (followed,) = heard
     assert isinstance(followed, list), followed
 
     async def log() -> dict[str, Recorded]:

@@ -14,13 +14,10 @@ holds each acknowledged record as acknowledged.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -30,7 +27,7 @@ from ledger.store.base import EventStore, _stage_appends
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import GroupCommit
 from tests._events import lone_mark as event
-from tests._interrupts import WATCHDOG, Inject, LedGroup, counting_entries, on_thread
+from tests._interrupts import Inject, LedGroup, counting_entries, on_thread, task_leads_a_group
 from tests.test_leader_interrupts import _codes, assert_usable
 from tests.test_write_role_interrupts import role_free
 
@@ -146,13 +143,6 @@ def test_an_interrupt_in_the_staging_of_a_followers_batch_is_the_leaders(
     assert_usable(group)
 
 
-def _heard(work: Callable[[], object]) -> object:
-    try:
-        return work()
-    except BaseException as exc:  # handed to the test
-        return exc
-
-
 def test_an_interrupt_anywhere_in_a_tasks_append_group_stays_with_the_task(
     store: SQLiteEventStore,
 ) -> None:
@@ -165,41 +155,7 @@ def test_an_interrupt_anywhere_in_a_tasks_append_group_stays_with_the_task(
     store.append_blocking([event("warm")])
 
     def run(inject: Inject, name: str) -> tuple[object, object]:
-        heard: list[object] = []
-        follower = threading.Thread(
-            target=lambda: heard.append(
-                _heard(partial(store.append_blocking, [event(f"f-{name}")]))
-            ),
-            daemon=True,
-        )
-
-        async def lead() -> list[Recorded]:
-            inject.task = asyncio.current_task()
-            sys.settrace(inject)
-            try:
-                return await store.append([event(f"m-{name}")])
-            finally:
-                sys.settrace(None)
-
-        async def queue_follower() -> None:  # runs in the leader's turn
-            follower.start()
-            assert queued.acquire(timeout=WATCHDOG)
-
-        tasks: list[asyncio.Task[Any]] = []
-
-        async def scenario() -> list[Recorded]:
-            tasks.append(leading := asyncio.create_task(lead()))
-            tasks.append(following := asyncio.create_task(queue_follower()))
-            await following
-            return await leading
-
-        led = _heard(partial(asyncio.run, scenario()))
-        for task in tasks:  # the interrupt a task ended with, retrieved: never logged later
-            if task.done() and not task.cancelled():  # by its finalizer, in another test
-                task.exception()
-        follower.join(WATCHDOG)
-        assert not follower.is_alive(), "the follower was never woken"
-        return led, heard[0]
+        return task_leads_a_group(store, inject, queued, lead=f"m-{name}", follow=f"f-{name}")
 
     counted = Inject(None, codes=GROUP_PROCESSING)
     led, followed = run(counted, "count")
