@@ -31,6 +31,12 @@ pytestmark = pytest.mark.anyio
 
 D = Decimal
 BTC, ETH, SOL = "BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT"
+# A call's deadline only guards against a hang: the emulator answers every call but a
+# "timeout" fault's at once, and a loaded machine may take seconds over a cold client's first
+# (load_markets: ccxt builds its SSL context from certifi's bundle, then two requests).
+WATCHDOG = 30.0
+# The deadline a "timeout" fault is heard by: the emulator never answers that request.
+HUNG = 0.25
 
 
 @dataclass
@@ -51,7 +57,7 @@ async def bench(
     async with ex or BybitEmulator(hedge_mode=hedge, timeout_fault_seconds=10) as emulator:
         client = make_ccxt_client(emulator, pro=pro)
         client.enableRateLimit = False  # ccxt's pacing for the real Bybit only slows tests
-        gateway = ExchangeGateway(client, timeout=1.0)
+        gateway = ExchangeGateway(client, timeout=WATCHDOG)
         try:
             async with Ledger(tmp_path / "ledger.db") as ledger:
                 # settle=0: the tests change the exchange and the ledger in the same instant;
@@ -264,11 +270,14 @@ async def test_a_failed_fetch_changes_nothing_and_the_next_sync_recovers(
         b.ex.pay_funding(ETH, "sell", "0.2")
         head = await b.head()
         b.ex.inject_fault(kind, path=path)
+        if kind == "timeout":  # this sync only: heard once the hung request's deadline passes
+            b.gateway.timeout = HUNG
         with (
             caplog.at_level(logging.WARNING, logger="ledger.exchange"),
             pytest.raises(error) as caught,
         ):
             await b.sync.sync_once(b.ledger, b.gateway)
+        b.gateway.timeout = WATCHDOG
         assert await b.head() == head == b.ledger.last_seq  # nothing appended
         assert b.ledger.book.open_for(BTC) is not None  # an error is not "everything closed"
         assert any(
