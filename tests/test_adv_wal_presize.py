@@ -188,15 +188,24 @@ async def test_an_interrupt_before_any_opcode_of_the_sizing_leaves_no_descriptor
 # -- the locks SQLite holds, the paths it resolves --------------------------------------------
 
 
-def _posix_locks(pid: int) -> list[tuple[str, ...]]:
-    """This pid's POSIX locks in /proc/locks: (kind, type, device:inode, start, end)."""
+def _inode(path: Path | str) -> str:
+    """path's file as /proc/locks names it: major:minor:inode (device numbers in hex)."""
+    st = os.stat(path)
+    return f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+
+
+def _posix_locks(pid: int, files: set[str]) -> list[tuple[str, ...]]:
+    """This pid's POSIX locks in /proc/locks on files (their `_inode`s): (kind, type,
+    device:inode, start, end). Only these files': the process's other threads (one an
+    earlier test left closing its own connections, late on a busy machine) take and drop
+    locks on their files at any moment."""
     locks = []
     with open("/proc/locks") as listing:
         for line in listing:
             fields = line.split()
             if fields[1] == "->":  # a waiter, not a holder
                 continue
-            if fields[1] == "POSIX" and fields[4] == str(pid):
+            if fields[1] == "POSIX" and fields[4] == str(pid) and fields[5] in files:
                 locks.append((fields[1], fields[3], fields[5], fields[6], fields[7]))
     return sorted(locks)
 
@@ -230,16 +239,15 @@ async def test_the_sizing_keeps_every_lock_sqlite_holds_and_other_processes_out(
     every lock the process holds on it. SQLite (os_unix.c) locks the database file and -shm,
     never -wal, so the sizing's own open and close of -wal must leave them all held."""
     db = tmp_path / "ledger.db"
-    seen: list[tuple[list[tuple[str, ...]], list[tuple[str, ...]], str, str]] = []
+    seen: list[tuple[list[tuple[str, ...]], list[tuple[str, ...]], set[str], str]] = []
     real = presize_wal
 
     def watched(wal_path: str, target: int) -> bool:
-        before = _posix_locks(os.getpid())
+        locked = {_inode(db), _inode(f"{db}-shm")}  # what SQLite locks
+        before = _posix_locks(os.getpid(), {*locked, _inode(wal_path)})
         sized = real(wal_path, target)
-        after = _posix_locks(os.getpid())
-        st = os.stat(wal_path)
-        wal_inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        seen.append((before, after, wal_inode, _other_process_writes(db)))
+        after = _posix_locks(os.getpid(), {*locked, _inode(wal_path)})
+        seen.append((before, after, locked, _other_process_writes(db)))
         return sized
 
     monkeypatch.setattr(sqlite_store, "presize_wal", watched)
@@ -249,10 +257,10 @@ async def test_the_sizing_keeps_every_lock_sqlite_holds_and_other_processes_out(
         [record] = await store.append(take(EventMix(seed=13), 1))
     finally:
         await store.close()
-    [(before, after, wal_inode, other)] = seen
+    [(before, after, locked, other)] = seen
     assert before == after
     assert any(lock[1] == "WRITE" for lock in after)  # the WAL write lock, on -shm
-    assert all(lock[2] != wal_inode for lock in after)
+    assert {lock[2] for lock in after} == locked  # both held, and none on -wal
     assert other == "database is locked"
     assert _other_process_writes(db) == "took the lock"
     assert await _stored(db) == [(record.seq, record.event_id)]
