@@ -119,14 +119,51 @@ def postmasters(folder: Path) -> list[int]:
     return found
 
 
+def starting(folder: Path) -> list[int]:
+    """The processes that may yet start a server under folder: those working under it whose
+    command line names it (`Server.run` runs every server program in its cluster's folder:
+    pg_ctl, the shell it starts the postmaster with, the postmaster before it has written its
+    postmaster.pid, initdb, pg_basebackup), and any postgres working there. A shell someone
+    opened there names no folder: it is spared."""
+    inside = str(folder.resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(entry / "cwd")
+            if cwd != inside and not cwd.startswith(inside + "/"):
+                continue
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if inside in command or Path(os.readlink(entry / "exe")).name == "postgres":
+                found.append(int(entry.name))
+    return found
+
+
+def _stop(pid: int) -> None:
+    for sig in (signal.SIGQUIT, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if wait_gone(pid, STOP_TIMEOUT_S):
+            return
+
+
 def reap(folder: Path) -> None:
-    """Stop every server under folder (immediate shutdown, then SIGKILL) and remove folder."""
+    """Stop every server under folder (immediate shutdown, then SIGKILL), and every process
+    that may yet start one (`starting`), then remove folder.
+
+    A server being started when its owner died (pg_ctl start running) has no postmaster.pid
+    yet, or writes it after `postmasters` looked: stopped with what starts it. Every such
+    process was started by one that works there (the working directory is inherited), so once
+    a round finds none, none can start afterwards."""
     for pid in postmasters(folder):
-        for sig in (signal.SIGQUIT, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            if wait_gone(pid, STOP_TIMEOUT_S):
-                break
+        _stop(pid)
+    for _ in range(10):  # bounded: a process it may not signal must not hang the reaper
+        left = starting(folder)
+        if not left:
+            break
+        for pid in left:
+            _stop(pid)
     shutil.rmtree(folder, ignore_errors=True)
 
 

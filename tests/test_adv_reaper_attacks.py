@@ -24,6 +24,7 @@ import pytest
 from tests.pg_reaper import OWNER_FILE, server_folder, sweep, wait_gone
 
 DEADLINE_S = 60.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -76,6 +77,67 @@ def test_a_normal_exit_stops_the_servers_even_when_the_reaper_was_killed(parent:
             "the server outlived the normal exit of the process that started it"
         )
         assert not folder.exists()
+
+
+# posing as a server still starting (`pg_ctl start` running): working in its data folder,
+# its command line naming that folder (as pg_ctl's and the postmaster's do), no
+# postmaster.pid written yet; it lives on whoever dies, until a signal ends it
+STARTING = "import signal; signal.pause()"
+# an owner: a server folder (and its reaper), a server starting in it; prints the server's
+# pid and the folder, then blocks until killed
+OWNER = """
+import subprocess, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.pg_reaper import server_folder
+with server_folder(parent=Path(sys.argv[2])) as folder:
+    data = folder / "cluster" / "data"
+    data.mkdir(parents=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", sys.argv[3], "-D", str(data)], cwd=data, start_new_session=True
+    )
+    print(server.pid, folder, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_server_still_starting_when_its_owner_is_killed_is_stopped_before_its_folder_goes(
+    parent: Path,
+) -> None:
+    """A real kill -9 of the owner while its server starts: no postmaster.pid names the
+    server yet (or it is written after the reaper looked), so the reaper must stop it as what
+    may yet start one; left running, it went on with its folder removed, a server no reaper
+    would ever stop."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(ROOT), str(parent), STARTING],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    server = 0
+    try:
+        assert owner.stdout is not None
+        said = owner.stdout.readline().split()
+        assert len(said) == 2, f"the owner started no server (exit {owner.wait()})"
+        server, folder = int(said[0]), Path(said[1])
+        _, reaper = (pid for pid, _ in json.loads((folder / OWNER_FILE).read_text()))
+        assert not wait_gone(server, 0)
+        os.kill(owner.pid, signal.SIGKILL)
+        assert owner.wait() == -signal.SIGKILL
+        assert wait_gone(reaper, DEADLINE_S), "the reaper hung"
+        assert wait_gone(server, 0), "the starting server outlived its owner and its reaper"
+        assert not folder.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(owner.pid, signal.SIGKILL)
+        owner.wait()
+        for stream in (owner.stdin, owner.stdout):
+            if stream is not None:
+                stream.close()
+        if server and not wait_gone(server, 0):  # leaked: stopped here
+            os.kill(server, signal.SIGKILL)
+            wait_gone(server, DEADLINE_S)
 
 
 def test_an_owner_record_without_a_start_time_does_not_make_a_folder_immortal(
