@@ -120,27 +120,30 @@ def test_the_next_start_reaps_dead_runs_leftovers_and_spares_live_ones(parent: P
     legacy.init()
     legacy.start()
     legacy_pid = _postmaster(legacy.data)
-    os.utime(legacy.root.parent, (0, 0))
-    # a folder an older run has just made (no record yet): its owner may be this very process
-    fresh = parent / "ledger-pg-fresh"
-    (fresh / "cluster").mkdir(parents=True)
-    with _starter(parent) as (_live, live_pid, live_folder), _starter(parent) as started:
-        dead, dead_pid, dead_folder = started
-        # a run killed together with its reaper (its owner and reaper are both gone)
-        owner_pid, reaper_pid = (
-            pid for pid, _ in json.loads((dead_folder / OWNER_FILE).read_text())
-        )
-        assert owner_pid == dead.pid
-        os.kill(reaper_pid, signal.SIGKILL)
-        assert wait_gone(reaper_pid, DEADLINE_S)
-        os.kill(dead.pid, signal.SIGKILL)
-        dead.wait()
-        assert not wait_gone(dead_pid, 0) and dead_folder.is_dir()
+    try:
+        os.utime(legacy.root.parent, (0, 0))
+        # a folder an older run has just made (no record yet): its owner may be this very process
+        fresh = parent / "ledger-pg-fresh"
+        (fresh / "cluster").mkdir(parents=True)
+        with _starter(parent) as (_live, live_pid, live_folder), _starter(parent) as started:
+            dead, dead_pid, dead_folder = started
+            # a run killed together with its reaper (its owner and reaper are both gone)
+            owner_pid, reaper_pid = (
+                pid for pid, _ in json.loads((dead_folder / OWNER_FILE).read_text())
+            )
+            assert owner_pid == dead.pid
+            os.kill(reaper_pid, signal.SIGKILL)
+            assert wait_gone(reaper_pid, DEADLINE_S)
+            os.kill(dead.pid, signal.SIGKILL)
+            dead.wait()
+            assert not wait_gone(dead_pid, 0) and dead_folder.is_dir()
 
-        with server_folder(parent=parent) as next_start:  # the next start sweeps
-            assert wait_gone(legacy_pid, 0) and not legacy.root.parent.exists()
-            assert wait_gone(dead_pid, 0) and not dead_folder.exists()
+            with server_folder(parent=parent) as next_start:  # the next start sweeps
+                assert wait_gone(legacy_pid, 0) and not legacy.root.parent.exists()
+                assert wait_gone(dead_pid, 0) and not dead_folder.exists()
+                assert not wait_gone(live_pid, 0) and live_folder.is_dir()
+                assert fresh.is_dir()
+            assert not next_start.exists()
             assert not wait_gone(live_pid, 0) and live_folder.is_dir()
-            assert fresh.is_dir()
-        assert not next_start.exists()
-        assert not wait_gone(live_pid, 0) and live_folder.is_dir()
+    finally:  # nothing reaps it if the test failed before the sweep: no reaper, by design
+        legacy.stop()
