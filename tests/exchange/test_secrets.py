@@ -50,7 +50,7 @@ async def test_a_whole_session_with_a_fake_key_leaks_it_nowhere(
     async with BybitEmulator(api_key=KEY) as ex:
         client = make_ccxt_client(ex, api_key=KEY, secret=SECRET, pro=True)
         client.enableRateLimit = False
-        gateway = ExchangeGateway(client, timeout=2.0)
+        gateway = ExchangeGateway(client, timeout=30.0)  # a guard: no fault here hangs
         sync = ExchangeSync()
         try:
             async with Ledger(tmp_path / "ledger.db") as ledger:

@@ -307,9 +307,13 @@ async def live(b: Bench, task_status: anyio.abc.TaskStatus[None]) -> None:
     await b.sync.watch(b.ledger, b.gateway, fallback_interval=0.05, task_status=task_status)
 
 
-async def test_watch_positions_brings_an_external_close_in_well_under_a_second(
-    tmp_path: Path,
+async def test_watch_positions_brings_an_external_close_in_by_its_push(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The close comes by the position stream's push, not by the polling fallback, which
+    syncs only while the stream is down (it says so: "position stream lost"). The latency is
+    printed, never asserted: a loaded machine may take any time."""
+    caplog.set_level(logging.WARNING, logger="ledger.exchange")
     async with bench(tmp_path, pro=True) as b, anyio.create_task_group() as group:
         b.ex.open_position(BTC, "buy", "0.01", "60000")
         b.ex.open_position(ETH, "buy", "1", "3000")
@@ -320,12 +324,14 @@ async def test_watch_positions_brings_an_external_close_in_well_under_a_second(
         assert eth is not None
         started = time.perf_counter()
         record = b.ex.close_position(ETH, "buy", "3050")
-        with anyio.fail_after(1.0):
+        with anyio.fail_after(WATCHDOG):
             async for stored in b.ledger.subscribe(from_seq=b.ledger.last_seq):
                 if isinstance(stored.event, PositionClosed):
                     break
         latency = time.perf_counter() - started
         print(f"\nexternal close -> ledger via watch_positions: {latency * 1000:.1f} ms")
+        assert b.sync.stream_up
+        assert not [r for r in caplog.records if "position stream lost" in r.getMessage()]
         position = b.ledger.get_position(eth.position_id)
         assert position is not None and position.realized_pnl == record.closed_pnl
         # marks come from the public ticker stream, not this one (Bybit pushes positions on
