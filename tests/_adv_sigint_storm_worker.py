@@ -16,6 +16,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -55,6 +56,10 @@ def _say(what: dict[str, object]) -> None:
 
 
 def main(folder: Path, helpers: int) -> None:
+    # the test's SIGINTs are KeyboardInterrupts here whatever this process inherited: a shell
+    # starts a background job (a CI step's `scripts/test &`) with SIGINT ignored, and Python
+    # then leaves it ignored (every signal lost, the storm never reported)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     faulthandler.dump_traceback_later(
         float(os.environ.get("STORM_DUMP", 4 * BOUND)), exit=True
     )  # a hang shows where, then ends

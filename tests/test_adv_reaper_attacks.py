@@ -43,6 +43,10 @@ def _stand_in(data: Path) -> Iterator[subprocess.Popen[bytes]]:
 
     def no_core() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # SIGQUIT ends it as it ends a postmaster (which sets its own handler), whatever this
+        # process inherited: a background job's shell ignores SIGQUIT, and the reaper's
+        # SIGKILL came only after its whole STOP_TIMEOUT_S
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
     server = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"],
@@ -82,7 +86,10 @@ def test_a_normal_exit_stops_the_servers_even_when_the_reaper_was_killed(parent:
 # posing as a server still starting (`pg_ctl start` running): working in its data folder,
 # its command line naming that folder (as pg_ctl's and the postmaster's do), no
 # postmaster.pid written yet; it lives on whoever dies, until a signal ends it
-STARTING = "import signal; signal.pause()"
+STARTING = (
+    "import resource, signal; resource.setrlimit(resource.RLIMIT_CORE, (0, 0));"
+    " signal.signal(signal.SIGQUIT, signal.SIG_DFL); signal.pause()"
+)
 # an owner: a server folder (and its reaper), a server starting in it; prints the server's
 # pid and the folder, then blocks until killed
 OWNER = """

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import signal
 import sys
 import threading
 import time
@@ -491,6 +492,19 @@ def _when_main_waits_in(function: str, then: Callable[[], None]) -> threading.Th
     return watcher
 
 
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the main thread for the test, whatever this process
+    inherited: a shell starts a background job (a CI step's `scripts/test &`) with SIGINT
+    ignored, Python then leaves it ignored, and `_thread.interrupt_main()` does nothing."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("sigint_raises")
 def test_a_sigint_pending_when_a_bare_acquire_returns_leaks_the_lock_and_with_does_not() -> None:
     """What CPython 3.11 does (the claim the role's design rests on): a SIGINT made pending
     while the main thread waits in `lock.acquire()` raises right after the call returned the
@@ -536,6 +550,7 @@ def take_with(lock: Any) -> None:
         pass
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_a_sigint_pending_when_a_leader_takes_the_role_leaves_the_store_usable(
     manager: ThreadSafePositionManager,
 ) -> None:
