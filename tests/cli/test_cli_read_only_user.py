@@ -169,21 +169,8 @@ def test_a_live_writer_s_uncheckpointed_events_are_seen(audited: tuple[Known, Pa
     """With the owner's process holding the ledger open, its latest events are only in the
     -wal; the auditor reads them through the owner's -shm."""
     known, out = audited
-    with subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(known.db)],
-        env=child_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as holder:
-        assert holder.stdin is not None and holder.stdout is not None
-        try:
-            assert holder.stdout.readline().strip() == "ready"
-            assert Path(f"{known.db}-wal").stat().st_size > 0
-            run = as_auditor("positions", "--json", "--open", "--db", known.db, cwd=out)
-        finally:
-            holder.stdin.close()  # the holder closes its ledger and exits
-    assert holder.returncode == 0
+    with _owner_running(known.db):
+        run = as_auditor("positions", "--json", "--open", "--db", known.db, cwd=out)
     assert run.returncode == 0, run.stderr
     marks = {p["position_id"]: p["current_price"] for p in json.loads(run.stdout)["open"]}
     assert Decimal(marks["pos_sol"]) == Decimal("123.5")
@@ -203,6 +190,27 @@ async def main() -> None:
 
 anyio.run(main)
 """
+
+
+@contextlib.contextmanager
+def _owner_running(db: Path) -> Iterator[None]:
+    """The owner's process holding the ledger open (HOLDER), its latest events only in the
+    -wal; on the way out it closes its ledger and must exit cleanly."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db)],
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            assert holder.stdout.readline().strip() == "ready"
+            assert Path(f"{db}-wal").stat().st_size > 0
+            yield
+        finally:
+            holder.stdin.close()  # the holder closes its ledger and exits
+    assert holder.returncode == 0
 
 
 def test_a_wal_without_its_shm_gets_one_line_saying_what_to_do(
@@ -287,23 +295,10 @@ def test_an_owner_only_shm_gets_one_line_naming_it(audited: tuple[Known, Path]) 
     database was shared after they were created): the auditor may read the database but not
     the index SQLite must read the -wal with."""
     known, out = audited
-    with subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(known.db)],
-        env=child_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as holder:
-        assert holder.stdin is not None and holder.stdout is not None
-        try:
-            assert holder.stdout.readline().strip() == "ready"
-            assert Path(f"{known.db}-wal").stat().st_size > 0
-            for suffix in ("-wal", "-shm"):
-                Path(f"{known.db}{suffix}").chmod(0o600)
-            run = as_auditor("stats", "--db", known.db, cwd=out)
-        finally:
-            holder.stdin.close()
-    assert holder.returncode == 0
+    with _owner_running(known.db):
+        for suffix in ("-wal", "-shm"):
+            Path(f"{known.db}{suffix}").chmod(0o600)
+        run = as_auditor("stats", "--db", known.db, cwd=out)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1
     assert "cannot read" in run.stderr and "ledger.db-shm: permission denied" in run.stderr
