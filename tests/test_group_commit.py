@@ -294,14 +294,7 @@ async def test_a_book_that_cannot_take_committed_events_refuses_commands_until_i
         other = Ledger(db_path, settings=SETTINGS)
         async with other:
             await other.mark("good-0", 13)
-        real_marked = fold.marked
-
-        def broken_marked(position: Any, event: PositionMarked, at: datetime) -> Any:
-            if event.mark_price == 13:
-                raise RuntimeError("fold bug")
-            return real_marked(position, event, at)
-
-        monkeypatch.setattr(fold, "marked", broken_marked)
+        _fold_fails_on_a_mark_at(13, monkeypatch)
         for _ in range(2):
             with pytest.raises(BookOutOfStep):
                 await ledger.transact(opening(1))
@@ -312,6 +305,18 @@ async def test_a_book_that_cannot_take_committed_events_refuses_commands_until_i
         assert ledger.get_position("good-0").current_price == 13  # type: ignore[union-attr]
         assert ledger.last_seq == 3
     assert good_ids(await stored(db_path)) == {"good-0", "good-1"}
+
+
+def _fold_fails_on_a_mark_at(price: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold bug: the book cannot take a PositionMarked at price (until monkeypatch.undo)."""
+    real_marked = fold.marked
+
+    def broken_marked(position: Any, event: PositionMarked, at: datetime) -> Any:
+        if event.mark_price == price:
+            raise RuntimeError("fold bug")
+        return real_marked(position, event, at)
+
+    monkeypatch.setattr(fold, "marked", broken_marked)
 
 
 async def test_a_lone_command_on_a_book_out_of_step_reloads_it_as_a_group_does(
@@ -326,14 +331,7 @@ async def test_a_lone_command_on_a_book_out_of_step_reloads_it_as_a_group_does(
         other = Ledger(db_path, settings=SETTINGS)
         async with other:
             await other.mark(first.position_id, 13)
-        real_marked = fold.marked
-
-        def broken_marked(position: Any, event: PositionMarked, at: datetime) -> Any:
-            if event.mark_price == 13:
-                raise RuntimeError("fold bug")
-            return real_marked(position, event, at)
-
-        monkeypatch.setattr(fold, "marked", broken_marked)
+        _fold_fails_on_a_mark_at(13, monkeypatch)
         for _ in range(2):
             with pytest.raises(BookOutOfStep):
                 await ledger.open_position("BUSDT", "buy", entry_price=10, qty=2, leverage=3)
