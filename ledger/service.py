@@ -12,13 +12,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import copy_context
 from datetime import datetime
 from decimal import Decimal, setcontext
-from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup
 
 from ledger.clock import Clock, system_clock
@@ -134,7 +132,6 @@ class Plan(NamedTuple):
 Decider = Callable[[Book], Sequence[Plan]]
 
 _MAX_GROUP = 1000
-_done_of = attrgetter("done")
 
 
 class _Job:
@@ -154,14 +151,16 @@ class _Job:
         return self.result
 
 
-class _Group(msgspec.Struct):
-    """What one group's transaction saw and made, kept for after it ends. A Struct: made in
-    C on every transaction, with no __init__ frame (each field is set before it is read)."""
+class _Group:
+    """What one group's transaction saw and made, kept for after it ends."""
 
-    tail: list[Recorded] = msgspec.field(default_factory=list)
-    work: Book | None = None
-    culprit: _Job | None = None
-    reloaded: bool = False
+    __slots__ = ("culprit", "reloaded", "tail", "work")
+
+    def __init__(self) -> None:
+        self.tail: list[Recorded] = []
+        self.work: Book | None = None
+        self.culprit: _Job | None = None
+        self.reloaded = False
 
 
 def new_position_id() -> str:
@@ -641,7 +640,7 @@ class Ledger:
         # group unpublished, or unsettled, which the writer takes for never run and queues
         # again (GroupCommit._untake): run twice. Made before anything is done (an interrupt
         # here: nothing done, and the writer puts the group back, rightly).
-        dones = list(map(_done_of, group))  # in C: no comprehension frame
+        dones = [job.done for job in group]
         try:
             if len(group) == 1 and type(group[0].decide) is _CommandDecider:
                 # a group of one command: `_decide_one` while the book is in step (asked on
