@@ -263,6 +263,23 @@ def _stage_appends(tx: StoreTransaction, group: list[_PendingAppend], *, ask: bo
             except Exception as bad:  # this batch alone fails (as below)
                 pending.error = StoreError(f"cannot store this batch: {bad!r}")
             return
+        if not expected and len(batch) >= STAGE_MANY_FROM:
+            # a long batch, staged column by column: its streams read once, here, for both
+            # the versions to load and the staging (`_stage_many`), not a set of them first
+            of_each = list(map(_stream_of, batch))
+            distinct = dict.fromkeys(of_each)
+            if not tx.versions_complete:
+                known = tx.head.known
+                unknown = [stream for stream in distinct if not known(stream)]
+                if unknown:
+                    tx.load_versions(unknown)
+            try:
+                staged = tx._stage_many(batch, of_each, distinct)
+                # None: an id repeats, or is staged already: stage()'s loop says which
+                pending.result = tx.stage(batch) if staged is None else staged
+            except Exception as bad:  # this batch alone fails (as below)
+                pending.error = StoreError(f"cannot store this batch: {bad!r}")
+            return
         if not tx.versions_complete:
             known = tx.head.known
             # each stream asked once (a 1,000-event batch has a few), its events taken in C
@@ -734,23 +751,28 @@ class StoreTransaction(abc.ABC):
             raise
         return [record]
 
-    def _stage_many(self, batch: Sequence[NewEvent]) -> list[Recorded] | None:
+    def _stage_many(
+        self,
+        batch: Sequence[NewEvent],
+        streams: list[str] | None = None,
+        distinct: dict[str, None] | None = None,
+    ) -> list[Recorded] | None:
         """`stage` for a long batch, column by column: each step one C-level pass (map, zip)
         over the batch, so the interpreter runs a loop body only for the chain's hashes (one
         sha256 each, in order). Everything is computed before anything is staged, so a body
         that cannot be encoded or a stream whose version is unknown stages nothing. None,
         staging nothing, when an id repeats in the batch or was staged already in this
-        transaction: `stage`'s loop returns the staged record for those."""
-        ids = list(map(_event_id_of, batch))
-        staged_ids = self._staged_ids
-        distinct = set(ids)
-        if len(distinct) != len(ids) or (staged_ids and not staged_ids.keys().isdisjoint(distinct)):
-            return None
+        transaction: `stage`'s loop returns the staged record for those. `streams` (each
+        event's, in order) and `distinct` (dict.fromkeys of them), when the caller read them
+        already (`_stage_appends`, loading their versions)."""
         head = self.head
         own, base = head.own, head.base
-        streams = list(map(_stream_of, batch))
+        if streams is None:
+            streams = list(map(_stream_of, batch))
+        if distinct is None:
+            distinct = dict.fromkeys(streams)
         counters: dict[str, Iterator[int]] = {}  # each stream's next versions
-        for stream in dict.fromkeys(streams):
+        for stream in distinct:
             version = own.get(stream)
             if version is None:
                 version = base.get(stream)
@@ -759,6 +781,7 @@ class StoreTransaction(abc.ABC):
                         raise StoreError(f"stream {stream!r}: load_versions() before staging to it")
                     version = 0
             counters[stream] = count(version + 1)
+        ids = list(map(_event_id_of, batch))
         versions = list(map(next, map(counters.__getitem__, streams)))  # in C
         events = list(map(_event_of, batch))
         bodies = list(map(bytearray, repeat(BODY_BUFFER, len(events))))  # encode_body(), in C
@@ -767,7 +790,8 @@ class StoreTransaction(abc.ABC):
         times = list(map(_occurred_of, batch))
         occurred: Sequence[int]
         first = times[0]
-        if all(map(is_, times, repeat(first))):
+        # (the last time checked first: a batch of several times is told without a pass)
+        if times[-1] is first and all(map(is_, times, repeat(first))):
             # one time object for the whole batch (a group's marks, a command's events): one
             # conversion, not one per event (a fifth of staging a run of marks). The same
             # object, not equal ones: equal is not the same instant (two times of one DST
@@ -784,7 +808,8 @@ class StoreTransaction(abc.ABC):
         else:
             occurred = list(map(to_micros, times))
         seq = head.seq
-        seqs = range(seq + 1, seq + len(ids) + 1)
+        # made once: a range hands out a new int object on each of its three passes below
+        seqs = list(range(seq + 1, seq + len(ids) + 1))
         recorded_us, schema = self.recorded_us, SCHEMA_VERSION
         # the chain: sha256(prev_hash || header || "\n" || body), as chain_hash() makes it;
         # what is hashed after prev_hash made first, column by column (a lazy map through
@@ -839,6 +864,12 @@ class StoreTransaction(abc.ABC):
                 digests,
             )
         )
+        # The batch's ids, each with its record: one dict, which also tells an id repeated
+        # in the batch (fewer keys than events) without a set of them made first
+        by_id = dict(zip(ids, records, strict=True))
+        staged_ids = self._staged_ids
+        if len(by_id) != len(ids) or (staged_ids and not staged_ids.keys().isdisjoint(by_id)):
+            return None  # nothing staged: `stage`'s loop takes the batch
         rows = self.rows
         mark = Savepoint(len(rows), head.seq, head.hash)
         try:
@@ -856,7 +887,10 @@ class StoreTransaction(abc.ABC):
                     digests,
                 )
             )
-            staged_ids.update(zip(ids, records, strict=True))
+            if staged_ids:
+                staged_ids.update(by_id)
+            else:  # the usual first batch of a transaction: the dict as it is
+                self._staged_ids = by_id
             for stream, counter in counters.items():
                 own[stream] = next(counter) - 1
             head.seq = seqs[-1]
