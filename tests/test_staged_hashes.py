@@ -409,6 +409,70 @@ async def test_a_long_batch_with_a_repeated_id_is_stored_once(tmp_path: Path) ->
     assert [r.event_id for r in stored] == [new.event_id for new in batch if new is not batch[12]]
 
 
+@pytest.mark.anyio
+async def test_a_long_append_after_a_reopen_continues_the_stored_versions(tmp_path: Path) -> None:
+    """A store knows only the versions of streams it has written (none after opening): a long
+    append (staged column by column, its versions read for the streams it does not know)
+    continues each stored stream's versions and starts a new one at 1; the rows stored are
+    the chain recomputed here, and a long batch that cannot be stored fails alone."""
+    db = tmp_path / "ledger.db"
+    batch = _long_batch()
+    first, rest = batch[:5], batch[5:]
+    new_stream = NewEvent(
+        stream="p-new",
+        event=PositionMarked(position_id="p-new", mark_price=Decimal("7")),
+        event_id="n-1",
+        occurred_at=T0,
+    )
+    store = SQLiteEventStore(db, clock=lambda: RECORDED_AT)
+    await store.open()
+    try:
+        await store.append(first)
+    finally:
+        await store.close()
+    store = SQLiteEventStore(db, clock=lambda: RECORDED_AT)
+    await store.open()
+    try:
+        records = await store.append([*rest, new_stream])
+        poisoned = [
+            *[
+                NewEvent(stream=n.stream, event=n.event, event_id=f"x-{n.event_id}", occurred_at=T0)
+                for n in _long_batch()
+            ],
+            NewEvent(
+                stream="p-new",
+                event=PositionMarked(position_id="p-new", mark_price=object()),  # type: ignore[arg-type]
+                event_id="n-2",
+                occurred_at=T0,
+            ),
+        ]
+        with pytest.raises(StoreError):
+            await store.append(poisoned)
+        assert (await store.verify_chain()).events == len(batch) + 1
+    finally:
+        await store.close()
+    counted: dict[str, int] = {}
+    for new in [*batch, new_stream]:
+        counted[new.stream] = counted.get(new.stream, 0) + 1
+    assert [r.version for r in records][-1] == 1  # p-new
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT seq, stream, version, event_id, type, schema_version, occurred_us,"
+            " recorded_us, body, hash FROM events ORDER BY seq"
+        ).fetchall()
+    assert [row[3] for row in rows] == [new.event_id for new in [*batch, new_stream]]
+    prev = GENESIS_HASH
+    versions: dict[str, int] = {}
+    for row, new in zip(rows, [*batch, new_stream], strict=True):
+        versions[new.stream] = versions.get(new.stream, 0) + 1
+        assert (row[1], row[2]) == (new.stream, versions[new.stream])
+        assert row[6] == _micros(new.occurred_at)
+        assert row[-1] == _expected_hash(prev, row)
+        prev = row[-1]
+    assert versions == counted
+    assert [r.hash for r in records] == [row[-1] for row in rows[len(first) :]]
+
+
 # -- one event is staged without the loop (StoreTransaction._stage_one) ---------------------
 
 
