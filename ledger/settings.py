@@ -6,7 +6,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -18,6 +18,14 @@ ENV_PREFIX = "POSITION_LEDGER_"
 ALL_ACCOUNTS = "*"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 DEFAULT_CONFIG_FILE = "position-ledger.toml"
+
+
+Synchronous = Literal["FULL", "NORMAL"]
+SYNCHRONOUS: tuple[str, ...] = get_args(Synchronous)
+
+
+def _known_mode(value: object) -> bool:
+    return type(value) is str and value in SYNCHRONOUS
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -39,7 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     snapshot_every_seconds: float = 60.0
     # the audit commands keep a book every this many events beside the log (replay's start)
     checkpoint_every_events: int = 100_000
-    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    synchronous: Synchronous = "FULL"
     busy_timeout_ms: int = 10_000
     absent_fetches_before_close: int = 2
     # ... and those fetches must span at least this long: a manual close gives several position
@@ -70,6 +78,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "snapshot_every_seconds": self.snapshot_every_seconds > 0,
             "checkpoint_every_events": self.checkpoint_every_events >= 1,
             "busy_timeout_ms": self.busy_timeout_ms >= 0,
+            # exactly one of the two (msgspec checks the Literal only when converting, not
+            # here): any other text went into PRAGMA synchronous as given ("OFF": no fsync)
+            "synchronous": _known_mode(self.synchronous),
             "absent_fetches_before_close": self.absent_fetches_before_close >= 1,
             "sync_settle_seconds": self.sync_settle_seconds >= 0,
             "absent_seconds_before_close": self.absent_seconds_before_close >= 0,

@@ -28,7 +28,7 @@ from _thread import get_ident
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 import aiosqlite
 import anyio
@@ -36,7 +36,7 @@ import anyio
 from ledger.clock import Clock, system_clock
 from ledger.codec import FactRow, FoldPage
 from ledger.envelope import NewEvent, Recorded
-from ledger.errors import StoreError, StoreUnavailable
+from ledger.errors import ConfigError, StoreError, StoreUnavailable
 from ledger.private_files import create_private, written_aside
 from ledger.store._faults import describe, is_busy, unwritable_reason
 from ledger.store.base import (
@@ -87,6 +87,13 @@ _IDENTITY = (
     " (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
 )
 Synchronous = Literal["FULL", "NORMAL"]
+_SYNCHRONOUS: tuple[str, ...] = get_args(Synchronous)
+
+
+def _known_mode(value: object) -> bool:
+    """Exactly "FULL" or "NORMAL" (a str, not a subclass: it is formatted into a PRAGMA)."""
+    return type(value) is str and value in _SYNCHRONOUS
+
 
 T = TypeVar("T")
 
@@ -243,6 +250,11 @@ class SQLiteEventStore(EventStore):
         clock: Clock = system_clock,
     ) -> None:
         super().__init__()
+        if not _known_mode(synchronous):
+            # it goes into PRAGMA synchronous as given: "OFF" would acknowledge commits never
+            # synced, silently (a caller's code is not type-checked at run time)
+            shown = repr(synchronous)[:40]
+            raise ConfigError(f"synchronous must be FULL or NORMAL, not {shown}")
         self.path = Path(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = int(busy_timeout_ms)
