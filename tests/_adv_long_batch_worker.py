@@ -23,7 +23,7 @@ def batch(run: str, task: int, k: int) -> list[NewEvent]:
     at = datetime.now(UTC)
     return [
         NewEvent(
-            stream=f"{run}-s{i % 4}",
+            stream=f"s{i % 4}",  # the same streams in every run: versions read back
             event=PositionMarked(position_id=f"s{i % 4}", mark_price=Decimal(f"{k}.{i}")),
             event_id=f"{run}-{task}-{k}-{i}of{n}",
             occurred_at=at,
@@ -36,6 +36,7 @@ async def main(db: Path, run: str) -> None:
     store = SQLiteEventStore(db)
     await store.open()
     print(json.dumps({"ready": (await store.head()).seq}), flush=True)
+    await anyio.to_thread.run_sync(sys.stdin.readline)  # the go: every writer ready, at once
 
     async def writer(task: int) -> None:
         k = 0
@@ -44,6 +45,9 @@ async def main(db: Path, run: str) -> None:
             line = [[r.seq, r.event_id, r.hash] for r in records]
             print(json.dumps({"batch": line}), flush=True)
             k += 1
+            # a pause: a writer appending back to back holds the write lock nearly all the
+            # time, and another process's busy handler (sleeping between tries) never gets it
+            await anyio.sleep(0.01)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(writer, 0)

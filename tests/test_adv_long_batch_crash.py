@@ -6,6 +6,7 @@ writer process (and then this one) goes on from the crashed log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -25,20 +26,41 @@ TRIALS = 4
 _ID = re.compile(r"^(r\d+-\d-\d+)-(\d+)of(\d+)$")
 
 
-def _kill_at_an_ack(db: Path, run: str, rng: random.Random) -> list[list[list[object]]]:
-    with worker_process("tests._adv_long_batch_worker", str(db), run) as proc:
-        assert proc.stdout is not None
-        ready = json.loads(proc.stdout.readline() or b"{}")
-        assert "ready" in ready, proc.stderr.read() if proc.stderr else ""
-        wanted = rng.randint(1, 12)
-        lines = [proc.stdout.readline() for _ in range(wanted)]
-        assert all(line.endswith(b"\n") for line in lines), "the writer ended early"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL
-        rest = proc.stdout.read()
-    output = b"".join(lines) + rest
-    # a line not finished when it died was never acknowledged
-    return [json.loads(raw)["batch"] for raw in output.split(b"\n")[:-1]]
+def _kill_at_an_ack(db: Path, runs: list[str], rng: random.Random) -> list[list[list[object]]]:
+    """Writers (one process each, all on db at once), each killed -9 once it acknowledged a
+    random number of batches; every batch each acknowledged."""
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(
+                worker_process("tests._adv_long_batch_worker", str(db), run, stdin=True)
+            )
+            for run in runs
+        ]
+        lines: list[bytes] = []
+        for proc in procs:
+            assert proc.stdout is not None
+            ready = json.loads(proc.stdout.readline() or b"{}")
+            assert "ready" in ready, proc.stderr.read() if proc.stderr else ""
+        for proc in procs:  # all at once
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        for proc in procs:  # (the others write on meanwhile)
+            assert proc.stdout is not None
+            got = [proc.stdout.readline() for _ in range(rng.randint(1, 12))]
+            assert all(line.endswith(b"\n") for line in got), "a writer ended early"
+            lines += got
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            assert proc.wait() == -signal.SIGKILL
+            assert proc.stdout is not None
+            lines.append(proc.stdout.read())
+    acked = []
+    for output in lines:
+        # a line not finished when its writer died was never acknowledged
+        acked += [json.loads(raw)["batch"] for raw in output.split(b"\n")[:-1]]
+    return acked
 
 
 async def _check(db: Path, acked: list[list[list[object]]], tag: str) -> None:
@@ -50,6 +72,10 @@ async def _check(db: Path, acked: list[list[list[object]]], tag: str) -> None:
         assert report.events == len(records) == report.last_seq
         assert [r.seq for r in records] == list(range(1, len(records) + 1))
         by_seq = {r.seq: r for r in records}
+        versions: dict[str, list[int]] = defaultdict(list)
+        for record in records:  # each stream's versions gapless, whichever process wrote them
+            versions[record.stream].append(record.version)
+        assert all(v == list(range(1, len(v) + 1)) for v in versions.values()), versions
         for line in acked:
             seqs = [int(str(seq)) for seq, _, _ in line]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a batch split"
@@ -80,8 +106,10 @@ def test_a_writer_of_long_batches_killed_9_loses_no_acknowledged_batch_and_split
     rng = random.Random(9090 + trial)
     db = tmp_path / "ledger.db"
     acked_all: list[list[list[object]]] = []
-    for run in ("r0", "r1"):  # the second writer starts on the crashed log
-        acked = _kill_at_an_ack(db, run, rng)
+    # one writer, then two at once on the crashed log (the same streams: each reads the
+    # versions the others stored, its head often stale)
+    for number, runs in enumerate((["r0"], ["r1", "r2"])):
+        acked = _kill_at_an_ack(db, runs, rng)
         assert acked, "nothing acknowledged before the kill"
         acked_all.extend(acked)
-        anyio.run(_check, db, acked_all, run.replace("r", "r5"))
+        anyio.run(_check, db, acked_all, f"r5{number}")
