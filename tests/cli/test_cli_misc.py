@@ -153,7 +153,11 @@ def test_watch_once_draws_the_dashboard(cli: RunCli, known: Known) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_watch_follows_appends_by_another_process(known: Known) -> None:
-    with watch_process(known, "--plain", "--interval", "0.2", "--max-events", "1") as proc:
+    # --max-seconds only ends a watcher that never shows the append (the test then fails on
+    # an empty line instead of hanging); how soon it shows is not asserted: a loaded machine
+    # decides that
+    watching = ("--plain", "--interval", "0.2", "--max-events", "1", "--max-seconds", "60")
+    with watch_process(known, *watching) as proc:
         try:
             assert proc.stdout is not None and proc.stderr is not None
             ready = proc.stdout.readline()
@@ -172,13 +176,11 @@ def test_watch_follows_appends_by_another_process(known: Known) -> None:
                 text=True,
             ) as appender:
                 assert appender.stdout is not None
-                committed_at, seq = appender.stdout.readline().split()
+                _, seq = appender.stdout.readline().split()
                 line = proc.stdout.readline()
-                seen_at = time.time()
                 assert appender.wait(timeout=30) == 0
             assert line.startswith(f"{seq} ") and "marked SOL/USDT:USDT @ 120" in line, line
             assert "uPnL 40.00" in line  # 2 left x (120 - 100)
-            assert seen_at - float(committed_at) < 1.0
             assert proc.wait(timeout=10) == 0  # --max-events 1
         finally:
             if proc.poll() is None:
