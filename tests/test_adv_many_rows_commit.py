@@ -8,6 +8,7 @@ and the one after a stale head (another store appended first: `_attempt`).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,11 +18,15 @@ from typing import cast
 
 import pytest
 
+from ledger.commands import OpenPosition
 from ledger.envelope import NewEvent
 from ledger.errors import StoreError
-from ledger.events import PositionMarked
+from ledger.events import PositionMarked, PositionOpened
+from ledger.service import Ledger
+from ledger.settings import Settings
 from ledger.store.base import STAGE_MANY_FROM
 from ledger.store.sqlite import SQLiteEventStore
+from ledger.values import Side
 
 pytestmark = pytest.mark.anyio
 
@@ -157,3 +162,46 @@ async def test_a_long_batch_interrupted_at_its_commit_is_stored_whole_or_not_at_
     (after,) = await store.append(_batch("after", 1))
     assert after.seq == 2 + len(theirs) + LONG
     assert await _ids(path) == ["first-0", *theirs, *ours, "after-0"]
+
+
+def _open(position_id: str) -> OpenPosition:
+    return OpenPosition(
+        position_id=position_id,
+        symbol=f"{position_id.upper()}/USDT:USDT",
+        side=Side.BUY,
+        qty=Decimal(1),
+        entry_price=Decimal(100),
+        leverage=5,
+    )
+
+
+async def test_a_group_of_commands_whose_commit_fails_fails_whole_and_the_book_keeps_to_the_log(
+    tmp_path: Path,
+) -> None:
+    """Commands of many tasks at once, grouped into transactions of many rows (inserted by
+    executemany, dropped from the transaction before the COMMIT); one COMMIT fails: each of
+    its commands hears StoreError and is in neither the log nor the book, every other command
+    is in both, and the failed ones run again succeed."""
+    db = tmp_path / "ledger.db"
+    async with Ledger(db, settings=Settings(max_concurrent_positions=1000)) as ledger:
+        await ledger.execute(_open("warm"))
+        store = ledger.store
+        assert isinstance(store, SQLiteEventStore)
+        wrapped = _wrap(store, "fail")
+        ids = [f"p{i}" for i in range(60)]
+        outcomes = await asyncio.gather(
+            *(ledger.execute(_open(i)) for i in ids), return_exceptions=True
+        )
+        assert wrapped.hit == 1 and wrapped.many_rows > 1  # a group's rows, inserted, then failed
+        failed = [i for i, out in zip(ids, outcomes, strict=True) if isinstance(out, BaseException)]
+        assert failed and all(
+            isinstance(out, StoreError) for out in outcomes if isinstance(out, BaseException)
+        )
+        opened = {
+            r.event.position_id for r in await store.read() if isinstance(r.event, PositionOpened)
+        }
+        assert opened == {"warm", *(i for i in ids if i not in failed)}
+        assert set(ledger.book.open) == opened  # the book holds what the log holds, no more
+        for i in failed:  # nothing of them stored: each runs again as new
+            await ledger.execute(_open(i))
+        assert set(ledger.book.open) == {"warm", *ids}
