@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import cast
 
+import anyio
 import pytest
 
 from ledger.commands import OpenPosition
@@ -58,11 +60,15 @@ class _AtCommit:
         self.how = how
         self.hit = 0
         self.many_rows = 0
+        self.many = False  # an executemany since the last statement
 
     def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        many, self.many = self.many, False
+        if sql == "COMMIT" and self.how == "fail-many" and not many:
+            return self._cursor.execute(sql)  # not after an executemany: let it pass
         if sql == "COMMIT" and not self.hit:
             self.hit += 1
-            if self.how == "fail":
+            if self.how in ("fail", "fail-many"):
                 raise sqlite3.OperationalError("disk I/O error")
             if self.how == "before":
                 raise KeyboardInterrupt("before the COMMIT")
@@ -73,6 +79,7 @@ class _AtCommit:
     def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
         listed = list(rows)  # type: ignore[call-overload]
         self.many_rows += len(listed)
+        self.many = True
         return self._cursor.executemany(sql, listed)
 
 
@@ -175,22 +182,51 @@ def _open(position_id: str) -> OpenPosition:
     )
 
 
+def _on_threads(ledger: Ledger, ids: list[str]) -> list[object]:
+    """Each command from a plain thread of its own (as the blocking manager's callers), all
+    released at once."""
+    outcomes: list[object] = [None] * len(ids)
+    start = threading.Barrier(len(ids))
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            outcomes[index] = ledger.execute_blocking(_open(ids[index]))
+        except BaseException as exc:  # handed to the test
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(ids))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a command never returned"
+    return outcomes
+
+
+@pytest.mark.parametrize("callers", ["tasks", "threads"])
 async def test_a_group_of_commands_whose_commit_fails_fails_whole_and_the_book_keeps_to_the_log(
-    tmp_path: Path,
+    tmp_path: Path, callers: str
 ) -> None:
-    """Commands of many tasks at once, grouped into transactions of many rows (inserted by
-    executemany, dropped from the transaction before the COMMIT); one COMMIT fails: each of
-    its commands hears StoreError and is in neither the log nor the book, every other command
-    is in both, and the failed ones run again succeed."""
+    """Commands of many tasks (or threads) at once, grouped into transactions of many rows
+    (inserted by executemany, dropped from the transaction before the COMMIT); the first such
+    COMMIT fails: each of its commands hears StoreError and is in neither the log nor the book,
+    every other command is in both, and the failed ones run again succeed."""
     db = tmp_path / "ledger.db"
     async with Ledger(db, settings=Settings(max_concurrent_positions=1000)) as ledger:
         await ledger.execute(_open("warm"))
         store = ledger.store
         assert isinstance(store, SQLiteEventStore)
-        wrapped = _wrap(store, "fail")
-        ids = [f"p{i}" for i in range(60)]
-        outcomes = await asyncio.gather(
-            *(ledger.execute(_open(i)) for i in ids), return_exceptions=True
+        wrapped = _wrap(store, "fail-many")  # the first COMMIT of a many-row insert
+        ids = [f"p{i}" for i in range(60 if callers == "tasks" else 24)]
+        outcomes: list[object] = (
+            list(
+                await asyncio.gather(
+                    *(ledger.execute(_open(i)) for i in ids), return_exceptions=True
+                )
+            )
+            if callers == "tasks"
+            else await anyio.to_thread.run_sync(_on_threads, ledger, ids)
         )
         assert wrapped.hit == 1 and wrapped.many_rows > 1  # a group's rows, inserted, then failed
         failed = [i for i, out in zip(ids, outcomes, strict=True) if isinstance(out, BaseException)]
