@@ -15,7 +15,7 @@ holds each acknowledged record as acknowledged.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -67,6 +67,37 @@ def _log(store: SQLiteEventStore) -> dict[str, Recorded]:
     return anyio.run(read)
 
 
+def _sweep(
+    count: int,
+    run: Callable[[Inject, int], tuple[object, object]],
+    leader: str,
+    after_each: Callable[[], None],
+) -> list[Recorded]:
+    """Interrupt the group's processing before each of its count instructions in turn (run
+    leads a group of one batch and a follower's with inject); the leader hears every
+    interrupt that landed, the follower its records each time; after_each checks the group
+    is usable again. The records acknowledged to the followers."""
+    acknowledged: list[Recorded] = []
+    failures: list[str] = []
+    landed = 0
+    for at in range(count):
+        inject = Inject(at, codes=GROUP_PROCESSING)
+        led, followed = run(inject, at)
+        landed += inject.where is not None
+        if inject.where is not None and not isinstance(led, KeyboardInterrupt):
+            failures.append(f"{inject.where}: {leader} heard {led!r}")
+        elif not isinstance(followed, list):
+            failures.append(f"{inject.where}: the follower heard {followed!r}")
+        if failures:
+            break  # one is enough to see: the rest would repeat it
+        assert isinstance(followed, list)
+        acknowledged += followed
+        after_each()
+    assert failures == []
+    assert landed > count // 2  # the sweep ran through the group's processing
+    return acknowledged
+
+
 def test_an_interrupt_anywhere_in_a_leaders_append_group_stays_with_the_leader(
     store: SQLiteEventStore,
 ) -> None:
@@ -83,29 +114,16 @@ def test_an_interrupt_anywhere_in_a_leaders_append_group_stays_with_the_leader(
     led, heard = group.run(lead_counted, [partial(append, [event("f-count")])])
     assert isinstance(led, list) and isinstance(heard[0], list), (led, heard)
     assert counted.count > 300  # two batches staged, their transaction, the settling
-    acknowledged: list[Recorded] = []
-    failures: list[str] = []
-    landed = 0
-    for at in range(counted.count):
-        inject = Inject(at, codes=GROUP_PROCESSING)
 
-        def lead(inject: Inject = inject, at: int = at) -> object:
+    def run(inject: Inject, at: int) -> tuple[object, object]:
+        def lead() -> object:
             with inject:
                 return append([event(f"m{at}")])
 
         led, (followed,) = group.run(lead, [partial(append, [event(f"f{at}")])])
-        landed += inject.where is not None
-        if inject.where is not None and not isinstance(led, KeyboardInterrupt):
-            failures.append(f"{inject.where}: the leader heard {led!r}")
-        elif not isinstance(followed, list):
-            failures.append(f"{inject.where}: the follower heard {followed!r}")
-        if failures:
-            break  # one is enough to see: the rest would repeat it
-        assert isinstance(followed, list)
-        acknowledged += followed
-        assert_usable(group)
-    assert failures == []
-    assert landed > counted.count // 2  # the sweep ran through the group's processing
+        return led, followed
+
+    acknowledged = _sweep(counted.count, run, "the leader", partial(assert_usable, group))
     stored = _log(store)
     assert [stored.get(record.event_id) for record in acknowledged] == acknowledged
 
@@ -154,31 +172,18 @@ def test_an_interrupt_anywhere_in_a_tasks_append_group_stays_with_the_task(
     queued = counting_entries(queue, followers_only=True)
     store.append_blocking([event("warm")])
 
-    def run(inject: Inject, name: str) -> tuple[object, object]:
+    def run(inject: Inject, name: object) -> tuple[object, object]:
         return task_leads_a_group(store, inject, queued, lead=f"m-{name}", follow=f"f-{name}")
 
     counted = Inject(None, codes=GROUP_PROCESSING)
     led, followed = run(counted, "count")
     assert isinstance(led, list) and isinstance(followed, list), (led, followed)
     assert counted.count > 300
-    acknowledged: list[Recorded] = []
-    failures: list[str] = []
-    landed = 0
-    for at in range(counted.count):
-        inject = Inject(at, codes=GROUP_PROCESSING)
-        led, followed = run(inject, str(at))
-        landed += inject.where is not None
-        if inject.where is not None and not isinstance(led, KeyboardInterrupt):
-            failures.append(f"{inject.where}: the leading task heard {led!r}")
-        elif not isinstance(followed, list):
-            failures.append(f"{inject.where}: the follower heard {followed!r}")
-        if failures:
-            break
-        assert isinstance(followed, list)
-        acknowledged += followed
+
+    def usable() -> None:
         assert role_free(store.writer), "the writer role was left held"
         assert not queue._draining and not queue._pending, "left draining"
-    assert failures == []
-    assert landed > counted.count // 2
+
+    acknowledged = _sweep(counted.count, run, "the leading task", usable)
     stored = _log(store)
     assert [stored.get(record.event_id) for record in acknowledged] == acknowledged
