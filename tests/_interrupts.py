@@ -6,12 +6,14 @@ threads' writes, and the sweep of a store's append after another store left its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dis
 import gc
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
@@ -23,6 +25,7 @@ import ledger.service
 import ledger.store.writer
 from ledger.errors import StoreError
 from ledger.store.base import EventStore
+from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import Completion, GroupCommit, WriterThread
 from tests._events import lone_mark as event
 
@@ -166,6 +169,18 @@ def bounded(work: Callable[[], object], what: str, limit: float = BOUND) -> obje
     if isinstance(outcome, BaseException):
         raise AssertionError(f"{what}: {outcome!r}") from outcome
     return outcome
+
+
+@contextlib.contextmanager
+def normal_store(path: Path) -> Iterator[SQLiteEventStore]:
+    """An open SQLite store at synchronous=NORMAL for the append sweeps; closed on a thread of
+    its own, bounded: a close that hangs fails instead."""
+    opened = SQLiteEventStore(path, synchronous="NORMAL")
+    anyio.run(opened.open)
+    try:
+        yield opened
+    finally:
+        assert on_thread(lambda: anyio.run(opened.close)) is None
 
 
 def counting_entries(

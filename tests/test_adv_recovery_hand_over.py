@@ -23,17 +23,19 @@ from ledger.envelope import Recorded
 from ledger.store.base import _stage_appends
 from ledger.store.sqlite import SQLiteEventStore
 from tests._events import lone_mark as event
-from tests._interrupts import WATCHDOG, Inject, counting_entries, on_thread, task_leads_a_group
+from tests._interrupts import (
+    WATCHDOG,
+    Inject,
+    counting_entries,
+    normal_store,
+    task_leads_a_group,
+)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteEventStore]:
-    opened = SQLiteEventStore(tmp_path / "ledger.db", synchronous="NORMAL")
-    anyio.run(opened.open)
-    try:
+    with normal_store(tmp_path / "ledger.db") as opened:
         yield opened
-    finally:
-        assert on_thread(lambda: anyio.run(opened.close)) is None
 
 
 def test_an_interrupted_leading_tasks_own_batch_is_not_run_by_the_writer_thread(

@@ -27,7 +27,13 @@ from ledger.store.base import EventStore, _stage_appends
 from ledger.store.sqlite import SQLiteEventStore
 from ledger.store.writer import GroupCommit
 from tests._events import lone_mark as event
-from tests._interrupts import Inject, LedGroup, counting_entries, on_thread, task_leads_a_group
+from tests._interrupts import (
+    Inject,
+    LedGroup,
+    counting_entries,
+    normal_store,
+    task_leads_a_group,
+)
 from tests.test_leader_interrupts import _codes, assert_usable
 from tests.test_write_role_interrupts import role_free
 
@@ -51,12 +57,8 @@ GROUP_PROCESSING = frozenset(
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteEventStore]:
-    opened = SQLiteEventStore(tmp_path / "ledger.db", synchronous="NORMAL")
-    anyio.run(opened.open)
-    try:
+    with normal_store(tmp_path / "ledger.db") as opened:
         yield opened
-    finally:  # bounded: a close that hangs fails instead
-        assert on_thread(lambda: anyio.run(opened.close)) is None
 
 
 def _log(store: SQLiteEventStore) -> dict[str, Recorded]:
