@@ -36,15 +36,18 @@ def lone_mark(event_id: str) -> NewEvent:
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def recorded(seq: int, event: AnyEvent) -> Recorded:
-    """event as the log's record at seq: first of its own stream, at AT (hash: seq in hex)."""
+def recorded(
+    seq: int, event: AnyEvent, *, stream: str | None = None, at: datetime = AT
+) -> Recorded:
+    """event as the log's record at seq: first of its stream (its own, "s<seq>", unless
+    named), at `at` (hash: seq in hex)."""
     return Recorded(
         seq=seq,
-        stream=f"s{seq}",
+        stream=f"s{seq}" if stream is None else stream,
         version=1,
         event_id=f"e{seq}",
-        occurred_at=AT,
-        recorded_at=AT,
+        occurred_at=at,
+        recorded_at=at,
         schema_version=1,
         event=event,
         hash=f"{seq:064x}",

@@ -24,23 +24,15 @@ from ledger.events import (
 )
 from ledger.values import Side, Source
 from projections.book import Book
+from tests._events import recorded
 
 T0 = datetime(2025, 1, 7, tzinfo=UTC)
 ZERO = Decimal(0)
 
 
 def record(seq: int, event: AnyEvent, stream: str | None = None) -> Recorded:
-    return Recorded(
-        seq=seq,
-        stream=stream or stream_of(event),
-        version=1,
-        event_id=f"e{seq}",
-        occurred_at=T0,
-        recorded_at=T0,
-        schema_version=1,
-        event=event,
-        hash=f"{seq:064x}",
-    )
+    """event at seq, in its position's stream unless named, at T0."""
+    return recorded(seq, event, stream=stream or stream_of(event), at=T0)
 
 
 def opened(pid: str = "p1", **changes: object) -> PositionOpened:
