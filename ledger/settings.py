@@ -6,26 +6,19 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import msgspec
 
 from ledger.commands import Limits
 from ledger.errors import ConfigError
+from ledger.store.sqlite import Synchronous, known_synchronous
 
 ENV_PREFIX = "POSITION_LEDGER_"
 # what `account=` takes to mean every account of the ledger (never an account's own name)
 ALL_ACCOUNTS = "*"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 DEFAULT_CONFIG_FILE = "position-ledger.toml"
-
-
-Synchronous = Literal["FULL", "NORMAL"]
-SYNCHRONOUS: tuple[str, ...] = get_args(Synchronous)
-
-
-def _known_mode(value: object) -> bool:
-    return type(value) is str and value in SYNCHRONOUS
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -80,7 +73,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "busy_timeout_ms": self.busy_timeout_ms >= 0,
             # exactly one of the two (msgspec checks the Literal only when converting, not
             # here): any other text went into PRAGMA synchronous as given ("OFF": no fsync)
-            "synchronous": _known_mode(self.synchronous),
+            "synchronous": known_synchronous(self.synchronous),
             "absent_fetches_before_close": self.absent_fetches_before_close >= 1,
             "sync_settle_seconds": self.sync_settle_seconds >= 0,
             "absent_seconds_before_close": self.absent_seconds_before_close >= 0,

@@ -90,7 +90,7 @@ Synchronous = Literal["FULL", "NORMAL"]
 _SYNCHRONOUS: tuple[str, ...] = get_args(Synchronous)
 
 
-def _known_mode(value: object) -> bool:
+def known_synchronous(value: object) -> bool:
     """Exactly "FULL" or "NORMAL" (a str, not a subclass: it is formatted into a PRAGMA)."""
     return type(value) is str and value in _SYNCHRONOUS
 
@@ -250,7 +250,7 @@ class SQLiteEventStore(EventStore):
         clock: Clock = system_clock,
     ) -> None:
         super().__init__()
-        if not _known_mode(synchronous):
+        if not known_synchronous(synchronous):
             # it goes into PRAGMA synchronous as given: "OFF" would acknowledge commits never
             # synced, silently (a caller's code is not type-checked at run time)
             shown = repr(synchronous)[:40]
